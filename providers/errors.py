@@ -1,0 +1,107 @@
+"""Errors from GCP, mapped in one place.
+
+Providers call `call(...)` (or wrap their own calls with `translate`) so that every
+``google.api_core`` exception becomes one of ours:
+
+* `TemporaryError`: 429, 500, 503, deadline exceeded, unavailable, aborted. Retried here with
+  exponential backoff and full jitter, then raised if it persists.
+* `AlreadyExists` / `NotFound`: the applier and providers use these to stay idempotent.
+* `PermanentError`: everything else (bad request, permission denied...), never retried.
+
+Messages are kept short and never include request bodies, so secrets cannot leak through them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from google.api_core import exceptions as gexc
+
+T = TypeVar("T")
+
+
+class ProviderError(Exception):
+    """Base of every error a provider raises."""
+
+
+class TemporaryError(ProviderError):
+    """A failure that may succeed if tried again."""
+
+
+class PermanentError(ProviderError):
+    """A failure that will not go away by retrying."""
+
+
+class AlreadyExists(PermanentError):
+    """Create found the resource already there."""
+
+
+class NotFound(PermanentError):
+    """The resource (or its parent) does not exist."""
+
+
+_TEMPORARY = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+    gexc.DeadlineExceeded,
+    gexc.Aborted,
+    gexc.RetryError,
+)
+
+
+def translate(exc: BaseException, what: str) -> ProviderError:
+    """Map one exception from a Google client to our error hierarchy."""
+    if isinstance(exc, ProviderError):
+        return exc
+    message = f"{what}: {_short(exc)}"
+    if isinstance(exc, gexc.Conflict) and not isinstance(exc, gexc.Aborted):
+        return AlreadyExists(message)
+    if isinstance(exc, gexc.NotFound):
+        return NotFound(message)
+    if isinstance(exc, _TEMPORARY):
+        return TemporaryError(message)
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return TemporaryError(message)
+    try:  # requests' connection errors surface from the HTTP clients (Storage, BigQuery)
+        import requests
+
+        if isinstance(exc, requests.ConnectionError | requests.Timeout):
+            return TemporaryError(message)
+    except ImportError:  # pragma: no cover - requests ships with the Google clients
+        pass
+    return PermanentError(message)
+
+
+def _short(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    text = " ".join(str(text).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def call(
+    fn: Callable[[], T],
+    what: str,
+    *,
+    attempts: int = 5,
+    initial_delay: float = 0.5,
+    max_delay: float = 20.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``fn``; translate its errors; retry temporary ones with backoff and full jitter."""
+    delay = initial_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - translated right here
+            error = translate(exc, what)
+            if not isinstance(error, TemporaryError) or attempt == attempts:
+                raise error from exc
+            sleep(random.uniform(0, delay))
+            delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,117 @@
+"""Resources: the unit headwater compiles, observes, diffs and applies.
+
+A `Resource` is one GCP object (a topic, a bucket, a table...) described as plain data:
+its `kind`, its `name` (unique within the kind and project), the `spec` fields that headwater
+manages, its `labels`, and the addresses of the resources it depends on.
+
+The same type describes both sides of a reconcile:
+
+* desired resources come out of `reconciler.compile` and carry only the fields the desired-state
+  repo declares (plus headwater's own defaults);
+* live resources come out of a provider's `observe` and carry the provider's canonical view of
+  the server object: server defaults are normalized away so that a freshly applied resource
+  compares equal to its desired twin.
+
+Spec values are JSON-like (str, int, float, bool, None, lists, dicts) so that plans, golden files
+and JSON output are trivial to produce. Canonical shapes per kind are documented in `SPEC_SHAPES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Kind(StrEnum):
+    PUBSUB_TOPIC = "pubsub_topic"
+    PUBSUB_SUBSCRIPTION = "pubsub_subscription"
+    STORAGE_BUCKET = "storage_bucket"
+    BIGQUERY_DATASET = "bigquery_dataset"
+    BIGQUERY_TABLE = "bigquery_table"
+
+
+# Kinds whose resources hold data: never deleted or replaced without --allow-destroy, and never
+# when the resource has deletion_protection (the default).
+DATA_KINDS = frozenset({Kind.STORAGE_BUCKET, Kind.BIGQUERY_DATASET, Kind.BIGQUERY_TABLE})
+
+# Labels every managed resource carries. Observe filters on MANAGED_BY_KEY.
+MANAGED_BY_KEY = "managed-by"
+MANAGED_BY_VALUE = "headwater"
+PLATFORM_KEY = "headwater-platform"
+SOURCE_KEY = "headwater-source"
+
+# The canonical spec shape of each kind (compile produces it; providers normalize live objects
+# into it). Durations are whole seconds, storage classes and BigQuery types are upper case.
+SPEC_SHAPES: dict[Kind, dict[str, str]] = {
+    Kind.PUBSUB_TOPIC: {
+        "message_retention_duration": "int seconds (optional)",
+    },
+    Kind.PUBSUB_SUBSCRIPTION: {
+        "topic": "topic id in the same project (immutable)",
+        "ack_deadline_seconds": "int",
+        "message_retention_duration": "int seconds",
+        "retain_acked_messages": "bool",
+        "retry_policy": "{minimum_backoff: int s, maximum_backoff: int s}",
+        "dead_letter_policy": "{dead_letter_topic: topic id, max_delivery_attempts: int} (optional)",
+        "expiration_ttl": "int seconds, 0 = never expires",
+    },
+    Kind.STORAGE_BUCKET: {
+        "location": "upper-case region (immutable)",
+        "storage_class": "STANDARD | NEARLINE | COLDLINE | ARCHIVE",
+        "lifecycle_rules": "[{action: {type, storage_class?}, condition: {age, matches_storage_class?}}]",
+        "uniform_bucket_level_access": "bool",
+    },
+    Kind.BIGQUERY_DATASET: {
+        "location": "region (immutable)",
+        "description": "str",
+    },
+    Kind.BIGQUERY_TABLE: {
+        "schema": "[{name, type, mode, description?, fields?}] (evolution rules apply)",
+        "time_partitioning": "{type: DAY, field: str | None (ingestion time)} (immutable)",
+        "clustering_fields": "[str] (up to 4)",
+        "description": "str",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One GCP object, desired or live. See the module docstring."""
+
+    kind: Kind
+    name: str
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    # Desired side only: refuse delete/replace even with --allow-destroy.
+    deletion_protection: bool = True
+
+    @property
+    def address(self) -> str:
+        return address(self.kind, self.name)
+
+    @property
+    def source_id(self) -> str | None:
+        return self.labels.get(SOURCE_KEY)
+
+    @property
+    def holds_data(self) -> bool:
+        return self.kind in DATA_KINDS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "kind": str(self.kind),
+            "name": self.name,
+            "spec": dict(self.spec),
+            "labels": dict(sorted(self.labels.items())),
+            "depends_on": list(self.depends_on),
+            "deletion_protection": self.deletion_protection,
+        }
+
+
+def address(kind: Kind | str, name: str) -> str:
+    """The stable address of a resource, e.g. ``pubsub_subscription.orders-ingest``."""
+    return f"{kind}.{name}"
