@@ -1,0 +1,58 @@
+"""Shared fixtures.
+
+Integration tests request ``emulators`` (directly or through another fixture); the three local
+emulators then start once for the whole session (~2 s) and the official clients find them
+through the ``*_EMULATOR_HOST`` variables. Tests that do not request it never start anything.
+
+Isolation between tests: Pub/Sub and BigQuery keep projects apart, so each test takes a fresh
+``project_id``. The Storage emulator has no projects (every client sees every bucket), so bucket
+names should start with the per-test ``unique`` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from reconciler import local
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Mark every test that (transitively) uses the emulators, so `-m "not emulators"` runs
+    # only the fast unit tests.
+    for item in items:
+        if "emulators" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.emulators)
+
+
+@pytest.fixture(scope="session")
+def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Emulators]:
+    """The running local emulators; their env vars are set in os.environ for the session."""
+    state_dir = tmp_path_factory.mktemp("emulators")
+    emu = local.start(state_dir, project="hw-test-session")
+    saved = {name: os.environ.get(name) for name in emu.env()}
+    os.environ.update(emu.env())
+    try:
+        yield emu
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        local.stop(state_dir)
+
+
+@pytest.fixture
+def project_id() -> str:
+    """A fresh project id per test: isolates Pub/Sub and BigQuery state between tests."""
+    return f"hw-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def unique() -> str:
+    """A per-test unique, bucket-name-safe prefix, e.g. ``hw-1a2b3c4d``: use f"{unique}-raw"."""
+    return f"hw-{uuid.uuid4().hex[:8]}"
