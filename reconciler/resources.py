@@ -37,10 +37,13 @@ class Kind(StrEnum):
 DATA_KINDS = frozenset({Kind.STORAGE_BUCKET, Kind.BIGQUERY_DATASET, Kind.BIGQUERY_TABLE})
 
 # Labels every managed resource carries. Observe filters on MANAGED_BY_KEY.
+# Resources that hold data also carry PROTECTED_KEY, so that a resource which is no longer
+# declared still tells the planner whether it may be deleted.
 MANAGED_BY_KEY = "managed-by"
 MANAGED_BY_VALUE = "headwater"
 PLATFORM_KEY = "headwater-platform"
 SOURCE_KEY = "headwater-source"
+PROTECTED_KEY = "headwater-deletion-protection"
 
 # The canonical spec shape of each kind (compile produces it; providers normalize live objects
 # into it). Durations are whole seconds, storage classes and BigQuery types are upper case.
@@ -87,6 +90,9 @@ class Resource:
     depends_on: tuple[str, ...] = ()
     # Desired side only: refuse delete/replace even with --allow-destroy.
     deletion_protection: bool = True
+    # Desired side only: headwater's own settings for this resource, never sent to GCP
+    # (e.g. {"schema_evolution": "backward_compatible"} for tables).
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def address(self) -> str:

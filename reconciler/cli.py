@@ -1,0 +1,265 @@
+"""The ``headwater`` command line.
+
+    headwater validate [--repo PATH]
+    headwater plan     [--repo PATH] [--format text|json|markdown] [--prune] [--allow-destroy]
+    headwater apply    [--repo PATH] [--auto-approve] [--prune] [--allow-destroy]
+    headwater drift    [--repo PATH] [--format text|json]
+    headwater local up | down
+    headwater demo     [--repo PATH]
+
+Exit codes: validate 0 valid / 1 invalid; plan 0 no changes / 2 changes / 1 error or refused;
+apply 0 converged / 1 failed, blocked or refused; drift 0 none / 2 drift / 1 error.
+
+Results (plans, drift reports, environment variables) go to stdout; progress and errors go to
+stderr, so ``--format json`` output stays parseable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from reconciler import local
+from reconciler.apply import FAILED, SKIPPED, ApplyResult, Outcome
+from reconciler.compile import compile_resources
+from reconciler.engine import Engine, drift_of, plan_options
+from reconciler.load import DesiredState, InvalidDesiredState, load_repo
+from reconciler.plan import Plan
+from reconciler.render import render, render_text, summary_line
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+DEFAULT_STATE_DIR = Path(".headwater")
+
+
+class CommandError(Exception):
+    """A failure to report on stderr with exit code 1 (no traceback)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CommandError as exc:
+        _err(f"error: {exc}")
+        return EXIT_ERROR
+    except InvalidDesiredState as exc:
+        _report_invalid(exc)
+        return EXIT_ERROR
+    except local.LocalSetupError as exc:
+        _err(f"error: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    state = load_repo(args.repo)
+    resources = compile_resources(state)
+    print(f"Valid: {len(state.sources)} sources, {len(resources)} resources ({args.repo})")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    state = load_repo(args.repo)
+    plan = _engine(state).plan(state, plan_options(state, prune=args.prune, allow_destroy=args.allow_destroy))
+    sys.stdout.write(render(plan, args.format))
+    if plan.refused:
+        return EXIT_ERROR
+    return EXIT_CHANGES if plan.has_changes else EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    state = load_repo(args.repo)
+    engine = _engine(state)
+    plan = engine.plan(state, plan_options(state, prune=args.prune, allow_destroy=args.allow_destroy))
+    sys.stdout.write(render_text(plan))
+    if plan.refused:
+        return EXIT_ERROR
+    if not plan.actionable:
+        return _blocked_exit(plan)
+    if not args.auto_approve and not _confirm(len(plan.actionable)):
+        _err("Apply cancelled; nothing was changed.")
+        return EXIT_ERROR
+    result = engine.apply(plan, on_outcome=_print_outcome)
+    print(result.summary())
+    _print_failures(result)
+    return EXIT_ERROR if not result.ok else _blocked_exit(plan)
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    state = load_repo(args.repo)
+    plan = _engine(state).plan(state)
+    drift = drift_of(plan)
+    if args.format == "json":
+        print(json.dumps({
+            "format_version": "1",
+            "revision": state.revision,
+            "drift": [
+                {"address": d.address, "kind": str(d.kind), "state": d.state,
+                 "fields": [{"path": p, "live": live, "desired": want} for p, live, want in d.fields]}
+                for d in drift
+            ],
+        }, indent=2, default=str))
+    else:
+        for item in drift:
+            print(f"{item.address}: {item.state}")
+            for path, live, want in item.fields:
+                print(f"    {path}: live {json.dumps(live, default=str)}, desired {json.dumps(want, default=str)}")
+        print(f"{len(drift)} resources drifted." if drift else "No drift: live state matches the desired state.")
+    return EXIT_CHANGES if drift else EXIT_OK
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    _err("Starting the Pub/Sub, Cloud Storage and BigQuery emulators...")
+    emulators = local.start(args.state_dir, project=args.project)
+    for name, value in emulators.env().items():
+        print(f"export {name}={value}")
+    _err(f"Emulators running (state in {args.state_dir}). Stop them with: headwater local down")
+    return EXIT_OK
+
+
+def cmd_local_down(args: argparse.Namespace) -> int:
+    stopped = local.stop(args.state_dir)
+    _err("Emulators stopped." if stopped else "No emulators were running.")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the emulators, validate/plan/apply the example, plan again, stop."""
+    state = load_repo(args.repo)  # invalid example → stop before starting anything
+    _err(f"[1/5] valid: {len(state.sources)} sources ({', '.join(state.source_ids)})")
+    _err("[2/5] starting the local emulators...")
+    already_running = local.load(args.state_dir) is not None
+    emulators = local.start(args.state_dir, project=state.platform.project)
+    saved = {name: os.environ.get(name) for name in emulators.env()}
+    os.environ.update(emulators.env())
+    try:
+        engine = _engine(state)
+        plan = engine.plan(state, plan_options(state))
+        _err("[3/5] plan:")
+        sys.stdout.write(render_text(plan))
+        _err("[4/5] applying...")
+        result = engine.apply(plan, on_outcome=_print_outcome)
+        print(result.summary())
+        _print_failures(result)
+        _err("[5/5] planning again (expecting no changes):")
+        again = engine.plan(state, plan_options(state))
+        print(summary_line(again))
+        counts = {}
+        for resource in engine.observe():
+            counts[str(resource.kind)] = counts.get(str(resource.kind), 0) + 1
+        print("Live on the emulators: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        converged = result.ok and not again.has_changes
+        print("Demo complete: the platform converged." if converged else "Demo finished WITHOUT converging.")
+        return EXIT_OK if converged else EXIT_ERROR
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if not args.keep and not already_running:
+            local.stop(args.state_dir)
+            _err("Emulators stopped.")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _engine(state: DesiredState) -> Engine:
+    from providers import build_providers
+
+    return Engine(build_providers(state.platform.project, state.platform.region))
+
+
+def _confirm(count: int) -> bool:
+    if not sys.stdin.isatty():
+        raise CommandError("refusing to apply without confirmation: stdin is not a terminal; pass --auto-approve")
+    answer = input(f"Apply {count} changes? Only 'yes' is accepted: ")
+    return answer.strip() == "yes"
+
+
+def _blocked_exit(plan: Plan) -> int:
+    if plan.blocked:
+        _err(f"{len(plan.blocked)} changes are blocked (see the plan); the platform has not fully converged.")
+        return EXIT_ERROR
+    if not plan.has_changes or not plan.actionable:
+        print("Nothing to apply.")
+    return EXIT_OK
+
+
+def _print_outcome(outcome: Outcome) -> None:
+    detail = f": {outcome.error}" if outcome.error else ""
+    _err(f"  {outcome.status:<7} {outcome.action:<7} {outcome.address} ({outcome.seconds:.2f}s){detail}")
+
+
+def _print_failures(result: ApplyResult) -> None:
+    for outcome in result.outcomes:
+        if outcome.status in (FAILED, SKIPPED):
+            _err(f"  {outcome.status}: {outcome.address}: {outcome.error}")
+
+
+def _report_invalid(exc: InvalidDesiredState) -> None:
+    for problem in exc.problems:
+        _err(str(problem))
+    _err(f"{len(exc.problems)} problems found; nothing was changed.")
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headwater", description="GitOps for a Google Cloud data platform.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_repo(p: argparse.ArgumentParser, default: str = ".") -> argparse.ArgumentParser:
+        p.add_argument("--repo", type=Path, default=Path(default), help=f"desired-state directory (default {default})")
+        return p
+
+    def with_safety(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--prune", action="store_true", help="delete managed resources that are no longer declared")
+        p.add_argument("--allow-destroy", action="store_true",
+                       help="permit deleting or replacing buckets, datasets and tables without deletion_protection")
+
+    p = with_repo(commands.add_parser("validate", help="check the desired state; no API calls"))
+    p.set_defaults(handler=cmd_validate)
+
+    p = with_repo(commands.add_parser("plan", help="show what apply would change"))
+    p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    with_safety(p)
+    p.set_defaults(handler=cmd_plan)
+
+    p = with_repo(commands.add_parser("apply", help="plan, confirm, and converge live state"))
+    p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
+    with_safety(p)
+    p.set_defaults(handler=cmd_apply)
+
+    p = with_repo(commands.add_parser("drift", help="compare live state with the desired state"))
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(handler=cmd_drift)
+
+    local_parser = commands.add_parser("local", help="local emulators")
+    local_commands = local_parser.add_subparsers(dest="local_command", required=True)
+    for name, handler in (("up", cmd_local_up), ("down", cmd_local_down)):
+        p = local_commands.add_parser(name)
+        p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+        p.add_argument("--project", default="headwater-local", help="default project of the BigQuery emulator")
+        p.set_defaults(handler=handler)
+
+    p = with_repo(commands.add_parser("demo", help="run the example platform on the local emulators"), "desired_state")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    p.add_argument("--keep", action="store_true", help="leave the emulators running afterwards")
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Compile: desired state → the resources it needs.
+
+A pure function of the validated `DesiredState`; no I/O. For the platform it emits the zone
+buckets (with lifecycle tiers) and datasets; for each source:
+
+=================================  ==============================================================
+``pubsub_topic.<id>``              where the connector (or publishers) send the source's records
+``pubsub_topic.<id>-dlq``          dead letters: records the pipeline could not process
+``pubsub_subscription.<id>-ingest`` the pipeline's subscription: ack deadline, exponential retry,
+                                   dead-letter policy pointing at the DLQ topic, retention
+``pubsub_subscription.<id>-dlq-hold`` keeps dead letters (acked ones too) for replay
+``bigquery_table.bronze.<id>_raw`` raw payload + attributes, partitioned by ingestion time
+``bigquery_table.silver.<id>``     the schema file's fields + ingestion metadata columns,
+                                   partitioned by day on the record's timestamp, clustered
+``bigquery_table.gold.<table>``    one per ``silver_to_gold`` aggregate
+=================================  ==============================================================
+
+Every resource carries ``managed-by=headwater`` and ``headwater-platform=<environment>``, plus
+``headwater-source=<source_id>`` when it belongs to one source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from reconciler.config import (
+    DEFAULT_LIFECYCLES,
+    Connector,
+    Lifecycle,
+    Platform,
+    SchemaField,
+    SourceSchema,
+    parse_metric,
+)
+from reconciler.load import DERIVED_DATE, PARTITION_TYPES, DesiredState, Source
+from reconciler.resources import (
+    MANAGED_BY_KEY,
+    MANAGED_BY_VALUE,
+    PLATFORM_KEY,
+    PROTECTED_KEY,
+    SOURCE_KEY,
+    Kind,
+    Resource,
+    address,
+)
+
+BUCKET_ZONES = ("landing", "bronze", "silver")
+DATASET_ZONES = ("bronze", "silver", "gold")
+
+TYPE_ALIASES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "STRUCT": "RECORD"}
+
+# Columns the ingestion pipeline adds to every Silver row.
+INGESTION_METADATA = [
+    {"name": "_ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED",
+     "description": "When headwater's pipeline wrote the row (UTC)"},
+    {"name": "_message_id", "type": "STRING", "mode": "NULLABLE",
+     "description": "Pub/Sub message id or source file of the record"},
+    {"name": "_schema_version", "type": "STRING", "mode": "NULLABLE",
+     "description": "Version of the schema file the record was validated against"},
+]
+
+BRONZE_RAW_SCHEMA = [
+    {"name": "payload", "type": "STRING", "mode": "REQUIRED", "description": "The record exactly as received"},
+    {"name": "attributes", "type": "RECORD", "mode": "REPEATED", "description": "Pub/Sub attributes or file metadata",
+     "fields": [{"name": "key", "type": "STRING", "mode": "NULLABLE"},
+                {"name": "value", "type": "STRING", "mode": "NULLABLE"}]},
+    {"name": "message_id", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "publish_time", "type": "TIMESTAMP", "mode": "NULLABLE"},
+    {"name": "ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
+]
+
+
+@dataclass(frozen=True)
+class ZoneNames:
+    buckets: dict[str, str]
+    datasets: dict[str, str]
+
+
+def zone_names(platform: Platform) -> ZoneNames:
+    """Bucket and dataset names of the zones, defaults applied."""
+    zones = platform.zones
+    buckets = {
+        zone: getattr(zones, zone).bucket or f"{zone}-{platform.project}-{platform.region}" for zone in BUCKET_ZONES
+    }
+    datasets = {zone: getattr(zones, zone).dataset or zone for zone in DATASET_ZONES}
+    return ZoneNames(buckets, datasets)
+
+
+def compile_resources(state: DesiredState) -> list[Resource]:
+    """All resources of the desired state, sorted by address."""
+    platform = state.platform
+    names = zone_names(platform)
+    resources = list(_platform_resources(platform, names))
+    for source in state.sources:
+        resources.extend(_source_resources(platform, names, source))
+    return sorted((_with_protection_label(r) for r in resources), key=lambda r: r.address)
+
+
+def _with_protection_label(resource: Resource) -> Resource:
+    """Data-holding resources record their deletion protection in a label, so that the planner
+    still knows it once the resource is no longer declared."""
+    if not resource.holds_data:
+        return resource
+    labels = {**resource.labels, PROTECTED_KEY: str(resource.deletion_protection).lower()}
+    return replace(resource, labels=labels)
+
+
+def base_labels(platform: Platform) -> dict[str, str]:
+    return {**platform.labels, MANAGED_BY_KEY: MANAGED_BY_VALUE, PLATFORM_KEY: platform.environment}
+
+
+def _platform_resources(platform: Platform, names: ZoneNames):
+    labels = base_labels(platform)
+    for zone in BUCKET_ZONES:
+        settings = getattr(platform.zones, zone)
+        lifecycle = settings.lifecycle if settings.lifecycle is not None else DEFAULT_LIFECYCLES[zone]
+        yield Resource(
+            kind=Kind.STORAGE_BUCKET,
+            name=names.buckets[zone],
+            spec={
+                "location": platform.region.upper(),
+                "storage_class": "STANDARD",
+                "lifecycle_rules": lifecycle_rules(lifecycle),
+                "uniform_bucket_level_access": True,
+            },
+            labels={**labels, "headwater-zone": zone},
+            deletion_protection=settings.deletion_protection,
+        )
+    for zone in DATASET_ZONES:
+        yield Resource(
+            kind=Kind.BIGQUERY_DATASET,
+            name=names.datasets[zone],
+            spec={"location": platform.region, "description": f"headwater {zone} zone ({platform.environment})"},
+            labels={**labels, "headwater-zone": zone},
+            deletion_protection=getattr(platform.zones, zone).deletion_protection,
+        )
+
+
+def lifecycle_rules(lifecycle: Lifecycle) -> list[dict[str, Any]]:
+    """Tiers as Cloud Storage lifecycle rules, in the providers' canonical order (by age).
+
+    Each SetStorageClass rule only matches objects still in a hotter class, so a tier never
+    moves an object back up (COLDLINE objects are not "demoted" to NEARLINE at a later age).
+    """
+    rules = []
+    hotter = ["STANDARD"]
+    for tier in lifecycle.tiers:
+        rules.append({
+            "action": {"type": "SetStorageClass", "storage_class": tier.storage_class},
+            "condition": {"age": tier.after_days, "matches_storage_class": sorted(hotter)},
+        })
+        hotter.append(tier.storage_class)
+    if lifecycle.delete_after_days is not None:
+        rules.append({"action": {"type": "Delete"}, "condition": {"age": lifecycle.delete_after_days}})
+    return rules
+
+
+def _source_resources(platform: Platform, names: ZoneNames, source: Source):
+    connector = source.connector
+    sid = connector.source_id
+    labels = {**base_labels(platform), **connector.labels, SOURCE_KEY: sid}
+    protect = connector.deletion_protection
+    pubsub = platform.pubsub
+
+    topic = topic_id(connector)
+    dlq = f"{sid}-dlq"
+    yield Resource(Kind.PUBSUB_TOPIC, topic, {}, labels)
+    yield Resource(Kind.PUBSUB_TOPIC, dlq, {}, labels)
+    yield Resource(
+        Kind.PUBSUB_SUBSCRIPTION,
+        f"{sid}-ingest",
+        {
+            "topic": topic,
+            "ack_deadline_seconds": pubsub.ack_deadline_seconds,
+            "message_retention_duration": pubsub.message_retention,
+            "retain_acked_messages": False,
+            "retry_policy": {
+                "minimum_backoff": pubsub.retry_backoff.minimum,
+                "maximum_backoff": pubsub.retry_backoff.maximum,
+            },
+            "dead_letter_policy": {"dead_letter_topic": dlq, "max_delivery_attempts": pubsub.max_delivery_attempts},
+            "expiration_ttl": 0,
+        },
+        labels,
+        depends_on=(address(Kind.PUBSUB_TOPIC, topic), address(Kind.PUBSUB_TOPIC, dlq)),
+    )
+    yield Resource(
+        Kind.PUBSUB_SUBSCRIPTION,
+        f"{sid}-dlq-hold",
+        {
+            "topic": dlq,
+            "ack_deadline_seconds": pubsub.ack_deadline_seconds,
+            "message_retention_duration": pubsub.dead_letter_retention,
+            # Dead letters stay replayable for the retention period even after someone acks them.
+            "retain_acked_messages": True,
+            "expiration_ttl": 0,
+        },
+        labels,
+        depends_on=(address(Kind.PUBSUB_TOPIC, dlq),),
+    )
+
+    bronze, silver, gold = names.datasets["bronze"], names.datasets["silver"], names.datasets["gold"]
+    yield Resource(
+        Kind.BIGQUERY_TABLE,
+        f"{bronze}.{sid}_raw",
+        {
+            "schema": BRONZE_RAW_SCHEMA,
+            "time_partitioning": {"type": "DAY", "field": None},
+            "clustering_fields": None,
+            "description": f"Raw records of {connector.display_name or sid}, as received",
+        },
+        labels,
+        depends_on=(address(Kind.BIGQUERY_DATASET, bronze),),
+        deletion_protection=protect,
+    )
+    partition = partition_field(connector, source.schema)
+    yield Resource(
+        Kind.BIGQUERY_TABLE,
+        f"{silver}.{sid}",
+        {
+            "schema": [*canonical_schema(source.schema.fields), *INGESTION_METADATA],
+            "time_partitioning": {"type": "DAY", "field": partition},
+            "clustering_fields": list(connector.silver.cluster_by) or None,
+            "description": connector.description or f"Validated records of {sid}",
+        },
+        labels,
+        depends_on=(address(Kind.BIGQUERY_DATASET, silver),),
+        deletion_protection=protect,
+        options={"schema_evolution": connector.schema_.evolution},
+    )
+    for step in connector.processing.silver_to_gold:
+        if step.aggregate:
+            table = step.aggregate.table or f"{sid}_summary"
+            yield Resource(
+                Kind.BIGQUERY_TABLE,
+                f"{gold}.{table}",
+                _gold_spec(connector, source.schema, step.aggregate, partition),
+                labels,
+                depends_on=(address(Kind.BIGQUERY_DATASET, gold),),
+                deletion_protection=protect,
+            )
+
+
+def topic_id(connector: Connector) -> str:
+    """The source's ingest topic: ``<source_id>``, or the event_streaming pattern's own topic."""
+    declared = getattr(connector.ingestion, "pubsub_topic", None)
+    return declared.rsplit("/", 1)[-1] if declared else connector.source_id
+
+
+def partition_field(connector: Connector, schema: SourceSchema) -> str:
+    """The declared partition field, else the first top-level TIMESTAMP/DATE field, else ingestion time."""
+    if connector.silver.partition_field:
+        return connector.silver.partition_field
+    for field in schema.fields:
+        if field.type in PARTITION_TYPES and field.mode != "REPEATED":
+            return field.name
+    return "_ingested_at"
+
+
+def canonical_schema(fields: list[SchemaField]) -> list[dict[str, Any]]:
+    """Schema fields in the canonical shape providers observe (type aliases resolved)."""
+    result = []
+    for field in fields:
+        item: dict[str, Any] = {"name": field.name, "type": TYPE_ALIASES.get(field.type, field.type), "mode": field.mode}
+        if field.description:
+            item["description"] = field.description
+        if field.fields:
+            item["fields"] = canonical_schema(field.fields)
+        result.append(item)
+    return result
+
+
+_METRIC_TYPES = {"count": "INT64", "avg": "FLOAT64"}
+
+
+def _gold_spec(connector: Connector, schema: SourceSchema, aggregate, partition: str) -> dict[str, Any]:
+    columns = []
+    for name in aggregate.group_by:
+        if name == DERIVED_DATE:
+            columns.append({"name": DERIVED_DATE, "type": "DATE", "mode": "NULLABLE",
+                            "description": f"Day of {partition}"})
+        else:
+            field = schema.find(name)
+            columns.append({"name": name, "type": TYPE_ALIASES.get(field.type, field.type), "mode": "NULLABLE"})
+    for metric in aggregate.metrics:
+        fn, arg, alias = parse_metric(metric)
+        if fn in _METRIC_TYPES:
+            kind = _METRIC_TYPES[fn]
+        else:
+            source_type = TYPE_ALIASES.get(schema.find(arg).type, schema.find(arg).type)
+            kind = "FLOAT64" if fn == "sum" and source_type == "FLOAT64" else source_type
+        columns.append({"name": alias, "type": kind, "mode": "NULLABLE", "description": metric.strip()})
+    others = [c for c in aggregate.group_by if c != DERIVED_DATE]
+    return {
+        "schema": columns,
+        "time_partitioning": {"type": "DAY", "field": DERIVED_DATE} if DERIVED_DATE in aggregate.group_by else None,
+        "clustering_fields": others[:4] or None,
+        "description": f"Gold aggregate of {connector.source_id}",
+    }

@@ -1,0 +1,454 @@
+"""The desired-state file formats, as pydantic models.
+
+A desired-state repo holds:
+
+* ``platform.yaml`` — `Platform`: project, region, environment, common labels, the zones
+  (buckets and datasets with their storage lifecycle), Pub/Sub defaults and safety policy;
+* ``connectors/<source_id>.yaml`` — `Connector`: one data source in the seed's connector format
+  (ingestion pattern and its settings, schema reference, processing, serving, monitoring);
+* ``schemas/<source_id>.json`` — `SourceSchema`: the source's fields in BigQuery terms.
+
+The models check everything that can be checked within one file (types, required fields,
+unknown keys, GCP naming rules, cron and duration syntax). Checks that need several files
+(duplicate ids, schema references, fields named by processing steps) live in `reconciler.load`.
+The JSON Schemas in ``schemas/`` at the project root are generated from these models
+(`python -m reconciler.jsonschema`); a test fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from reconciler import naming
+
+# --------------------------------------------------------------------------- value types
+
+_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> int:
+    """``"90s"``, ``"10m"``, ``"2h"``, ``"7d"`` or a whole number of seconds, as seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '60s', '10m', '2h' or '7d'")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match:
+            return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(f"invalid duration {value!r}: expected a duration like '60s', '10m', '2h' or '7d'")
+
+
+def _check(rule):
+    """Adapt a `naming` rule (returns an error message or None) to a pydantic validator."""
+
+    def validate(value: str) -> str:
+        problem = rule(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(validate)
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration), Field(ge=0)]
+Cron = Annotated[str, _check(naming.cron_problem)]
+GcsUri = Annotated[str, _check(naming.gcs_uri_problem)]
+SourceId = Annotated[str, _check(naming.source_id_problem)]
+LabelMap = Annotated[dict[str, str], _check(naming.labels_problem)]
+ColumnName = Annotated[str, _check(naming.column_problem)]
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, values are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- platform.yaml
+
+StorageClass = Literal["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"]
+
+
+class Tier(Strict):
+    after_days: int = Field(gt=0, description="Object age in days at which it moves to storage_class")
+    storage_class: Literal["NEARLINE", "COLDLINE", "ARCHIVE"]
+
+
+class Lifecycle(Strict):
+    """Storage tiers of a zone's bucket. Objects are never deleted unless delete_after_days is set."""
+
+    tiers: list[Tier] = Field(default_factory=list)
+    delete_after_days: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Lifecycle:
+        ages = [tier.after_days for tier in self.tiers]
+        if ages != sorted(set(ages)):
+            raise ValueError("tiers must be in increasing after_days order, without repeats")
+        if self.delete_after_days is not None and ages and self.delete_after_days <= ages[-1]:
+            raise ValueError("delete_after_days must come after the last tier")
+        return self
+
+
+def _tiers(*pairs: tuple[int, str]) -> Lifecycle:
+    return Lifecycle(tiers=[Tier(after_days=days, storage_class=cls) for days, cls in pairs])
+
+
+# The seed's retention table: Bronze 90 d → Nearline, 1 y → Coldline, 7 y → Archive, never deleted;
+# Silver 180 d → Nearline, 2 y → Coldline (recreatable, so no archive tier); Gold always hot.
+DEFAULT_LIFECYCLES: dict[str, Lifecycle] = {
+    "landing": Lifecycle(),
+    "bronze": _tiers((90, "NEARLINE"), (365, "COLDLINE"), (2555, "ARCHIVE")),
+    "silver": _tiers((180, "NEARLINE"), (730, "COLDLINE")),
+}
+
+
+class BucketZone(Strict):
+    bucket: str | None = Field(default=None, description="Bucket name; default {zone}-{project}-{region}")
+    lifecycle: Lifecycle | None = Field(default=None, description="Default: the seed's retention table")
+    deletion_protection: bool = True
+
+
+class DataZone(BucketZone):
+    dataset: str | None = Field(default=None, description="BigQuery dataset id; default the zone name")
+
+
+class GoldZone(Strict):
+    dataset: str | None = None
+    deletion_protection: bool = True
+
+
+class Zones(Strict):
+    landing: BucketZone = Field(default_factory=BucketZone)
+    bronze: DataZone = Field(default_factory=DataZone)
+    silver: DataZone = Field(default_factory=DataZone)
+    gold: GoldZone = Field(default_factory=GoldZone)
+
+
+class RetryBackoff(Strict):
+    minimum: Duration = 10
+    maximum: Duration = 600
+
+    @model_validator(mode="after")
+    def _range(self) -> RetryBackoff:
+        if not (0 <= self.minimum <= 600 and 0 <= self.maximum <= 600):
+            raise ValueError("retry backoff bounds must be between 0s and 600s")
+        if self.minimum > self.maximum:
+            raise ValueError("retry_backoff.minimum must not exceed retry_backoff.maximum")
+        return self
+
+
+class PubSubDefaults(Strict):
+    ack_deadline_seconds: int = Field(default=60, ge=10, le=600)
+    max_delivery_attempts: int = Field(default=5, ge=5, le=100)
+    retry_backoff: RetryBackoff = Field(default_factory=RetryBackoff)
+    message_retention: Duration = Field(default=7 * 86400, ge=600, le=31 * 86400)
+    dead_letter_retention: Duration = Field(default=7 * 86400, ge=600, le=31 * 86400)
+
+
+class Policy(Strict):
+    prune: bool = Field(default=False, description="Delete managed resources that are no longer declared")
+    max_delete_fraction: float = Field(default=0.2, ge=0, le=1)
+
+
+class Platform(Strict):
+    project: Annotated[str, _check(naming.project_problem)]
+    region: Annotated[str, _check(naming.region_problem)]
+    environment: Annotated[str, _check(naming.label_value_problem)]
+    labels: LabelMap = Field(default_factory=dict)
+    zones: Zones = Field(default_factory=Zones)
+    pubsub: PubSubDefaults = Field(default_factory=PubSubDefaults)
+    policy: Policy = Field(default_factory=Policy)
+    suspend: bool = Field(default=False, description="Observe only: the daemon plans but never applies")
+
+
+# --------------------------------------------------------------------------- connectors
+
+class BatchFile(Strict):
+    pattern: Literal["batch_file"]
+    location: GcsUri | None = Field(default=None, description="Default gs://<landing bucket>/<source_id>/")
+    schedule: Cron
+    format: Literal["json", "csv", "parquet", "avro"]
+    compression: Literal["none", "gzip"] = "none"
+
+
+class StreamingApi(Strict):
+    pattern: Literal["streaming_api"]
+    connector_type: Literal["rest_api", "webhook"]
+    api_endpoint: Annotated[str, _check(naming.https_url_problem)] | None = None
+    auth_type: Literal["none", "bearer_token", "api_key", "oauth2", "basic"] = "none"
+    secret_name: Annotated[str, _check(naming.secret_name_problem)] | None = None
+    poll_interval: Duration | None = None
+    webhook_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_\-.]*$")] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StreamingApi:
+        if self.connector_type == "rest_api" and (self.api_endpoint is None or self.poll_interval is None):
+            raise ValueError("a rest_api connector needs api_endpoint and poll_interval")
+        if self.connector_type == "webhook" and self.webhook_path is None:
+            raise ValueError("a webhook connector needs webhook_path")
+        if self.auth_type != "none" and self.secret_name is None:
+            raise ValueError(f"auth_type {self.auth_type} needs secret_name (a Secret Manager secret)")
+        return self
+
+
+class DatabaseCdc(Strict):
+    pattern: Literal["database_cdc"]
+    connector_type: Literal["datastream"] = "datastream"
+    database_type: Literal["postgresql", "mysql", "oracle", "sqlserver"]
+    connection_profile: Annotated[
+        str, Field(pattern=r"^projects/[^/]+/locations/[^/]+/connectionProfiles/[A-Za-z0-9_\-]+$")
+    ]
+    tables: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = Field(min_length=1)
+
+
+class CloudTransfer(Strict):
+    pattern: Literal["cloud_transfer"]
+    source_type: Literal["s3", "azure_blob", "gcs"]
+    source_bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9]$")]
+    source_path: str = ""
+    schedule: Cron
+    destination: GcsUri | None = None
+
+
+class EventStreaming(Strict):
+    pattern: Literal["event_streaming"]
+    pubsub_topic: str | None = Field(
+        default=None, description="Topic id (or projects/<project>/topics/<id>) to manage; default <source_id>"
+    )
+    message_format: Literal["json", "avro", "protobuf"] = "json"
+    window_size: Duration | None = None
+
+
+Ingestion = Annotated[
+    BatchFile | StreamingApi | DatabaseCdc | CloudTransfer | EventStreaming,
+    Field(discriminator="pattern"),
+]
+
+INGESTION_PATTERNS = ("batch_file", "streaming_api", "database_cdc", "cloud_transfer", "event_streaming")
+
+
+class SchemaRef(Strict):
+    file: str = Field(description="Path of the source's JSON schema, relative to the repo root")
+    validation: Literal["strict", "lenient"] = "strict"
+    evolution: Literal["backward_compatible", "none", "recreate"] = Field(
+        default="backward_compatible",
+        description=(
+            "backward_compatible: only NULLABLE additions apply; none: any schema change is blocked; "
+            "recreate: incompatible changes replace the table (still gated by --allow-destroy)"
+        ),
+    )
+
+
+class Deduplication(Strict):
+    key: list[str] = Field(min_length=1)
+    window: Duration = Field(default=600, description="How long a key is remembered by the streaming pipeline")
+
+
+class QualityRule(Strict):
+    field: str
+    check: Literal["not_null", "valid_email", "positive_number", "range", "regex", "allowed_values"]
+    min: float | None = None
+    max: float | None = None
+    pattern: str | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _arguments(self) -> QualityRule:
+        if self.check == "range" and self.min is None and self.max is None:
+            raise ValueError("a range check needs min and/or max")
+        if self.check == "regex":
+            if not self.pattern:
+                raise ValueError("a regex check needs pattern")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex pattern: {exc}") from exc
+        if self.check == "allowed_values" and not self.values:
+            raise ValueError("an allowed_values check needs values")
+        return self
+
+
+class DataQuality(Strict):
+    rules: list[QualityRule] = Field(min_length=1)
+
+
+class BronzeToSilverStep(Strict):
+    """One step of bronze_to_silver: exactly one of the keys."""
+
+    deduplication: Deduplication | None = None
+    data_quality: DataQuality | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> BronzeToSilverStep:
+        if (self.deduplication is None) == (self.data_quality is None):
+            raise ValueError("each step takes exactly one of: deduplication, data_quality")
+        return self
+
+
+class Join(Strict):
+    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")]
+    on: str | list[str]
+
+
+_METRIC = re.compile(
+    r"^\s*(?P<fn>sum|avg|min|max|count)\s*\(\s*(?P<arg>\*|[A-Za-z_][A-Za-z0-9_]*)\s*\)\s+as\s+(?P<alias>[A-Za-z_][A-Za-z0-9_]*)\s*$",
+    re.IGNORECASE,
+)
+
+
+def parse_metric(text: str) -> tuple[str, str, str]:
+    """``"sum(amount) as total_amount"`` → ``("sum", "amount", "total_amount")``."""
+    match = _METRIC.match(text)
+    if not match:
+        raise ValueError(
+            f"invalid metric {text!r}: expected '<sum|avg|min|max|count>(<field>|*) as <name>'"
+        )
+    fn, arg = match.group("fn").lower(), match.group("arg")
+    if arg == "*" and fn != "count":
+        raise ValueError(f"invalid metric {text!r}: only count takes *")
+    return fn, arg, match.group("alias")
+
+
+def _metric(text: str) -> str:
+    parse_metric(text)
+    return text
+
+
+class Aggregate(Strict):
+    group_by: list[str] = Field(min_length=1)
+    metrics: list[Annotated[str, AfterValidator(_metric)]] = Field(min_length=1)
+    table: Annotated[str, _check(naming.table_problem)] | None = Field(
+        default=None, description="Gold table id; default <source_id>_summary"
+    )
+
+
+class SilverToGoldStep(Strict):
+    join: Join | None = None
+    aggregate: Aggregate | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SilverToGoldStep:
+        if (self.join is None) == (self.aggregate is None):
+            raise ValueError("each step takes exactly one of: join, aggregate")
+        return self
+
+
+class Processing(Strict):
+    bronze_to_silver: list[BronzeToSilverStep] = Field(default_factory=list)
+    silver_to_gold: list[SilverToGoldStep] = Field(default_factory=list)
+
+
+class SilverTable(Strict):
+    partition_field: str | None = Field(
+        default=None, description="TIMESTAMP/DATE field to partition by day; default the first such field"
+    )
+    cluster_by: list[str] = Field(default_factory=list, max_length=4)
+
+
+class Serving(Strict):
+    third_party_api: bool = False
+    reporting: bool = False
+    ml_features: bool = False
+
+
+class Monitoring(Strict):
+    sla_minutes: int | None = Field(default=None, gt=0)
+    alert_email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
+    metrics: list[Literal["record_count", "latency_p95", "error_rate", "freshness", "dead_letters"]] = Field(
+        default_factory=list
+    )
+
+
+class Connector(Strict):
+    source_id: SourceId
+    display_name: str | None = None
+    description: str | None = None
+    labels: LabelMap = Field(default_factory=dict)
+    ingestion: Ingestion
+    schema_: SchemaRef = Field(alias="schema")
+    processing: Processing = Field(default_factory=Processing)
+    silver: SilverTable = Field(default_factory=SilverTable)
+    serving: Serving = Field(default_factory=Serving)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    deletion_protection: bool = Field(default=True, description="Refuse to delete or replace this source's tables")
+    suspend: bool = Field(default=False, description="Observe only: the daemon never applies this source")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def dedup_key(self) -> list[str]:
+        return [k for step in self.processing.bronze_to_silver if step.deduplication for k in step.deduplication.key]
+
+    @property
+    def quality_rules(self) -> list[QualityRule]:
+        return [r for step in self.processing.bronze_to_silver if step.data_quality for r in step.data_quality.rules]
+
+
+# --------------------------------------------------------------------------- schemas/<source_id>.json
+
+BigQueryType = Literal[
+    "STRING", "BYTES", "INT64", "INTEGER", "FLOAT64", "FLOAT", "NUMERIC", "BIGNUMERIC", "BOOL", "BOOLEAN",
+    "TIMESTAMP", "DATE", "TIME", "DATETIME", "GEOGRAPHY", "JSON", "RECORD", "STRUCT",
+]
+
+
+class SchemaField(Strict):
+    name: ColumnName
+    type: BigQueryType
+    mode: Literal["NULLABLE", "REQUIRED", "REPEATED"] = "NULLABLE"
+    description: str = ""
+    fields: list[SchemaField] | None = None
+
+    @model_validator(mode="after")
+    def _nested(self) -> SchemaField:
+        is_record = self.type in ("RECORD", "STRUCT")
+        if is_record and not self.fields:
+            raise ValueError(f"field {self.name!r} of type {self.type} needs nested fields")
+        if not is_record and self.fields is not None:
+            raise ValueError(f"field {self.name!r} of type {self.type} cannot have nested fields")
+        if self.fields:
+            _unique_names(self.fields)
+        return self
+
+
+def _unique_names(fields: list[SchemaField]) -> None:
+    seen: set[str] = set()
+    for item in fields:
+        if item.name.lower() in seen:  # BigQuery column names are case-insensitive
+            raise ValueError(f"duplicate field name {item.name!r}")
+        seen.add(item.name.lower())
+
+
+class SourceSchema(Strict):
+    source_id: SourceId
+    version: str
+    fields: list[SchemaField] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> SourceSchema:
+        _unique_names(self.fields)
+        return self
+
+    def find(self, dotted: str) -> SchemaField | None:
+        """The field at a dotted path (``customer.id``), or None."""
+        fields: list[SchemaField] | None = self.fields
+        found = None
+        for part in dotted.split("."):
+            found = next((f for f in fields or [] if f.name == part), None)
+            if found is None:
+                return None
+            fields = found.fields
+        return found

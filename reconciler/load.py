@@ -1,0 +1,372 @@
+"""Loading and validating a desired-state repo.
+
+`load_repo(root)` reads ``platform.yaml``, ``connectors/*.yaml`` and the schemas they name, and
+returns a `DesiredState` — or raises `InvalidDesiredState` carrying *every* problem found, each
+as ``path/to/file.yaml:LINE:COL: field.path: message``. Nothing here talks to GCP: validation
+always happens before the first API call.
+
+Checks that fit in one file are the pydantic models' (`reconciler.config`); this module adds
+those that need several files: duplicate ``source_id``, file name vs ``source_id``, the schema
+file (missing, outside the repo, different ``source_id``), and every field that processing,
+partitioning or clustering names but the schema lacks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from reconciler import naming
+from reconciler.config import Connector, Platform, SourceSchema, parse_metric
+from reconciler.yamlsrc import LoadError, SourceMap, load_json, load_yaml
+
+PLATFORM_FILE = "platform.yaml"
+CONNECTORS_DIR = "connectors"
+
+PARTITION_TYPES = {"TIMESTAMP", "DATE", "DATETIME"}
+# BigQuery clustering accepts these top-level, non-repeated column types (not FLOAT64, RECORD, JSON).
+CLUSTER_TYPES = {"STRING", "INT64", "INTEGER", "NUMERIC", "BIGNUMERIC", "BOOL", "BOOLEAN", "DATE",
+                 "DATETIME", "TIMESTAMP", "GEOGRAPHY"}
+DERIVED_DATE = "date"  # group_by may name the day of the partition field
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    file: str
+    line: int
+    column: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.field}: " if self.field else ""
+        return f"{self.file}:{self.line}:{self.column}: {where}{self.message}"
+
+
+class InvalidDesiredState(Exception):
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = sorted(set(problems))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class Source:
+    connector: Connector
+    schema: SourceSchema
+    connector_file: str
+    schema_file: str
+
+    @property
+    def source_id(self) -> str:
+        return self.connector.source_id
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    root: Path
+    platform: Platform
+    sources: tuple[Source, ...]
+    revision: str | None = None
+
+    @property
+    def source_ids(self) -> list[str]:
+        return [s.source_id for s in self.sources]
+
+
+@dataclass
+class _Collector:
+    root: Path
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, file: str, position: tuple[int, int], field_path: str, message: str) -> None:
+        self.problems.append(Problem(file, position[0], position[1], field_path, message))
+
+    def load(self, path: Path, loader, model: type[BaseModel]) -> tuple[Any, SourceMap] | None:
+        """Parse and validate one file; record its problems; the model instance or None."""
+        rel = self.rel(path)
+        try:
+            data, source_map = loader(path)
+        except LoadError as exc:
+            self.add(rel, (exc.line, exc.column), "", exc.message)
+            return None
+        except OSError as exc:
+            self.add(rel, (1, 1), "", f"cannot read file: {exc.strerror}")
+            return None
+        if not isinstance(data, dict):
+            self.add(rel, source_map.find(()), "", f"expected a mapping at the top level, found {_kind(data)}")
+            return None
+        try:
+            return model.model_validate(data), source_map
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = _data_loc(data, error["loc"])
+                self.add(rel, source_map.find(loc), _dotted(loc), _message(error, model, data, loc))
+            return None
+
+    def rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+def load_repo(root: Path | str) -> DesiredState:
+    """Read and validate the desired state under ``root``; raise `InvalidDesiredState` on any problem."""
+    root = Path(root).resolve()
+    collector = _Collector(root)
+    platform = None
+    platform_path = root / PLATFORM_FILE
+    if not platform_path.is_file():
+        collector.add(PLATFORM_FILE, (1, 1), "", f"missing: a desired-state repo needs {PLATFORM_FILE} at its root")
+    else:
+        loaded = collector.load(platform_path, load_yaml, Platform)
+        if loaded:
+            platform, platform_map = loaded
+            _check_platform_names(collector, platform, platform_map)
+
+    sources = []
+    seen: dict[str, str] = {}
+    connectors_dir = root / CONNECTORS_DIR
+    files = sorted([*connectors_dir.glob("*.yaml"), *connectors_dir.glob("*.yml")]) if connectors_dir.is_dir() else []
+    for path in files:
+        loaded = collector.load(path, load_yaml, Connector)
+        if not loaded:
+            continue
+        connector, source_map = loaded
+        rel = collector.rel(path)
+        where = source_map.find(("source_id",))
+        if path.stem != connector.source_id:
+            collector.add(rel, where, "source_id",
+                          f"source_id {connector.source_id!r} does not match the file name {path.name!r} "
+                          f"(expected connectors/{connector.source_id}.yaml)")
+        if connector.source_id in seen:
+            collector.add(rel, where, "source_id",
+                          f"duplicate source_id {connector.source_id!r}: also declared in {seen[connector.source_id]}")
+            continue
+        seen[connector.source_id] = rel
+        schema_result = _load_schema(collector, connector, rel, source_map)
+        if schema_result:
+            schema, schema_rel = schema_result
+            _check_fields(collector, connector, schema, rel, source_map)
+            sources.append(Source(connector, schema, rel, schema_rel))
+
+    if collector.problems or platform is None:
+        raise InvalidDesiredState(collector.problems)
+    return DesiredState(root=root, platform=platform, sources=tuple(sources), revision=git_revision(root))
+
+
+def git_revision(root: Path) -> str | None:
+    """The full commit SHA checked out at ``root``, if it is inside a git work tree."""
+    try:
+        import git
+
+        return git.Repo(root, search_parent_directories=True).head.commit.hexsha
+    except Exception:  # noqa: BLE001 - not a repo, no commits yet, or git missing: no revision
+        return None
+
+
+def _load_schema(collector: _Collector, connector: Connector, rel: str, source_map: SourceMap):
+    where = source_map.find(("schema", "file"))
+    relative = connector.schema_.file
+    path = (collector.root / relative).resolve()
+    if Path(relative).is_absolute() or not path.is_relative_to(collector.root):
+        collector.add(rel, where, "schema.file", f"{relative!r} points outside the repository; "
+                      "schema files must live inside it (e.g. schemas/<source_id>.json)")
+        return None
+    if not path.is_file():
+        collector.add(rel, where, "schema.file", f"schema file {relative!r} does not exist")
+        return None
+    loaded = collector.load(path, load_json, SourceSchema)
+    if not loaded:
+        return None
+    schema, schema_map = loaded
+    schema_rel = collector.rel(path)
+    if schema.source_id != connector.source_id:
+        collector.add(schema_rel, schema_map.find(("source_id",)), "source_id",
+                      f"schema source_id {schema.source_id!r} does not match connector {connector.source_id!r} ({rel})")
+        return None
+    return schema, schema_rel
+
+
+def _check_fields(collector: _Collector, connector: Connector, schema: SourceSchema, rel: str, smap: SourceMap):
+    """Every field named by processing, partitioning or clustering must exist in the schema."""
+
+    def need(loc: tuple, name: str, what: str, types_allowed: set[str] | None = None, top_level=False) -> None:
+        found = schema.find(name)
+        if found is None or (top_level and "." in name):
+            names = [f.name for f in schema.fields]
+            hint = _did_you_mean(name, names)
+            collector.add(rel, smap.find(loc), _dotted(loc),
+                          f"{what} {name!r} is not a field of {connector.schema_.file}{hint}")
+            return
+        if types_allowed is not None and (found.type not in types_allowed or found.mode == "REPEATED"):
+            collector.add(rel, smap.find(loc), _dotted(loc),
+                          f"{what} {name!r} has type {found.type} ({found.mode}); "
+                          f"allowed: {', '.join(sorted(types_allowed))}, not REPEATED")
+
+    for i, step in enumerate(connector.processing.bronze_to_silver):
+        if step.deduplication:
+            for j, key in enumerate(step.deduplication.key):
+                need(("processing", "bronze_to_silver", i, "deduplication", "key", j), key, "deduplication key")
+        if step.data_quality:
+            for j, rule in enumerate(step.data_quality.rules):
+                need(("processing", "bronze_to_silver", i, "data_quality", "rules", j, "field"), rule.field,
+                     "data_quality field")
+    silver = connector.silver
+    if silver.partition_field is not None:
+        need(("silver", "partition_field"), silver.partition_field, "partition field", PARTITION_TYPES, True)
+    for j, name in enumerate(silver.cluster_by):
+        need(("silver", "cluster_by", j), name, "cluster field", CLUSTER_TYPES, True)
+    for i, step in enumerate(connector.processing.silver_to_gold):
+        if step.join:
+            for name in [step.join.on] if isinstance(step.join.on, str) else step.join.on:
+                need(("processing", "silver_to_gold", i, "join", "on"), name, "join field")
+        if step.aggregate:
+            for j, name in enumerate(step.aggregate.group_by):
+                if name != DERIVED_DATE:
+                    need(("processing", "silver_to_gold", i, "aggregate", "group_by", j), name, "group_by field",
+                         CLUSTER_TYPES | {"FLOAT64", "FLOAT"}, True)
+            for j, metric in enumerate(step.aggregate.metrics):
+                _fn, arg, _alias = parse_metric(metric)
+                if arg != "*":
+                    need(("processing", "silver_to_gold", i, "aggregate", "metrics", j), arg, "metric field",
+                         None, True)
+
+
+def _check_platform_names(collector: _Collector, platform: Platform, smap: SourceMap) -> None:
+    """Names headwater derives from platform.yaml must be valid GCP names too."""
+    from reconciler.compile import zone_names
+
+    names = zone_names(platform)
+    for zone, bucket in names.buckets.items():
+        problem = naming.bucket_problem(bucket)
+        if problem:
+            declared = getattr(platform.zones, zone).bucket is not None
+            loc = ("zones", zone, "bucket") if declared else ("project",)
+            extra = "" if declared else f" (derived as {zone}-<project>-<region>; set zones.{zone}.bucket)"
+            collector.add(PLATFORM_FILE, smap.find(loc), _dotted(loc), problem + extra)
+    for zone, dataset in names.datasets.items():
+        problem = naming.dataset_problem(dataset)
+        if problem:
+            loc = ("zones", zone, "dataset")
+            collector.add(PLATFORM_FILE, smap.find(loc), _dotted(loc), problem)
+
+
+# --------------------------------------------------------------------------- error formatting
+
+
+def _data_loc(data: Any, loc: tuple) -> tuple:
+    """Pydantic's error location, minus the parts that are not in the document.
+
+    Pydantic adds discriminator tags (``ingestion.batch_file.schedule``) and union member names
+    (``on.str``) to locations; the user's file has neither.
+    """
+    result: list = []
+    current = data
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+            result.append(part)
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+            result.append(part)
+        elif last and isinstance(current, dict):
+            result.append(part)  # a missing or unknown key: name it
+        # else: a tag or union member name that the document does not contain
+    return tuple(result)
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _message(error: dict, model: type[BaseModel], data: Any, loc: tuple) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, data, loc[:-1])
+        return f"unknown key {loc[-1]!r}{_did_you_mean(str(loc[-1]), allowed)}"
+    if kind == "missing":
+        return "required field is missing"
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    if kind == "union_tag_invalid":
+        message = f"unknown ingestion pattern; expected one of: {', '.join(_union_tags(model, data, loc))}"
+    return message
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _allowed_keys(model: type[BaseModel], data: Any, loc: tuple) -> list[str]:
+    target = _model_at(model, data, loc)
+    if target is None:
+        return []
+    return [info.alias or name for name, info in target.model_fields.items()]
+
+
+def _union_tags(model: type[BaseModel], data: Any, loc: tuple) -> list[str]:
+    from reconciler.config import INGESTION_PATTERNS
+
+    return list(INGESTION_PATTERNS)
+
+
+def _model_at(model: Any, data: Any, loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that describes the mapping at ``loc`` of ``data``."""
+    current_type, current_data = model, data
+    for part in loc:
+        current_type = _concrete(current_type, current_data)
+        if isinstance(current_type, type) and issubclass(current_type, BaseModel):
+            info = next((f for n, f in current_type.model_fields.items() if (f.alias or n) == part), None)
+            if info is None:
+                return None
+            current_type = info.annotation
+        elif typing.get_origin(current_type) is list and isinstance(part, int):
+            current_type = typing.get_args(current_type)[0]
+        elif typing.get_origin(current_type) is dict:
+            current_type = typing.get_args(current_type)[1]
+        else:
+            return None
+        current_data = current_data[part] if isinstance(current_data, dict | list) else None
+    current_type = _concrete(current_type, current_data)
+    return current_type if isinstance(current_type, type) and issubclass(current_type, BaseModel) else None
+
+
+def _concrete(tp: Any, data: Any) -> Any:
+    """Unwrap Annotated and Optional; pick the union member matching ``data['pattern']``."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        if origin in (typing.Union, types.UnionType):
+            members = [m for m in typing.get_args(tp) if m is not type(None)]
+            models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+            if models and isinstance(data, dict):
+                for member in models:
+                    tag = member.model_fields.get("pattern")
+                    if tag and data.get("pattern") in typing.get_args(tag.annotation):
+                        return member
+            return models[0] if len(models) == 1 else tp
+        return tp
+
+
+def _kind(value: Any) -> str:
+    return "nothing (empty file)" if value is None else type(value).__name__

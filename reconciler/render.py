@@ -1,0 +1,119 @@
+"""Plan output for people (text), machines (JSON) and pull requests (Markdown).
+
+All three render the same `Plan`; none computes anything of its own. The JSON document is
+versioned (``format_version``) and carries every change with its field-level diff.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reconciler.plan import Action, Change, Plan
+
+MARKERS = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.DELETE: "-"}
+
+
+def render(plan: Plan, fmt: str) -> str:
+    return {"text": render_text, "json": render_json, "markdown": render_markdown}[fmt](plan)
+
+
+def render_json(plan: Plan) -> str:
+    return json.dumps(plan.to_dict(), indent=2, sort_keys=False, default=str) + "\n"
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def summary_line(plan: Plan) -> str:
+    if plan.refused:
+        return f"Plan refused: {plan.refused}"
+    counts = plan.summary()
+    if not plan.has_changes:
+        line = "No changes. Live state matches the desired state."
+    else:
+        line = (f"Plan: {counts['create']} to create, {counts['update']} to update, "
+                f"{counts['replace']} to replace, {counts['delete']} to delete.")
+    extras = []
+    if counts["blocked"]:
+        extras.append(f"{counts['blocked']} blocked")
+    if counts["kept"]:
+        extras.append(f"{counts['kept']} kept (no longer declared; use --prune to delete)")
+    return line + (" " + ", ".join(extras) + "." if extras else "")
+
+
+def _header(plan: Plan) -> str:
+    revision = plan.revision[:12] if plan.revision else "(not a git commit)"
+    return f"headwater plan for revision {revision}"
+
+
+def render_text(plan: Plan) -> str:
+    lines = [_header(plan), ""]
+    for change in plan.changes:
+        if change.action == Action.NOOP and not change.orphan:
+            continue
+        lines.extend(_text_change(change))
+    if len(lines) > 2:
+        lines.append("")
+    lines.append(summary_line(plan))
+    return "\n".join(lines) + "\n"
+
+
+def _text_change(change: Change) -> list[str]:
+    if change.orphan and change.action == Action.NOOP:
+        return [f"  = {change.address}  (kept: {change.reason})"]
+    head = f"{MARKERS[change.action]:>3} {change.address}"
+    if change.action == Action.REPLACE:
+        head += f"  (forces replacement: {', '.join(change.replace_paths)})"
+    lines = [head]
+    if change.blocked:
+        lines.append(f"      ! BLOCKED: {change.blocked}")
+    if change.action == Action.CREATE:
+        for key, value in change.desired.spec.items():
+            lines.append(f"      {key} = {_value(value)}")
+    elif change.action == Action.DELETE:
+        lines.append(f"      # {change.reason}")
+    else:
+        for diff in change.diff:
+            suffix = "  # forces replacement" if diff.forces_replacement else ""
+            lines.append(f"      {diff.path}: {_value(diff.before)} → {_value(diff.after)}{suffix}")
+        if change.reason and change.kind == "bigquery_table":
+            lines.append(f"      # {change.reason}")
+    return lines
+
+
+def render_markdown(plan: Plan) -> str:
+    counts = plan.summary()
+    out = [f"### {_header(plan)}", ""]
+    if plan.refused:
+        out += [f"> [!CAUTION]\n> **Plan refused:** {plan.refused}", ""]
+    out += [
+        "| create | update | replace | delete | blocked | kept |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {counts['create']} | {counts['update']} | {counts['replace']} | {counts['delete']} "
+        f"| {counts['blocked']} | {counts['kept']} |",
+        "",
+    ]
+    if plan.blocked:
+        out.append("> [!WARNING]\n> **Blocked changes** (will not be applied):")
+        for change in plan.blocked:
+            out.append(f"> - `{change.address}`: {change.blocked}")
+        out.append("")
+    shown = [c for c in plan.changes if c.action != Action.NOOP or c.orphan]
+    if shown:
+        out += ["<details><summary>Changes</summary>", "", "```diff"]
+        for change in shown:
+            out.extend(_diff_lines(change))
+        out += ["```", "", "</details>", ""]
+    out.append(summary_line(plan))
+    return "\n".join(out) + "\n"
+
+
+def _diff_lines(change: Change) -> list[str]:
+    # The ```diff fence colours lines by their first character: + green, - red, ! orange.
+    text = _text_change(change)
+    first = {Action.CREATE: "+", Action.DELETE: "-", Action.REPLACE: "!", Action.UPDATE: "!"}.get(change.action, " ")
+    return [first + line[1:] if i == 0 else " " + line[1:] for i, line in enumerate(text)]
