@@ -254,6 +254,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--project", default="headwater-local", help="default project of the BigQuery emulator")
         p.set_defaults(handler=handler)
 
+    from reconciler.daemon import add_commands
+
+    add_commands(commands)
+
     p = with_repo(commands.add_parser("demo", help="run the example platform on the local emulators"), "desired_state")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     p.add_argument("--keep", action="store_true", help="leave the emulators running afterwards")
