@@ -225,7 +225,7 @@ class CloudTransfer(Strict):
 
 class EventStreaming(Strict):
     pattern: Literal["event_streaming"]
-    pubsub_topic: str | None = Field(
+    pubsub_topic: Annotated[str, _check(naming.topic_reference_problem)] | None = Field(
         default=None, description="Topic id (or projects/<project>/topics/<id>) to manage; default <source_id>"
     )
     message_format: Literal["json", "avro", "protobuf"] = "json"

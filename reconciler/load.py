@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from reconciler import naming
-from reconciler.config import Connector, Platform, SourceSchema, parse_metric
+from reconciler.config import INGESTION_PATTERNS, Connector, Platform, SourceSchema, parse_metric
 from reconciler.yamlsrc import LoadError, SourceMap, load_json, load_yaml
 
 PLATFORM_FILE = "platform.yaml"
@@ -107,6 +107,8 @@ class _Collector:
         except ValidationError as exc:
             for error in exc.errors():
                 loc = _data_loc(data, error["loc"])
+                if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                    loc = (*loc, "pattern")  # the discriminator is what is wrong
                 self.add(rel, source_map.find(loc), _dotted(loc), _message(error, model, data, loc))
             return None
 
@@ -302,8 +304,8 @@ def _message(error: dict, model: type[BaseModel], data: Any, loc: tuple) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
             message = message[len(prefix):]
-    if kind == "union_tag_invalid":
-        message = f"unknown ingestion pattern; expected one of: {', '.join(_union_tags(model, data, loc))}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        message = f"unknown or missing ingestion pattern; expected one of: {', '.join(INGESTION_PATTERNS)}"
     return message
 
 
@@ -317,12 +319,6 @@ def _allowed_keys(model: type[BaseModel], data: Any, loc: tuple) -> list[str]:
     if target is None:
         return []
     return [info.alias or name for name, info in target.model_fields.items()]
-
-
-def _union_tags(model: type[BaseModel], data: Any, loc: tuple) -> list[str]:
-    from reconciler.config import INGESTION_PATTERNS
-
-    return list(INGESTION_PATTERNS)
 
 
 def _model_at(model: Any, data: Any, loc: tuple) -> type[BaseModel] | None:

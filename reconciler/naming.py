@@ -67,6 +67,12 @@ def pubsub_id_problem(value: str) -> str | None:
     return None
 
 
+def topic_reference_problem(value: str) -> str | None:
+    """A topic id, or its full name ``projects/<project>/topics/<id>``."""
+    match = re.fullmatch(r"projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/topics/(.+)", value)
+    return pubsub_id_problem(match.group(1) if match else value)
+
+
 def bucket_problem(value: str) -> str | None:
     if not 3 <= len(value) <= 63:
         return f"{value!r} is not a valid bucket name: it is {len(value)} characters, the limit is 3-63"

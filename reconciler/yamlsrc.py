@@ -94,6 +94,9 @@ def load_json(path: Path) -> tuple[Any, SourceMap]:
     return load_yaml(path)
 
 
+_PLAIN_COLLECTIONS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
 class _Builder:
     _CONSTRUCTOR = yaml.SafeLoader("")  # only used to resolve scalar tags safely
 
@@ -110,6 +113,9 @@ class _Builder:
                 f"document expands to more than {MAX_NODES} values (YAML aliases?); not loaded",
             )
         self.source_map.positions.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_COLLECTIONS:
+            # e.g. !!python/object/apply on a sequence: never constructed, whatever the tag.
+            raise LoadError(node.start_mark.line + 1, node.start_mark.column + 1, f"unsupported YAML tag {node.tag!r}")
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:

@@ -1,0 +1,49 @@
+"""Small helpers shared by the tests (not fixtures: plain functions)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from reconciler.yamlsrc import load_yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = PROJECT_ROOT / "desired_state"
+
+
+def copy_example(dest: Path, sources: list[str] | None = None) -> Path:
+    """A copy of desired_state/ under ``dest``, optionally trimmed to some sources."""
+    repo = dest / "repo"
+    shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns("sample-data"))
+    if sources is not None:
+        for path in (repo / "connectors").glob("*.yaml"):
+            if path.stem not in sources:
+                path.unlink()
+    return repo
+
+
+def edit_yaml(path: Path, change) -> None:
+    """Load a YAML file, let ``change(data)`` mutate it, write it back."""
+    data, _ = load_yaml(path)  # our loader: keys stay strings (`on:` is not YAML 1.1's true)
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def isolate_platform(repo: Path, project: str, prefix: str) -> None:
+    """Point the platform at a fresh project with unique bucket names (the Storage emulator has
+    no projects, so bucket names must not collide between tests)."""
+
+    def change(data):
+        data["project"] = project
+        for zone in ("landing", "bronze", "silver"):
+            data.setdefault("zones", {}).setdefault(zone, {})
+            data["zones"][zone] = {**(data["zones"][zone] or {}), "bucket": f"{prefix}-{zone}"}
+
+    edit_yaml(repo / "platform.yaml", change)
+    for connector in (repo / "connectors").glob("*.yaml"):
+        def drop_location(data):
+            data["ingestion"].pop("location", None)
+
+        edit_yaml(connector, drop_location)

@@ -1,0 +1,217 @@
+"""Validation: every bad input gets file:line:col, the field and a clear message — and nothing
+is touched. `headwater apply` is run on each broken repo against an in-memory provider that
+counts calls: validation must fail before the first API call (not even an observe)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import copy_example, edit_yaml
+
+from providers.memory import MemoryProvider
+from reconciler import cli, yamlsrc
+from reconciler.engine import Engine
+from reconciler.load import InvalidDesiredState, load_repo
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return copy_example(tmp_path)
+
+
+def write(repo: Path, relative: str, text: str) -> None:
+    path = repo / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def set_in(relative: str, *keys, value=None, delete=False):
+    """A mutation of one YAML file of the repo: set (or delete) the value at ``keys``."""
+
+    def mutate(repo: Path) -> None:
+        def change(data):
+            target = data
+            for key in keys[:-1]:
+                target = target[key]
+            if delete:
+                del target[keys[-1]]
+            else:
+                target[keys[-1]] = value
+
+        edit_yaml(repo / relative, change)
+
+    return mutate
+
+
+def writes(relative: str, text: str):
+    return lambda repo: write(repo, relative, text)
+
+
+def schema_with(relative: str, change):
+    def mutate(repo: Path) -> None:
+        path = repo / relative
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data, indent=2))
+
+    return mutate
+
+
+MINIMAL = """source_id: {sid}
+ingestion: {{pattern: event_streaming}}
+schema: {{file: schemas/{sid}.json}}
+"""
+
+CASES = [
+    # (id, mutation, expected "file:line" prefix, expected message fragment)
+    ("yaml-syntax", writes("connectors/broken.yaml", "source_id: broken\ningestion: [\n"),
+     "connectors/broken.yaml:3:", "invalid YAML"),
+    ("unknown-key-did-you-mean", set_in("connectors/orders.yaml", "ingestion", "schedul", value="0 3 * * *"),
+     "connectors/orders.yaml:", "ingestion.schedul: unknown key 'schedul' (did you mean 'schedule'?)"),
+    ("unknown-top-level-key", set_in("connectors/orders.yaml", "monitorng", value={}),
+     "connectors/orders.yaml:", "unknown key 'monitorng' (did you mean 'monitoring'?)"),
+    ("wrong-type", set_in("platform.yaml", "pubsub", "ack_deadline_seconds", value="soon"),
+     "platform.yaml:", "pubsub.ack_deadline_seconds: Input should be a valid integer"),
+    ("missing-required", set_in("connectors/orders.yaml", "ingestion", "format", delete=True),
+     "connectors/orders.yaml:", "ingestion.format: required field is missing"),
+    ("unknown-pattern", set_in("connectors/orders.yaml", "ingestion", "pattern", value="carrier_pigeon"),
+     "connectors/orders.yaml:", "ingestion.pattern"),
+    ("duplicate-source-id", writes("connectors/orders_copy.yaml", MINIMAL.format(sid="orders")),
+     "connectors/orders_copy.yaml:1:1", "duplicate source_id 'orders'"),
+    ("file-name-mismatch", writes("connectors/shipments.yaml", MINIMAL.format(sid="parcels")),
+     "connectors/shipments.yaml:1:1", "does not match the file name 'shipments.yaml'"),
+    ("schema-file-missing", set_in("connectors/orders.yaml", "schema", "file", value="schemas/nope.json"),
+     "connectors/orders.yaml:", "schema.file: schema file 'schemas/nope.json' does not exist"),
+    ("schema-path-traversal", set_in("connectors/orders.yaml", "schema", "file", value="../../../etc/passwd"),
+     "connectors/orders.yaml:", "points outside the repository"),
+    ("schema-absolute-path", set_in("connectors/orders.yaml", "schema", "file", value="/etc/passwd"),
+     "connectors/orders.yaml:", "points outside the repository"),
+    ("schema-other-source-id", schema_with("schemas/orders.json", lambda d: d.update(source_id="payments")),
+     "schemas/orders.json:", "schema source_id 'payments' does not match connector 'orders'"),
+    ("schema-bad-json", writes("schemas/orders.json", '{"source_id": "orders",, }'),
+     "schemas/orders.json:1:", "invalid JSON"),
+    ("schema-record-without-fields",
+     schema_with("schemas/orders.json", lambda d: d["fields"].append({"name": "x", "type": "RECORD"})),
+     "schemas/orders.json:", "needs nested fields"),
+    ("dedup-field-not-in-schema",
+     set_in("connectors/orders.yaml", "processing", "bronze_to_silver", 0, "deduplication", "key", value=["order_idd"]),
+     "connectors/orders.yaml:", "deduplication key 'order_idd' is not a field of schemas/orders.json (did you mean 'order_id'?)"),
+    ("partition-field-not-in-schema", set_in("connectors/orders.yaml", "silver", "partition_field", value="created"),
+     "connectors/orders.yaml:", "silver.partition_field: partition field 'created' is not a field"),
+    ("partition-field-wrong-type", set_in("connectors/orders.yaml", "silver", "partition_field", value="currency"),
+     "connectors/orders.yaml:", "partition field 'currency' has type STRING"),
+    ("cluster-field-not-in-schema", set_in("connectors/orders.yaml", "silver", "cluster_by", value=["shop"]),
+     "connectors/orders.yaml:", "silver.cluster_by[0]: cluster field 'shop' is not a field"),
+    ("too-many-cluster-fields",
+     set_in("connectors/orders.yaml", "silver", "cluster_by", value=["order_id", "customer_id", "currency", "amount", "ordered_at"]),
+     "connectors/orders.yaml:", "silver.cluster_by"),
+    ("quality-field-not-in-schema",
+     set_in("connectors/orders.yaml", "processing", "bronze_to_silver", 1, "data_quality", "rules", 0, "field", value="mail"),
+     "connectors/orders.yaml:", "data_quality field 'mail' is not a field"),
+    ("bad-source-id", writes("connectors/Bad-Id.yaml", MINIMAL.format(sid="Bad-Id")),
+     "connectors/Bad-Id.yaml:1:", "is not a valid source_id"),
+    ("bucket-name-too-long", set_in("platform.yaml", "zones", "landing", value={"bucket": "x" * 64}),
+     "platform.yaml:", "is not a valid bucket name: it is 64 characters"),
+    ("bucket-name-google", set_in("platform.yaml", "zones", "landing", value={"bucket": "my-google-bucket"}),
+     "platform.yaml:", "must not start with 'goog' or contain 'google'"),
+    ("derived-bucket-name", set_in("platform.yaml", "project", value="google-analytics"),
+     "platform.yaml:", "derived as landing-<project>-<region>"),
+    ("dataset-name", set_in("platform.yaml", "zones", "gold", value={"dataset": "gold-zone"}),
+     "platform.yaml:", "is not a valid BigQuery dataset id"),
+    ("gold-table-name", set_in("connectors/orders.yaml", "processing", "silver_to_gold", 1, "aggregate", "table",
+                               value="orders-daily"),
+     "connectors/orders.yaml:", "is not a valid BigQuery table id"),
+    ("topic-name", set_in("connectors/clickstream.yaml", "ingestion", "pubsub_topic", value="goog-events"),
+     "connectors/clickstream.yaml:", "must not start with 'goog'"),
+    ("label-key", set_in("platform.yaml", "labels", value={"Team": "x"}),
+     "platform.yaml:", "is not a valid label key"),
+    ("label-value", set_in("connectors/orders.yaml", "labels", value={"team": "Data Platform"}),
+     "connectors/orders.yaml:", "is not a valid label value"),
+    ("cron-syntax", set_in("connectors/orders.yaml", "ingestion", "schedule", value="0 25 * * *"),
+     "connectors/orders.yaml:", "hour field '25': 25 is outside 0-23"),
+    ("cron-field-count", set_in("connectors/orders.yaml", "ingestion", "schedule", value="daily"),
+     "connectors/orders.yaml:", "expected 5 fields"),
+    ("duration-syntax", set_in("platform.yaml", "pubsub", "message_retention", value="a week"),
+     "platform.yaml:", "invalid duration 'a week'"),
+    ("metric-expression", set_in("connectors/orders.yaml", "processing", "silver_to_gold", 1, "aggregate", "metrics",
+                                 value=["sum(amount); DROP TABLE x as t"]),
+     "connectors/orders.yaml:", "invalid metric"),
+    ("yaml-alias-bomb", writes("connectors/bomb.yaml", "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(6))),
+     "connectors/bomb.yaml:", "expands to more than"),
+    ("file-over-1MiB", writes("connectors/huge.yaml", "source_id: huge\n" + "#" * (1024 * 1024 + 10) + "\n"),
+     "connectors/huge.yaml:1:1", "over the 1048576-byte limit; not loaded"),
+    ("unsafe-yaml-tag", writes("connectors/evil.yaml", "source_id: !!python/object/apply:os.system ['true']\n"),
+     "connectors/evil.yaml:1:", "unsupported YAML tag"),
+    ("unsafe-yaml-scalar-tag", writes("connectors/evil.yaml", "source_id: !!python/name:os.system x\n"),
+     "connectors/evil.yaml:1:", "unsupported YAML value"),
+    ("yaml-duplicate-key", writes("connectors/twice.yaml", "source_id: twice\nsource_id: again\n"),
+     "connectors/twice.yaml:2:1", "duplicate key 'source_id'"),
+    ("platform-missing", lambda repo: (repo / "platform.yaml").unlink(),
+     "platform.yaml:1:1", "a desired-state repo needs platform.yaml"),
+    ("empty-connector-file", writes("connectors/empty.yaml", ""),
+     "connectors/empty.yaml:1:1", "expected a mapping at the top level"),
+    ("rest-api-without-endpoint", set_in("connectors/payments.yaml", "ingestion", "api_endpoint", delete=True),
+     "connectors/payments.yaml:", "a rest_api connector needs api_endpoint and poll_interval"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "where", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_reported_with_position_and_nothing_is_touched(repo, mutate, where, message, monkeypatch, capsys):
+    mutate(repo)
+
+    with pytest.raises(InvalidDesiredState) as raised:
+        load_repo(repo)
+    lines = [str(p) for p in raised.value.problems]
+    assert any(line.startswith(where) and message in line for line in lines), lines
+
+    provider = MemoryProvider()
+    monkeypatch.setattr(cli, "_engine", lambda state: Engine([provider]))
+    assert cli.main(["apply", "--repo", str(repo), "--auto-approve"]) == 1
+    assert provider.calls == {}, "validation must fail before any API call"
+    assert provider.objects == {}
+    err = capsys.readouterr().err
+    assert message in err and "nothing was changed" in err
+
+
+def test_every_problem_is_reported_not_just_the_first(repo):
+    set_in("connectors/orders.yaml", "ingestion", "schedule", value="0 25 * * *")(repo)
+    set_in("connectors/payments.yaml", "silver", "cluster_by", value=["nope"])(repo)
+    set_in("platform.yaml", "labels", value={"Team": "x"})(repo)
+    with pytest.raises(InvalidDesiredState) as raised:
+        load_repo(repo)
+    files = {p.file for p in raised.value.problems}
+    assert files == {"connectors/orders.yaml", "connectors/payments.yaml", "platform.yaml"}
+
+
+def test_positions_point_at_the_offending_line(repo):
+    path = repo / "connectors" / "orders.yaml"
+    lines = path.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.strip().startswith("schedule:"))
+    lines[index] = lines[index].replace('"0 3 * * *"', '"0 3 * *"')
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InvalidDesiredState) as raised:
+        load_repo(repo)
+    (problem,) = raised.value.problems
+    assert (problem.file, problem.line, problem.field) == ("connectors/orders.yaml", index + 1, "ingestion.schedule")
+
+
+def test_the_example_repo_is_valid(capsys):
+    assert cli.main(["validate", "--repo", "desired_state"]) == 0
+    assert "Valid: 3 sources" in capsys.readouterr().out
+
+
+def test_validate_exits_1_on_invalid(repo, capsys):
+    writes("connectors/bad.yaml", "source_id: bad\n")(repo)
+    assert cli.main(["validate", "--repo", str(repo)]) == 1
+    assert "connectors/bad.yaml:1:1: ingestion: required field is missing" in capsys.readouterr().err
+
+
+def test_yaml_booleans_do_not_eat_keys(tmp_path):
+    # YAML 1.1 reads a bare `on` as true; the seed's join uses `on:` as a key.
+    path = tmp_path / "x.yaml"
+    path.write_text("join: {on: customer_id}\nflag: on\n")
+    data, _ = yamlsrc.load_yaml(path)
+    assert data == {"join": {"on": "customer_id"}, "flag": True}
