@@ -1,0 +1,114 @@
+"""Compile: the example desired state's resource graph (golden file) and its invariants."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from golden import check_golden
+from helpers import EXAMPLE, copy_example, edit_yaml
+
+from reconciler import jsonschema
+from reconciler.compile import compile_resources, lifecycle_rules
+from reconciler.config import DEFAULT_LIFECYCLES, Lifecycle, Tier
+from reconciler.load import load_repo
+from reconciler.resources import DATA_KINDS, Kind
+
+
+@pytest.fixture(scope="module")
+def resources():
+    return compile_resources(load_repo(EXAMPLE))
+
+
+def test_compiled_graph_matches_golden_file(resources):
+    text = json.dumps([r.to_dict() for r in resources], indent=2) + "\n"
+    check_golden("compiled_desired_state.json", text)
+
+
+def test_every_resource_carries_the_managed_labels(resources):
+    for resource in resources:
+        assert resource.labels["managed-by"] == "headwater", resource.address
+        assert resource.labels["headwater-platform"] == "dev", resource.address
+
+
+def test_source_resources_carry_their_source_label(resources):
+    by_address = {r.address: r for r in resources}
+    for sid in ("orders", "clickstream", "payments"):
+        for address in (f"pubsub_topic.{sid}", f"pubsub_topic.{sid}-dlq", f"pubsub_subscription.{sid}-ingest",
+                        f"pubsub_subscription.{sid}-dlq-hold", f"bigquery_table.bronze.{sid}_raw",
+                        f"bigquery_table.silver.{sid}"):
+            assert by_address[address].labels["headwater-source"] == sid
+    assert "headwater-source" not in by_address["bigquery_dataset.bronze"].labels
+
+
+def test_ingest_subscription_dead_letters_to_the_dlq_topic(resources):
+    sub = next(r for r in resources if r.address == "pubsub_subscription.orders-ingest")
+    assert sub.spec["dead_letter_policy"] == {"dead_letter_topic": "orders-dlq", "max_delivery_attempts": 5}
+    assert sub.spec["retry_policy"] == {"minimum_backoff": 10, "maximum_backoff": 600}
+    assert set(sub.depends_on) == {"pubsub_topic.orders", "pubsub_topic.orders-dlq"}
+
+
+def test_silver_table_is_partitioned_and_clustered_as_declared(resources):
+    table = next(r for r in resources if r.address == "bigquery_table.silver.orders")
+    assert table.spec["time_partitioning"] == {"type": "DAY", "field": "ordered_at"}
+    assert table.spec["clustering_fields"] == ["customer_id", "currency"]
+    names = [f["name"] for f in table.spec["schema"]]
+    assert names[:2] == ["order_id", "customer_id"] and "_ingested_at" in names
+    items = next(f for f in table.spec["schema"] if f["name"] == "items")
+    assert items["mode"] == "REPEATED" and [f["name"] for f in items["fields"]] == ["sku", "quantity", "unit_price"]
+
+
+def test_partition_field_defaults_to_first_timestamp(resources):
+    table = next(r for r in resources if r.address == "bigquery_table.silver.clickstream")
+    assert table.spec["time_partitioning"]["field"] == "event_time"
+
+
+def test_gold_aggregate_table_types_follow_the_metrics(resources):
+    table = next(r for r in resources if r.address == "bigquery_table.gold.orders_daily")
+    types = {f["name"]: f["type"] for f in table.spec["schema"]}
+    assert types == {"customer_id": "STRING", "date": "DATE", "total_amount": "NUMERIC", "order_count": "INT64"}
+    assert table.spec["time_partitioning"] == {"type": "DAY", "field": "date"}
+
+
+def test_data_resources_record_their_deletion_protection(resources):
+    for resource in resources:
+        if resource.kind in DATA_KINDS:
+            assert resource.labels["headwater-deletion-protection"] == "true"
+        else:
+            assert "headwater-deletion-protection" not in resource.labels
+
+
+def test_bronze_lifecycle_follows_the_seed_retention_table():
+    rules = lifecycle_rules(DEFAULT_LIFECYCLES["bronze"])
+    assert [(r["condition"]["age"], r["action"]["storage_class"]) for r in rules] == [
+        (90, "NEARLINE"), (365, "COLDLINE"), (2555, "ARCHIVE")]
+    assert all(r["action"]["type"] == "SetStorageClass" for r in rules), "bronze is never deleted"
+    # A tier only moves objects down, never back up.
+    assert rules[2]["condition"]["matches_storage_class"] == ["COLDLINE", "NEARLINE", "STANDARD"]
+
+
+def test_lifecycle_delete_rule_comes_last():
+    rules = lifecycle_rules(Lifecycle(tiers=[Tier(after_days=30, storage_class="NEARLINE")], delete_after_days=400))
+    assert rules[-1] == {"action": {"type": "Delete"}, "condition": {"age": 400}}
+
+
+def test_compile_is_deterministic(tmp_path):
+    repo = copy_example(tmp_path)
+    edit_yaml(repo / "connectors" / "orders.yaml", lambda d: d.update(deletion_protection=False))
+    first = [r.to_dict() for r in compile_resources(load_repo(repo))]
+    second = [r.to_dict() for r in compile_resources(load_repo(repo))]
+    assert first == second
+    table = next(r for r in first if r["address"] == "bigquery_table.silver.orders")
+    assert table["deletion_protection"] is False
+    assert table["labels"]["headwater-deletion-protection"] == "false"
+
+
+def test_every_kind_is_compiled(resources):
+    assert {r.kind for r in resources} == set(Kind)
+
+
+def test_json_schemas_are_up_to_date():
+    for name, text in jsonschema.generate().items():
+        path = jsonschema.OUTPUT_DIR / name
+        assert path.exists() and path.read_text() == text, (
+            f"schemas/{name} is stale: run `python -m reconciler.jsonschema`")

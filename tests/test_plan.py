@@ -1,0 +1,180 @@
+"""Plan: the pure reconcile function and its safety rules, case by case."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from reconciler.plan import Action, PlanOptions, reconcile
+from reconciler.resources import Kind, Resource
+
+LABELS = {"managed-by": "headwater", "headwater-platform": "dev"}
+IMMUTABLE = {
+    Kind.PUBSUB_SUBSCRIPTION: frozenset({"topic"}),
+    Kind.STORAGE_BUCKET: frozenset({"location"}),
+    Kind.BIGQUERY_TABLE: frozenset({"time_partitioning"}),
+}
+
+SUB = Resource(Kind.PUBSUB_SUBSCRIPTION, "orders-ingest",
+               {"topic": "orders", "ack_deadline_seconds": 60,
+                "retry_policy": {"minimum_backoff": 10, "maximum_backoff": 600}},
+               {**LABELS, "headwater-source": "orders"}, depends_on=("pubsub_topic.orders",))
+TOPIC = Resource(Kind.PUBSUB_TOPIC, "orders", {}, {**LABELS, "headwater-source": "orders"})
+BUCKET = Resource(Kind.STORAGE_BUCKET, "bronze-x", {"location": "EUROPE-WEST1", "storage_class": "STANDARD"},
+                  {**LABELS, "headwater-deletion-protection": "true"})
+SCHEMA = [{"name": "id", "type": "STRING", "mode": "REQUIRED"}, {"name": "amount", "type": "FLOAT64", "mode": "NULLABLE"}]
+TABLE = Resource(Kind.BIGQUERY_TABLE, "silver.orders",
+                 {"schema": SCHEMA, "time_partitioning": {"type": "DAY", "field": None}},
+                 {**LABELS, "headwater-source": "orders", "headwater-deletion-protection": "true"},
+                 options={"schema_evolution": "backward_compatible"})
+
+
+def live(resource: Resource, **spec) -> Resource:
+    """The live twin of a desired resource, with some spec fields changed; extra server fields too."""
+    return Resource(resource.kind, resource.name, {**resource.spec, "server_default": 1, **spec}, resource.labels)
+
+
+def with_schema(table: Resource, schema, evolution="backward_compatible") -> Resource:
+    return replace(table, spec={**table.spec, "schema": schema}, options={"schema_evolution": evolution})
+
+
+def plan_one(desired, live_resources, **options):
+    return reconcile(desired, live_resources, IMMUTABLE, PlanOptions(environment="dev", **options))
+
+
+CASES = [
+    # id, desired, live, options, expected action, expected blocked?, expected diff paths
+    ("missing-is-created", [SUB], [], {}, Action.CREATE, False, []),
+    ("equal-is-noop", [SUB], [live(SUB)], {}, Action.NOOP, False, []),
+    ("undeclared-server-fields-are-ignored", [TOPIC], [live(TOPIC, message_retention_duration=86400)], {},
+     Action.NOOP, False, []),
+    ("changed-field-is-updated", [SUB], [live(SUB, ack_deadline_seconds=30)], {}, Action.UPDATE, False,
+     ["ack_deadline_seconds"]),
+    ("nested-field-diff-is-per-leaf", [SUB], [live(SUB, retry_policy={"minimum_backoff": 5, "maximum_backoff": 600})],
+     {}, Action.UPDATE, False, ["retry_policy.minimum_backoff"]),
+    ("missing-label-is-updated", [SUB], [replace(live(SUB), labels=LABELS)], {}, Action.UPDATE, False,
+     ["labels.headwater-source"]),
+    ("extra-live-label-is-ignored", [SUB], [replace(live(SUB), labels={**SUB.labels, "owner": "x"})], {},
+     Action.NOOP, False, []),
+    ("immutable-field-forces-replace", [SUB], [live(SUB, topic="other")], {}, Action.REPLACE, False, ["topic"]),
+    ("bucket-replace-blocked-without-allow-destroy", [BUCKET], [live(BUCKET, location="US")], {},
+     Action.REPLACE, True, ["location"]),
+    ("bucket-replace-blocked-by-deletion-protection", [BUCKET], [live(BUCKET, location="US")],
+     {"allow_destroy": True}, Action.REPLACE, True, ["location"]),
+    ("unprotected-bucket-replace-allowed", [replace(BUCKET, deletion_protection=False)],
+     [live(BUCKET, location="US")], {"allow_destroy": True}, Action.REPLACE, False, ["location"]),
+    ("orphan-kept-without-prune", [TOPIC], [live(TOPIC), live(SUB)], {}, Action.NOOP, False, []),
+    ("orphan-deleted-with-prune", [TOPIC], [live(TOPIC), live(SUB)], {"prune": True, "max_delete_fraction": 1},
+     Action.DELETE, False, []),
+    ("orphan-table-blocked-without-allow-destroy", [TOPIC], [live(TOPIC), live(TABLE)],
+     {"prune": True, "max_delete_fraction": 1}, Action.DELETE, True, []),
+    ("orphan-protected-table-blocked-with-allow-destroy", [TOPIC], [live(TOPIC), live(TABLE)],
+     {"prune": True, "allow_destroy": True, "max_delete_fraction": 1}, Action.DELETE, True, []),
+    ("orphan-unprotected-table-deleted-with-allow-destroy", [TOPIC],
+     [live(TOPIC), replace(live(TABLE), labels={**TABLE.labels, "headwater-deletion-protection": "false"})],
+     {"prune": True, "allow_destroy": True, "max_delete_fraction": 1}, Action.DELETE, False, []),
+    ("schema-nullable-column-added",
+     [with_schema(TABLE, [*SCHEMA, {"name": "note", "type": "STRING", "mode": "NULLABLE"}])], [live(TABLE)], {},
+     Action.UPDATE, False, ["schema.note"]),
+    ("schema-column-order-is-not-a-change", [with_schema(TABLE, list(reversed(SCHEMA)))], [live(TABLE)], {},
+     Action.NOOP, False, []),
+    ("schema-required-column-added-is-blocked",
+     [with_schema(TABLE, [*SCHEMA, {"name": "note", "type": "STRING", "mode": "REQUIRED"}])], [live(TABLE)], {},
+     Action.UPDATE, True, ["schema.note"]),
+    ("schema-column-removed-is-blocked", [with_schema(TABLE, SCHEMA[:1])], [live(TABLE)], {},
+     Action.UPDATE, True, ["schema.amount"]),
+    ("schema-type-change-is-blocked",
+     [with_schema(TABLE, [SCHEMA[0], {"name": "amount", "type": "NUMERIC", "mode": "NULLABLE"}])], [live(TABLE)], {},
+     Action.UPDATE, True, ["schema.amount"]),
+    ("schema-relax-required-is-allowed",
+     [with_schema(TABLE, [{"name": "id", "type": "STRING", "mode": "NULLABLE"}, SCHEMA[1]])], [live(TABLE)], {},
+     Action.UPDATE, False, ["schema.id"]),
+    ("schema-evolution-none-blocks-additions",
+     [with_schema(TABLE, [*SCHEMA, {"name": "note", "type": "STRING", "mode": "NULLABLE"}], "none")], [live(TABLE)], {},
+     Action.UPDATE, True, ["schema.note"]),
+    ("schema-recreate-replaces-but-still-needs-allow-destroy",
+     [with_schema(TABLE, SCHEMA[:1], "recreate")], [live(TABLE)], {}, Action.REPLACE, True, ["schema.amount"]),
+    ("partitioning-change-forces-replace",
+     [replace(TABLE, spec={**TABLE.spec, "time_partitioning": {"type": "DAY", "field": "ts"}})], [live(TABLE)], {},
+     Action.REPLACE, True, ["time_partitioning.field"]),
+    ("other-platform-resources-are-not-touched", [TOPIC],
+     [live(TOPIC), replace(live(SUB), labels={**SUB.labels, "headwater-platform": "prod"})],
+     {"prune": True, "max_delete_fraction": 1}, Action.NOOP, False, []),
+]
+
+
+@pytest.mark.parametrize(("desired", "live_resources", "options", "action", "blocked", "paths"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_reconcile(desired, live_resources, options, action, blocked, paths):
+    plan = plan_one(desired, live_resources, **options)
+    # The case's subject is the last change that is not a no-op (or the only change).
+    interesting = [c for c in plan.changes if c.action != Action.NOOP] or list(plan.changes)
+    change = interesting[-1]
+    assert change.action == action, change
+    assert bool(change.blocked) == blocked, change.blocked
+    assert [d.path for d in change.diff] == paths
+    assert plan.refused is None
+
+
+def test_replace_lists_the_fields_that_force_it():
+    plan = plan_one([SUB], [live(SUB, topic="other")])
+    (change,) = plan.changes
+    assert change.replace_paths == ["topic"]
+    assert "topic cannot change in place" in change.reason
+
+
+def test_blocked_schema_change_explains_itself():
+    plan = plan_one([with_schema(TABLE, SCHEMA[:1])], [live(TABLE)])
+    (change,) = plan.changes
+    assert "removes column amount" in change.blocked and "backward_compatible" in change.blocked
+    assert plan.actionable == []
+
+
+def test_update_sends_only_changed_top_level_fields():
+    plan = plan_one([SUB], [replace(live(SUB, ack_deadline_seconds=30), labels=LABELS)])
+    (change,) = plan.changes
+    assert change.update_fields == ("ack_deadline_seconds", "labels")
+
+
+def test_empty_desired_state_is_refused():
+    plan = reconcile([], [live(TOPIC), live(SUB)], IMMUTABLE, PlanOptions(prune=True), declared_sources=0)
+    assert plan.refused and "declares no sources" in plan.refused
+    assert plan.actionable == []
+
+
+def test_empty_desired_state_is_refused_even_without_prune():
+    plan = reconcile([], [live(TOPIC)], IMMUTABLE, PlanOptions(), declared_sources=0)
+    assert plan.refused
+
+
+def test_too_many_deletes_are_refused():
+    topics = [Resource(Kind.PUBSUB_TOPIC, f"t{i}", {}, LABELS) for i in range(10)]
+    plan = reconcile(topics[:7], topics, IMMUTABLE, PlanOptions(prune=True, max_delete_fraction=0.2))
+    assert plan.refused and "deletes 3 of 10" in plan.refused
+    assert plan.actionable == []
+    ok = reconcile(topics[:8], topics, IMMUTABLE, PlanOptions(prune=True, max_delete_fraction=0.2))
+    assert ok.refused is None and len(ok.actionable) == 2
+
+
+def test_changes_are_ordered_by_dependency_and_deletes_reversed():
+    desired = [SUB, TOPIC, TABLE, BUCKET]
+    orphan_sub = Resource(Kind.PUBSUB_SUBSCRIPTION, "old-ingest", {}, LABELS)
+    orphan_topic = Resource(Kind.PUBSUB_TOPIC, "old", {}, LABELS)
+    plan = reconcile(desired, [orphan_topic, orphan_sub], IMMUTABLE, PlanOptions(prune=True, max_delete_fraction=1))
+    order = [(c.action, c.kind) for c in plan.changes]
+    assert order == [
+        (Action.CREATE, Kind.STORAGE_BUCKET), (Action.CREATE, Kind.PUBSUB_TOPIC),
+        (Action.CREATE, Kind.PUBSUB_SUBSCRIPTION), (Action.CREATE, Kind.BIGQUERY_TABLE),
+        (Action.DELETE, Kind.PUBSUB_SUBSCRIPTION), (Action.DELETE, Kind.PUBSUB_TOPIC),
+    ]
+
+
+def test_plan_json_document_shape():
+    plan = reconcile([SUB], [live(SUB, ack_deadline_seconds=30)], IMMUTABLE, revision="abc")
+    doc = plan.to_dict()
+    assert doc["format_version"] == "1" and doc["revision"] == "abc"
+    (change,) = doc["changes"]
+    assert {"address", "kind", "name", "action", "before", "after", "diff", "reason", "blocked"} <= set(change)
+    assert change["diff"] == [{"path": "ack_deadline_seconds", "before": 30, "after": 60, "forces_replacement": False}]
+    assert doc["summary"]["update"] == 1
