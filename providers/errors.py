@@ -22,6 +22,22 @@ from google.api_core import exceptions as gexc
 
 T = TypeVar("T")
 
+# Observers of every API attempt made through `call`, e.g. the daemon's
+# ``headwater_api_requests_total{service,method,code}``. Each is called as
+# ``listener(service, method, code)`` with service/method from the leading "service.method" of
+# ``what`` (never the resource part, so labels stay low-cardinality) and code "OK" or the error's
+# class name. Listeners must be quick; one that raises is ignored.
+listeners: list[Callable[[str, str, str], None]] = []
+
+
+def _observed(what: str, code: str) -> None:
+    service, _, method = what.split(" ", 1)[0].partition(".")
+    for listener in list(listeners):
+        try:
+            listener(service, method or "unknown", code)
+        except Exception:  # noqa: BLE001 - metrics must never break an API call
+            pass
+
 
 class ProviderError(Exception):
     """Base of every error a provider raises."""
@@ -97,11 +113,15 @@ def call(
     delay = initial_delay
     for attempt in range(1, attempts + 1):
         try:
-            return fn()
+            result = fn()
         except Exception as exc:  # noqa: BLE001 - translated right here
+            _observed(what, type(exc).__name__)
             error = translate(exc, what)
             if not isinstance(error, TemporaryError) or attempt == attempts:
                 raise error from exc
             sleep(random.uniform(0, delay))
             delay = min(delay * 2, max_delay)
+        else:
+            _observed(what, "OK")
+            return result
     raise AssertionError("unreachable")  # pragma: no cover
