@@ -114,6 +114,6 @@ def render_markdown(plan: Plan) -> str:
 
 def _diff_lines(change: Change) -> list[str]:
     # The ```diff fence colours lines by their first character: + green, - red, ! orange.
-    text = _text_change(change)
+    head, *details = _text_change(change)
     first = {Action.CREATE: "+", Action.DELETE: "-", Action.REPLACE: "!", Action.UPDATE: "!"}.get(change.action, " ")
-    return [first + line[1:] if i == 0 else " " + line[1:] for i, line in enumerate(text)]
+    return [f"{first} {head[4:]}  [{change.action}]", *details]
