@@ -73,7 +73,11 @@ def _text_change(change: Change) -> list[str]:
         lines.append(f"      ! BLOCKED: {change.blocked}")
     if change.action == Action.CREATE:
         for key, value in change.desired.spec.items():
-            lines.append(f"      {key} = {_value(value)}")
+            if key == "schema":
+                lines.append(f"      schema ({len(value)} columns):")
+                lines.extend(_schema_lines(value, "        "))
+            else:
+                lines.append(f"      {key} = {_value(value)}")
     elif change.action == Action.DELETE:
         lines.append(f"      # {change.reason}")
     else:
@@ -82,6 +86,15 @@ def _text_change(change: Change) -> list[str]:
             lines.append(f"      {diff.path}: {_value(diff.before)} → {_value(diff.after)}{suffix}")
         if change.reason and change.kind == "bigquery_table":
             lines.append(f"      # {change.reason}")
+    return lines
+
+
+def _schema_lines(fields: list[dict[str, Any]], indent: str) -> list[str]:
+    lines = []
+    for field in fields:
+        lines.append(f"{indent}{field['name']:<24} {field['type']:<10} {field.get('mode', 'NULLABLE')}")
+        if field.get("fields"):
+            lines.extend(_schema_lines(field["fields"], indent + "  "))
     return lines
 
 

@@ -112,3 +112,15 @@ def test_json_schemas_are_up_to_date():
         path = jsonschema.OUTPUT_DIR / name
         assert path.exists() and path.read_text() == text, (
             f"schemas/{name} is stale: run `python -m reconciler.jsonschema`")
+
+
+def test_the_onboarding_template_validates_once_copied(tmp_path):
+    import shutil
+
+    repo = copy_example(tmp_path)
+    shutil.copy(repo / "templates" / "connector.yaml", repo / "connectors" / "my_source.yaml")
+    shutil.copy(repo / "templates" / "schema.json", repo / "schemas" / "my_source.json")
+    state = load_repo(repo)
+    assert "my_source" in state.source_ids
+    addresses = {r.address for r in compile_resources(state)}
+    assert {"pubsub_topic.my_source", "bigquery_table.silver.my_source"} <= addresses
