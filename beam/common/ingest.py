@@ -1,0 +1,51 @@
+"""The Bronze -> Silver wiring shared by the two ingesting templates.
+
+Given the ``Raw`` records a template read (from files or from Pub/Sub), :func:`ingest` applies
+the shared validate/quality/dedup transform and writes:
+
+* every raw record to the Bronze table (when the spec names one),
+* the valid, de-duplicated rows to the Silver table,
+* the dead letters - rejected records, and rows BigQuery itself rejected - to the dead-letter
+  topic, original payload as data, reason as attribute.
+
+Silver and the dead-letter topic are required: a pipeline that could drop records silently
+does not start.
+"""
+
+from typing import Any
+
+import apache_beam as beam
+
+from beam.common.sinks import BronzeRows, PublishDeadLetters, RowIdFromField, RowIdFromKey, WriteRows
+from beam.common.spec import PipelineSpec, SpecError
+from beam.common.transforms import ValidateAndDedup
+
+
+def require_ingest_targets(spec: PipelineSpec) -> None:
+    missing = [name for name, v in (("silver.table", spec.silver_table), ("dead_letter.topic", spec.dead_letter_topic)) if not v]
+    if missing:
+        raise SpecError(f"an ingesting pipeline needs {' and '.join(missing)} in its spec")
+
+
+def ingest(raw: beam.PCollection, spec: PipelineSpec, *, streaming: bool) -> dict[str, Any]:
+    """Apply validation and the sinks; returns the intermediate PCollections (for tests)."""
+    require_ingest_targets(spec)
+    assert spec.silver_table and spec.dead_letter_topic
+    out = raw | "ValidateAndDedup" >> ValidateAndDedup(spec, streaming=streaming)
+    rejected = []
+    if spec.bronze_table:
+        rejected.append(
+            raw
+            | "ToBronzeRows" >> beam.ParDo(BronzeRows(spec.source_id))
+            | "WriteBronze" >> beam.ParDo(WriteRows(spec.table_ref(spec.bronze_table), project=spec.project,
+                                                    row_ids=RowIdFromField("origin"), name="bronze"))
+        )
+    row_ids = RowIdFromKey(spec.dedup.key) if spec.dedup else None
+    rejected.append(
+        out["valid"]
+        | "WriteSilver" >> beam.ParDo(WriteRows(spec.table_ref(spec.silver_table), project=spec.project,
+                                                row_ids=row_ids, name="silver"))
+    )
+    dead = (out["dead_letters"], *rejected) | "AllDeadLetters" >> beam.Flatten()
+    dead | "PublishDeadLetters" >> beam.ParDo(PublishDeadLetters(spec.dead_letter_topic, spec.source_id))
+    return {**out, "all_dead_letters": dead}

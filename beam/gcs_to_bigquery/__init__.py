@@ -1,0 +1,5 @@
+"""The ``gcs_to_bigquery`` template; see ``pipeline.py``."""
+
+from beam.gcs_to_bigquery.pipeline import run
+
+__all__ = ["run"]

@@ -1,0 +1,103 @@
+"""gcs_to_bigquery end to end on the emulators: a landing file in the Storage emulator becomes
+Bronze and Silver rows in bqemulator and dead letters on the Pub/Sub emulator."""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from typing import Any
+
+import pytest
+from google.cloud import storage
+
+from beam.common.clients import storage_client
+from beam.common.runner import counters
+from beam.common.spec import parse_spec
+from beam.common.synthetic import SPEC, generate
+from beam.gcs_to_bigquery import run
+from tests.beam.emulator_setup import count_rows, create_ingest_targets, pull_all
+
+
+def _spec_doc(project_id: str) -> dict[str, Any]:
+    doc = dict(SPEC, project=project_id)
+    doc["dead_letter"] = {"topic": f"projects/{project_id}/topics/example_source-dead-letter"}
+    return doc
+
+
+def test_landing_file_to_bronze_silver_and_dead_letters(emulators: Any, project_id: str, unique: str) -> None:
+    payloads, expected = generate(2_000, seed=11)
+    doc = _spec_doc(project_id)
+    spec = parse_spec(doc)
+    subscription = create_ingest_targets(spec)
+
+    bucket = storage_client().create_bucket(f"{unique}-landing")
+    blob: storage.Blob = bucket.blob("example/2026-11-26/part-0001.json.gz")
+    blob.upload_from_string(gzip.compress(b"\n".join(payloads) + b"\n"))
+
+    import json
+
+    result = run([
+        "--source_spec", json.dumps(doc),
+        "--input_pattern", f"gs://{unique}-landing/example/*/*.json.gz",
+    ])
+
+    got = counters(result)
+    invalid = sum(expected.invalid.values())
+    assert got["records_in"] == expected.records_in
+    assert got["valid"] == expected.valid
+    assert got["duplicates"] == expected.duplicates
+    assert {k.removeprefix("invalid_"): v for k, v in got.items() if k.startswith("invalid_")} == expected.invalid
+    assert got["silver_rows_written"] == expected.valid
+    assert got["bronze_rows_written"] == expected.records_in
+    assert count_rows(spec, "silver.example_source") == expected.valid
+    assert count_rows(spec, "bronze.example_source") == expected.records_in
+
+    letters = pull_all(subscription, invalid)
+    assert Counter(m.attributes["reason"] for m in letters) == expected.invalid
+    sent = set(payloads)
+    assert all(m.data in sent for m in letters), "dead letters carry the original payload"
+    assert all(m.attributes["source_id"] == "example_source" for m in letters)
+    assert all(m.attributes["origin"].startswith(f"gs://{unique}-landing/example/") for m in letters)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_csv_and_parquet_landing_files(emulators: Any, project_id: str, unique: str, fmt: str, tmp_path: Any) -> None:
+    import io
+    import json
+
+    rows = [
+        {"id": "txn-1", "customer_id": "c1", "amount": "12.5", "timestamp": "2026-11-26T10:00:00Z", "email": "a@x.io", "status": "new", "quantity": "2"},
+        {"id": "txn-1", "customer_id": "c1", "amount": "12.5", "timestamp": "2026-11-26T10:00:00Z", "email": "a@x.io", "status": "new", "quantity": "2"},
+        {"id": "txn-2", "customer_id": "c2", "amount": "-1", "timestamp": "2026-11-26T11:00:00Z", "email": "b@x.io", "status": "paid", "quantity": "1"},
+        {"id": "txn-3", "customer_id": "c3", "amount": "7", "timestamp": "2026-11-26T12:00:00Z", "email": "c@x.io", "status": "", "quantity": ""},
+    ]
+    if fmt == "csv":
+        import csv
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        data, name = buf.getvalue().encode(), "batch.csv"
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        typed = [dict(r, amount=float(r["amount"]), quantity=int(r["quantity"]) if r["quantity"] else None,
+                      status=r["status"] or None) for r in rows]
+        out = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(typed), out)
+        data, name = out.getvalue(), "batch.parquet"
+    doc = _spec_doc(project_id)
+    spec = parse_spec(doc)
+    subscription = create_ingest_targets(spec)
+    bucket = storage_client().create_bucket(f"{unique}-landing")
+    bucket.blob(f"in/{name}").upload_from_string(data)
+
+    got = counters(run(["--source_spec", json.dumps(doc), "--input_pattern", f"gs://{unique}-landing/in/"]))
+
+    assert (got["records_in"], got["valid"], got["duplicates"], got["invalid_dq_positive_number"]) == (4, 2, 1, 1)
+    assert count_rows(spec, "silver.example_source") == 2
+    (letter,) = pull_all(subscription, 1)
+    assert letter.attributes["reason"] == "dq_positive_number"
+    assert b"txn-2" in letter.data
