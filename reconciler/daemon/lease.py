@@ -217,7 +217,7 @@ class SoloLease:
         return True
 
     def tick(self) -> tuple[bool, str]:
-        return True, "renewed"
+        return True, "solo"
 
     def release(self) -> bool:
         return False

@@ -1,0 +1,724 @@
+"""The daemon: converge on every new commit, watch for drift in between.
+
+`Daemon` wires the core (validate → plan → apply through `reconciler.engine.Engine`) to a git
+branch, a lease, alerts, metrics and an HTTP server. It adds *when* to reconcile and *what to
+do with the result*; every decision about *what* may change stays in the core, which the daemon
+calls and never re-implements (prune per policy, deletion protection, the empty-commit and
+max-delete guards, the schema-evolution gate). The daemon only ever *removes* changes from a
+plan before applying it (suspended sources; self-heal keeps updates and creates), so it cannot
+do anything the core would not.
+
+Three threads, one job each:
+
+* the **worker** runs every reconcile, one at a time, so sync and drift never race:
+  - *sync pass* (on the poll interval, at once on a push webhook, and to retry a failed apply
+    with exponential backoff): fetch the branch; on a new head, check it out and validate it.
+    An invalid revision is never applied: it is reported (status, metric, log, alert) and the
+    daemon keeps serving the last good revision until the branch moves again. A valid one is
+    planned and, if this daemon holds the lease and nothing is suspended, applied. It becomes
+    the *served* revision unless the core refused its plan.
+  - *drift pass* (on the drift interval, with jitter so that replicas and restarts spread out):
+    observe, compare with the served revision, update status and metrics, alert on change, and
+    with ``--self-heal`` repair what drifted by updates (and re-creation of declared resources
+    that disappeared) only: never deletes, never replacements.
+* the **lease keeper** acquires or renews the applier lease (`reconciler.daemon.lease`); a
+  daemon that does not hold it observes and reports but never applies;
+* the **HTTP server** (`reconciler.daemon.server`) answers health, status, metrics and webhooks.
+
+Shutdown (SIGTERM; Cloud Run allows 10 s): stop taking work; the apply in flight finishes the
+API calls already running while the changes not yet started are abandoned (they fail fast
+with "shutting down", and their dependents are skipped); then the lease is released and the
+process exits 0. The next start re-plans from live state and converges, because apply is
+idempotent: a crash mid-apply is as safe as a clean stop.
+
+On start, if the branch head is invalid and no revision is served yet, the newest valid commit
+among the head's first-parent ancestors (up to `HISTORY_LIMIT`) is served instead: the last
+good revision survives restarts without any state of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import structlog
+
+from providers import errors as provider_errors
+from providers.base import Provider
+from providers.errors import ProviderError
+from reconciler.apply import OK, ApplyResult, Outcome
+from reconciler.daemon.alerts import Alerter, AlertTarget, PubSubTarget, WebhookTarget
+from reconciler.daemon.gitsource import GitSource, GitSourceError
+from reconciler.daemon.lease import Lease, SoloLease
+from reconciler.daemon.logs import Redactor, correlation_id, make_logger
+from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.settings import Settings
+from reconciler.engine import Engine, plan_options
+from reconciler.load import DesiredState, InvalidDesiredState, load_repo
+from reconciler.plan import Action, Change, Plan
+from reconciler.resources import SOURCE_KEY, Kind, Resource
+
+HISTORY_LIMIT = 20  # commits searched back for a valid revision when starting on an invalid head
+MAX_RETRY_S = 600.0  # cap of the backoff between retries of a failed apply
+PROBLEMS_SHOWN = 50
+
+ProvidersFactory = Callable[[str, str], Sequence[Provider]]
+
+
+class Abandoned(ProviderError):
+    """A change not started before shutdown: apply records it as failed, dependents skipped."""
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        providers_factory: ProvidersFactory | None = None,
+        lease: Lease | SoloLease | None = None,
+        alert_targets: Iterable[AlertTarget] | None = None,
+        log_stream: IO[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redactor = Redactor(settings.secrets())
+        self.log = make_logger(log_stream, self.redactor)
+        self.metrics = Metrics()
+        self.git = GitSource(settings.repo, settings.branch, settings.cache_dir, token=settings.git_token,
+                             ssh_key=settings.git_ssh_key, known_hosts=settings.git_known_hosts,
+                             redactor=self.redactor)
+        self.lease = lease if lease is not None else _default_lease(settings)
+        targets = list(alert_targets) if alert_targets is not None else self._default_targets()
+        self.alerts = Alerter(targets, self.log, lambda target, result: self.metrics.alerts.labels(target, result).inc())
+        self._providers_factory = providers_factory or _build_providers
+        self._engines: dict[tuple[str, str], Engine] = {}
+
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # the worker has something to look at
+        self._sync_requested = threading.Event()
+        self._sync_trigger = "webhook"
+        self._threads: list[threading.Thread] = []
+        self.server = None
+        self.ready = False
+
+        # Revision bookkeeping; the worker thread alone writes these.
+        self._head: str | None = None  # branch head last fetched
+        self._candidate: DesiredState | None = None  # newest valid revision, to sync
+        self._served: DesiredState | None = None  # last good revision: drift is measured against it
+        self._retry_at: float | None = None  # when to re-run the sync of _candidate
+        self._failures = 0
+        self._waiting_for_lease = False
+        self._fetch_failing = False
+
+        self._status_lock = threading.Lock()
+        self._status: dict[str, Any] = {
+            "repo": self.git.display_url,
+            "branch": settings.branch,
+            "path": settings.path,
+            "revision": None,
+            "head": {"revision": None, "valid": None, "problems": [], "error": None},
+            "last_sync": None,
+            "last_in_sync_at": None,
+            "pending": [],
+            "blocked": [],
+            "kept": [],
+            "suspended": {"platform": False, "sources": []},
+            "drift": {"checked_at": None, "resources": []},
+            "last_repair": None,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Bind the HTTP server and start the threads; returns at once."""
+        from reconciler.daemon.server import make_server
+
+        host, port = self.settings.host_port
+        self.server = make_server(self, host, port)
+        provider_errors.listeners.append(self.metrics.api_request)
+        self.log.info("daemon.started", repo=self.git.display_url, listen=self.address,
+                      settings=self.settings.public())
+        for name, target in (("http", self.server.serve_forever), ("lease", self._lease_loop),
+                             ("worker", self._work)):
+            thread = threading.Thread(target=target, name=f"headwater-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @property
+    def address(self) -> str:
+        host, port = self.server.server_address[:2] if self.server else self.settings.host_port
+        return f"{host}:{port}"
+
+    def request_stop(self, reason: str = "requested") -> None:
+        if not self._stop.is_set():
+            self.log.info("shutdown.requested", reason=reason)
+        self._stop.set()
+        self._wake.set()
+
+    def serve(self) -> int:
+        """Run until `request_stop` (the signal handlers call it); then shut down. Exit code 0."""
+        self.start()
+        while not self._stop.wait(0.5):
+            pass
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Stop the worker (within the grace period), release the lease, stop serving."""
+        self.request_stop()
+        started = time.monotonic()
+        worker = next((t for t in self._threads if t.name == "headwater-worker"), None)
+        if worker is not None:
+            worker.join(self.settings.shutdown_grace)
+            if worker.is_alive():
+                # An API call outlived the grace period; the process exits anyway and the next
+                # start converges (apply is idempotent).
+                self.log.warning("shutdown.abandoned", waited_seconds=round(time.monotonic() - started, 2))
+        lease_thread = next((t for t in self._threads if t.name == "headwater-lease"), None)
+        if lease_thread is not None:
+            lease_thread.join(2.0)
+        try:
+            released = self.lease.release()
+        except Exception as exc:  # noqa: BLE001 - the lease then expires by itself
+            self.log.warning("lease.release_failed", error=str(exc))
+        else:
+            if released:
+                self.log.info("lease.released", identity=self.settings.identity)
+        self.metrics.lock_held.set(0)
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.metrics.api_request in provider_errors.listeners:
+            provider_errors.listeners.remove(self.metrics.api_request)
+        self.log.info("shutdown.complete", seconds=round(time.monotonic() - started, 2))
+
+    # ------------------------------------------------------------------ used by the HTTP server
+
+    def alive(self) -> bool:
+        worker = next((t for t in self._threads if t.name == "headwater-worker"), None)
+        return worker is not None and (worker.is_alive() or self._stop.is_set())
+
+    def request_sync(self, trigger: str) -> None:
+        """Fetch and sync as soon as the worker is free (the push webhook calls this)."""
+        self._sync_trigger = trigger
+        self._sync_requested.set()
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        with self._status_lock:
+            snapshot = _copy(self._status)
+        snapshot["ready"] = self.ready
+        snapshot["self_heal"] = self.settings.self_heal
+        snapshot["lock"] = self.lease.snapshot()
+        snapshot["alerts"] = [{"event": a.event, "summary": a.summary, "revision": a.revision,
+                               "at": _iso(a.at)} for a in self.alerts.sent[-10:]]
+        snapshot["settings"] = self.settings.public()
+        return self.redactor.value(snapshot)
+
+    # ------------------------------------------------------------------ threads
+
+    def _work(self) -> None:
+        next_fetch = time.monotonic()
+        next_drift = time.monotonic() + self._jittered(self.settings.drift_interval)
+        first = True
+        while not self._stop.is_set():
+            self._wake.clear()
+            now = time.monotonic()
+            if self._waiting_for_lease and self.lease.held():
+                self._waiting_for_lease = False
+                self._retry_at = now
+            requested = self._sync_requested.is_set()
+            fetch = requested or now >= next_fetch
+            retry = self._retry_at is not None and now >= self._retry_at
+            if fetch or retry:
+                self._sync_requested.clear()
+                trigger = "startup" if first else self._sync_trigger if requested else "poll" if fetch else "retry"
+                self._guarded(self._sync_pass, fetch, trigger)
+                if fetch:
+                    next_fetch = time.monotonic() + self.settings.poll_interval
+                first = False
+            if not self._stop.is_set() and time.monotonic() >= next_drift:
+                self._guarded(self._drift_pass)
+                next_drift = time.monotonic() + self._jittered(self.settings.drift_interval)
+            deadline = min(next_fetch, next_drift, self._retry_at if self._retry_at is not None else next_fetch)
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """A bug in one pass is logged and counted; the loop goes on."""
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001
+            self.log.exception("daemon.pass_crashed", step=step.__name__, error=f"{type(exc).__name__}: {exc}")
+            self.metrics.reconcile.labels("error").inc()
+
+    def _lease_loop(self) -> None:
+        was_held = False
+        while not self._stop.is_set():
+            try:
+                held, what = self.lease.tick()
+            except Exception as exc:  # noqa: BLE001 - store unreachable: keep trying; held() times out
+                held, what = self.lease.held(), "error"
+                self.log.warning("lease.error", error=str(exc), held=held)
+            self.metrics.lock_held.set(1 if held else 0)
+            if held != was_held:
+                snapshot = self.lease.snapshot()
+                self.log.info("lease.acquired" if held else "lease.not_held", how=what,
+                              holder=snapshot["holder"], object=snapshot["object"])
+                if held:
+                    self._wake.set()  # the worker may have work that was waiting for the lease
+            was_held = held
+            self._stop.wait(self.lease.renew_every if held or what != "error" else 1.0)
+
+    def _jittered(self, interval: float) -> float:
+        jitter = max(0.0, min(self.settings.drift_jitter, 0.9))
+        return interval * (1 + random.uniform(-jitter, jitter))
+
+    # ------------------------------------------------------------------ sync
+
+    def _sync_pass(self, fetch: bool, trigger: str) -> None:
+        log = self.log.bind(correlation_id=correlation_id(), loop="sync", trigger=trigger)
+        started = time.monotonic()
+        moved = False
+        if fetch:
+            try:
+                head = self.git.fetch()
+            except GitSourceError as exc:
+                log.error("sync.fetch_failed", error=str(exc))
+                self.metrics.reconcile.labels("error").inc()
+                self._set_status(head=dict(self._status["head"], error=str(exc)))
+                self.alerts.sync_failed(self._head, "fetch_failed", str(exc))
+                self._fetch_failing = True
+                return
+            if self._fetch_failing:
+                self._fetch_failing = False
+                self._set_status(head=dict(self._status["head"], error=None))
+                if self._candidate is not None and self._candidate.revision == head:
+                    self.alerts.sync_ok(head)
+            moved = head != self._head
+            if moved:
+                log.info("sync.new_revision", revision=head, previous=self._head)
+                self._head = head
+                state = self._load(head, log)
+                if state is None and self._served is None and self._candidate is None:
+                    state = self._last_good_before(head, log)
+                if state is None:
+                    return  # keep serving (and retrying) what we had
+                self._candidate = state
+                self._failures = 0
+        if not moved and (self._retry_at is None or time.monotonic() < self._retry_at):
+            return  # nothing new since the last sync
+        if self._candidate is not None:
+            self._reconcile(self._candidate, log.bind(revision=self._candidate.revision), started)
+
+    def _load(self, sha: str, log: Any) -> DesiredState | None:
+        """Check ``sha`` out and validate it; None (reported) when it is invalid."""
+        try:
+            root = self.git.checkout(sha)
+            state = load_repo(root / self.settings.path)
+        except GitSourceError as exc:
+            problems = [str(exc)]
+        except InvalidDesiredState as exc:
+            problems = [str(p) for p in exc.problems]
+        except Exception as exc:  # noqa: BLE001 - a loader bug must not crash the loop
+            problems = [f"could not load the desired state: {type(exc).__name__}: {exc}"]
+        else:
+            self.metrics.head_valid.set(1)
+            self._set_status(head={"revision": sha, "valid": True, "problems": [], "error": None})
+            return state
+        log.error("sync.invalid_revision", revision=sha, problem_count=len(problems),
+                  problems=problems[:PROBLEMS_SHOWN], served=self._served_revision)
+        self.metrics.reconcile.labels("invalid").inc()
+        self.metrics.head_valid.set(0)
+        self._set_status(head={"revision": sha, "valid": False, "problems": problems[:PROBLEMS_SHOWN],
+                               "error": f"{len(problems)} problems; not applied"})
+        self._record_sync(sha, "invalid", log, error=f"{len(problems)} problems: {problems[0]}")
+        self.alerts.sync_failed(sha, "invalid", f"{len(problems)} problems in the desired state:\n"
+                                + "\n".join(problems[:10]))
+        return None
+
+    def _last_good_before(self, head: str, log: Any) -> DesiredState | None:
+        """Startup on an invalid head: the newest valid first-parent ancestor, if any."""
+        try:
+            ancestors = self.git.first_parents(head, HISTORY_LIMIT)[1:]
+        except GitSourceError as exc:
+            log.error("sync.history_failed", error=str(exc))
+            return None
+        for sha in ancestors:
+            try:
+                state = load_repo(self.git.checkout(sha) / self.settings.path)
+            except Exception:  # noqa: BLE001 - invalid (or unreadable): look further back
+                continue
+            log.info("sync.serving_last_good", revision=sha, head=head)
+            return state
+        log.error("sync.no_valid_revision", head=head, searched=len(ancestors) + 1)
+        return None
+
+    def _reconcile(self, state: DesiredState, log: Any, started: float) -> None:
+        """Plan ``state`` and, when allowed, apply it. Records status, metrics and alerts."""
+        revision = state.revision
+        self._retry_at = None
+        try:
+            engine = self._engine(state)
+            plan = engine.plan(state, plan_options(state))  # the platform's policy; never allow_destroy
+        except Exception as exc:  # noqa: BLE001 - API down, permission denied...: retry later
+            self._failed(revision, "error", f"observe/plan failed: {exc}", log, started)
+            return
+        self._set_ready()
+        if plan.refused:
+            log.error("sync.refused", reason=plan.refused, served=self._served_revision)
+            self._record_sync(revision, "refused", log, error=plan.refused, started=started)
+            self.alerts.sync_failed(revision, "refused", plan.refused)
+            return  # branch must move; the served revision stays
+
+        self._serve(state, log)
+        self._observe_result(plan, state)
+        suspended = suspended_sources(state)
+        if state.platform.suspend:
+            log.info("sync.suspended", scope="platform", pending=len(plan.actionable))
+            self._record_sync(revision, "suspended", log, started=started, plan=plan)
+            return
+        if not self.lease.held():
+            log.info("sync.observe_only", reason="another daemon holds the lease",
+                     holder=self.lease.snapshot()["holder"], pending=len(plan.actionable))
+            self._waiting_for_lease = True
+            self._record_sync(revision, "observe_only", log, started=started, plan=plan)
+            return
+
+        work = without_sources(plan, suspended)
+        if suspended:
+            log.info("sync.sources_suspended", sources=sorted(suspended),
+                     withheld=len(plan.actionable) - len(work.actionable))
+        for change in plan.blocked:
+            log.warning("sync.blocked", address=change.address, action=str(change.action), reason=change.blocked)
+        result = ApplyResult()
+        planned = plan
+        if work.actionable:
+            log.info("sync.apply_started", changes=len(work.actionable))
+            result = self._apply(engine, work, log)
+            try:
+                after = engine.plan(state, plan_options(state))
+            except Exception as exc:  # noqa: BLE001 - the apply's own result stands
+                log.warning("sync.reobserve_failed", error=str(exc))
+            else:
+                plan = after
+                self._observe_result(after, state)
+        if not result.ok:
+            outcome = "interrupted" if self._stop.is_set() else "failed"
+            self._failed(revision, outcome, result.summary(), log, started, plan=planned, after=plan)
+            return
+        self._failures = 0
+        outcome = "blocked" if plan.blocked else "converged"
+        self._record_sync(revision, outcome, log, started=started, plan=planned, after=plan,
+                          summary=result.summary() if work.actionable else "nothing to apply")
+        if plan.blocked:
+            self.alerts.sync_failed(revision, "blocked", "; ".join(f"{c.address}: {c.blocked}" for c in plan.blocked))
+        else:
+            self._in_sync_now()
+            if revision == self._head:  # serving an older revision while the head is broken is no recovery
+                self.alerts.sync_ok(revision)
+
+    def _failed(self, revision: str | None, outcome: str, error: str, log: Any, started: float,
+                plan: Plan | None = None, after: Plan | None = None) -> None:
+        self._failures += 1
+        delay = min(self.settings.poll_interval * 2 ** (self._failures - 1), MAX_RETRY_S)
+        self._retry_at = None if self._stop.is_set() else time.monotonic() + delay
+        self._record_sync(revision, outcome, log, error=error, started=started, plan=plan, after=after,
+                          retry_in_seconds=None if self._stop.is_set() else round(delay, 1))
+        if outcome != "interrupted":
+            self.alerts.sync_failed(revision, outcome, error)
+
+    def _apply(self, engine: Engine, plan: Plan, log: Any) -> ApplyResult:
+        def on_outcome(outcome: Outcome) -> None:
+            self.metrics.apply_operations.labels(str(outcome.kind), str(outcome.action), outcome.status).inc()
+            event = log.info if outcome.status == OK else log.error
+            event("apply.change", address=outcome.address, kind=str(outcome.kind), action=str(outcome.action),
+                  result=outcome.status, duration_seconds=round(outcome.seconds, 3), error=outcome.error)
+
+        return engine.apply(plan, on_outcome=on_outcome, max_workers=self.settings.max_workers)
+
+    def _record_sync(self, revision: str | None, result: str, log: Any, *, error: str | None = None,
+                     started: float | None = None, plan: Plan | None = None, after: Plan | None = None,
+                     summary: str | None = None, retry_in_seconds: float | None = None) -> None:
+        """``plan``: what was decided for the revision; ``after``: the re-observation after applying."""
+        duration = time.monotonic() - started if started is not None else None
+        if result != "invalid":  # invalid is counted where it is detected
+            self.metrics.reconcile.labels(result).inc()
+        if duration is not None:
+            self.metrics.reconcile_duration.observe(duration)
+        record = {
+            "revision": revision, "result": result, "at": _iso(time.time()),
+            "duration_seconds": round(duration, 3) if duration is not None else None,
+            "correlation_id": structlog.get_context(log).get("correlation_id"),
+            "plan": plan.summary() if plan is not None else None,
+            "remaining_changes": len((after or plan).actionable) if plan is not None else None,
+            "apply": summary, "error": error, "retry_in_seconds": retry_in_seconds,
+        }
+        self._set_status(last_sync=record)
+        (log.info if error is None else log.error)(
+            "sync.finished", result=result, duration_seconds=record["duration_seconds"], apply=summary,
+            error=error, retry_in_seconds=retry_in_seconds)
+
+    def _serve(self, state: DesiredState, log: Any) -> None:
+        if self._served is None or self._served.revision != state.revision:
+            log.info("sync.serving", revision=state.revision, previous=self._served_revision)
+        self._served = state
+        self.metrics.set_revision(state.revision)
+        suspended = suspended_sources(state)
+        self._set_status(revision=state.revision,
+                         suspended={"platform": state.platform.suspend, "sources": sorted(suspended)})
+
+    @property
+    def _served_revision(self) -> str | None:
+        return self._served.revision if self._served else None
+
+    # ------------------------------------------------------------------ drift
+
+    def _drift_pass(self) -> None:
+        state = self._served
+        if state is None:
+            return  # nothing good to compare with yet
+        log = self.log.bind(correlation_id=correlation_id(), loop="drift", revision=state.revision)
+        try:
+            engine = self._engine(state)
+            plan = engine.plan(state, plan_options(state))
+        except Exception as exc:  # noqa: BLE001
+            log.error("drift.observe_failed", error=str(exc))
+            self.metrics.drift_checks.labels("error").inc()
+            return
+        self._set_ready()
+        drifted = self._observe_result(plan, state)
+        self.alerts.drift(drifted, state.revision)
+        if not drifted:
+            log.info("drift.checked", drifted=0)
+            self.metrics.drift_checks.labels("in_sync").inc()
+            if not plan.blocked:
+                self._in_sync_now()
+            return
+        log.warning("drift.detected", drifted=len(drifted), resources=sorted(drifted))
+        if not self.settings.self_heal:
+            log.info("drift.alert_only", reason="self-heal is off")
+            self.metrics.drift_checks.labels("drifted").inc()
+            return
+        repairs = heal_plan(plan, suspended_sources(state))
+        reason = None
+        if state.platform.suspend:
+            reason = "platform is suspended"
+        elif not self.lease.held():
+            reason = "another daemon holds the lease"
+        elif not repairs.actionable:
+            reason = "nothing repairable by update or create (replacements, deletes and blocked changes are not)"
+        if reason:
+            log.info("drift.heal_skipped", reason=reason)
+            self.metrics.drift_checks.labels("drifted").inc()
+            return
+        log.info("drift.heal_started", changes=len(repairs.actionable),
+                 resources=[c.address for c in repairs.actionable])
+        result = self._apply(engine, repairs, log)
+        self._set_status(last_repair={
+            "at": _iso(time.time()), "revision": state.revision, "result": "ok" if result.ok else "failed",
+            "changes": [{"address": c.address, "action": str(c.action),
+                         "fields": [{"path": d.path, "live": d.before, "desired": d.after} for d in c.diff]}
+                        for c in repairs.actionable],
+            "summary": result.summary(),
+        })
+        try:
+            after = engine.plan(state, plan_options(state))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("drift.reobserve_failed", error=str(exc))
+        else:
+            remaining = self._observe_result(after, state)
+            self.alerts.drift(remaining, state.revision)
+            if not remaining and not after.blocked:
+                self._in_sync_now()
+        log.info("drift.heal_finished", result="ok" if result.ok else "failed", apply=result.summary())
+        self.metrics.drift_checks.labels("healed" if result.ok else "error").inc()
+
+    # ------------------------------------------------------------------ observations → status, metrics
+
+    def _observe_result(self, plan: Plan, state: DesiredState) -> dict[str, str]:
+        """Record one observation; returns the drifted resources (address → one-line description)."""
+        suspended = suspended_sources(state)
+        counts: dict[tuple[str, str], int] = {}
+        per_kind: dict[str, int] = {}
+        drift_entries, drifted = [], {}
+        for change in plan.changes:
+            if change.desired is None:
+                continue  # not declared: an orphan is not drift (see "kept" / pending deletes)
+            state_name = resource_state(change)
+            counts[(str(change.kind), state_name)] = counts.get((str(change.kind), state_name), 0) + 1
+            if state_name in ("drifted", "missing"):
+                per_kind[str(change.kind)] = per_kind.get(str(change.kind), 0) + 1
+                fields = [{"path": d.path, "live": d.before, "desired": d.after} for d in change.diff]
+                source = change.desired.labels.get(SOURCE_KEY)
+                drift_entries.append({"address": change.address, "kind": str(change.kind), "state": state_name,
+                                      "source": source, "suspended": source in suspended,
+                                      "action": str(change.action), "fields": fields})
+                drifted[change.address] = (
+                    "missing" if state_name == "missing"
+                    else ", ".join(f"{d.path}: {_short(d.before)} → {_short(d.after)}" for d in change.diff))
+        self.metrics.set_resources(counts, per_kind)
+        self._set_status(
+            drift={"checked_at": _iso(time.time()), "revision": state.revision, "resources": drift_entries},
+            pending=[_change_summary(c, suspended) for c in plan.actionable],
+            blocked=[{"address": c.address, "action": str(c.action), "reason": c.blocked} for c in plan.blocked],
+            kept=[c.address for c in plan.kept],
+            resources={f"{k}/{s}": n for (k, s), n in sorted(counts.items())},
+        )
+        return drifted
+
+    def _in_sync_now(self) -> None:
+        self.metrics.last_sync.set(time.time())
+        self._set_status(last_in_sync_at=_iso(time.time()))
+
+    def _set_ready(self) -> None:
+        if not self.ready:
+            self.ready = True
+            self.metrics.ready.set(1)
+            self.log.info("daemon.ready")
+
+    def _set_status(self, **values: Any) -> None:
+        with self._status_lock:
+            self._status.update(values)
+
+    # ------------------------------------------------------------------ wiring
+
+    def _engine(self, state: DesiredState) -> Engine:
+        key = (state.platform.project, state.platform.region)
+        if key not in self._engines:
+            providers = self._providers_factory(*key)
+            self._engines[key] = Engine([_Interruptible(p, self._stop) for p in providers])
+        return self._engines[key]
+
+    def _default_targets(self) -> list[AlertTarget]:
+        targets: list[AlertTarget] = []
+        if self.settings.notify_webhook:
+            targets.append(WebhookTarget(self.settings.notify_webhook))
+        if self.settings.notify_topic:
+            targets.append(PubSubTarget(self._publish_alert))
+        return targets
+
+    def _publish_alert(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        from providers.pubsub_notify import TopicPublisher
+
+        project = self._served.platform.project if self._served else None
+        publisher = getattr(self, "_publisher", None)
+        if publisher is None:
+            publisher = self._publisher = TopicPublisher(self.settings.notify_topic, project)
+        publisher(data, attributes)
+
+
+# ---------------------------------------------------------------------- plan filters (pure)
+
+
+def suspended_sources(state: DesiredState) -> set[str]:
+    return {s.source_id for s in state.sources if s.connector.suspend}
+
+
+def _source_of(change: Change) -> str | None:
+    resource: Resource | None = change.desired or change.live
+    return resource.labels.get(SOURCE_KEY) if resource else None
+
+
+def without_sources(plan: Plan, sources: set[str]) -> Plan:
+    """The plan minus the changes of suspended sources (observe-only for them)."""
+    if not sources:
+        return plan
+    return dataclasses.replace(plan, changes=tuple(c for c in plan.changes if _source_of(c) not in sources))
+
+
+def heal_plan(plan: Plan, suspended: set[str]) -> Plan:
+    """Self-heal's share of a drift plan: updates of declared resources, and re-creation of
+    declared resources that disappeared. Never deletes (pruning is a sync's job, on a commit),
+    never replacements (a delete first), never blocked changes, nothing of a suspended source.
+    The core's refusal, if any, is kept, so a refused plan repairs nothing."""
+    keep = tuple(c for c in plan.changes
+                 if c.desired is not None and c.action in (Action.UPDATE, Action.CREATE)
+                 and _source_of(c) not in suspended)
+    return dataclasses.replace(plan, changes=keep)
+
+
+def resource_state(change: Change) -> str:
+    """in_sync, drifted, missing or blocked: a declared resource's state in a plan."""
+    if change.blocked:
+        return "blocked"
+    if change.action == Action.NOOP:
+        return "in_sync"
+    if change.action == Action.CREATE:
+        return "missing"
+    return "drifted"
+
+
+def _change_summary(change: Change, suspended: set[str]) -> dict[str, Any]:
+    return {"address": change.address, "action": str(change.action), "reason": change.reason,
+            "suspended": _source_of(change) in suspended,
+            "fields": [{"path": d.path, "live": d.before, "desired": d.after} for d in change.diff]}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _Interruptible:
+    """A provider whose changes refuse to start once shutdown began (observe always works)."""
+
+    def __init__(self, inner: Provider, stop: threading.Event) -> None:
+        self._inner = inner
+        self._stop = stop
+        self.kinds: tuple[Kind, ...] = inner.kinds
+        self.immutable_fields = inner.immutable_fields
+
+    def observe(self, kind: Kind) -> list[Resource]:
+        return self._inner.observe(kind)
+
+    def create(self, resource: Resource) -> None:
+        self._check(resource)
+        self._inner.create(resource)
+
+    def update(self, resource: Resource, fields: Sequence[str]) -> None:
+        self._check(resource)
+        self._inner.update(resource, fields)
+
+    def delete(self, resource: Resource) -> None:
+        self._check(resource)
+        self._inner.delete(resource)
+
+    def _check(self, resource: Resource) -> None:
+        if self._stop.is_set():
+            raise Abandoned(f"{resource.address}: not started, shutting down")
+
+
+def _build_providers(project: str, region: str) -> Sequence[Provider]:
+    from providers import build_providers
+
+    return build_providers(project, region)
+
+
+def _default_lease(settings: Settings) -> Lease | SoloLease:
+    if not settings.lock_bucket:
+        return SoloLease(settings.identity)
+    from providers.storage_lock import GcsLeaseStore
+
+    return Lease(GcsLeaseStore(settings.lock_bucket, settings.lock_object), settings.identity,
+                 settings.lease_seconds)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
