@@ -95,6 +95,7 @@ class Expected:
     valid: int = 0
     duplicates: int = 0
     invalid: Counter[str] = field(default_factory=Counter)
+    rejects: list[tuple[bytes, str]] = field(default_factory=list)  # (payload, reason) per bad record
 
 
 def generate(n: int, *, seed: int = 7, bad_rate: float = 0.05, dup_rate: float = 0.05) -> tuple[list[bytes], Expected]:
@@ -124,6 +125,7 @@ def generate(n: int, *, seed: int = 7, bad_rate: float = 0.05, dup_rate: float =
             reason = BAD_REASONS[i % len(BAD_REASONS)]
             payloads.append(_break(rec, reason))
             exp.invalid[reason] += 1
+            exp.rejects.append((payloads[-1], reason))
             continue
         payloads.append(orjson.dumps(rec))
         good.append(rec)

@@ -273,8 +273,9 @@ class RecordValidator:
     """Validates decoded records against a schema; reusable, picklable, not thread-safe.
 
     ``__call__`` returns a new dict holding only schema fields with canonical values (absent
-    NULLABLE fields stay absent: BigQuery fills NULL). ``dropped_unknown`` counts the records
-    from which lenient validation removed fields, for the ``unknown_fields_dropped`` counter.
+    NULLABLE fields stay absent: BigQuery fills NULL). ``dropped_unknown`` counts the objects
+    (records, and nested RECORD values) from which lenient validation removed fields, for the
+    ``unknown_fields_dropped`` counter.
     """
 
     def __init__(self, fields: tuple[Field, ...], validation: str, prefix: str = "",
