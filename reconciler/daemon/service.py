@@ -365,7 +365,7 @@ class Daemon:
             engine = self._engine(state)
             plan = engine.plan(state, plan_options(state))  # the platform's policy; never allow_destroy
         except Exception as exc:  # noqa: BLE001 - API down, permission denied...: retry later
-            self._failed(revision, "error", f"observe/plan failed: {exc}", log, started)
+            self._failed(revision, "error", f"observe/plan failed: {_describe(exc)}", log, started)
             return
         self._set_ready()
         if plan.refused:
@@ -402,7 +402,7 @@ class Daemon:
             try:
                 after = engine.plan(state, plan_options(state))
             except Exception as exc:  # noqa: BLE001 - the apply's own result stands
-                log.warning("sync.reobserve_failed", error=str(exc))
+                log.warning("sync.reobserve_failed", error=_describe(exc))
             else:
                 plan = after
                 self._observe_result(after, state)
@@ -486,7 +486,7 @@ class Daemon:
             engine = self._engine(state)
             plan = engine.plan(state, plan_options(state))
         except Exception as exc:  # noqa: BLE001
-            log.error("drift.observe_failed", error=str(exc))
+            log.error("drift.observe_failed", error=_describe(exc))
             self.metrics.drift_checks.labels("error").inc()
             return
         self._set_ready()
@@ -528,7 +528,7 @@ class Daemon:
         try:
             after = engine.plan(state, plan_options(state))
         except Exception as exc:  # noqa: BLE001
-            log.warning("drift.reobserve_failed", error=str(exc))
+            log.warning("drift.reobserve_failed", error=_describe(exc))
         else:
             remaining = self._observe_result(after, state)
             self.alerts.drift(remaining, state.revision)
@@ -707,6 +707,12 @@ def _default_lease(settings: Settings) -> Lease | SoloLease:
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _describe(exc: BaseException) -> str:
+    """Provider errors carry a readable message; anything else also needs its type (a KeyError's
+    text alone is just the key)."""
+    return str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
 
 
 def _short(value: Any) -> str:
