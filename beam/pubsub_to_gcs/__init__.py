@@ -1,0 +1,5 @@
+"""The ``pubsub_to_gcs`` template; see ``pipeline.py``."""
+
+from beam.pubsub_to_gcs.pipeline import run
+
+__all__ = ["run"]
