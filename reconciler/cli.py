@@ -69,6 +69,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     state = load_repo(args.repo)
     plan = _engine(state).plan(state, plan_options(state, prune=args.prune, allow_destroy=args.allow_destroy))
+    if args.base:  # a pull request's dry run: what the PR changes, then the plan
+        from reconciler import pr
+
+        sys.stdout.write(pr.summary(state, args.base, args.format))
     sys.stdout.write(render(plan, args.format))
     if plan.refused:
         return EXIT_ERROR
@@ -234,6 +238,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = with_repo(commands.add_parser("plan", help="show what apply would change"))
     p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    p.add_argument("--base", metavar="REF",
+                   help="pull-request dry run: first summarize what the desired state changed since REF")
     with_safety(p)
     p.set_defaults(handler=cmd_plan)
 
