@@ -140,8 +140,9 @@ class Alerter:
         if fingerprint == self._sync_failure:
             return None
         self._sync_failure = fingerprint
-        return self._fire(Alert(SYNC_FAILED, f"sync {result}: {reason.splitlines()[0][:300]}", revision,
-                                {"result": result, "reason": reason[:4000]}))
+        first, *rest = reason.splitlines() or [""]
+        return self._fire(Alert(SYNC_FAILED, f"sync {result}: {first[:300]}", revision,
+                                {"result": result, "reason": reason[:4000]}, tuple(line[:300] for line in rest)))
 
     def sync_ok(self, revision: str | None) -> Alert | None:
         if self._sync_failure is None:

@@ -518,13 +518,6 @@ class Daemon:
         log.info("drift.heal_started", changes=len(repairs.actionable),
                  resources=[c.address for c in repairs.actionable])
         result = self._apply(engine, repairs, log)
-        self._set_status(last_repair={
-            "at": _iso(time.time()), "revision": state.revision, "result": "ok" if result.ok else "failed",
-            "changes": [{"address": c.address, "action": str(c.action),
-                         "fields": [{"path": d.path, "live": d.before, "desired": d.after} for d in c.diff]}
-                        for c in repairs.actionable],
-            "summary": result.summary(),
-        })
         try:
             after = engine.plan(state, plan_options(state))
         except Exception as exc:  # noqa: BLE001
@@ -536,6 +529,13 @@ class Daemon:
                 self._in_sync_now()
         log.info("drift.heal_finished", result="ok" if result.ok else "failed", apply=result.summary())
         self.metrics.drift_checks.labels("healed" if result.ok else "error").inc()
+        self._set_status(last_repair={
+            "at": _iso(time.time()), "revision": state.revision, "result": "ok" if result.ok else "failed",
+            "changes": [{"address": c.address, "action": str(c.action),
+                         "fields": [{"path": d.path, "live": d.before, "desired": d.after} for d in c.diff]}
+                        for c in repairs.actionable],
+            "summary": result.summary(),
+        })
 
     # ------------------------------------------------------------------ observations → status, metrics
 
