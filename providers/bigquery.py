@@ -1,0 +1,809 @@
+"""BigQuery provider: datasets and tables, through google-cloud-bigquery.
+
+Kinds: ``Kind.BIGQUERY_DATASET`` (name: the dataset id) and ``Kind.BIGQUERY_TABLE`` (name:
+``"dataset.table"``). This module is the only one that imports ``google.cloud.bigquery``. It
+implements the contract in `providers.base`.
+
+Unlike the Pub/Sub and Storage clients, google-cloud-bigquery does not find an emulator by
+itself: `make_client` points it at ``BIGQUERY_EMULATOR_HOST`` when that is set (the one place
+that builds a client). Every other difference from bqemulator is marked "EMULATOR DEPARTURE":
+`label_patch` (update), `BigQueryProvider._tables_via_get_on_emulator` (observe) and the
+non-empty dataset case in `BigQueryProvider.delete`.
+
+Canonical spec (what `observe` returns and what `create`/`update` accept)
+--------------------------------------------------------------------------
+Dataset::
+
+    {"location": "EU" | "europe-west1", "description": str}   # description only when non-empty
+
+Table::
+
+    {
+        "schema": [                                  # in column order
+            {"name": str, "type": str, "mode": str,  # always these three
+             "description": str,                     # only when non-empty
+             "fields": [...]},                       # only for RECORD, same shape, nested
+        ],
+        "time_partitioning": {"type": "DAY", "field": str | None,   # None = ingestion time
+                              "expiration_ms": int}                 # only when set
+                             | None,                                # not partitioned
+        "clustering_fields": [str] | None,
+        "description": str,                          # only when non-empty
+    }
+
+Normalization rules, and why:
+
+* Types use the GoogleSQL names: ``INTEGER``->``INT64``, ``FLOAT``->``FLOAT64``,
+  ``BOOLEAN``->``BOOL``, ``DECIMAL``->``NUMERIC``, ``BIGDECIMAL``->``BIGNUMERIC``, and
+  ``STRUCT``->``RECORD`` (the API's name for a nested field). The API accepts both spellings and
+  answers with whichever it likes. Type parameters (``STRING(10)``, ``NUMERIC(10, 2)``) are not
+  part of the spec and are dropped.
+* ``mode`` defaults to ``NULLABLE`` (the API omits it or sends it either way).
+* Descriptions (tables, datasets, columns) are omitted when unset *or* empty: BigQuery does not
+  tell ``None`` from ``""``, so neither does the spec. Desired specs should leave the key out
+  rather than declare ``""``.
+* Dataset locations: the multi-regions upper case (``US``, ``EU``), regions lower case
+  (``europe-west1``), which is how BigQuery reports them; the match is case-insensitive.
+* Labels are returned whole. Only datasets and tables labelled ``managed-by=headwater`` are
+  observed, and tables only inside managed datasets (headwater creates its tables there).
+
+Observe: API calls
+------------------
+* Datasets: one ``list_datasets`` (filtered server-side on the label, and again here) plus one
+  ``get_dataset`` per managed dataset, because ``datasets.list`` carries no description.
+  Datasets are few (about three per platform), so a get each is cheaper and faster than the
+  alternative, an ``INFORMATION_SCHEMA.SCHEMATA_OPTIONS`` query job per region.
+* Tables, real API: one ``list_datasets``, then per managed dataset one ``list_tables`` and one
+  query. ``tables.list`` returns labels, time partitioning and clustering but neither schema nor
+  description; the query reads those for every table of the dataset at once from
+  ``INFORMATION_SCHEMA`` (`information_schema_query`):
+
+  - ``COLUMNS``: top-level columns with ``ordinal_position`` (column order), ``is_nullable``
+    (``NO`` = REQUIRED) and ``data_type``, the full GoogleSQL type, nested fields included, e.g.
+    ``ARRAY<STRUCT<a STRING, b INT64 NOT NULL>>``: ``ARRAY`` means REPEATED, ``STRUCT`` a RECORD
+    with its fields in order, ``NOT NULL`` a REQUIRED nested field (`parse_data_type`);
+  - ``COLUMN_FIELD_PATHS``: the description of every column and nested field, by
+    ``field_path`` (``items.sku``);
+  - ``TABLE_OPTIONS``: the table description (``option_value`` is a string literal).
+
+  So 1000 tables in 3 datasets cost 1 + 3 + 3 calls, not 1000 gets. (Caching full table
+  metadata by etag was the alternative; ``tables.list`` returns no per-table etag, so checking
+  the cache would itself cost one get per table.) The query needs ``bigquery.jobs.create`` in
+  the project and is billed as a metadata query (the 10 MB minimum).
+* Tables, emulator: one ``get_table`` per table instead of the query (see
+  `BigQueryProvider._tables_via_get_on_emulator` for why).
+
+EMULATOR DEPARTURES (bqemulator 1.4.0)
+--------------------------------------
+* Observe: ``tables.list`` items carry no labels, partitioning or clustering, and any query
+  that touches ``INFORMATION_SCHEMA.COLUMN_FIELD_PATHS`` returns no rows, so the real-API path
+  cannot work there: `BigQueryProvider._tables_via_get_on_emulator`. Also, its ``tables.list``
+  has no paging: it returns at most ``maxResults`` (1000) tables per dataset.
+* Update: removing a label. The real API merges a labels PATCH into the existing labels, so a
+  label is removed by sending it as ``null``; bqemulator answers ``null`` with HTTP 500 but
+  replaces the whole label map on PATCH. `label_patch` sends what each side needs.
+* Retries: a 500 makes the client library's default retry try again for ~600 s. Every request
+  here is sent with ``retry=None`` and retried by `providers.errors.call` only (the one retry
+  layer, as in the other providers), which also makes `api_calls` count real requests.
+* Delete: bqemulator refuses to delete a dataset that still has tables with a 404 where the
+  real API answers 400; `BigQueryProvider.delete` keeps that an error instead of "already gone".
+* ``update_table(["clustering_fields"])`` with ``None`` sends ``"clustering": null``, which
+  removes clustering on the real API; bqemulator ignores it and keeps the old fields.
+* Schema evolution is metadata-only on bqemulator: after ``update_table(["schema"])`` adds a
+  column, observe shows it, but SELECT or insert on it fails. Nothing to do here; the real-API
+  path is the same ``update_table`` call.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+
+from providers.errors import NotFound, PermanentError, call
+from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, Kind, Resource
+
+T = TypeVar("T")
+
+# Per-request deadline (seconds) for metadata calls, and how long a schema query may run.
+RPC_TIMEOUT_S = 60.0
+QUERY_TIMEOUT_S = 120.0
+# Large pages keep a list at one request in practice (the API caps the page size itself).
+LIST_PAGE_SIZE = 1000
+
+TYPE_ALIASES = {
+    "INTEGER": "INT64",
+    "FLOAT": "FLOAT64",
+    "BOOLEAN": "BOOL",
+    "DECIMAL": "NUMERIC",
+    "BIGDECIMAL": "BIGNUMERIC",
+    "STRUCT": "RECORD",
+}
+MULTI_REGIONS = frozenset({"US", "EU"})
+
+# A dataset cannot move; a table's partitioning cannot change in place (the real API rejects
+# it). Both force a replacement, which the planner shows.
+IMMUTABLE_FIELDS: dict[Kind, frozenset[str]] = {
+    Kind.BIGQUERY_DATASET: frozenset({"location"}),
+    Kind.BIGQUERY_TABLE: frozenset({"time_partitioning"}),
+}
+# Our keys -> the client's property names, as passed in ``update_dataset/update_table(fields=)``.
+UPDATE_FIELDS: dict[Kind, dict[str, str]] = {
+    Kind.BIGQUERY_DATASET: {"description": "description", "labels": "labels"},
+    Kind.BIGQUERY_TABLE: {
+        "schema": "schema",
+        "clustering_fields": "clustering_fields",
+        "description": "description",
+        "labels": "labels",
+    },
+}
+
+
+# --- The client -------------------------------------------------------------------------------
+
+
+def emulator_endpoint(host: str) -> str:
+    """``127.0.0.1:9050`` -> ``http://127.0.0.1:9050``; a value with a scheme is kept as is."""
+    return host if "://" in host else f"http://{host}"
+
+
+def make_client(project: str) -> bigquery.Client:
+    """A BigQuery client for ``project``: the emulator when BIGQUERY_EMULATOR_HOST is set, else GCP.
+
+    The library does not read BIGQUERY_EMULATOR_HOST itself, so we do: the endpoint must be a URL
+    (``http://host:port``; a bare ``host:port`` gets ``http://``) and the emulator needs anonymous
+    credentials, or the client would look for real ones. Otherwise: Application Default
+    Credentials and the real endpoint.
+    """
+    host = os.environ.get("BIGQUERY_EMULATOR_HOST")
+    if not host:
+        return bigquery.Client(project=project)
+    return bigquery.Client(
+        project=project,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=emulator_endpoint(host)),
+    )
+
+
+def on_emulator() -> bool:
+    """True when `make_client` points at the emulator (the same variable)."""
+    return bool(os.environ.get("BIGQUERY_EMULATOR_HOST"))
+
+
+# --- Normalization: server objects -> canonical spec (pure functions) ---------------------------
+
+
+def canonical_type(name: str) -> str:
+    """A BigQuery type name in GoogleSQL spelling (``INTEGER`` -> ``INT64``, see TYPE_ALIASES)."""
+    upper = name.upper()
+    return TYPE_ALIASES.get(upper, upper)
+
+
+def _field(
+    name: str, type_: str, mode: str, description: str | None, fields: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """One canonical schema field, keys in canonical order."""
+    field: dict[str, Any] = {"name": name, "type": type_, "mode": mode}
+    if description:
+        field["description"] = description
+    if type_ == "RECORD":
+        field["fields"] = fields or []
+    return field
+
+
+def canonical_field(field: Mapping[str, Any] | bigquery.SchemaField) -> dict[str, Any]:
+    """A schema field (the API's JSON shape, a SchemaField, or already canonical) made canonical."""
+    api = field.to_api_repr() if isinstance(field, bigquery.SchemaField) else field
+    type_ = canonical_type(api["type"])
+    return _field(
+        api["name"],
+        type_,
+        (api.get("mode") or "NULLABLE").upper(),
+        api.get("description"),
+        [canonical_field(f) for f in api.get("fields") or ()],
+    )
+
+
+def canonical_schema(fields: Iterable[Mapping[str, Any] | bigquery.SchemaField]) -> list[dict[str, Any]]:
+    return [canonical_field(f) for f in fields]
+
+
+def canonical_location(location: str | None) -> str:
+    """``eu`` -> ``EU``, ``EUROPE-WEST1`` -> ``europe-west1`` (see the module docstring)."""
+    upper = (location or "").upper()
+    return upper if upper in MULTI_REGIONS else upper.lower()
+
+
+def partitioning_spec(partitioning: bigquery.TimePartitioning | None) -> dict[str, Any] | None:
+    if partitioning is None:
+        return None
+    spec: dict[str, Any] = {
+        "type": (partitioning.type_ or "DAY").upper(),
+        "field": partitioning.field or None,
+    }
+    if partitioning.expiration_ms:
+        spec["expiration_ms"] = int(partitioning.expiration_ms)
+    return spec
+
+
+def table_spec(
+    schema: list[dict[str, Any]],
+    partitioning: bigquery.TimePartitioning | None,
+    clustering_fields: Sequence[str] | None,
+    description: str | None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "schema": schema,
+        "time_partitioning": partitioning_spec(partitioning),
+        "clustering_fields": list(clustering_fields) if clustering_fields else None,
+    }
+    if description:
+        spec["description"] = description
+    return spec
+
+
+def dataset_spec(dataset: bigquery.Dataset) -> dict[str, Any]:
+    spec: dict[str, Any] = {"location": canonical_location(dataset.location)}
+    if dataset.description:
+        spec["description"] = dataset.description
+    return spec
+
+
+# --- INFORMATION_SCHEMA: the real API's way to read many schemas at once ------------------------
+
+# Tokens of a GoogleSQL type: `quoted` or plain names, < > , and parameter lists like (10, 2).
+_TYPE_TOKEN = re.compile(r"\s*(`(?:[^`\\]|\\.)*`|[<>,]|\([^()]*\)|[A-Za-z_][A-Za-z0-9_]*)")
+
+
+class _TypeParser:
+    """Recursive descent over a type such as ``ARRAY<STRUCT<a STRING, b INT64 NOT NULL>>``."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens: list[str] = []
+        pos, stripped = 0, text.strip()
+        while pos < len(stripped):
+            match = _TYPE_TOKEN.match(stripped, pos)
+            if not match:
+                raise ValueError(f"unsupported BigQuery type {text!r}")
+            self.tokens.append(match.group(1))
+            pos = match.end()
+        self.pos = 0
+
+    def peek(self) -> str:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else ""
+
+    def take(self, expected: str | None = None) -> str:
+        token = self.peek()
+        if not token or (expected is not None and token.upper() != expected):
+            raise ValueError(f"unsupported BigQuery type {self.text!r}")
+        self.pos += 1
+        return token
+
+    def type_(self) -> dict[str, Any]:
+        """One type, as ``{"type", "mode", "fields"}`` (mode from ARRAY / NOT NULL)."""
+        word = self.take().upper()
+        if word == "ARRAY":
+            self.take("<")
+            node = self.type_()
+            self.take(">")
+            node["mode"] = "REPEATED"
+        elif word == "STRUCT":
+            self.take("<")
+            fields = [self.struct_field()]
+            while self.peek() == ",":
+                self.take(",")
+                fields.append(self.struct_field())
+            self.take(">")
+            node = {"type": "RECORD", "mode": "NULLABLE", "fields": fields}
+        else:
+            if self.peek() == "<":  # another parameterized type, e.g. RANGE<DATE>: kept as RANGE
+                depth = 0
+                while True:
+                    token = self.take()
+                    depth += {"<": 1, ">": -1}.get(token, 0)
+                    if depth == 0:
+                        break
+            if self.peek().startswith("("):  # STRING(10), NUMERIC(10, 2): parameters not in the spec
+                self.take()
+            node = {"type": canonical_type(word), "mode": "NULLABLE", "fields": None}
+        if self.peek().upper() == "NOT":
+            self.take("NOT")
+            self.take("NULL")
+            if node["mode"] != "REPEATED":  # an ARRAY is never NULL anyway: it stays REPEATED
+                node["mode"] = "REQUIRED"
+        return node
+
+    def struct_field(self) -> dict[str, Any]:
+        name = self.take()
+        if name.startswith("`"):
+            name = name[1:-1]
+        elif not (name[0].isalpha() or name[0] == "_"):
+            raise ValueError(f"unsupported BigQuery type {self.text!r}")
+        return {"name": name, **self.type_()}
+
+    def end(self) -> None:
+        if self.peek():
+            raise ValueError(f"unsupported BigQuery type {self.text!r}")
+
+
+def _parse(data_type: str) -> dict[str, Any]:
+    """A type string as a tree of ``{"type", "mode", "fields": [{"name", ...}] | None}`` nodes."""
+    parser = _TypeParser(data_type)
+    node = parser.type_()
+    parser.end()
+    return node
+
+
+def _described(
+    name: str, node: Mapping[str, Any], descriptions: Mapping[str, str], path: str
+) -> dict[str, Any]:
+    """A parsed node as a canonical field, with descriptions looked up by field path (``a.b``)."""
+    fields = [_described(f["name"], f, descriptions, f"{path}.{f['name']}") for f in node["fields"] or ()]
+    return _field(name, node["type"], node["mode"], descriptions.get(path), fields)
+
+
+def parse_data_type(data_type: str) -> dict[str, Any]:
+    """An INFORMATION_SCHEMA ``data_type`` as a canonical field, minus the field's own name.
+
+    ``ARRAY<STRUCT<a STRING, b INT64 NOT NULL>>`` -> ``{"type": "RECORD", "mode": "REPEATED",
+    "fields": [{"name": "a", "type": "STRING", "mode": "NULLABLE"}, {"name": "b", "type":
+    "INT64", "mode": "REQUIRED"}]}``. Raises ValueError for a type it cannot read.
+    """
+    field = _described("", _parse(data_type), {}, "")
+    del field["name"]
+    return field
+
+
+def column_spec(
+    name: str, data_type: str, is_nullable: str, descriptions: Mapping[str, str]
+) -> dict[str, Any]:
+    """One top-level column, canonical, from its ``INFORMATION_SCHEMA.COLUMNS`` row.
+
+    ``descriptions`` maps field paths (``col``, ``col.nested``) to their description. The
+    top-level mode: REPEATED for an ARRAY, else REQUIRED when ``is_nullable`` is ``NO``.
+    Nested modes come from the type: REPEATED for ARRAY, REQUIRED for ``NOT NULL`` (BigQuery
+    prints types in DDL syntax; bqemulator drops the ``NOT NULL``, so this is pinned by the
+    pure tests, not checked against a server here).
+    """
+    node = _parse(data_type)
+    if node["mode"] == "NULLABLE" and is_nullable.upper() == "NO":
+        node["mode"] = "REQUIRED"
+    return _described(name, node, descriptions, name)
+
+
+# GoogleSQL string-literal escapes: \n-style, \\ \? \" \' \`, octal \ooo, hex \xhh, \uhhhh, \Uhhhhhhhh.
+_ESCAPE = re.compile(
+    r"\\(?:([abfnrtv\\?\"'`])|([0-7]{3})|[xX]([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))"
+)
+_CONTROL_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _unescape(match: re.Match[str]) -> str:
+    simple, octal, hex2, hex4, hex8 = match.groups()
+    if simple:
+        return _CONTROL_ESCAPES.get(simple, simple)
+    return chr(int(octal, 8)) if octal else chr(int(hex2 or hex4 or hex8, 16))
+
+
+def option_string(literal: str | None) -> str | None:
+    """A ``TABLE_OPTIONS.option_value`` string literal (``"say \\"hi\\""``) as its value (``say "hi"``).
+
+    BigQuery prints string options as GoogleSQL quoted literals; anything else is returned as is.
+    """
+    if literal is None or len(literal) < 2 or literal[0] not in "\"'" or literal[-1] != literal[0]:
+        return literal
+    return _ESCAPE.sub(_unescape, literal[1:-1])
+
+
+def information_schema_query(project: str, dataset: str) -> str:
+    """One query for every table's schema and description in ``dataset``.
+
+    Three kinds of rows, told apart by ``row_kind``, so that each row is one fact and nothing is
+    multiplied by a join:
+
+    * ``column``: a top-level column (``path`` = its name) with its position, nullability and
+      full type. Hidden pseudo-columns (``_PARTITIONTIME``...) are not part of the schema.
+    * ``field``: a non-empty description of a column or nested field, by field path.
+    * ``table``: a table's description (a string literal, see `option_string`).
+    """
+    views = f"`{project}.{dataset}`.INFORMATION_SCHEMA"
+    return f"""
+SELECT 'column' AS row_kind, table_name, column_name AS path, ordinal_position, is_nullable, data_type,
+       CAST(NULL AS STRING) AS text
+FROM {views}.COLUMNS
+WHERE is_hidden = 'NO'
+UNION ALL
+SELECT 'field', table_name, field_path, CAST(NULL AS INT64), CAST(NULL AS STRING), CAST(NULL AS STRING),
+       description
+FROM {views}.COLUMN_FIELD_PATHS
+WHERE description IS NOT NULL AND description != ''
+UNION ALL
+SELECT 'table', table_name, CAST(NULL AS STRING), CAST(NULL AS INT64), CAST(NULL AS STRING),
+       CAST(NULL AS STRING), option_value
+FROM {views}.TABLE_OPTIONS
+WHERE option_name = 'description'
+"""
+
+
+def table_specs_from_information_schema(
+    items: Iterable[bigquery.table.TableListItem], rows: Iterable[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Canonical specs of the listed tables, from the list items and `information_schema_query` rows.
+
+    The list items give partitioning and clustering; the rows give schema and description.
+    Keyed by table id. A listed table with no column rows gets an empty schema.
+    """
+    columns: dict[str, list[tuple[int, str, str, str]]] = defaultdict(list)
+    descriptions: dict[str, dict[str, str]] = defaultdict(dict)
+    table_descriptions: dict[str, str | None] = {}
+    for row in rows:
+        table = row["table_name"]
+        if row["row_kind"] == "column":
+            columns[table].append(
+                (row["ordinal_position"], row["path"], row["data_type"], row["is_nullable"])
+            )
+        elif row["row_kind"] == "field":
+            descriptions[table][row["path"]] = row["text"]
+        elif row["row_kind"] == "table":
+            table_descriptions[table] = option_string(row["text"])
+    specs = {}
+    for item in items:
+        table = item.table_id
+        schema = [
+            column_spec(name, data_type, nullable, descriptions[table])
+            for _, name, data_type, nullable in sorted(columns[table])
+        ]
+        specs[table] = table_spec(
+            schema, item.time_partitioning, item.clustering_fields, table_descriptions.get(table)
+        )
+    return specs
+
+
+# --- Canonical spec -> request objects ----------------------------------------------------------
+
+
+def _api_field(field: Mapping[str, Any]) -> dict[str, Any]:
+    api: dict[str, Any] = {
+        "name": field["name"],
+        "type": field["type"],
+        "mode": field.get("mode") or "NULLABLE",
+    }
+    if field.get("description"):
+        api["description"] = field["description"]
+    if field.get("fields"):
+        api["fields"] = [_api_field(f) for f in field["fields"]]
+    return api
+
+
+def schema_fields(schema: Sequence[Mapping[str, Any]]) -> list[bigquery.SchemaField]:
+    """Canonical schema -> the client's SchemaFields (the API accepts the GoogleSQL type names)."""
+    return [bigquery.SchemaField.from_api_repr(_api_field(f)) for f in schema]
+
+
+def time_partitioning(spec: Mapping[str, Any] | None) -> bigquery.TimePartitioning | None:
+    if not spec:
+        return None
+    return bigquery.TimePartitioning(
+        type_=spec.get("type") or "DAY", field=spec.get("field"), expiration_ms=spec.get("expiration_ms")
+    )
+
+
+def split_table_name(name: str) -> tuple[str, str]:
+    """``"silver.orders"`` -> ``("silver", "orders")``."""
+    dataset, _, table = name.partition(".")
+    if not dataset or not table or "." in table:
+        raise PermanentError(f"bigquery: table name {name!r} is not 'dataset.table'")
+    return dataset, table
+
+
+def label_patch(live: Mapping[str, str], desired: Mapping[str, str]) -> dict[str, str | None]:
+    """The ``labels`` to send so that a dataset's or table's labels become ``desired``.
+
+    The real API merges the map into the live labels, so every live label that is not desired
+    is sent as ``None`` (JSON null), which removes it.
+
+    EMULATOR DEPARTURE: bqemulator answers a null label with HTTP 500, and replaces the whole
+    map on PATCH instead of merging it; there, the desired labels alone do the job.
+    """
+    if on_emulator():
+        return dict(desired)
+    return {**{key: None for key in live if key not in desired}, **desired}
+
+
+def _managed(labels: Mapping[str, str] | None) -> bool:
+    return (labels or {}).get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
+
+
+# --- The provider -----------------------------------------------------------------------------
+
+
+class BigQueryProvider:
+    """Datasets and tables of one project. Contract: `providers.base.Provider`.
+
+    ``location`` is where datasets go when their spec names none.
+    """
+
+    kinds: tuple[Kind, ...] = (Kind.BIGQUERY_DATASET, Kind.BIGQUERY_TABLE)
+    immutable_fields: Mapping[Kind, frozenset[str]] = IMMUTABLE_FIELDS
+
+    def __init__(self, project: str, location: str, *, client: bigquery.Client | None = None) -> None:
+        self.project = project
+        self.location = location
+        self._client = client
+        self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+
+    # -- contract --
+
+    def observe(self, kind: Kind) -> list[Resource]:
+        if kind == Kind.BIGQUERY_DATASET:
+            return [self._observe_dataset(item.dataset_id) for item in self._managed_datasets()]
+        if kind == Kind.BIGQUERY_TABLE:
+            return [table for item in self._managed_datasets() for table in self._observe_tables(item)]
+        raise PermanentError(f"bigquery: unsupported kind {kind!r}")
+
+    def create(self, resource: Resource) -> None:
+        # An existing dataset or table is a 409, which call() raises as AlreadyExists.
+        client = self._bq()
+        if resource.kind == Kind.BIGQUERY_DATASET:
+            dataset = bigquery.Dataset(self._dataset_ref(resource.name))
+            dataset.location = resource.spec.get("location") or self.location
+            dataset.description = resource.spec.get("description") or None
+            dataset.labels = dict(resource.labels)
+            self._rpc("create_dataset", resource.name, lambda: client.create_dataset(dataset, **_OPTS))
+        elif resource.kind == Kind.BIGQUERY_TABLE:
+            table = bigquery.Table(
+                self._table_ref(resource.name), schema=schema_fields(resource.spec.get("schema", ()))
+            )
+            table.time_partitioning = time_partitioning(resource.spec.get("time_partitioning"))
+            table.clustering_fields = resource.spec.get("clustering_fields") or None
+            table.description = resource.spec.get("description") or None
+            table.labels = dict(resource.labels)
+            self._rpc("create_table", resource.name, lambda: client.create_table(table, **_OPTS))
+        else:
+            raise PermanentError(f"bigquery: unsupported kind {resource.kind!r}")
+
+    def update(self, resource: Resource, fields: Sequence[str]) -> None:
+        names = UPDATE_FIELDS.get(resource.kind)
+        if names is None:
+            raise PermanentError(f"bigquery: unsupported kind {resource.kind!r}")
+        unknown = [f for f in fields if f not in names]
+        if unknown:
+            raise PermanentError(f"bigquery: cannot update {unknown} of {resource.address} in place")
+        if not fields:
+            return
+        # The client PATCHes exactly the properties named in `fields=`, read from the object.
+        api_fields = [names[f] for f in fields]
+        client, spec = self._bq(), resource.spec
+        if resource.kind == Kind.BIGQUERY_DATASET:
+            dataset = self._update_target(resource, fields)
+            if "description" in fields:
+                dataset.description = spec.get("description") or None
+            self._rpc(
+                "update_dataset", resource.name, lambda: client.update_dataset(dataset, api_fields, **_OPTS)
+            )
+        else:
+            table = self._update_target(resource, fields)
+            if "schema" in fields:
+                table.schema = schema_fields(spec.get("schema", ()))
+            if "clustering_fields" in fields:
+                table.clustering_fields = spec.get("clustering_fields") or None  # None removes clustering
+            if "description" in fields:
+                table.description = spec.get("description") or None
+            self._rpc("update_table", resource.name, lambda: client.update_table(table, api_fields, **_OPTS))
+
+    def delete(self, resource: Resource) -> None:
+        # Deleting what is already gone succeeds.
+        client = self._bq()
+        if resource.kind == Kind.BIGQUERY_DATASET:
+            ref = self._dataset_ref(resource.name)
+            try:
+                # delete_contents=False: a dataset that still has tables is an error (the real API
+                # answers 400), never emptied here.
+                self._rpc(
+                    "delete_dataset",
+                    resource.name,
+                    lambda: client.delete_dataset(ref, delete_contents=False, **_OPTS),
+                )
+            except NotFound as exc:
+                if on_emulator() and "not empty" in str(exc):
+                    # EMULATOR DEPARTURE: bqemulator refuses a non-empty dataset with a 404 ("Dataset
+                    # ... is not empty") where the real API answers 400; it is not gone.
+                    raise PermanentError(
+                        f"bigquery.delete_dataset {resource.name}: dataset is not empty"
+                    ) from exc
+                # already gone: deleting is idempotent
+        elif resource.kind == Kind.BIGQUERY_TABLE:
+            ref = self._table_ref(resource.name)
+            self._rpc(
+                "delete_table", resource.name, lambda: client.delete_table(ref, not_found_ok=True, **_OPTS)
+            )
+        else:
+            raise PermanentError(f"bigquery: unsupported kind {resource.kind!r}")
+
+    # -- ApiCallCounter --
+
+    def api_calls(self) -> Mapping[str, int]:
+        """Requests sent so far (each retry attempt and each page counts), by ``bigquery.<method>``."""
+        with self._lock:
+            return dict(self._calls)
+
+    # -- update --
+
+    def _update_target(self, resource: Resource, fields: Sequence[str]) -> Any:
+        """The Dataset/Table object to PATCH: a blank one, or the live one when labels change.
+
+        Labels need the live object: the real API merges a labels PATCH, so removals must be
+        named (`label_patch`), and the live object's etag makes the client send If-Match, so a
+        concurrent change fails the PATCH instead of being overwritten.
+        """
+        client = self._bq()
+        if resource.kind == Kind.BIGQUERY_DATASET:
+            ref = self._dataset_ref(resource.name)
+            if "labels" not in fields:
+                return bigquery.Dataset(ref)
+            target = self._rpc("get_dataset", resource.name, lambda: client.get_dataset(ref, **_OPTS))
+        else:
+            ref = self._table_ref(resource.name)
+            if "labels" not in fields:
+                return bigquery.Table(ref)
+            target = self._rpc("get_table", resource.name, lambda: client.get_table(ref, **_OPTS))
+        target.labels = label_patch(target.labels, resource.labels)
+        return target
+
+    # -- observe --
+
+    def _managed_datasets(self) -> list[bigquery.dataset.DatasetListItem]:
+        """The project's managed datasets: one paginated list."""
+        client = self._bq()
+        items = self._list(
+            "list_datasets",
+            lambda: client.list_datasets(
+                self.project,
+                filter=f"labels.{MANAGED_BY_KEY}:{MANAGED_BY_VALUE}",
+                page_size=LIST_PAGE_SIZE,
+                **_OPTS,
+            ),
+        )
+        # The filter is sent for the real API; bqemulator ignores it, and checking is cheap.
+        return [item for item in items if _managed(item.labels)]
+
+    def _observe_dataset(self, dataset_id: str) -> Resource:
+        # One get per managed dataset: datasets.list carries no description (see module docstring).
+        ref = self._dataset_ref(dataset_id)
+        dataset = self._rpc("get_dataset", dataset_id, lambda: self._bq().get_dataset(ref, **_OPTS))
+        return Resource(Kind.BIGQUERY_DATASET, dataset_id, dataset_spec(dataset), dict(dataset.labels))
+
+    def _observe_tables(self, dataset: bigquery.dataset.DatasetListItem) -> list[Resource]:
+        """The managed tables of one dataset: one list and one INFORMATION_SCHEMA query."""
+        client, dataset_id = self._bq(), dataset.dataset_id
+        items = self._list(
+            "list_tables",
+            lambda: client.list_tables(self._dataset_ref(dataset_id), page_size=LIST_PAGE_SIZE, **_OPTS),
+        )
+        if on_emulator():
+            return self._tables_via_get_on_emulator(dataset_id, items)
+        if not items:
+            return []
+        # The query reads the whole dataset whatever the share of tables that are ours, so it runs
+        # for every non-empty managed dataset: one list + one query each, predictably. The job must
+        # run where the dataset lives; datasets.list returns the location, but DatasetListItem
+        # has no property for it.
+        location = dataset._properties.get("location")
+        rows = self._query(information_schema_query(self.project, dataset_id), location=location)
+        managed = [item for item in items if item.table_type == "TABLE" and _managed(item.labels)]
+        specs = table_specs_from_information_schema(managed, rows)
+        return [
+            Resource(
+                Kind.BIGQUERY_TABLE, f"{dataset_id}.{item.table_id}", specs[item.table_id], dict(item.labels)
+            )
+            for item in managed
+        ]
+
+    def _tables_via_get_on_emulator(
+        self, dataset_id: str, items: Sequence[bigquery.table.TableListItem]
+    ) -> list[Resource]:
+        """One get_table per listed table, ON THE EMULATOR ONLY.
+
+        EMULATOR DEPARTURE: bqemulator's ``tables.list`` items carry no labels, partitioning or
+        clustering, and a query touching ``INFORMATION_SCHEMA.COLUMN_FIELD_PATHS`` returns no
+        rows at all (its ``COLUMNS`` view has no descriptions and drops NOT NULL from nested
+        types), so neither half of the real-API path can work there. Local platforms are
+        small; on GCP this O(tables) path is never taken.
+        """
+        client, resources = self._bq(), []
+        for item in items:
+            name = f"{dataset_id}.{item.table_id}"
+            table = self._rpc("get_table", name, lambda ref=item.reference: client.get_table(ref, **_OPTS))
+            if table.table_type == "TABLE" and _managed(table.labels):
+                spec = table_spec(
+                    canonical_schema(table.schema),
+                    table.time_partitioning,
+                    table.clustering_fields,
+                    table.description,
+                )
+                resources.append(Resource(Kind.BIGQUERY_TABLE, name, spec, dict(table.labels)))
+        return resources
+
+    # -- plumbing --
+
+    def _dataset_ref(self, dataset_id: str) -> str:
+        return f"{self.project}.{dataset_id}"
+
+    def _table_ref(self, name: str) -> str:
+        dataset, table = split_table_name(name)
+        return f"{self.project}.{dataset}.{table}"
+
+    def _bq(self) -> bigquery.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self.project)
+            return self._client
+
+    def _count(self, method: str) -> None:
+        with self._lock:
+            self._calls[f"bigquery.{method}"] += 1
+
+    def _rpc(self, method: str, target: str, fn: Callable[[], T]) -> T:
+        """One request through `call` (translation + retries), counted once per attempt.
+
+        ``target`` (a dataset or table name, never a request body) makes errors actionable.
+        """
+
+        def attempt() -> T:
+            self._count(method)
+            return fn()
+
+        return call(attempt, f"bigquery.{method} {target}")
+
+    def _list(self, method: str, start: Callable[[], Any]) -> list[Any]:
+        """Every item of a paginated list; each page fetched counts as one request."""
+
+        def attempt() -> list[Any]:
+            items: list[Any] = []
+            for page in start().pages:  # each page is one request, sent as we get to it
+                self._count(method)
+                items.extend(page)
+            return items
+
+        # A retry restarts the listing from the first page: simple, and a list is read-only.
+        return call(attempt, f"bigquery.{method} {self.project}")
+
+    def _query(self, sql: str, *, location: str | None) -> list[dict[str, Any]]:
+        """Run a (metadata) query and return its rows as dicts: one ``jobs.query`` request, plus
+        one per further result page. (Polling of a query slower than ~10 s is the client's and not
+        counted.)"""
+        client = self._bq()
+
+        def attempt() -> list[dict[str, Any]]:
+            self._count("query")
+            rows = client.query_and_wait(
+                sql,
+                location=location,
+                project=self.project,
+                api_timeout=RPC_TIMEOUT_S,
+                wait_timeout=QUERY_TIMEOUT_S,
+                retry=None,
+                job_retry=None,
+            )
+            result: list[dict[str, Any]] = []
+            for number, page in enumerate(rows.pages):
+                if number:  # the first page came with the query
+                    self._count("query")
+                result.extend(dict(row.items()) for row in page)
+            return result
+
+        return call(attempt, f"bigquery.query {self.project}")
+
+
+# Sent with every request: retries are providers.errors.call's job, not the client library's
+# (whose default retries a 500 for ~600 s).
+_OPTS: dict[str, Any] = {"retry": None, "timeout": RPC_TIMEOUT_S}
