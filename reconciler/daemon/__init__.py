@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import Any
 
 from reconciler.daemon import settings as _settings
 
@@ -45,10 +46,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return run(settings)
 
+
+def run(settings: _settings.Settings, **daemon_options: Any) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; the process's exit code."""
     from reconciler.daemon.service import Daemon
 
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, **daemon_options)
 
     def on_signal(signum: int, _frame: object) -> None:
         daemon.request_stop(signal.Signals(signum).name)

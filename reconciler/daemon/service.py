@@ -52,6 +52,7 @@ from providers import errors as provider_errors
 from providers.base import Provider
 from providers.errors import ProviderError
 from reconciler.apply import OK, ApplyResult, Outcome
+from reconciler.config import Platform
 from reconciler.daemon.alerts import Alerter, AlertTarget, PubSubTarget, WebhookTarget
 from reconciler.daemon.gitsource import GitSource, GitSourceError
 from reconciler.daemon.lease import Lease, SoloLease
@@ -67,7 +68,8 @@ HISTORY_LIMIT = 20  # commits searched back for a valid revision when starting o
 MAX_RETRY_S = 600.0  # cap of the backoff between retries of a failed apply
 PROBLEMS_SHOWN = 50
 
-ProvidersFactory = Callable[[str, str], Sequence[Provider]]
+# Builds the providers for a platform (project, region, and settings such as the dataflow block).
+ProvidersFactory = Callable[[Platform], Sequence[Provider]]
 
 
 class Abandoned(ProviderError):
@@ -587,9 +589,12 @@ class Daemon:
     # ------------------------------------------------------------------ wiring
 
     def _engine(self, state: DesiredState) -> Engine:
-        key = (state.platform.project, state.platform.region)
+        # Providers depend on the platform settings (project, region, dataflow...): rebuilt when
+        # a revision changes them, reused otherwise (clients keep their connections).
+        key = state.platform.model_dump_json()
         if key not in self._engines:
-            providers = self._providers_factory(*key)
+            self._engines.clear()
+            providers = self._providers_factory(state.platform)
             self._engines[key] = Engine([_Interruptible(p, self._stop) for p in providers])
         return self._engines[key]
 
@@ -690,10 +695,10 @@ class _Interruptible:
             raise Abandoned(f"{resource.address}: not started, shutting down")
 
 
-def _build_providers(project: str, region: str) -> Sequence[Provider]:
+def _build_providers(platform: Platform) -> Sequence[Provider]:
     from providers import build_providers
 
-    return build_providers(project, region)
+    return build_providers(platform.project, platform.region, platform=platform)
 
 
 def _default_lease(settings: Settings) -> Lease | SoloLease:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import AlertReceiver, DesiredRepo, LogBuffer
+from support import AlertReceiver, DesiredRepo, LogBuffer, emulator_providers
 
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.settings import Settings
@@ -54,7 +54,8 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         )
         values.update(overrides)
         logs = LogBuffer()
-        daemon = Daemon(Settings(**values), log_stream=logs, **(daemon_kwargs or {}))
+        options = {"providers_factory": emulator_providers, **(daemon_kwargs or {})}
+        daemon = Daemon(Settings(**values), log_stream=logs, **options)
         daemon.start()
         running = Running(daemon, logs)
         started.append(running)

@@ -25,6 +25,8 @@ import git
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from providers.memory import MemoryProvider
+from reconciler.resources import Kind
 from reconciler.yamlsrc import load_yaml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "desired_state"
@@ -74,6 +76,27 @@ class DesiredRepo:
         self.repo.index.commit(message)
         self.repo.git.push("origin", "HEAD:refs/heads/main", "--force")
         return self.repo.head.commit.hexsha
+
+
+# ---------------------------------------------------------------------- providers
+
+# The kinds the three emulators serve; `emulator_providers` keeps any other kind in memory.
+EMULATED_KINDS = {Kind.PUBSUB_TOPIC, Kind.PUBSUB_SUBSCRIPTION, Kind.STORAGE_BUCKET, Kind.BIGQUERY_DATASET,
+                  Kind.BIGQUERY_TABLE}
+
+
+def emulator_providers(platform) -> list:
+    """The real providers for Pub/Sub, Storage and BigQuery (pointed at the emulators by the
+    environment), plus an in-memory provider for every other kind (Dataflow jobs): the daemon
+    tests are about the daemon, and must not launch Beam pipelines on this machine."""
+    from providers.bigquery import BigQueryProvider
+    from providers.pubsub import PubSubProvider
+    from providers.storage import StorageProvider
+
+    providers = [StorageProvider(platform.project), BigQueryProvider(platform.project, platform.region),
+                 PubSubProvider(platform.project)]
+    others = [kind for kind in Kind if kind not in EMULATED_KINDS]
+    return providers + ([MemoryProvider(kinds=others)] if others else [])
 
 
 # ---------------------------------------------------------------------- HTTP

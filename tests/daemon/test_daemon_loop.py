@@ -21,7 +21,7 @@ def memory() -> MemoryProvider:
 
 
 def start(start_daemon, repo, provider, **overrides):
-    return start_daemon(repo, daemon_kwargs={"providers_factory": lambda project, region: [provider]}, **overrides)
+    return start_daemon(repo, daemon_kwargs={"providers_factory": lambda platform: [provider]}, **overrides)
 
 
 def last_sync(running) -> dict | None:

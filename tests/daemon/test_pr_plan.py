@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from support import DesiredRepo
+from support import DesiredRepo, emulator_providers
 
 from reconciler import cli, pr
+from reconciler.engine import Engine
 from reconciler.load import load_repo
 
 
@@ -83,8 +84,12 @@ def test_summary_uses_the_merge_base_and_handles_subdirectories_and_missing_refs
 
 
 def test_plan_with_base_prints_the_summary_then_the_plan_with_blocked_changes_called_out(
-        emulators, two_sources, capsys):
-    assert cli.main(["apply", "--repo", str(two_sources.work_path), "--auto-approve"]) == 0
+        emulators, two_sources, capsys, tmp_path, monkeypatch):
+    # The base is live (applied through the core; Dataflow jobs kept in memory, see emulator_providers).
+    base = load_repo(two_sources.work_path)
+    engine = Engine(emulator_providers(base.platform))
+    assert engine.apply(engine.plan(base)).ok
+    monkeypatch.setenv("HEADWATER_STATE_DIR", str(tmp_path / "state"))  # no shared local-runner state
     two_sources.repo.git.checkout("-b", "feature")
     schema = json.loads(two_sources.read("schemas/orders.json"))
     amount = next(f for f in schema["fields"] if f["name"] == "amount")
