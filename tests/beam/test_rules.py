@@ -39,7 +39,7 @@ def _check(rule: dict[str, Any], record: dict[str, Any]) -> str | None:
     spec = _spec([rule])
     row = RecordValidator(spec.fields, spec.validation)({"id": "x", **record})
     try:
-        compile_rules(spec.quality_rules)(row)
+        compile_rules(spec.quality_rules, spec.fields)(row)
     except Invalid as bad:
         return bad.reason
     return None
@@ -107,7 +107,7 @@ def test_rules_apply_in_order_and_the_first_failure_is_the_reason() -> None:
     spec = _spec([{"field": "email", "check": "valid_email"}, {"field": "amount", "check": "positive_number"}])
     row = RecordValidator(spec.fields, "strict")({"id": "x", "email": "no", "amount": -1})
     with pytest.raises(Invalid) as bad:
-        compile_rules(spec.quality_rules)(row)
+        compile_rules(spec.quality_rules, spec.fields)(row)
     assert bad.value.reason == "dq_valid_email"
     assert "'email'" in bad.value.detail and "'no'" in bad.value.detail
 
