@@ -3,22 +3,85 @@
 `build_providers` wires the real ones for a project. Each provider finds its endpoint the
 standard way (``PUBSUB_EMULATOR_HOST``, ``STORAGE_EMULATOR_HOST``, ``BIGQUERY_EMULATOR_HOST`` when
 set, otherwise Google Cloud with Application Default Credentials): one code path for both.
+
+Dataflow has no emulator: ``dataflow_job`` resources go to Dataflow (`providers.dataflow`) or to
+the local runner (`providers.localrunner`), which runs the same pipelines on this machine. The
+local runner is the default when an emulator host is set; ``runner`` overrides it.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from providers.base import Provider
 
+if TYPE_CHECKING:
+    from providers.dataflow import DataflowSettings
+    from reconciler.config import Platform
 
-def build_providers(project: str, region: str) -> list[Provider]:
+RUNNERS = ("local", "dataflow")
+EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
+
+
+def default_runner() -> str:
+    """``local`` when headwater targets the emulators, else ``dataflow``."""
+    return "local" if any(os.environ.get(var) for var in EMULATOR_VARS) else "dataflow"
+
+
+def build_providers(
+    project: str,
+    region: str,
+    *,
+    runner: str | None = None,
+    state_dir: Path | str | None = None,
+    platform: Platform | None = None,
+) -> list[Provider]:
+    """The providers of every kind; ``state_dir`` is where the local runner tracks its jobs
+    (default ``$HEADWATER_STATE_DIR``, else ``.headwater``)."""
     # Imported here so that importing `providers` (e.g. for the in-memory test provider) does
     # not load every Google client library.
     from providers.bigquery import BigQueryProvider
     from providers.pubsub import PubSubProvider
     from providers.storage import StorageProvider
 
+    runner = runner or default_runner()
+    if runner == "local":
+        from providers.localrunner import LocalRunnerProvider
+
+        state_dir = state_dir or os.environ.get("HEADWATER_STATE_DIR") or ".headwater"
+        jobs: Provider = LocalRunnerProvider(project, Path(state_dir))
+    elif runner == "dataflow":
+        from providers.dataflow import DataflowProvider
+
+        jobs = DataflowProvider(dataflow_settings(project, region, platform))
+    else:
+        raise ValueError(f"unknown runner {runner!r}: expected one of {', '.join(RUNNERS)}")
     return [
         StorageProvider(project),
         BigQueryProvider(project, region),
         PubSubProvider(project),
+        jobs,
     ]
+
+
+def dataflow_settings(project: str, region: str, platform: Platform | None) -> DataflowSettings:
+    """The ``dataflow:`` block of platform.yaml with its defaults (under the landing bucket).
+
+    Without the platform (callers that pass only project and region), the defaults assume the
+    default landing bucket name, ``landing-<project>-<region>``.
+    """
+    from providers.dataflow import DataflowSettings
+    from reconciler.compile import zone_names
+
+    block = platform.dataflow if platform is not None else None
+    landing = zone_names(platform).buckets["landing"] if platform is not None else f"landing-{project}-{region}"
+    return DataflowSettings(
+        project=project,
+        location=(block and block.region) or region,
+        template_prefix=(block and block.template_bucket) or f"gs://{landing}/dataflow",
+        temp_location=(block and block.temp_location) or f"gs://{landing}/dataflow/tmp",
+        service_account=block.service_account if block else None,
+        max_workers=block.max_workers if block else None,
+    )

@@ -1,11 +1,15 @@
 """The ``headwater`` command line.
 
     headwater validate [--repo PATH]
-    headwater plan     [--repo PATH] [--format text|json|markdown] [--prune] [--allow-destroy]
-    headwater apply    [--repo PATH] [--auto-approve] [--prune] [--allow-destroy]
-    headwater drift    [--repo PATH] [--format text|json]
+    headwater plan     [--repo PATH] [--format text|json|markdown] [--prune] [--allow-destroy] [--runner R]
+    headwater apply    [--repo PATH] [--auto-approve] [--prune] [--allow-destroy] [--runner R]
+    headwater drift    [--repo PATH] [--format text|json] [--runner R]
     headwater local up | down
     headwater demo     [--repo PATH]
+
+``--runner local|dataflow`` says where ``dataflow_job`` resources run: on this machine's Beam
+runner (the default when an ``*_EMULATOR_HOST`` variable is set; jobs are tracked under
+``--state-dir``, default ``$HEADWATER_STATE_DIR`` or ``.headwater``) or on Dataflow.
 
 Exit codes: validate 0 valid / 1 invalid; plan 0 no changes / 2 changes / 1 error or refused;
 apply 0 converged / 1 failed, blocked or refused; drift 0 none / 2 drift / 1 error.
@@ -29,6 +33,7 @@ from reconciler.engine import Engine, drift_of, plan_options
 from reconciler.load import DesiredState, InvalidDesiredState, load_repo
 from reconciler.plan import Plan
 from reconciler.render import render, render_text, summary_line
+from reconciler.resources import Kind
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 DEFAULT_STATE_DIR = Path(".headwater")
@@ -68,7 +73,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     state = load_repo(args.repo)
-    plan = _engine(state).plan(state, plan_options(state, prune=args.prune, allow_destroy=args.allow_destroy))
+    plan = _engine(state, args).plan(state, plan_options(state, prune=args.prune, allow_destroy=args.allow_destroy))
     if args.base:  # a pull request's dry run: what the PR changes, then the plan
         from reconciler import pr
 
@@ -81,7 +86,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     state = load_repo(args.repo)
-    engine = _engine(state)
+    engine = _engine(state, args)
     plan = engine.plan(state, plan_options(state, prune=args.prune, allow_destroy=args.allow_destroy))
     sys.stdout.write(render_text(plan))
     if plan.refused:
@@ -99,7 +104,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_drift(args: argparse.Namespace) -> int:
     state = load_repo(args.repo)
-    plan = _engine(state).plan(state)
+    plan = _engine(state, args).plan(state)
     drift = drift_of(plan)
     if args.format == "json":
         print(json.dumps({
@@ -130,30 +135,47 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
 
 def cmd_local_down(args: argparse.Namespace) -> int:
+    from providers.localrunner import stop_all
+
+    # Jobs first: a streaming job stopped after its emulator would fail its last pulls.
+    jobs = stop_all(args.state_dir)
+    if jobs:
+        _err(f"Local jobs stopped: {', '.join(jobs)}.")
     stopped = local.stop(args.state_dir)
     _err("Emulators stopped." if stopped else "No emulators were running.")
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Start the emulators, validate/plan/apply the example, plan again, stop."""
+    """Start the emulators, validate/plan/apply the example, plan again, move the sample data, stop.
+
+    The example's Dataflow jobs run on the local runner; the sample data (``sample-data/``: files
+    for the batch source, events for the streaming ones, bad and duplicate records included)
+    goes through them, and the counts of what reached Silver, Gold and the dead letters are
+    printed (`reconciler.demo`).
+    """
+    from providers.localrunner import stop_all
+
     state = load_repo(args.repo)  # invalid example → stop before starting anything
-    _err(f"[1/5] valid: {len(state.sources)} sources ({', '.join(state.source_ids)})")
-    _err("[2/5] starting the local emulators...")
+    _err(f"[1/6] valid: {len(state.sources)} sources ({', '.join(state.source_ids)})")
+    _err("[2/6] starting the local emulators...")
     already_running = local.load(args.state_dir) is not None
     emulators = local.start(args.state_dir, project=state.platform.project)
-    saved = {name: os.environ.get(name) for name in emulators.env()}
-    os.environ.update(emulators.env())
+    # The emulators have no Dataflow: the jobs run here, for real (not just recorded).
+    env = {**emulators.env(), "HEADWATER_LOCAL_JOBS": "run"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    args.runner = "local"
     try:
-        engine = _engine(state)
+        engine = _engine(state, args)
         plan = engine.plan(state, plan_options(state))
-        _err("[3/5] plan:")
+        _err("[3/6] plan:")
         sys.stdout.write(render_text(plan))
-        _err("[4/5] applying...")
+        _err("[4/6] applying (the Dataflow jobs start on the local runner)...")
         result = engine.apply(plan, on_outcome=_print_outcome)
         print(result.summary())
         _print_failures(result)
-        _err("[5/5] planning again (expecting no changes):")
+        _err("[5/6] planning again (expecting no changes):")
         again = engine.plan(state, plan_options(state))
         print(summary_line(again))
         counts = {}
@@ -161,8 +183,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             counts[str(resource.kind)] = counts.get(str(resource.kind), 0) + 1
         print("Live on the emulators: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
         converged = result.ok and not again.has_changes
-        print("Demo complete: the platform converged." if converged else "Demo finished WITHOUT converging.")
-        return EXIT_OK if converged else EXIT_ERROR
+        if not converged:
+            print("Demo finished WITHOUT converging.")
+            return EXIT_ERROR
+        _err("[6/6] moving the sample data through the jobs:")
+        from reconciler.demo import move_sample_data, report
+
+        runner = engine.providers[Kind.DATAFLOW_JOB]
+        results = move_sample_data(state, runner, _err)
+        for line in report(results):
+            print(line)
+        if not all(r.matches() for r in results):
+            print("Demo finished: the platform converged, but the data counts differ from sample-data/expected.json.")
+            return EXIT_ERROR
+        print("Demo complete: the platform converged and moved the sample data.")
+        return EXIT_OK
     finally:
         for name, value in saved.items():
             if value is None:
@@ -170,17 +205,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
             else:
                 os.environ[name] = value
         if not args.keep and not already_running:
+            stop_all(args.state_dir)
             local.stop(args.state_dir)
-            _err("Emulators stopped.")
+            _err("Local jobs and emulators stopped.")
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _engine(state: DesiredState) -> Engine:
+def _engine(state: DesiredState, args: argparse.Namespace) -> Engine:
     from providers import build_providers
 
-    return Engine(build_providers(state.platform.project, state.platform.region))
+    return Engine(build_providers(state.platform.project, state.platform.region, runner=args.runner,
+                                  state_dir=args.state_dir, platform=state.platform))
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("HEADWATER_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
 def _confirm(count: int) -> bool:
@@ -228,6 +269,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--repo", type=Path, default=Path(default), help=f"desired-state directory (default {default})")
         return p
 
+    def with_runner(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--runner", choices=("local", "dataflow"), default=None,
+                       help="where dataflow_job resources run (default: local when an *_EMULATOR_HOST is set)")
+        p.add_argument("--state-dir", type=Path, default=_default_state_dir(),
+                       help="where the local runner tracks its jobs (default $HEADWATER_STATE_DIR or .headwater)")
+
     def with_safety(p: argparse.ArgumentParser) -> None:
         p.add_argument("--prune", action="store_true", help="delete managed resources that are no longer declared")
         p.add_argument("--allow-destroy", action="store_true",
@@ -241,22 +288,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base", metavar="REF",
                    help="pull-request dry run: first summarize what the desired state changed since REF")
     with_safety(p)
+    with_runner(p)
     p.set_defaults(handler=cmd_plan)
 
     p = with_repo(commands.add_parser("apply", help="plan, confirm, and converge live state"))
     p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     with_safety(p)
+    with_runner(p)
     p.set_defaults(handler=cmd_apply)
 
     p = with_repo(commands.add_parser("drift", help="compare live state with the desired state"))
     p.add_argument("--format", choices=("text", "json"), default="text")
+    with_runner(p)
     p.set_defaults(handler=cmd_drift)
 
     local_parser = commands.add_parser("local", help="local emulators")
     local_commands = local_parser.add_subparsers(dest="local_command", required=True)
     for name, handler in (("up", cmd_local_up), ("down", cmd_local_down)):
         p = local_commands.add_parser(name)
-        p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+        p.add_argument("--state-dir", type=Path, default=_default_state_dir())
         p.add_argument("--project", default="headwater-local", help="default project of the BigQuery emulator")
         p.set_defaults(handler=handler)
 
@@ -265,7 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     add_commands(commands)
 
     p = with_repo(commands.add_parser("demo", help="run the example platform on the local emulators"), "desired_state")
-    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    p.add_argument("--state-dir", type=Path, default=_default_state_dir())
     p.add_argument("--keep", action="store_true", help="leave the emulators running afterwards")
     p.set_defaults(handler=cmd_demo)
     return parser

@@ -13,7 +13,16 @@ buckets (with lifecycle tiers) and datasets; for each source:
 ``bigquery_table.silver.<id>``     the schema file's fields + ingestion metadata columns,
                                    partitioned by day on the record's timestamp, clustered
 ``bigquery_table.gold.<table>``    one per ``silver_to_gold`` aggregate
+``dataflow_job.<id>-ingest``       the ingestion pipeline: streaming ``pubsub_to_bigquery`` for
+                                   event_streaming / streaming_api / database_cdc, batch
+                                   ``gcs_to_bigquery`` on the source's schedule for batch_file /
+                                   cloud_transfer (ids map ``_`` to ``-``: Dataflow job names)
+``dataflow_job.<id>-gold-<table>`` batch ``bigquery_to_bigquery``: one per gold aggregate, hourly
 =================================  ==============================================================
+
+A job's spec carries the pipeline spec document the templates in ``beam/`` read (their
+``source_spec`` parameter; format in ``beam/common/spec.py``) as data, so that a plan shows which
+rule or table changed, plus the template parameters that say where to read from.
 
 Every resource carries ``managed-by=headwater`` and ``headwater-platform=<environment>``, plus
 ``headwater-source=<source_id>`` when it belongs to one source.
@@ -61,12 +70,14 @@ INGESTION_METADATA = [
 ]
 
 BRONZE_RAW_SCHEMA = [
+    # What the ingestion pipelines write (beam/common/sinks.py BRONZE_FIELDS), plus attributes.
+    {"name": "source_id", "type": "STRING", "mode": "REQUIRED"},
     {"name": "payload", "type": "STRING", "mode": "REQUIRED", "description": "The record exactly as received"},
     {"name": "attributes", "type": "RECORD", "mode": "REPEATED", "description": "Pub/Sub attributes or file metadata",
      "fields": [{"name": "key", "type": "STRING", "mode": "NULLABLE"},
                 {"name": "value", "type": "STRING", "mode": "NULLABLE"}]},
-    {"name": "message_id", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "publish_time", "type": "TIMESTAMP", "mode": "NULLABLE"},
+    {"name": "origin", "type": "STRING", "mode": "NULLABLE",
+     "description": "Where it came from: gs://bucket/object#line or pubsub:<message id>"},
     {"name": "ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
 ]
 
@@ -240,6 +251,7 @@ def _source_resources(platform: Platform, names: ZoneNames, source: Source):
                 depends_on=(address(Kind.BIGQUERY_DATASET, gold),),
                 deletion_protection=protect,
             )
+    yield from _dataflow_jobs(platform, names, source, labels)
 
 
 def topic_id(connector: Connector) -> str:
@@ -298,3 +310,137 @@ def _gold_spec(connector: Connector, schema: SourceSchema, aggregate, partition:
         "clustering_fields": others[:4] or None,
         "description": f"Gold aggregate of {connector.source_id}",
     }
+
+
+# --------------------------------------------------------------------------- Dataflow jobs
+
+STREAMING_PATTERNS = frozenset({"event_streaming", "streaming_api", "database_cdc"})
+BATCH_PATTERNS = frozenset({"batch_file", "cloud_transfer"})
+
+# Gold aggregates are recomputed from Silver every hour, at half past: a batch source's run at
+# the top of the hour has landed by then, and Gold is never more than an hour behind Silver.
+GOLD_SCHEDULE = "30 * * * *"
+
+# The template parameters besides ``source_spec`` (see each template's metadata.json in beam/):
+# they say where a job reads from; everything else is in the pipeline spec.
+SUBSCRIPTION_PARAMETER = "input_subscription"  # pubsub_to_bigquery: projects/<p>/subscriptions/<id>
+INPUT_PARAMETER = "input_pattern"  # gcs_to_bigquery: a glob, or a gs:// prefix ending in /
+
+
+def job_name(*parts: str) -> str:
+    """A Dataflow job name, ``[a-z]([-a-z0-9]*[a-z0-9])?``, from source ids and table names."""
+    text = "-".join(parts).lower()
+    return "".join(ch if ch.isascii() and (ch.isalnum() or ch == "-") else "-" for ch in text).strip("-")
+
+
+def _dataflow_jobs(platform: Platform, names: ZoneNames, source: Source, labels: dict[str, str]):
+    """The source's ingestion job and one gold job per aggregate."""
+    connector = source.connector
+    sid = connector.source_id
+    ingestion = connector.ingestion
+    project = platform.project
+    silver = address(Kind.BIGQUERY_TABLE, f"{names.datasets['silver']}.{sid}")
+    sinks = (address(Kind.PUBSUB_TOPIC, f"{sid}-dlq"),
+             address(Kind.BIGQUERY_TABLE, f"{names.datasets['bronze']}.{sid}_raw"), silver)
+    pipeline = pipeline_spec(platform, names, source)
+
+    if ingestion.pattern in STREAMING_PATTERNS:
+        yield Resource(
+            Kind.DATAFLOW_JOB,
+            job_name(sid, "ingest"),
+            {
+                "template": "pubsub_to_bigquery",
+                "streaming": True,
+                "schedule": None,
+                "parameters": {SUBSCRIPTION_PARAMETER: f"projects/{project}/subscriptions/{sid}-ingest"},
+                "pipeline": pipeline,
+            },
+            labels,
+            depends_on=(address(Kind.PUBSUB_SUBSCRIPTION, f"{sid}-ingest"), *sinks),
+        )
+    else:
+        location = getattr(ingestion, "location", None) or getattr(ingestion, "destination", None)
+        location = location or f"gs://{names.buckets['landing']}/{sid}/"
+        file_format = {"format": ingestion.format, "compression": ingestion.compression} \
+            if ingestion.pattern == "batch_file" else {"compression": "auto"}
+        yield Resource(
+            Kind.DATAFLOW_JOB,
+            job_name(sid, "ingest"),
+            {
+                "template": "gcs_to_bigquery",
+                "streaming": False,
+                "schedule": ingestion.schedule,
+                "parameters": {INPUT_PARAMETER: location},
+                "pipeline": {**pipeline, "input": file_format},
+            },
+            labels,
+            depends_on=(address(Kind.STORAGE_BUCKET, names.buckets["landing"]), *sinks),
+        )
+
+    # Gold jobs read Silver only: the ingestion-side settings (rules, dedup, sinks) stay out of
+    # their spec, so changing a quality rule does not relaunch them.
+    gold_base = {key: pipeline[key] for key in ("version", "source_id", "project", "schema", "silver")}
+    joins: list[dict[str, Any]] = []
+    for step in connector.processing.silver_to_gold:
+        if step.join:
+            on = [step.join.on] if isinstance(step.join.on, str) else list(step.join.on)
+            joins.append({"table": step.join.table, "on": on, "type": "left"})
+            continue
+        table = step.aggregate.table or f"{sid}_summary"
+        gold = {
+            "table": f"{project}.{names.datasets['gold']}.{table}",
+            "joins": list(joins),
+            "group_by": list(step.aggregate.group_by),
+            "metrics": list(step.aggregate.metrics),
+            "time_field": partition_field(connector, source.schema),
+        }
+        yield Resource(
+            Kind.DATAFLOW_JOB,
+            job_name(sid, "gold", table),
+            {
+                "template": "bigquery_to_bigquery",
+                "streaming": False,
+                "schedule": GOLD_SCHEDULE,
+                "parameters": {},
+                "pipeline": {**gold_base, "gold": gold},
+            },
+            labels,
+            depends_on=(silver, address(Kind.BIGQUERY_TABLE, f"{names.datasets['gold']}.{table}")),
+        )
+
+
+def pipeline_spec(platform: Platform, names: ZoneNames, source: Source) -> dict[str, Any]:
+    """The pipeline spec document (``beam/common/spec.py``, version 1) of a source's ingestion."""
+    connector = source.connector
+    sid = connector.source_id
+    project = platform.project
+    spec: dict[str, Any] = {
+        "version": 1,
+        "source_id": sid,
+        "project": project,
+        "schema": {
+            "validation": connector.schema_.validation,
+            "version": source.schema.version,
+            "fields": _pipeline_fields(source.schema.fields),
+        },
+    }
+    dedup = next((step.deduplication for step in connector.processing.bronze_to_silver if step.deduplication), None)
+    if dedup:
+        spec["deduplication"] = {"key": connector.dedup_key, "window_seconds": dedup.window}
+    if connector.quality_rules:
+        spec["data_quality"] = [rule.model_dump(exclude_none=True) for rule in connector.quality_rules]
+    spec["bronze"] = {"table": f"{project}.{names.datasets['bronze']}.{sid}_raw"}
+    spec["silver"] = {"table": f"{project}.{names.datasets['silver']}.{sid}"}
+    spec["dead_letter"] = {"topic": f"projects/{project}/topics/{sid}-dlq"}
+    return spec
+
+
+def _pipeline_fields(fields: list[SchemaField]) -> list[dict[str, Any]]:
+    # Descriptions are left out: editing one must not relaunch a job.
+    result = []
+    for field in fields:
+        item: dict[str, Any] = {"name": field.name, "type": TYPE_ALIASES.get(field.type, field.type), "mode": field.mode}
+        if field.fields:
+            item["fields"] = _pipeline_fields(field.fields)
+        result.append(item)
+    return result

@@ -163,6 +163,25 @@ class Policy(Strict):
     max_delete_fraction: float = Field(default=0.2, ge=0, le=1)
 
 
+class DataflowSettings(Strict):
+    """Where and how the pipelines run on Dataflow (the local runner ignores this block).
+
+    Changing these settings does not relaunch running jobs: they apply to the next launch.
+    """
+
+    region: Annotated[str, _check(naming.region_problem)] | None = Field(
+        default=None, description="Dataflow regional endpoint; default the platform region")
+    template_bucket: GcsUri | None = Field(
+        default=None,
+        description="gs:// prefix holding the Flex Template specs, <template_bucket>/templates/<template>.json; "
+                    "default gs://<landing bucket>/dataflow")
+    temp_location: GcsUri | None = Field(
+        default=None, description="gs:// prefix for the jobs' temporary files; default gs://<landing bucket>/dataflow/tmp")
+    service_account: Annotated[str, Field(pattern=r"^[^@\s]+@[a-z0-9.-]+\.gserviceaccount\.com$")] | None = Field(
+        default=None, description="Worker service account e-mail; default the Compute Engine default account")
+    max_workers: int | None = Field(default=None, ge=1, le=1000, description="Autoscaling ceiling per job")
+
+
 class Platform(Strict):
     project: Annotated[str, _check(naming.project_problem)]
     region: Annotated[str, _check(naming.region_problem)]
@@ -171,6 +190,7 @@ class Platform(Strict):
     zones: Zones = Field(default_factory=Zones)
     pubsub: PubSubDefaults = Field(default_factory=PubSubDefaults)
     policy: Policy = Field(default_factory=Policy)
+    dataflow: DataflowSettings = Field(default_factory=DataflowSettings)
     suspend: bool = Field(default=False, description="Observe only: the daemon plans but never applies")
 
 

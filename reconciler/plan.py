@@ -13,6 +13,8 @@ Safety rules decided here, so that every caller gets them:
   ``allow_destroy`` and when it is not deletion-protected; otherwise the change is ``blocked``,
   with the reason;
 * BigQuery schema changes follow the source's evolution policy (`reconciler.schema_evolution`);
+* a Dataflow job holds no data, but its plan says what each action does to the running job:
+  a streaming job is updated in place or drained and relaunched, never cancelled;
 * a plan is ``refused`` as a whole when the desired state declares no source while the platform
   has some (an emptied ``connectors/`` must never wipe the platform), or when it would delete
   more than ``max_delete_fraction`` of the managed resources.
@@ -29,11 +31,14 @@ from deepdiff import DeepDiff
 
 from reconciler import schema_evolution
 from reconciler.resources import (
+    DIGEST_KEY,
     PLATFORM_KEY,
     PROTECTED_KEY,
     SOURCE_KEY,
     Kind,
     Resource,
+    digest,
+    is_digest,
 )
 
 FORMAT_VERSION = "1"
@@ -45,6 +50,8 @@ KIND_ORDER = (
     Kind.PUBSUB_TOPIC,
     Kind.PUBSUB_SUBSCRIPTION,
     Kind.BIGQUERY_TABLE,
+    # Jobs read and write everything above: launched last, and deleted (drained) first.
+    Kind.DATAFLOW_JOB,
 )
 
 
@@ -209,7 +216,11 @@ def _change_for(desired: Resource, live: Resource | None, immutable: frozenset[s
     schema_notes: list[str] = []
     for key, want in desired.spec.items():
         have = live.spec.get(key)
-        if key == "schema" and desired.kind == Kind.BIGQUERY_TABLE:
+        if is_digest(have):
+            # The provider can only fingerprint this field: compare fingerprints.
+            if have[DIGEST_KEY] != digest(want):
+                diffs.append(FieldDiff(key, have, want, forces_replacement=key in immutable))
+        elif key == "schema" and desired.kind == Kind.BIGQUERY_TABLE:
             diffs_, problems, notes = _schema_diff(have or [], want, desired.options.get("schema_evolution"))
             diffs += diffs_
             schema_problems += problems
@@ -225,7 +236,7 @@ def _change_for(desired: Resource, live: Resource | None, immutable: frozenset[s
     update_fields = tuple(dict.fromkeys(d.path.split(".", 1)[0].split("[", 1)[0] for d in diffs))
     replace_paths = [d.path for d in diffs if d.forces_replacement]
     if replace_paths:
-        reason = f"{', '.join(replace_paths)} cannot change in place"
+        reason = f"{', '.join(replace_paths)} cannot change in place" + _job_consequence(desired, Action.REPLACE)
         return Change(action=Action.REPLACE, diff=tuple(diffs), reason=reason,
                       blocked=_destroy_block(desired, options, "replace"), **common)
     if schema_problems:
@@ -234,7 +245,30 @@ def _change_for(desired: Resource, live: Resource | None, immutable: frozenset[s
                       blocked=f"schema.evolution is {evolution}: " + "; ".join(schema_problems),
                       update_fields=update_fields, **common)
     reason = "; ".join(schema_notes) or "declared fields differ from live: " + ", ".join(d.path for d in diffs)
+    reason += _job_consequence(desired, Action.UPDATE)
     return Change(action=Action.UPDATE, diff=tuple(diffs), reason=reason, update_fields=update_fields, **common)
+
+
+def _job_consequence(job: Resource, action: Action) -> str:
+    """What an action does to a running Dataflow job: the plan says it, apply does it.
+
+    A streaming job keeps state (de-duplication keys) and in-flight messages: it is updated in
+    place when only its parameters change, and drained - never cancelled - when it must go.
+    A batch job's run is a bounded re-read of its input, so stopping one loses nothing.
+    """
+    if job.kind != Kind.DATAFLOW_JOB:
+        return ""
+    streaming = bool(job.spec.get("streaming"))
+    if action == Action.UPDATE:
+        return (": the running streaming job is updated in place, keeping its state (Dataflow job update "
+                "with transform name mapping; the local runner restarts it)" if streaming else
+                ": the batch job is relaunched with the new settings (a run in progress is cancelled)")
+    if action == Action.REPLACE:
+        return (": the streaming job is drained (in-flight data finished), then launched anew" if streaming else
+                ": the batch job is cancelled, then launched anew")
+    if action == Action.DELETE:
+        return ": drained (in-flight data finished), not cancelled" if streaming else ": cancelled"
+    return ""
 
 
 def field_diffs(key: str, before: Any, after: Any, forces_replacement: bool = False) -> list[FieldDiff]:
@@ -285,6 +319,9 @@ def _orphan(live: Resource, options: PlanOptions) -> Change:
     common = {"address": live.address, "kind": live.kind, "name": live.name, "desired": None, "live": live}
     if not options.prune:
         return Change(action=Action.NOOP, reason="no longer declared; kept (use --prune to delete)", **common)
+    if live.kind == Kind.DATAFLOW_JOB:
+        return Change(action=Action.DELETE, reason="no longer declared (pruning)" + _job_consequence(live, Action.DELETE),
+                      **common)
     # A resource no longer declared tells us its protection through its label.
     protected = live.labels.get(PROTECTED_KEY, "true") != "false"
     probe = Resource(live.kind, live.name, deletion_protection=protected)

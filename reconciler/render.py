@@ -76,6 +76,8 @@ def _text_change(change: Change) -> list[str]:
             if key == "schema":
                 lines.append(f"      schema ({len(value)} columns):")
                 lines.extend(_schema_lines(value, "        "))
+            elif key == "pipeline" and isinstance(value, dict):
+                lines.append(f"      pipeline = {_pipeline_summary(value)}")
             else:
                 lines.append(f"      {key} = {_value(value)}")
     elif change.action == Action.DELETE:
@@ -84,9 +86,24 @@ def _text_change(change: Change) -> list[str]:
         for diff in change.diff:
             suffix = "  # forces replacement" if diff.forces_replacement else ""
             lines.append(f"      {diff.path}: {_value(diff.before)} → {_value(diff.after)}{suffix}")
-        if change.reason and change.kind == "bigquery_table":
+        if change.reason and change.kind in ("bigquery_table", "dataflow_job"):
             lines.append(f"      # {change.reason}")
     return lines
+
+
+def _pipeline_summary(spec: dict[str, Any]) -> str:
+    """A Dataflow job's pipeline spec in one line (the JSON output carries it whole)."""
+    parts = [f"{len(spec.get('schema', {}).get('fields', []))} fields"]
+    if spec.get("deduplication"):
+        parts.append("dedup on " + ", ".join(spec["deduplication"]["key"]))
+    if spec.get("data_quality"):
+        parts.append(f"{len(spec['data_quality'])} quality rules")
+    for zone in ("bronze", "silver", "gold"):
+        if spec.get(zone, {}).get("table"):
+            parts.append(f"{zone} {spec[zone]['table']}")
+    if spec.get("dead_letter", {}).get("topic"):
+        parts.append("dead letters to " + spec["dead_letter"]["topic"].rsplit("/", 1)[-1])
+    return "(" + "; ".join(parts) + ")"
 
 
 def _schema_lines(fields: list[dict[str, Any]], indent: str) -> list[str]:

@@ -14,10 +14,16 @@ The same type describes both sides of a reconcile:
 
 Spec values are JSON-like (str, int, float, bool, None, lists, dicts) so that plans, golden files
 and JSON output are trivial to produce. Canonical shapes per kind are documented in `SPEC_SHAPES`.
+
+A provider that cannot read a field back from the service in full (a Dataflow job's parameters,
+say) may report it as a *digest*, ``{"$digest": "<hex>"}`` (see `digest_of`): the planner then
+compares the digest of the desired value instead of the value itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -30,10 +36,12 @@ class Kind(StrEnum):
     STORAGE_BUCKET = "storage_bucket"
     BIGQUERY_DATASET = "bigquery_dataset"
     BIGQUERY_TABLE = "bigquery_table"
+    DATAFLOW_JOB = "dataflow_job"
 
 
 # Kinds whose resources hold data: never deleted or replaced without --allow-destroy, and never
-# when the resource has deletion_protection (the default).
+# when the resource has deletion_protection (the default). A Dataflow job holds none (what it is
+# processing stays in its subscription until acked), but its removal drains rather than cancels.
 DATA_KINDS = frozenset({Kind.STORAGE_BUCKET, Kind.BIGQUERY_DATASET, Kind.BIGQUERY_TABLE})
 
 # Labels every managed resource carries. Observe filters on MANAGED_BY_KEY.
@@ -76,7 +84,33 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
         "clustering_fields": "[str] (up to 4)",
         "description": "str",
     },
+    Kind.DATAFLOW_JOB: {
+        "template": "pubsub_to_bigquery | gcs_to_bigquery | bigquery_to_bigquery (change: drain and relaunch)",
+        "streaming": "bool (change: drain and relaunch)",
+        "schedule": "cron of a batch job's runs | None for streaming jobs",
+        "parameters": "{name: str}: template parameters other than the pipeline spec",
+        "pipeline": "the pipeline spec document (beam/common/spec.py), sent as parameter source_spec",
+    },
 }
+
+# --------------------------------------------------------------------------- digests
+
+DIGEST_KEY = "$digest"
+
+
+def digest(value: object) -> str:
+    """A short, stable fingerprint of a JSON-like value (key order does not matter)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def digest_of(value: object) -> dict[str, str]:
+    """How a provider reports a field it can only fingerprint, not read back."""
+    return {DIGEST_KEY: digest(value)}
+
+
+def is_digest(value: object) -> bool:
+    return isinstance(value, dict) and set(value) == {DIGEST_KEY}
 
 
 @dataclass(frozen=True)

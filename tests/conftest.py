@@ -30,11 +30,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Emulators]:
-    """The running local emulators; their env vars are set in os.environ for the session."""
+    """The running local emulators; their env vars are set in os.environ for the session.
+
+    With the emulators set, ``apply`` puts Dataflow jobs on the local runner. Tests of the
+    reconciler only need them tracked, not run: HEADWATER_LOCAL_JOBS=record (tests that run real
+    pipelines say so: the demo, tests/providers/test_localrunner.py). HEADWATER_STATE_DIR keeps
+    job records in the session's directory, not the repo's .headwater; whatever a test left
+    running is stopped with the emulators.
+    """
+    from providers.localrunner import stop_all
+
     state_dir = tmp_path_factory.mktemp("emulators")
     emu = local.start(state_dir, project="hw-test-session")
-    saved = {name: os.environ.get(name) for name in emu.env()}
-    os.environ.update(emu.env())
+    env = {**emu.env(), "HEADWATER_STATE_DIR": str(state_dir), "HEADWATER_LOCAL_JOBS": "record"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         yield emu
     finally:
@@ -43,6 +53,7 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Emulat
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        stop_all(state_dir)
         local.stop(state_dir)
 
 

@@ -23,7 +23,7 @@ def test_apply_creates_everything_then_plan_is_empty():
     engine, provider, state = engine_and_state()
     plan = engine.plan(state)
     result = engine.apply(plan)
-    assert result.ok and result.count(OK) == len(plan.actionable) == 27
+    assert result.ok and result.count(OK) == len(plan.actionable) == 33
     assert not engine.plan(state).has_changes
 
 
@@ -33,6 +33,7 @@ def test_dependencies_are_created_before_dependents():
     engine.apply(engine.plan(state), on_outcome=lambda o: order.append(o.address))
     assert order.index("pubsub_topic.orders-dlq") < order.index("pubsub_subscription.orders-ingest")
     assert order.index("bigquery_dataset.silver") < order.index("bigquery_table.silver.orders")
+    assert order.index("bigquery_table.silver.orders") < order.index("dataflow_job.orders-ingest")
 
 
 def test_failure_skips_dependents_and_continues_independent_work():
@@ -45,11 +46,14 @@ def test_failure_skips_dependents_and_continues_independent_work():
     assert status["pubsub_subscription.orders-dlq-hold"] == SKIPPED
     assert status["pubsub_subscription.payments-ingest"] == OK
     assert status["bigquery_table.silver.orders"] == OK
-    assert not result.ok and "1 failed, 2 skipped" in result.summary()
+    # The job writes its dead letters to that topic: it is not launched without it.
+    assert status["dataflow_job.orders-ingest"] == SKIPPED
+    assert status["dataflow_job.orders-gold-orders-daily"] == OK
+    assert not result.ok and "1 failed, 3 skipped" in result.summary()
 
     del provider.fail["pubsub_topic.orders-dlq"]
     rerun = engine.apply(engine.plan(state))
-    assert rerun.ok and rerun.count(OK) == 3
+    assert rerun.ok and rerun.count(OK) == 4
     assert not engine.plan(state).has_changes
 
 

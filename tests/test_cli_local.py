@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import urllib.request
 
+from providers import localrunner
 from reconciler import cli, local
 
 
@@ -31,9 +32,15 @@ def test_demo_converges_and_cleans_up(tmp_path, capsys):
     state_dir = tmp_path / "state"
     assert cli.main(["demo", "--state-dir", str(state_dir)]) == 0
     out = capsys.readouterr().out
-    assert "Plan: 27 to create" in out
-    assert "Apply complete: 27 succeeded, 0 failed, 0 skipped" in out
+    assert "Plan: 33 to create" in out
+    assert "Apply complete: 33 succeeded, 0 failed, 0 skipped" in out
     assert "No changes. Live state matches the desired state." in out
-    assert "Demo complete: the platform converged." in out
+    # The sample data went through the local jobs: bad and duplicate records included.
+    assert ("orders: 23 records sent -> Silver 16 rows, dead letters 5 (1 dq_allowed_values, 1 dq_positive_number, "
+            "1 dq_valid_email, 1 missing_required, 1 unparseable), Gold: orders_daily 10 rows") in out
+    assert "clickstream: 20 records sent -> Silver 15 rows, dead letters 3" in out
+    assert "payments: 12 records sent -> Silver 9 rows, dead letters 2 (1 dq_allowed_values, 1 dq_range)" in out
+    assert "Demo complete: the platform converged and moved the sample data." in out
     assert local.load(state_dir) is None, "the demo stops the emulators it started"
+    assert localrunner.load_records(state_dir) == [], "and the jobs it started"
     assert {name: os.environ.get(name) for name in before} == before
