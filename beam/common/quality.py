@@ -25,9 +25,11 @@ every item.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
 from operator import methodcaller
 from typing import Any
 
@@ -40,28 +42,40 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
 Check = Callable[[Any], bool]
 
 
-def _check_fn(rule: QualityRule) -> tuple[Check, str]:
-    """The predicate for one non-null value, and a human phrase for the dead letter."""
+def _check_fn(rule: QualityRule, field_type: str) -> tuple[Check, str]:
+    """The predicate for one non-null value, and a human phrase for the dead letter.
+
+    The value has passed schema validation, so its Python type follows from ``field_type``.
+    Where that makes a plain C callable enough (``re.match``, ``frozenset.__contains__``,
+    ``0 < v``) it is used directly: this runs for every rule of every record.
+    """
     c = rule.check
     if c == "not_null":
         return (lambda v: v != []), "must not be null"
-    if c == "valid_email":
-        match = EMAIL.match
-        return (lambda v: type(v) is str and match(v) is not None), "is not a valid email address"
-    # (NUMERIC values arrive as decimal text: validation keeps their precision that way.)
+    if c == "valid_email":  # STRING fields only (the spec parser checks): v is a str
+        return EMAIL.match, "is not a valid email address"
+    # NUMERIC/BIGNUMERIC values arrive as decimal text (validation keeps their precision so);
+    # INT64/FLOAT64 values are Python numbers.
+    as_number: Callable[[Any], Any] = Decimal if field_type in ("NUMERIC", "BIGNUMERIC") else (lambda v: v)
     if c == "positive_number":
-        return (lambda v: (Decimal(v) if type(v) is str else v) > 0), "must be a positive number"
+        if as_number is Decimal:
+            return (lambda v: Decimal(v) > 0), "must be a positive number"
+        return partial(operator.lt, 0), "must be a positive number"
     if c == "range":
         lo, hi = rule.min, rule.max
         if lo is not None and hi is not None:
-            return (lambda v: lo <= (Decimal(v) if type(v) is str else v) <= hi), f"must be within [{lo}, {hi}]"
+            return (lambda v: lo <= as_number(v) <= hi), f"must be within [{lo}, {hi}]"
         if lo is not None:
-            return (lambda v: (Decimal(v) if type(v) is str else v) >= lo), f"must be >= {lo}"
-        return (lambda v: (Decimal(v) if type(v) is str else v) <= hi), f"must be <= {hi}"  # type: ignore[operator]
+            return (lambda v: as_number(v) >= lo), f"must be >= {lo}"
+        return (lambda v: as_number(v) <= hi), f"must be <= {hi}"  # type: ignore[operator]
     if c == "regex":
         search = re.compile(rule.pattern or "").search
-        return (lambda v: search(v if type(v) is str else str(v)) is not None), f"must match /{rule.pattern}/"
+        if field_type == "STRING":
+            return search, f"must match /{rule.pattern}/"
+        return (lambda v: search(str(v)) is not None), f"must match /{rule.pattern}/"
     if c == "allowed_values":
+        if field_type == "STRING" and all(type(x) is str for x in rule.values):
+            return frozenset(rule.values).__contains__, f"must be one of {list(rule.values)}"
         # A bool is an int in Python (True == 1); keep the types apart when comparing.
         allowed = frozenset((type(x) is bool, x) for x in rule.values)
         return (lambda v: (type(v) is bool, v) in allowed), f"must be one of {list(rule.values)}"
@@ -93,11 +107,12 @@ class QualityChecker:
     """
 
     def __init__(self, rules: tuple[QualityRule, ...], fields: tuple[Field, ...] = ()) -> None:
-        repeated = {path for path, f in _walk(fields) if f.mode == "REPEATED"}
+        by_path = dict(_walk(fields))
         self._plan = []
         for rule in rules:
-            ok, phrase = _check_fn(rule)
-            if rule.field in repeated and rule.check != "not_null":
+            f = by_path.get(rule.field)
+            ok, phrase = _check_fn(rule, f.type if f else "")
+            if f is not None and f.mode == "REPEATED" and rule.check != "not_null":
                 ok = _each(ok)
             self._plan.append((_getter(rule.field), ok, rule.check == "not_null", rule, phrase))
         self.empty = not self._plan

@@ -10,7 +10,7 @@
   rather than a class because a million of them are made per million records.
 * ``Row`` - a validated record: a dict of canonical, BigQuery-JSON-ready values.
 * :class:`DeadLetter` - a rejected record: original payload, reason code, detail, origin.
-* :class:`Chunk` - a list of rows moved through a shuffle as ONE element, with a pickle coder:
+* :class:`Chunk` - a list of ``(dedup key, row)`` pairs moved through a shuffle as ONE element, with a pickle coder:
   Beam's default coders encode dicts field by field (measured ~7 us per row), which would cost
   more than all of the validation; pickling a whole list is one C call.
 """
@@ -40,7 +40,7 @@ class DeadLetter(NamedTuple):
 
 
 class Chunk(list):
-    """A list of rows that travels through a GroupByKey as a single element."""
+    """A list of ``(key, row)`` pairs that travels through a GroupByKey as a single element."""
 
 
 class ChunkCoder(beam.coders.Coder):

@@ -219,22 +219,19 @@ class ShardRows(ListBatchDoFn):
         key_of, n = self.key_of, DEDUP_SHARDS
         shards: dict[int, Chunk] = {}
         for row in batch:
-            s = zlib.crc32(key_of(row).encode("utf-8", "surrogatepass")) % n
+            key = key_of(row)
+            s = zlib.crc32(key.encode("utf-8", "surrogatepass")) % n
             chunk = shards.get(s)
             if chunk is None:
                 chunk = shards[s] = Chunk()
-            chunk.append(row)
+            chunk.append((key, row))  # the key travels along: computed once per row
         yield from shards.items()
 
 
 class DedupShard(beam.DoFn):
     """Keeps one row per key within a shard; the kept row does not depend on arrival order."""
 
-    def __init__(self, key_paths: tuple[str, ...]) -> None:
-        self.key_paths = key_paths
-
     def setup(self) -> None:
-        self.key_of = key_function(self.key_paths)
         self.valid = counter("valid")
         self.duplicates = counter("duplicates")
 
@@ -243,13 +240,11 @@ class DedupShard(beam.DoFn):
 
     @beam.DoFn.yields_batches
     def process(self, element: tuple[int, Iterable[Chunk]]) -> Iterator[list[Row]]:
-        key_of = self.key_of
         kept: dict[str, Row] = {}
         seen = 0
         for chunk in element[1]:
             seen += len(chunk)
-            for row in chunk:
-                k = key_of(row)
+            for k, row in chunk:
                 old = kept.get(k)
                 if old is None:
                     kept[k] = row
@@ -364,6 +359,6 @@ class ValidateAndDedup(beam.PTransform):
                 rows
                 | "ShardByDedupKey" >> beam.ParDo(ShardRows(dedup.key))
                 | "GroupShards" >> beam.GroupByKey()
-                | "DedupShards" >> beam.ParDo(DedupShard(dedup.key))
+                | "DedupShards" >> beam.ParDo(DedupShard())
             )
         return {"valid": valid, "dead_letters": checked[DEAD_LETTERS]}

@@ -176,6 +176,13 @@ def _timestamp(where: str) -> Converter:
         try:
             if t is str:
                 ts = dt.datetime.fromisoformat(v)
+                # Fast path for whole-second UTC stamps, the common case: their canonical form
+                # can be spelled without isoformat(), which costs more than the parse.
+                # fromisoformat above has already checked the digits make a real instant.
+                if len(v) == 20 and v[19] == "Z" and v[10] == "T":
+                    return v[:19] + "+00:00"
+                if len(v) == 25 and v[10] == "T" and v.endswith("+00:00"):
+                    return v
             elif t is dt.datetime:
                 ts = v
             elif (t is int or t is float) and math.isfinite(v):
