@@ -635,14 +635,21 @@ def without_sources(plan: Plan, sources: set[str]) -> Plan:
     return dataclasses.replace(plan, changes=tuple(c for c in plan.changes if _source_of(c) not in sources))
 
 
+# Kinds self-heal leaves alone. Launching or relaunching a Dataflow job is a deployment, not a
+# metadata repair, and on Dataflow a batch job whose run has ended shows as missing until its
+# next launch: healing it would re-run the batch on every drift pass. Jobs are launched and
+# updated by syncs (a new commit) only; their drift is still reported.
+NOT_HEALED = frozenset({Kind.DATAFLOW_JOB})
+
+
 def heal_plan(plan: Plan, suspended: set[str]) -> Plan:
     """Self-heal's share of a drift plan: updates of declared resources, and re-creation of
     declared resources that disappeared. Never deletes (pruning is a sync's job, on a commit),
-    never replacements (a delete first), never blocked changes, nothing of a suspended source.
-    The core's refusal, if any, is kept, so a refused plan repairs nothing."""
+    never replacements (a delete first), never blocked changes, nothing of a suspended source,
+    no `NOT_HEALED` kind. The core's refusal, if any, is kept, so a refused plan repairs nothing."""
     keep = tuple(c for c in plan.changes
                  if c.desired is not None and c.action in (Action.UPDATE, Action.CREATE)
-                 and _source_of(c) not in suspended)
+                 and c.kind not in NOT_HEALED and _source_of(c) not in suspended)
     return dataclasses.replace(plan, changes=keep)
 
 

@@ -225,15 +225,18 @@ def test_heal_plan_keeps_updates_and_creates_only():
         _res(Kind.PUBSUB_SUBSCRIPTION, "b-ingest", "b", topic="b", ack_deadline_seconds=30),  # update, suspended
         _res(Kind.PUBSUB_TOPIC, "gone", "c"),  # orphan: delete when pruning
     ]
+    desired.append(_res(Kind.DATAFLOW_JOB, "a-ingest", "a", streaming=False))  # e.g. a finished batch run
     plan = reconcile(desired, live, provider.immutable_fields, PlanOptions(prune=True, max_delete_fraction=1.0))
     actions = {c.address: c.action for c in plan.actionable}
     assert actions == {"pubsub_topic.a": Action.CREATE, "pubsub_subscription.a-ingest": Action.UPDATE,
                        "pubsub_subscription.a-moved": Action.REPLACE,
-                       "pubsub_subscription.b-ingest": Action.UPDATE, "pubsub_topic.gone": Action.DELETE}
+                       "pubsub_subscription.b-ingest": Action.UPDATE, "pubsub_topic.gone": Action.DELETE,
+                       "dataflow_job.a-ingest": Action.CREATE}
     healed = {c.address: c.action for c in heal_plan(plan, {"b"}).actionable}
     assert healed == {"pubsub_topic.a": Action.CREATE, "pubsub_subscription.a-ingest": Action.UPDATE}
     kept = {c.address for c in without_sources(plan, {"b", "c"}).actionable}
-    assert kept == {"pubsub_topic.a", "pubsub_subscription.a-ingest", "pubsub_subscription.a-moved"}
+    assert kept == {"pubsub_topic.a", "pubsub_subscription.a-ingest", "pubsub_subscription.a-moved",
+                    "dataflow_job.a-ingest"}
     assert {resource_state(c) for c in plan.changes if c.desired} == {"missing", "drifted"}
 
 
