@@ -99,6 +99,9 @@ class Lease:
         self.margin = min(5.0, duration / 4)
         self._clock = clock
         self._monotonic = monotonic
+        # _io_lock serializes the calls to the store (tick, release); _lock guards the state below
+        # only briefly, so held() and snapshot() never wait for a slow store.
+        self._io_lock = threading.Lock()
         self._lock = threading.Lock()
         self._generation: int | None = None  # set while we believe we hold it
         self._acquired_at = 0.0
@@ -120,16 +123,16 @@ class Lease:
         Store errors other than `LeaseConflict` propagate; the caller retries on its next tick,
         and `held` turns false by itself once the local validity runs out.
         """
-        with self._lock:
+        with self._io_lock:
             if self._generation is not None:
                 return self._renew()
             return self._acquire()
 
     def release(self) -> bool:
         """Give the lease up (shutdown). True when we held it and the object was deleted."""
-        with self._lock:
-            generation, self._generation = self._generation, None
-            self._valid_until = 0.0
+        with self._io_lock:
+            generation = self._generation
+            self._lost()
             if generation is None:
                 return False
             try:
@@ -152,18 +155,24 @@ class Lease:
             "expires_at": seen.expires_at if seen else None,
         }
 
-    # -- under self._lock
+    # -- under self._io_lock; state changes take self._lock
 
     def _record(self, acquired_at: float) -> LeaseRecord:
         now = self._clock()
         return LeaseRecord(self.holder, acquired_at, now, now + self.duration)
 
     def _won(self, generation: int, record: LeaseRecord, started: float) -> None:
-        self._generation = generation
-        self._acquired_at = record.acquired_at
-        self._seen = record
-        # Validity counts from *before* the write: the store may have stamped it later, never earlier.
-        self._valid_until = started + self.duration - self.margin
+        with self._lock:
+            self._generation = generation
+            self._acquired_at = record.acquired_at
+            self._seen = record
+            # Validity counts from *before* the write: the store may have stamped it later, never earlier.
+            self._valid_until = started + self.duration - self.margin
+
+    def _lost(self) -> None:
+        with self._lock:
+            self._generation = None
+            self._valid_until = 0.0
 
     def _renew(self) -> tuple[bool, str]:
         started = self._monotonic()
@@ -171,8 +180,7 @@ class Lease:
         try:
             generation = self.store.replace(record.encode(), self._generation)
         except LeaseConflict:
-            self._generation = None
-            self._valid_until = 0.0
+            self._lost()
             return False, "lost"
         self._won(generation, record, started)
         return True, "renewed"
@@ -190,7 +198,8 @@ class Lease:
             return True, "acquired"
         generation, body = current
         existing = LeaseRecord.decode(body)
-        self._seen = existing
+        with self._lock:
+            self._seen = existing
         if existing is not None and existing.holder == self.holder and existing.expires_at > self._clock():
             # Ours: e.g. a create whose response was lost and was then retried. Adopt it.
             self._won(generation, existing, started)
