@@ -97,7 +97,7 @@ class Daemon:
         targets = list(alert_targets) if alert_targets is not None else self._default_targets()
         self.alerts = Alerter(targets, self.log, lambda target, result: self.metrics.alerts.labels(target, result).inc())
         self._providers_factory = providers_factory or _build_providers
-        self._engines: dict[tuple[str, str], Engine] = {}
+        self._engines: dict[str, Engine] = {}  # by the platform settings they were built for
 
         self._stop = threading.Event()
         self._wake = threading.Event()  # the worker has something to look at
@@ -273,7 +273,8 @@ class Daemon:
                 if held:
                     self._wake.set()  # the worker may have work that was waiting for the lease
             was_held = held
-            self._stop.wait(self.lease.renew_every if held or what != "error" else 1.0)
+            # After an error, retry sooner than a renewal would, so a short outage does not cost the lease.
+            self._stop.wait(self.lease.renew_every if what != "error" else max(1.0, self.lease.renew_every / 3))
 
     def _jittered(self, interval: float) -> float:
         jitter = max(0.0, min(self.settings.drift_jitter, 0.9))
