@@ -80,7 +80,7 @@ def translate(exc: BaseException, what: str) -> ProviderError:
         return AlreadyExists(message)
     if isinstance(exc, gexc.NotFound):
         return NotFound(message)
-    if isinstance(exc, _TEMPORARY):
+    if isinstance(exc, _TEMPORARY) or _rate_limited(exc):
         return TemporaryError(message)
     if isinstance(exc, ConnectionError | TimeoutError):
         return TemporaryError(message)
@@ -92,6 +92,16 @@ def translate(exc: BaseException, what: str) -> ProviderError:
     except ImportError:  # pragma: no cover - requests ships with the Google clients
         pass
     return PermanentError(message)
+
+
+# BigQuery and Cloud Storage report rate limiting as 403 with one of these reasons.
+_RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "backendError"}
+
+
+def _rate_limited(exc: BaseException) -> bool:
+    if not isinstance(exc, gexc.Forbidden):
+        return False
+    return any(isinstance(e, dict) and e.get("reason") in _RATE_LIMIT_REASONS for e in (exc.errors or []))
 
 
 def _short(exc: BaseException) -> str:

@@ -32,11 +32,14 @@ def edit_yaml(path: Path, change) -> None:
 
 
 def isolate_platform(repo: Path, project: str, prefix: str) -> None:
-    """Point the platform at a fresh project with unique bucket names (the Storage emulator has
-    no projects, so bucket names must not collide between tests)."""
+    """Point the platform at a fresh project, with unique bucket names and environment (the
+    Storage emulator has no projects, so buckets must not collide between tests)."""
 
     def change(data):
         data["project"] = project
+        # The Storage emulator lists every bucket of every test: a unique environment keeps
+        # other tests' buckets out of this platform (they are another platform's resources).
+        data["environment"] = prefix
         for zone in ("landing", "bronze", "silver"):
             data.setdefault("zones", {}).setdefault(zone, {})
             data["zones"][zone] = {**(data["zones"][zone] or {}), "bucket": f"{prefix}-{zone}"}
