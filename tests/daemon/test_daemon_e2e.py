@@ -176,10 +176,30 @@ def test_self_heal_repairs_drift_by_update_and_alerts_once(desired_repo, start_d
     assert get_json(base, "/status")["drift"]["resources"] == []
 
 
+def alert_subscription(project: str) -> str:
+    """A topic for the daemon's alerts and a subscription to read them (the deployment's job)."""
+    with pubsub_v1.PublisherClient() as publisher:
+        publisher.create_topic(name=f"projects/{project}/topics/headwater-alerts", timeout=10)
+    with pubsub_v1.SubscriberClient() as subscriber:
+        subscriber.create_subscription(name=f"projects/{project}/subscriptions/alerts-reader",
+                                       topic=f"projects/{project}/topics/headwater-alerts", timeout=10)
+    return f"projects/{project}/subscriptions/alerts-reader"
+
+
+def pulled_alerts(subscription: str) -> list[tuple[dict, dict]]:
+    with pubsub_v1.SubscriberClient() as subscriber:
+        response = subscriber.pull(subscription=subscription, max_messages=10, timeout=10)
+        if response.received_messages:
+            subscriber.acknowledge(subscription=subscription,
+                                   ack_ids=[m.ack_id for m in response.received_messages], timeout=10)
+    return [(dict(m.message.attributes), json.loads(m.message.data)) for m in response.received_messages]
+
+
 def test_invalid_commit_changes_nothing_and_the_last_good_revision_stays(
         desired_repo, start_daemon, project_id, alert_receiver):
     good = desired_repo.repo.head.commit.hexsha
-    running = start_daemon(desired_repo, notify_webhook=alert_receiver.url)
+    subscription = alert_subscription(project_id)
+    running = start_daemon(desired_repo, notify_webhook=alert_receiver.url, notify_topic="headwater-alerts")
     base = running.base
     wait_for(lambda: converged_on(base, good), what="convergence")
 
@@ -205,6 +225,10 @@ def test_invalid_commit_changes_nothing_and_the_last_good_revision_stays(
     assert samples["headwater_revision_info"] == [({"revision": good}, 1.0)]
     assert alert_receiver.events() == ["sync_failed"]
     assert "retention_dayz" in alert_receiver.received[0]["text"]
+    # The same alert on the Pub/Sub topic (a topic id resolves in the platform's project).
+    [(attributes, data)] = wait_for(lambda: pulled_alerts(subscription), what="the alert on Pub/Sub")
+    assert attributes == {"event": "sync_failed", "revision": bad}
+    assert data["headwater"]["result"] == "invalid" and "retention_dayz" in data["text"]
     assert any(e["event"] == "sync.invalid_revision" and e["revision"] == bad for e in running.logs.events())
 
     # Drift is still measured against the last good revision (no drift: 60 is what it declares).

@@ -174,6 +174,23 @@ def test_git_errors_never_show_the_token(tmp_path: Path):
     assert token not in str(source.workdir)
 
 
+def test_git_credentials_reach_git_through_its_environment_only(tmp_path: Path):
+    import base64
+    import subprocess
+
+    from reconciler.daemon.gitsource import _git_env
+
+    env = _git_env("tok-abc123", None, None)
+    # git itself reads the header from GIT_CONFIG_* (no -c on the command line, nothing on disk).
+    header = subprocess.run(["git", "config", "--get", "http.extraHeader"], env={"PATH": "/usr/bin:/bin", **env},
+                            capture_output=True, text=True, cwd=tmp_path).stdout.strip()
+    assert header == "Authorization: Basic " + base64.b64encode(b"x-access-token:tok-abc123").decode()
+    assert env["GIT_TERMINAL_PROMPT"] == "0"
+    ssh = _git_env(None, "/keys/deploy key", "/keys/known_hosts")["GIT_SSH_COMMAND"]
+    assert "-i '/keys/deploy key'" in ssh and "UserKnownHostsFile=/keys/known_hosts" in ssh
+    assert "StrictHostKeyChecking=yes" in ssh
+
+
 # ---------------------------------------------------------------------- alerts
 
 
