@@ -49,13 +49,14 @@ class GitSource:
         known_hosts: str | None = None,
         redactor: Redactor | None = None,
     ) -> None:
-        self.url = url
+        # A local path is made absolute: git records it so in the clone, and restarts compare them.
+        self.url = str(Path(url).resolve()) if "://" not in url and Path(url).exists() else url
         self.branch = branch
         self.redact = redactor or Redactor([token])
         self.redact.add(token)
         # One work tree per (remote, branch); the key uses the redacted URL, so no secret lands
         # in a directory name.
-        key = hashlib.sha256(f"{self.redact(url)}#{branch}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{self.redact(self.url)}#{branch}".encode()).hexdigest()[:16]
         self.workdir = Path(cache_dir) / key
         self._env = _git_env(token, ssh_key, known_hosts)
         if token:  # the encoded token, too
