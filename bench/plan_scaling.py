@@ -76,7 +76,8 @@ def generate_repo(root: Path, sources: int, project: str, prefix: str) -> Path:
 def total_calls(engine: Engine) -> Counter:
     calls: Counter = Counter()
     for provider in {id(p): p for p in engine.providers.values()}.values():
-        calls.update(provider.api_calls())
+        if hasattr(provider, "api_calls"):  # an optional ability (providers.base.ApiCallCounter)
+            calls.update(provider.api_calls())
     return calls
 
 
@@ -134,6 +135,13 @@ def measure(sources: int, repeat: int) -> dict:
             calls = total_calls(engine) - before
             assert not plan.has_changes, "the benchmark expects a no-op plan"
 
+        # Where the time goes, per kind (one more observe pass).
+        observe_seconds = {}
+        for kind in engine.providers:
+            started = time.perf_counter()
+            engine.observe([kind])
+            observe_seconds[str(kind)] = round(time.perf_counter() - started, 3)
+
         naive_times = []
         for _ in range(repeat):
             started = time.perf_counter()
@@ -145,6 +153,7 @@ def measure(sources: int, repeat: int) -> dict:
         "apply_seconds": round(apply_seconds, 2),
         "plan_seconds_median": round(statistics.median(plan_times), 3),
         "plan_api_calls": dict(sorted(calls.items())),
+        "observe_seconds_by_kind": observe_seconds,
         "plan_api_calls_total": sum(calls.values()),
         "plan_peak_python_mib": round(peak / 2**20, 1),
         "naive_seconds_median": round(statistics.median(naive_times), 3),
@@ -188,6 +197,7 @@ def main() -> int:
               f"{row['naive_seconds_median']:>8.3f} {row['naive_api_calls_total']:>11} {speedup:>7.1f}x")
     for row in rows:
         print(f"  N={row['sources']}: plan API calls by method: {row['plan_api_calls']}")
+        print(f"  N={row['sources']}: observe seconds by kind: {row['observe_seconds_by_kind']}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "results": rows}, indent=2) + "\n")
     return 0
