@@ -8,13 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import AlertReceiver, DesiredRepo, LogBuffer, emulator_providers
+from support import GIT_TOKEN, WEBHOOK_SECRET, AlertReceiver, DesiredRepo, LogBuffer, emulator_providers
 
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.settings import Settings
-
-WEBHOOK_SECRET = "whsec-test-3f9a1c77e2b14d"  # checked to never appear in logs or status
-GIT_TOKEN = "ghp_testtoken_5b2e9d0a41c8"
 
 
 @pytest.fixture

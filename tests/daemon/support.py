@@ -30,6 +30,9 @@ from reconciler.resources import Kind
 from reconciler.yamlsrc import load_yaml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "desired_state"
+# Given to every test daemon; tests check that neither ever appears in logs or /status.
+WEBHOOK_SECRET = "whsec-test-3f9a1c77e2b14d"
+GIT_TOKEN = "ghp_testtoken_5b2e9d0a41c8"
 
 
 class DesiredRepo:

@@ -12,10 +12,9 @@ import json
 import time
 
 import pytest
-from conftest import GIT_TOKEN, WEBHOOK_SECRET
 from google.cloud import pubsub_v1, storage
 from google.protobuf import field_mask_pb2
-from support import get_json, push_event, scrape, value, wait_for
+from support import GIT_TOKEN, WEBHOOK_SECRET, get_json, push_event, scrape, value, wait_for
 
 from reconciler.daemon.lease import Lease
 

@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GIT_TOKEN, WEBHOOK_SECRET
 from google.cloud import storage
-from support import DesiredRepo, get_json, wait_for
+from support import GIT_TOKEN, WEBHOOK_SECRET, DesiredRepo, get_json, wait_for
 
 SOURCES = 30  # ~200 resources: an apply that lasts long enough to be interrupted
 
