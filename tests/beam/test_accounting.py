@@ -144,3 +144,18 @@ def test_reasons_cover_every_kind_of_bad_record() -> None:
         "dq_valid_email", "dq_positive_number", "dq_range", "dq_regex", "dq_allowed_values",
     }
     assert Counter(r for _, r in exp.rejects) == exp.invalid
+
+
+def test_chunk_coder_round_trips_rows_and_falls_back_to_pickle() -> None:
+    from decimal import Decimal
+
+    from beam.common.records import Chunk, ChunkCoder
+
+    coder = ChunkCoder()
+    plain = Chunk([("k1", {"id": "a", "n": 1, "x": 1.5, "ok": True, "tags": ["t"], "rec": {"z": None}})])
+    odd = Chunk([("k2", {"price": Decimal("1.10")})])  # not marshal-able: pickled instead
+    for chunk, tag in ((plain, b"M"), (odd, b"P")):
+        encoded = coder.encode(chunk)
+        assert encoded[:1] == tag
+        decoded = coder.decode(encoded)
+        assert decoded == chunk and type(decoded) is Chunk
