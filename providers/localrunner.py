@@ -6,7 +6,7 @@ through the same pipeline code (``python -m beam.<template>``, Beam's local runn
 Dataflow jobs, they outlive the CLI call that started them: ``headwater apply`` starts them, a
 later apply updates or stops them, ``headwater local down`` stops them all.
 
-Jobs are tracked in ``<state_dir>/jobs/``, one set of files per job name:
+Jobs are tracked in ``<state_dir>/jobs/<project>/``, one set of files per job name:
 
 * ``<name>.json`` - the record: project, PID (and the process's start time, so a reused PID is
   not mistaken for the job), the spec and labels it was launched with, the command line;
@@ -93,8 +93,8 @@ class JobRecord:
     recorded_only: bool = False  # HEADWATER_LOCAL_JOBS=record: tracked, no process
 
 
-def jobs_dir(state_dir: Path) -> Path:
-    return Path(state_dir) / JOBS_DIR
+def jobs_dir(state_dir: Path, project: str) -> Path:
+    return Path(state_dir) / JOBS_DIR / project
 
 
 def pipeline_argv(resource: Resource, spec_file: Path, python: str = sys.executable) -> list[str]:
@@ -179,7 +179,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def load_records(state_dir: Path) -> list[JobRecord]:
     records = []
-    for path in sorted(jobs_dir(state_dir).glob("*.json")):
+    for path in sorted((Path(state_dir) / JOBS_DIR).glob("*/*.json")):
         if path.name.endswith((".spec.json", ".status.json")):
             continue
         try:
@@ -189,15 +189,15 @@ def load_records(state_dir: Path) -> list[JobRecord]:
     return records
 
 
-def _remove_files(state_dir: Path, name: str) -> None:
+def _remove_files(state_dir: Path, record: JobRecord) -> None:
     for suffix in (".json", ".spec.json", ".status.json"):
-        (jobs_dir(state_dir) / f"{name}{suffix}").unlink(missing_ok=True)
+        (jobs_dir(state_dir, record.project) / f"{record.name}{suffix}").unlink(missing_ok=True)
 
 
-def batch_status(state_dir: Path, name: str) -> dict[str, Any]:
+def batch_status(state_dir: Path, project: str, name: str) -> dict[str, Any]:
     """A batch job's runs: ``{"runs": n, "finished": n, "running": bool, "last_exit_code": int | None, ...}``."""
     try:
-        return json.loads((jobs_dir(state_dir) / f"{name}.status.json").read_text())
+        return json.loads((jobs_dir(state_dir, project) / f"{name}.status.json").read_text())
     except (OSError, ValueError):
         return {"runs": 0, "finished": 0, "running": False, "last_exit_code": None}
 
@@ -211,7 +211,7 @@ def stop_all(state_dir: Path, project: str | None = None) -> list[str]:
         if _running(record):
             _stop_process(record, graceful=record.streaming)
             stopped.append(record.name)
-        _remove_files(state_dir, record.name)
+        _remove_files(state_dir, record)
     return stopped
 
 
@@ -274,7 +274,7 @@ class LocalRunnerProvider:
                 return
             if _running(record):
                 _stop_process(record, graceful=record.streaming)
-            _remove_files(self.state_dir, record.name)
+            _remove_files(self.state_dir, record)
 
     # -- beyond the contract: what the demo and tests need --
 
@@ -283,11 +283,11 @@ class LocalRunnerProvider:
         record = self._record(name)
         if record is None or record.streaming or record.recorded_only or not _running(record):
             raise PermanentError(f"local job {name} is not a running batch job")
-        status_file = jobs_dir(self.state_dir) / f"{name}.status.json"
+        status_file = jobs_dir(self.state_dir, self.project) / f"{name}.status.json"
         deadline = time.monotonic() + 10.0
         while not status_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)  # until then SIGUSR1 would kill the scheduler: its handler is not set yet
-        before = batch_status(self.state_dir, name)["runs"]
+        before = self.status(name)["runs"]
         os.kill(record.pid, signal.SIGUSR1)  # the scheduler only, not its process group
         return before
 
@@ -295,7 +295,7 @@ class LocalRunnerProvider:
         """Wait until run number ``after + 1`` of a batch job has finished; its status."""
         deadline = time.monotonic() + timeout
         while True:
-            status = batch_status(self.state_dir, name)
+            status = self.status(name)
             if status["finished"] > after:
                 return status
             if time.monotonic() >= deadline:
@@ -305,10 +305,14 @@ class LocalRunnerProvider:
     def record(self, name: str) -> JobRecord | None:
         return self._record(name)
 
+    def status(self, name: str) -> dict[str, Any]:
+        """A batch job's runs (see `batch_status`)."""
+        return batch_status(self.state_dir, self.project, name)
+
     # -- plumbing --
 
     def _record(self, name: str) -> JobRecord | None:
-        path = jobs_dir(self.state_dir) / f"{name}.json"
+        path = jobs_dir(self.state_dir, self.project) / f"{name}.json"
         try:
             record = JobRecord(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
@@ -316,7 +320,7 @@ class LocalRunnerProvider:
         return record if record.project == self.project else None
 
     def _launch(self, resource: Resource) -> None:
-        directory = jobs_dir(self.state_dir)
+        directory = jobs_dir(self.state_dir, self.project)
         directory.mkdir(parents=True, exist_ok=True)
         name = resource.name
         spec_file = directory / f"{name}.spec.json"

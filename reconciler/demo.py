@@ -162,11 +162,9 @@ def _jobs_by_source(resources: list[Resource]) -> dict[str, _Jobs]:
 
 def _wait_until_idle(runner: Any, name: str) -> None:
     """Until a batch job's scheduler is up and no run is in progress."""
-    from providers.localrunner import batch_status
-
     deadline = time.monotonic() + RUN_WAIT_S
     while time.monotonic() < deadline:
-        status = batch_status(runner.state_dir, name)
+        status = runner.status(name)
         if status["runs"] and not status["running"]:
             return
         time.sleep(0.2)

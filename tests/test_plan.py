@@ -7,13 +7,14 @@ from dataclasses import replace
 import pytest
 
 from reconciler.plan import Action, PlanOptions, reconcile
-from reconciler.resources import Kind, Resource
+from reconciler.resources import Kind, Resource, digest_of
 
 LABELS = {"managed-by": "headwater", "headwater-platform": "dev"}
 IMMUTABLE = {
     Kind.PUBSUB_SUBSCRIPTION: frozenset({"topic"}),
     Kind.STORAGE_BUCKET: frozenset({"location"}),
     Kind.BIGQUERY_TABLE: frozenset({"time_partitioning"}),
+    Kind.DATAFLOW_JOB: frozenset({"template", "streaming"}),
 }
 
 SUB = Resource(Kind.PUBSUB_SUBSCRIPTION, "orders-ingest",
@@ -28,6 +29,25 @@ TABLE = Resource(Kind.BIGQUERY_TABLE, "silver.orders",
                  {"schema": SCHEMA, "time_partitioning": {"type": "DAY", "field": None}},
                  {**LABELS, "headwater-source": "orders", "headwater-deletion-protection": "true"},
                  options={"schema_evolution": "backward_compatible"})
+
+PIPELINE = {"version": 1, "source_id": "clicks", "schema": {"fields": [{"name": "id", "type": "STRING"}]},
+            "deduplication": {"key": ["id"], "window_seconds": 600}}
+STREAM_JOB = Resource(Kind.DATAFLOW_JOB, "clicks-ingest",
+                      {"template": "pubsub_to_bigquery", "streaming": True, "schedule": None,
+                       "parameters": {"input_subscription": "projects/p/subscriptions/clicks-ingest"},
+                       "pipeline": PIPELINE},
+                      {**LABELS, "headwater-source": "clicks"})
+BATCH_JOB = Resource(Kind.DATAFLOW_JOB, "orders-ingest",
+                     {"template": "gcs_to_bigquery", "streaming": False, "schedule": "0 3 * * *",
+                      "parameters": {"input_pattern": "gs://landing/orders/"}, "pipeline": PIPELINE},
+                     {**LABELS, "headwater-source": "orders"})
+
+
+def fingerprinted(job: Resource, **spec) -> Resource:
+    """A job as the Dataflow provider observes it: parameters and pipeline as digests only."""
+    values = {**job.spec, **spec}
+    return Resource(job.kind, job.name, {**values, "parameters": digest_of(values["parameters"]),
+                                         "pipeline": digest_of(values["pipeline"])}, job.labels)
 
 
 def live(resource: Resource, **spec) -> Resource:
@@ -98,6 +118,22 @@ CASES = [
     ("partitioning-change-forces-replace",
      [replace(TABLE, spec={**TABLE.spec, "time_partitioning": {"type": "DAY", "field": "ts"}})], [live(TABLE)], {},
      Action.REPLACE, True, ["time_partitioning.field"]),
+    ("job-parameter-change-is-an-update", [STREAM_JOB],
+     [live(STREAM_JOB, parameters={"input_subscription": "projects/p/subscriptions/old"})], {}, Action.UPDATE, False,
+     ["parameters.input_subscription"]),
+    ("job-pipeline-change-is-an-update-per-leaf", [STREAM_JOB],
+     [live(STREAM_JOB, pipeline={**PIPELINE, "deduplication": {"key": ["id"], "window_seconds": 60}})], {},
+     Action.UPDATE, False, ["pipeline.deduplication.window_seconds"]),
+    ("job-template-change-drains-and-relaunches", [STREAM_JOB], [live(STREAM_JOB, template="pubsub_to_gcs")], {},
+     Action.REPLACE, False, ["template"]),
+    ("job-streaming-flag-change-drains-and-relaunches", [STREAM_JOB], [live(STREAM_JOB, streaming=False)], {},
+     Action.REPLACE, False, ["streaming"]),
+    ("job-fingerprints-that-match-are-no-change", [STREAM_JOB], [fingerprinted(STREAM_JOB)], {}, Action.NOOP, False, []),
+    ("job-fingerprint-that-differs-is-an-update", [STREAM_JOB],
+     [fingerprinted(STREAM_JOB, parameters={"input_subscription": "projects/p/subscriptions/old"})], {},
+     Action.UPDATE, False, ["parameters"]),
+    ("orphan-job-is-deleted-with-prune-never-blocked", [TOPIC], [live(TOPIC), live(STREAM_JOB)],
+     {"prune": True, "max_delete_fraction": 1}, Action.DELETE, False, []),
     ("other-platform-resources-are-not-touched", [TOPIC],
      [live(TOPIC), replace(live(SUB), labels={**SUB.labels, "headwater-platform": "prod"})],
      {"prune": True, "max_delete_fraction": 1}, Action.NOOP, False, []),
@@ -178,3 +214,35 @@ def test_plan_json_document_shape():
     assert {"address", "kind", "name", "action", "before", "after", "diff", "reason", "blocked"} <= set(change)
     assert change["diff"] == [{"path": "ack_deadline_seconds", "before": 30, "after": 60, "forces_replacement": False}]
     assert doc["summary"]["update"] == 1
+
+
+@pytest.mark.parametrize(("desired", "live_job", "action", "says"), [
+    (replace(STREAM_JOB, spec={**STREAM_JOB.spec, "pipeline": {**PIPELINE, "deduplication": None}}), STREAM_JOB,
+     Action.UPDATE, "the running streaming job is updated in place, keeping its state"),
+    (replace(STREAM_JOB, spec={**STREAM_JOB.spec, "template": "pubsub_to_gcs"}), STREAM_JOB,
+     Action.REPLACE, "template cannot change in place: the streaming job is drained (in-flight data finished), "
+                     "then launched anew"),
+    (replace(BATCH_JOB, spec={**BATCH_JOB.spec, "schedule": "0 4 * * *"}), BATCH_JOB,
+     Action.UPDATE, "the batch job is relaunched with the new settings"),
+    (replace(BATCH_JOB, spec={**BATCH_JOB.spec, "template": "bigquery_to_bigquery"}), BATCH_JOB,
+     Action.REPLACE, "the batch job is cancelled, then launched anew"),
+], ids=["streaming-update-in-place", "streaming-replace-drains", "batch-update-relaunches", "batch-replace-cancels"])
+def test_the_plan_says_what_happens_to_a_running_job(desired, live_job, action, says):
+    (change,) = plan_one([desired], [live(live_job)]).changes
+    assert change.action == action
+    assert says in change.reason
+
+
+def test_a_pruned_streaming_job_is_drained_and_a_batch_job_cancelled():
+    plan = plan_one([TOPIC], [live(TOPIC), live(STREAM_JOB), live(BATCH_JOB)], prune=True, max_delete_fraction=1)
+    reasons = {c.name: c.reason for c in plan.changes if c.action == Action.DELETE}
+    assert reasons["clicks-ingest"].endswith("drained (in-flight data finished), not cancelled")
+    assert reasons["orders-ingest"].endswith(": cancelled")
+
+
+def test_jobs_are_launched_after_tables_and_deleted_first():
+    plan = reconcile([TABLE, STREAM_JOB], [live(SUB)], IMMUTABLE, PlanOptions(prune=True, max_delete_fraction=1))
+    assert [(c.action, c.kind) for c in plan.changes] == [
+        (Action.CREATE, Kind.BIGQUERY_TABLE), (Action.CREATE, Kind.DATAFLOW_JOB), (Action.DELETE, Kind.PUBSUB_SUBSCRIPTION)]
+    plan = reconcile([], [live(SUB), live(STREAM_JOB)], IMMUTABLE, PlanOptions(prune=True, max_delete_fraction=1))
+    assert [c.kind for c in plan.changes] == [Kind.DATAFLOW_JOB, Kind.PUBSUB_SUBSCRIPTION]
