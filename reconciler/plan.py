@@ -260,14 +260,14 @@ def _job_consequence(job: Resource, action: Action) -> str:
         return ""
     streaming = bool(job.spec.get("streaming"))
     if action == Action.UPDATE:
-        return (": the running streaming job is updated in place, keeping its state (Dataflow job update "
+        return (" — the running streaming job is updated in place, keeping its state (Dataflow job update "
                 "with transform name mapping; the local runner restarts it)" if streaming else
-                ": the batch job is relaunched with the new settings (a run in progress is cancelled)")
+                " — the batch job is relaunched with the new settings (a run in progress is cancelled)")
     if action == Action.REPLACE:
-        return (": the streaming job is drained (in-flight data finished), then launched anew" if streaming else
-                ": the batch job is cancelled, then launched anew")
+        return (" — the streaming job is drained (in-flight data finished), then launched anew" if streaming else
+                " — the batch job is cancelled, then launched anew")
     if action == Action.DELETE:
-        return ": drained (in-flight data finished), not cancelled" if streaming else ": cancelled"
+        return " — drained (in-flight data finished), not cancelled" if streaming else " — cancelled"
     return ""
 
 

@@ -124,3 +124,65 @@ def test_the_onboarding_template_validates_once_copied(tmp_path):
     assert "my_source" in state.source_ids
     addresses = {r.address for r in compile_resources(state)}
     assert {"pubsub_topic.my_source", "bigquery_table.silver.my_source"} <= addresses
+
+
+# --------------------------------------------------------------------------- Dataflow jobs
+
+
+def test_every_job_spec_is_one_the_templates_accept(resources):
+    from beam.common.spec import parse_spec
+
+    jobs = [r for r in resources if r.kind == Kind.DATAFLOW_JOB]
+    assert {r.name for r in jobs} == {"orders-ingest", "orders-gold-orders-daily", "clickstream-ingest",
+                                      "clickstream-gold-clickstream-daily", "payments-ingest",
+                                      "payments-gold-payments-daily"}
+    for job in jobs:
+        spec = parse_spec(job.spec["pipeline"])
+        assert spec.source_id == job.source_id
+        assert job.labels["managed-by"] == "headwater" and job.labels["headwater-platform"] == "dev"
+        assert "headwater-deletion-protection" not in job.labels, "a job holds no data"
+
+
+def test_ingestion_pattern_decides_template_and_schedule(resources):
+    by_name = {r.name: r for r in resources if r.kind == Kind.DATAFLOW_JOB}
+    orders, clicks = by_name["orders-ingest"].spec, by_name["clickstream-ingest"].spec
+    assert (orders["template"], orders["streaming"], orders["schedule"]) == ("gcs_to_bigquery", False, "0 3 * * *")
+    assert orders["parameters"] == {"input_pattern": "gs://landing-headwater-demo-europe-west1/orders/"}
+    assert orders["pipeline"]["input"] == {"format": "json", "compression": "gzip"}
+    assert (clicks["template"], clicks["streaming"], clicks["schedule"]) == ("pubsub_to_bigquery", True, None)
+    assert clicks["parameters"] == {"input_subscription": "projects/headwater-demo/subscriptions/clickstream-ingest"}
+    assert set(by_name["clickstream-ingest"].depends_on) == {
+        "pubsub_subscription.clickstream-ingest", "pubsub_topic.clickstream-dlq",
+        "bigquery_table.bronze.clickstream_raw", "bigquery_table.silver.clickstream"}
+    gold = by_name["orders-gold-orders-daily"].spec
+    assert (gold["template"], gold["streaming"], gold["schedule"]) == ("bigquery_to_bigquery", False, "30 * * * *")
+    assert gold["pipeline"]["gold"]["joins"] == [{"table": "gold.customers", "on": ["customer_id"], "type": "left"}]
+    assert "data_quality" not in gold["pipeline"], "a quality rule change must not relaunch the gold job"
+
+
+def test_cdc_and_transfer_sources_and_job_names(tmp_path):
+    repo = copy_example(tmp_path, sources=["orders"])
+    (repo / "schemas" / "orders.json").rename(repo / "schemas" / "shop_orders.json")
+    edit_json = (repo / "schemas" / "shop_orders.json")
+    edit_json.write_text(edit_json.read_text().replace('"source_id": "orders"', '"source_id": "shop_orders"'))
+    (repo / "connectors" / "orders.yaml").rename(repo / "connectors" / "shop_orders.yaml")
+
+    def cdc(data):
+        data.update(source_id="shop_orders", schema={**data["schema"], "file": "schemas/shop_orders.json"},
+                    ingestion={"pattern": "database_cdc", "database_type": "postgresql", "tables": ["public.orders"],
+                               "connection_profile": "projects/p/locations/europe-west1/connectionProfiles/shop"})
+        data["processing"]["silver_to_gold"] = []
+
+    edit_yaml(repo / "connectors" / "shop_orders.yaml", cdc)
+    jobs = [r for r in compile_resources(load_repo(repo)) if r.kind == Kind.DATAFLOW_JOB]
+    assert [(j.name, j.spec["template"], j.spec["streaming"]) for j in jobs] == [
+        ("shop-orders-ingest", "pubsub_to_bigquery", True)]
+
+    def transfer(data):
+        data["ingestion"] = {"pattern": "cloud_transfer", "source_type": "s3", "source_bucket": "legacy-exports",
+                             "schedule": "0 2 * * *"}
+
+    edit_yaml(repo / "connectors" / "shop_orders.yaml", transfer)
+    (job,) = [r for r in compile_resources(load_repo(repo)) if r.kind == Kind.DATAFLOW_JOB]
+    assert (job.spec["template"], job.spec["schedule"]) == ("gcs_to_bigquery", "0 2 * * *")
+    assert job.spec["parameters"]["input_pattern"] == "gs://landing-headwater-demo-europe-west1/shop_orders/"

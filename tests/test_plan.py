@@ -220,7 +220,7 @@ def test_plan_json_document_shape():
     (replace(STREAM_JOB, spec={**STREAM_JOB.spec, "pipeline": {**PIPELINE, "deduplication": None}}), STREAM_JOB,
      Action.UPDATE, "the running streaming job is updated in place, keeping its state"),
     (replace(STREAM_JOB, spec={**STREAM_JOB.spec, "template": "pubsub_to_gcs"}), STREAM_JOB,
-     Action.REPLACE, "template cannot change in place: the streaming job is drained (in-flight data finished), "
+     Action.REPLACE, "template cannot change in place — the streaming job is drained (in-flight data finished), "
                      "then launched anew"),
     (replace(BATCH_JOB, spec={**BATCH_JOB.spec, "schedule": "0 4 * * *"}), BATCH_JOB,
      Action.UPDATE, "the batch job is relaunched with the new settings"),
@@ -237,7 +237,7 @@ def test_a_pruned_streaming_job_is_drained_and_a_batch_job_cancelled():
     plan = plan_one([TOPIC], [live(TOPIC), live(STREAM_JOB), live(BATCH_JOB)], prune=True, max_delete_fraction=1)
     reasons = {c.name: c.reason for c in plan.changes if c.action == Action.DELETE}
     assert reasons["clicks-ingest"].endswith("drained (in-flight data finished), not cancelled")
-    assert reasons["orders-ingest"].endswith(": cancelled")
+    assert reasons["orders-ingest"].endswith(" — cancelled")
 
 
 def test_jobs_are_launched_after_tables_and_deleted_first():
