@@ -99,7 +99,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -108,6 +108,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
+from providers.calls import CallCounter
 from providers.errors import NotFound, PermanentError, call
 from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, Kind, Resource
 
@@ -540,7 +541,7 @@ class BigQueryProvider:
         self.location = location
         self._client = client
         self._lock = threading.Lock()
-        self._calls: Counter[str] = Counter()
+        self._counter = CallCounter("bigquery")
 
     # -- contract --
 
@@ -634,8 +635,7 @@ class BigQueryProvider:
 
     def api_calls(self) -> Mapping[str, int]:
         """Requests sent so far (each retry attempt and each page counts), by ``bigquery.<method>``."""
-        with self._lock:
-            return dict(self._calls)
+        return self._counter.snapshot()
 
     # -- update --
 
@@ -755,20 +755,10 @@ class BigQueryProvider:
             return self._client
 
     def _count(self, method: str) -> None:
-        with self._lock:
-            self._calls[f"bigquery.{method}"] += 1
+        self._counter.count(method)
 
     def _rpc(self, method: str, target: str, fn: Callable[[], T]) -> T:
-        """One request through `call` (translation + retries), counted once per attempt.
-
-        ``target`` (a dataset or table name, never a request body) makes errors actionable.
-        """
-
-        def attempt() -> T:
-            self._count(method)
-            return fn()
-
-        return call(attempt, f"bigquery.{method} {target}")
+        return self._counter.rpc(method, target, fn)
 
     def _list(self, method: str, start: Callable[[], Any]) -> list[Any]:
         """Every item of a paginated list; each page fetched counts as one request."""

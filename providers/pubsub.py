@@ -56,13 +56,13 @@ import datetime as dt
 import logging
 import os
 import threading
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.cloud import pubsub_v1
 from google.protobuf import duration_pb2, field_mask_pb2
 
+from providers.calls import CallCounter
 from providers.errors import NotFound, PermanentError, call
 from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, Kind, Resource
 
@@ -345,7 +345,7 @@ class PubSubProvider:
         self._publisher = publisher
         self._subscriber = subscriber
         self._lock = threading.Lock()
-        self._calls: Counter[str] = Counter()
+        self._counter = CallCounter("pubsub")
 
     # -- contract --
 
@@ -412,8 +412,7 @@ class PubSubProvider:
 
     def api_calls(self) -> Mapping[str, int]:
         """RPCs sent so far (each retry attempt and each list page counts), by ``pubsub.<method>``."""
-        with self._lock:
-            return dict(self._calls)
+        return self._counter.snapshot()
 
     # -- plumbing --
 
@@ -449,20 +448,10 @@ class PubSubProvider:
             return self._subscriber
 
     def _count(self, method: str) -> None:
-        with self._lock:
-            self._calls[f"pubsub.{method}"] += 1
+        self._counter.count(method)
 
     def _rpc(self, method: str, target: str, fn: Callable[[], T]) -> T:
-        """One RPC through `call` (translation + retries), counted once per attempt.
-
-        ``target`` (a resource name, never a request body) makes error messages actionable.
-        """
-
-        def attempt() -> T:
-            self._count(method)
-            return fn()
-
-        return call(attempt, f"pubsub.{method} {target}")
+        return self._counter.rpc(method, target, fn)
 
     def _list(self, method: str, client: Callable[[], Any], field: str) -> list[Any]:
         """Every item of a paginated list call on this project (pages after the first are counted too)."""

@@ -51,12 +51,12 @@ import json
 import os
 import re
 import threading
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.cloud import storage
 
+from providers.calls import CallCounter
 from providers.errors import AlreadyExists, NotFound, PermanentError, call
 from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, Kind, Resource
 
@@ -204,7 +204,7 @@ class StorageProvider:
         self.project = project
         self._client = client
         self._lock = threading.Lock()
-        self._calls: Counter[str] = Counter()
+        self._counter = CallCounter("storage")
 
     # -- contract --
 
@@ -270,8 +270,7 @@ class StorageProvider:
 
     def api_calls(self) -> Mapping[str, int]:
         """Requests sent so far (each retry attempt and each list page counts), by ``storage.<method>``."""
-        with self._lock:
-            return dict(self._calls)
+        return self._counter.snapshot()
 
     # -- emulator departure (create) --
 
@@ -306,20 +305,10 @@ class StorageProvider:
             return self._client
 
     def _count(self, method: str) -> None:
-        with self._lock:
-            self._calls[f"storage.{method}"] += 1
+        self._counter.count(method)
 
     def _rpc(self, method: str, target: str, fn: Callable[[], T]) -> T:
-        """One request through `call` (translation + retries), counted once per attempt.
-
-        ``target`` (a bucket name, never a request body) makes error messages actionable.
-        """
-
-        def attempt() -> T:
-            self._count(method)
-            return fn()
-
-        return call(attempt, f"storage.{method} {target}")
+        return self._counter.rpc(method, target, fn)
 
     def _list_buckets(self) -> list[storage.Bucket]:
         """Every bucket of the project: one paginated list, each page counted."""
