@@ -163,51 +163,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     emulators = local.start(args.state_dir, project=state.platform.project)
     # The emulators have no Dataflow: the jobs run here, for real (not just recorded).
     env = {**emulators.env(), "HEADWATER_LOCAL_JOBS": "run"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
     args.runner = "local"
     try:
-        engine = _engine(state, args)
-        plan = engine.plan(state, plan_options(state))
-        _err("[3/6] plan:")
-        sys.stdout.write(render_text(plan))
-        _err("[4/6] applying (the Dataflow jobs start on the local runner)...")
-        result = engine.apply(plan, on_outcome=_print_outcome)
-        print(result.summary())
-        _print_failures(result)
-        _err("[5/6] planning again (expecting no changes):")
-        again = engine.plan(state, plan_options(state))
-        print(summary_line(again))
-        counts = {}
-        for resource in engine.observe():
-            counts[str(resource.kind)] = counts.get(str(resource.kind), 0) + 1
-        print("Live on the emulators: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-        converged = result.ok and not again.has_changes
-        if not converged:
-            print("Demo finished WITHOUT converging.")
-            return EXIT_ERROR
-        _err("[6/6] moving the sample data through the jobs:")
-        from reconciler.demo import move_sample_data, report
-
-        runner = engine.providers[Kind.DATAFLOW_JOB]
-        results = move_sample_data(state, runner, _err)
-        for line in report(results):
-            print(line)
-        if not all(r.matches() for r in results):
-            print("Demo finished: the platform converged, but the data counts differ from sample-data/expected.json.")
-            return EXIT_ERROR
-        print("Demo complete: the platform converged and moved the sample data.")
-        return EXIT_OK
+        with local.exported(env):
+            return _demo_steps(state, args)
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         if not args.keep and not already_running:
             stop_all(args.state_dir)
             local.stop(args.state_dir)
             _err("Local jobs and emulators stopped.")
+
+
+def _demo_steps(state: DesiredState, args: argparse.Namespace) -> int:
+    """The demo once the emulators run: plan, apply, plan again, move the sample data."""
+    engine = _engine(state, args)
+    plan = engine.plan(state, plan_options(state))
+    _err("[3/6] plan:")
+    sys.stdout.write(render_text(plan))
+    _err("[4/6] applying (the Dataflow jobs start on the local runner)...")
+    result = engine.apply(plan, on_outcome=_print_outcome)
+    print(result.summary())
+    _print_failures(result)
+    _err("[5/6] planning again (expecting no changes):")
+    again = engine.plan(state, plan_options(state))
+    print(summary_line(again))
+    counts = {}
+    for resource in engine.observe():
+        counts[str(resource.kind)] = counts.get(str(resource.kind), 0) + 1
+    print("Live on the emulators: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    converged = result.ok and not again.has_changes
+    if not converged:
+        print("Demo finished WITHOUT converging.")
+        return EXIT_ERROR
+    _err("[6/6] moving the sample data through the jobs:")
+    from reconciler.demo import move_sample_data, report
+
+    runner = engine.providers[Kind.DATAFLOW_JOB]
+    results = move_sample_data(state, runner, _err)
+    for line in report(results):
+        print(line)
+    if not all(r.matches() for r in results):
+        print("Demo finished: the platform converged, but the data counts differ from sample-data/expected.json.")
+        return EXIT_ERROR
+    print("Demo complete: the platform converged and moved the sample data.")
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- helpers

@@ -11,7 +11,6 @@ names should start with the per-test ``unique`` prefix.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -43,16 +42,10 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Emulat
     state_dir = tmp_path_factory.mktemp("emulators")
     emu = local.start(state_dir, project="hw-test-session")
     env = {**emu.env(), "HEADWATER_STATE_DIR": str(state_dir), "HEADWATER_LOCAL_JOBS": "record"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
     try:
-        yield emu
+        with local.exported(env):
+            yield emu
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         stop_all(state_dir)
         local.stop(state_dir)
 
