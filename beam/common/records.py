@@ -58,8 +58,11 @@ class ChunkCoder(beam.coders.Coder):
             return b"P" + pickle.dumps(list(value), protocol=pickle.HIGHEST_PROTOCOL)
 
     def decode(self, encoded: bytes) -> Chunk:
+        from beam.common.transforms import gc_paused  # (transforms imports this module)
+
         body = memoryview(encoded)[1:]
-        return Chunk(marshal.loads(body) if encoded[:1] == b"M" else pickle.loads(body))
+        with gc_paused():  # thousands of rows at once: see gc_paused
+            return Chunk(marshal.loads(body) if encoded[:1] == b"M" else pickle.loads(body))
 
     def is_deterministic(self) -> bool:
         return False  # only ever a value, never a key

@@ -26,7 +26,7 @@ import orjson
 
 from beam.common import files
 from beam.common.records import ParseFailure, Raw
-from beam.common.transforms import counter
+from beam.common.transforms import counter, gc_paused
 
 BATCH = 10_000  # records per emitted batch
 READ_HINT = 1 << 20  # bytes per readlines() call
@@ -82,13 +82,14 @@ class ReadRecords(beam.DoFn):
         blank = 0
         batch: list[Raw] = []
         while lines := stream.readlines(READ_HINT):
-            for line in lines:
-                n += 1
-                line = line.rstrip(b"\r\n")
-                if not line.strip():
-                    blank += 1
-                    continue
-                batch.append((line, None, f"{path}#{n}"))
+            with gc_paused():  # see beam.common.transforms.gc_paused
+                for line in lines:
+                    n += 1
+                    line = line.rstrip(b"\r\n")
+                    if not line.strip():
+                        blank += 1
+                        continue
+                    batch.append((line, None, f"{path}#{n}"))
             if len(batch) >= BATCH:
                 yield batch
                 batch = []
