@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from emulator_setup import count_rows, create_ingest_targets, pull_all
 from google.cloud import storage
 
 from beam.common.clients import storage_client
@@ -15,7 +16,6 @@ from beam.common.runner import counters
 from beam.common.spec import parse_spec
 from beam.common.synthetic import SPEC, generate
 from beam.gcs_to_bigquery import run
-from tests.beam.emulator_setup import count_rows, create_ingest_targets, pull_all
 
 
 def _spec_doc(project_id: str) -> dict[str, Any]:

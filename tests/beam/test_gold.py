@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from emulator_setup import create_table, schema_fields
 from google.cloud import bigquery
 
 from beam.bigquery_to_bigquery import run
@@ -16,7 +17,6 @@ from beam.common.gold import GoldError, compile_gold_sql
 from beam.common.runner import counters
 from beam.common.spec import parse_spec
 from beam.common.synthetic import SPEC
-from tests.beam.emulator_setup import create_table, schema_fields
 
 
 def _spec(project: str = "hw-example", **gold: Any) -> Any:

@@ -19,12 +19,12 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.testing.test_stream import TestStream as EventStream
+from emulator_setup import count_rows, create_ingest_targets, pull_all
 
 from beam.common.spec import parse_spec
 from beam.common.synthetic import SPEC, generate
 from beam.pubsub_to_bigquery.pipeline import build as build_ingest
 from beam.pubsub_to_gcs.pipeline import build as build_archive
-from tests.beam.emulator_setup import count_rows, create_ingest_targets, pull_all
 
 
 def _pipeline() -> beam.Pipeline:
