@@ -4,7 +4,9 @@ Given the ``Raw`` records a template read (from files or from Pub/Sub), :func:`i
 the shared validate/quality/dedup transform and writes:
 
 * every raw record to the Bronze table (when the spec names one),
-* the valid, de-duplicated rows to the Silver table,
+* the valid, de-duplicated rows to the Silver table, with the metadata columns
+  ``_ingested_at``, ``_message_id`` (the record's origin) and ``_schema_version``
+  (``beam.common.sinks.SILVER_METADATA_FIELDS``),
 * the dead letters - rejected records, and rows BigQuery itself rejected - to the dead-letter
   topic, original payload as data, reason as attribute.
 
@@ -44,7 +46,8 @@ def ingest(raw: beam.PCollection, spec: PipelineSpec, *, streaming: bool) -> dic
     rejected.append(
         out["valid"]
         | "WriteSilver" >> beam.ParDo(WriteRows(spec.table_ref(spec.silver_table), project=spec.project,
-                                                row_ids=row_ids, name="silver"))
+                                                row_ids=row_ids, name="silver", stamp=True,
+                                                schema_version=spec.schema_version))
     )
     dead = (out["dead_letters"], *rejected) | "AllDeadLetters" >> beam.Flatten()
     dead | "PublishDeadLetters" >> beam.ParDo(PublishDeadLetters(spec.dead_letter_topic, spec.source_id))

@@ -44,6 +44,16 @@ BRONZE_FIELDS: list[dict[str, str]] = [
      "description": "Where it came from: gs://bucket/object#line or pubsub:<message id>"},
     {"name": "ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
 ]
+SILVER_METADATA_FIELDS: list[dict[str, str]] = [
+    # Columns every Silver row gets besides the source's schema fields; the reconciler creates
+    # Silver tables as schema fields + these (reconciler/compile.py INGESTION_METADATA).
+    {"name": "_ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED",
+     "description": "When headwater's pipeline wrote the row (UTC)"},
+    {"name": "_message_id", "type": "STRING", "mode": "NULLABLE",
+     "description": "Pub/Sub message id or source file of the record"},
+    {"name": "_schema_version", "type": "STRING", "mode": "NULLABLE",
+     "description": "Version of the schema file the record was validated against"},
+]
 _ATTRIBUTE_LIMIT = 1000  # Pub/Sub caps attribute values at 1,024 bytes
 
 
@@ -72,13 +82,21 @@ class RowIdFromField:
 
 
 class WriteRows(ListBatchDoFn):
-    """Rows -> ``insert_rows_json`` into ``table``; outputs the rows BigQuery rejected."""
+    """Rows -> ``insert_rows_json`` into ``table``; outputs the rows BigQuery rejected.
 
-    def __init__(self, table: str, *, project: str | None, row_ids: Any = None, name: str = "rows") -> None:
+    ``stamp`` adds the Silver metadata columns: ``_ingested_at`` (the time of the request),
+    ``_schema_version`` (the given value) - ``_message_id`` is set by validation, from the
+    record's origin.
+    """
+
+    def __init__(self, table: str, *, project: str | None, row_ids: Any = None, name: str = "rows",
+                 stamp: bool = False, schema_version: str | None = None) -> None:
         self.table = table
         self.project = project
         self.row_ids = row_ids
         self.name = name
+        self.stamp = stamp
+        self.schema_version = schema_version
 
     def setup(self) -> None:
         self.client = bigquery_client(self.project)
@@ -91,6 +109,11 @@ class WriteRows(ListBatchDoFn):
     def process_batch(self, batch: list[Row]) -> Iterator[list[DeadLetter]]:
         for start in range(0, len(batch), INSERT_BATCH):
             rows = batch[start:start + INSERT_BATCH]
+            if self.stamp:
+                now = dt.datetime.now(dt.UTC).isoformat()
+                for r in rows:
+                    r["_ingested_at"] = now
+                    r["_schema_version"] = self.schema_version
             ids = [self.row_ids(r) for r in rows] if self.row_ids else None
             # skip_invalid_rows: insert the good rows even when some are bad; the bad ones come
             # back in the per-row errors. Transport failures raise (the bundle is retried).

@@ -13,6 +13,8 @@ ignored::
       "source_id": "example_source",                 # [a-z][a-z0-9_]*; labels counters, paths
       "project": "my-project",                       # optional; default project for table refs
       "schema": {
+        "version": "1.0",                            # optional; the schema file's version,
+                                                     # written to Silver's _schema_version
         "validation": "strict",                      # "strict" (default) | "lenient"
         "fields": [                                  # the seed's schema file "fields" list
           {"name": "id", "type": "STRING", "mode": "REQUIRED", "description": "..."},
@@ -150,6 +152,7 @@ class PipelineSpec:
     fields: tuple[Field, ...]
     validation: str = "strict"
     project: str | None = None
+    schema_version: str | None = None  # the schema file's "version", written to Silver rows
     input: InputFormat = field(default_factory=InputFormat)
     dedup: Dedup | None = None
     quality_rules: tuple[QualityRule, ...] = ()
@@ -219,8 +222,12 @@ def parse_spec(doc: Any) -> PipelineSpec:
     if validation not in VALIDATION_MODES:
         raise SpecError(f"$.schema.validation: must be one of {sorted(VALIDATION_MODES)}, got {validation!r}")
     fields = _fields(schema["fields"], "$.schema.fields")
+    version = schema.get("version")
+    if version is not None and (not isinstance(version, (str, int, float)) or isinstance(version, bool)):
+        raise SpecError(f"$.schema.version: must be a string or a number, got {version!r}")
 
-    spec = PipelineSpec(source_id=source_id, fields=fields, validation=validation, project=project)
+    spec = PipelineSpec(source_id=source_id, fields=fields, validation=validation, project=project,
+                        schema_version=None if version is None else str(version))
     updates: dict[str, Any] = {}
 
     if "input" in d:

@@ -26,6 +26,7 @@ SPEC: dict[str, Any] = {
     "source_id": "example_source",
     "project": "hw-example",
     "schema": {
+        "version": "1.0",
         "validation": "strict",
         "fields": [
             {"name": "id", "type": "STRING", "mode": "REQUIRED", "description": "Unique transaction ID"},

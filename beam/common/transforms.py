@@ -225,6 +225,7 @@ class ValidateRows(ListBatchDoFn):
                         raise Invalid(UNPARSEABLE, parsed.detail)
                     row = validate(parsed)
                     check(row)
+                    row["_message_id"] = origin  # Silver's metadata column (sinks.py)
                 except Invalid as bad:
                     reasons[bad.reason] = reasons.get(bad.reason, 0) + 1
                     dead.append(DeadLetter(payload, bad.reason, bad.detail, origin))

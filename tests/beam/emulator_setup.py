@@ -8,7 +8,7 @@ from typing import Any
 from google.cloud import bigquery, pubsub_v1
 
 from beam.common.clients import bigquery_client, publisher_client
-from beam.common.sinks import BRONZE_FIELDS
+from beam.common.sinks import BRONZE_FIELDS, SILVER_METADATA_FIELDS
 from beam.common.spec import Field, PipelineSpec
 
 
@@ -30,7 +30,8 @@ def create_ingest_targets(spec: PipelineSpec) -> str:
     if spec.bronze_table:
         create_table(bq, spec.table_ref(spec.bronze_table), [bigquery.SchemaField.from_api_repr(f) for f in BRONZE_FIELDS])
     assert spec.silver_table and spec.dead_letter_topic
-    create_table(bq, spec.table_ref(spec.silver_table), schema_fields(spec.fields))
+    create_table(bq, spec.table_ref(spec.silver_table),
+                 schema_fields(spec.fields) + [bigquery.SchemaField.from_api_repr(f) for f in SILVER_METADATA_FIELDS])
     publisher_client().create_topic(name=spec.dead_letter_topic)
     sub = spec.dead_letter_topic.replace("/topics/", "/subscriptions/") + "-test"
     pubsub_v1.SubscriberClient().create_subscription(name=sub, topic=spec.dead_letter_topic)

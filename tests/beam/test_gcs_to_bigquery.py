@@ -11,7 +11,7 @@ import pytest
 from emulator_setup import count_rows, create_ingest_targets, pull_all
 from google.cloud import storage
 
-from beam.common.clients import storage_client
+from beam.common.clients import bigquery_client, storage_client
 from beam.common.runner import counters
 from beam.common.spec import parse_spec
 from beam.common.synthetic import SPEC, generate
@@ -51,6 +51,11 @@ def test_landing_file_to_bronze_silver_and_dead_letters(emulators: Any, project_
     assert got["bronze_rows_written"] == expected.records_in
     assert count_rows(spec, "silver.example_source") == expected.valid
     assert count_rows(spec, "bronze.example_source") == expected.records_in
+    (meta,) = bigquery_client(project_id).query(
+        f"SELECT _ingested_at, _message_id, _schema_version FROM `{spec.table_ref('silver.example_source')}` "
+        "WHERE id = 'txn-0'").result()
+    assert meta._ingested_at is not None and meta._schema_version == "1.0"
+    assert meta._message_id == f"gs://{unique}-landing/example/2026-11-26/part-0001.json.gz#1"
 
     letters = pull_all(subscription, invalid)
     assert Counter(m.attributes["reason"] for m in letters) == expected.invalid
