@@ -39,11 +39,13 @@ Grammar (case-insensitive keywords)::
     AGG    = SUM, COUNT, AVG, MIN, MAX           (DISTINCT only with COUNT)
     SCALAR = DATE, LOWER, UPPER
 
-Columns: an unqualified name must be a column of the Silver table (the spec's schema); a
+Columns: an unqualified name must be a column of the Silver table (the spec's schema fields
+and the metadata columns ``_ingested_at``, ``_message_id``, ``_schema_version``); a
 column of a joined table must be qualified with the join's alias (default: the last part of
 its table name). The bare group-by name ``date``, when Silver has no such column, means
-``DATE(<time_field>) AS date`` - the seed's shorthand - with ``time_field`` from the spec or
-else Silver's only TIMESTAMP column. Without an alias a metric is named ``<agg>_<column>``
+``DATE(<time_field>) AS date`` - the seed's shorthand - with ``time_field`` from the spec
+(any TIMESTAMP/DATETIME/DATE column, ``_ingested_at`` included) or else Silver's only
+TIMESTAMP schema field. Without an alias a metric is named ``<agg>_<column>``
 (``count`` for ``COUNT(*)``) and a group-by column keeps its name.
 
 Joins are ``LEFT`` by default: a fact row with no match in the dimension table still counts
@@ -55,7 +57,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from beam.common.spec import Gold, PipelineSpec
+from beam.common.spec import SILVER_METADATA_FIELDS, Gold, PipelineSpec
 
 SILVER_ALIAS = "silver"
 AGGREGATES = frozenset({"sum", "count", "avg", "min", "max"})
@@ -284,6 +286,8 @@ def _default_name(node: object) -> str:
 
 def _time_field(spec: PipelineSpec, gold: Gold) -> str:
     if gold.time_field:
+        if gold.time_field == "_ingested_at":  # Silver's metadata column: always a TIMESTAMP
+            return gold.time_field
         f = spec.field_at(gold.time_field)
         if f is None or f.type not in ("TIMESTAMP", "DATETIME", "DATE") or "." in gold.time_field:
             raise GoldError(f"time_field {gold.time_field!r} is not a top-level TIMESTAMP/DATETIME/DATE column")
@@ -301,7 +305,7 @@ def compile_gold_sql(spec: PipelineSpec) -> str:
         raise GoldError("the spec has no gold block")
     if not spec.silver_table:
         raise GoldError("the spec has no silver.table to read from")
-    silver_cols = {f.name for f in spec.fields}
+    silver_cols = {f.name for f in spec.fields} | {m["name"] for m in SILVER_METADATA_FIELDS}
     aliases: dict[str, str] = {}
     joins_sql: list[str] = []
     for j in gold.joins:

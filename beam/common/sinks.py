@@ -31,6 +31,7 @@ import orjson
 
 from beam.common.clients import bigquery_client, publisher_client
 from beam.common.records import DeadLetter, Raw, Row
+from beam.common.spec import SILVER_METADATA_FIELDS  # noqa: F401 - re-exported beside BRONZE_FIELDS
 from beam.common.transforms import ListBatchDoFn, counter, key_function, row_id
 
 INSERT_BATCH = 500  # BigQuery's recommended maximum rows per streaming-insert request
@@ -43,16 +44,6 @@ BRONZE_FIELDS: list[dict[str, str]] = [
     {"name": "origin", "type": "STRING", "mode": "NULLABLE",
      "description": "Where it came from: gs://bucket/object#line or pubsub:<message id>"},
     {"name": "ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
-]
-SILVER_METADATA_FIELDS: list[dict[str, str]] = [
-    # Columns every Silver row gets besides the source's schema fields; the reconciler creates
-    # Silver tables as schema fields + these (reconciler/compile.py INGESTION_METADATA).
-    {"name": "_ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED",
-     "description": "When headwater's pipeline wrote the row (UTC)"},
-    {"name": "_message_id", "type": "STRING", "mode": "NULLABLE",
-     "description": "Pub/Sub message id or source file of the record"},
-    {"name": "_schema_version", "type": "STRING", "mode": "NULLABLE",
-     "description": "Version of the schema file the record was validated against"},
 ]
 _ATTRIBUTE_LIMIT = 1000  # Pub/Sub caps attribute values at 1,024 bytes
 

@@ -87,6 +87,17 @@ INPUT_FORMATS = frozenset({"json", "csv", "parquet"})
 COMPRESSIONS = frozenset({"auto", "gzip", "none"})
 JOIN_TYPES = frozenset({"left", "inner"})
 
+SILVER_METADATA_FIELDS: list[dict[str, str]] = [
+    # Columns every Silver row gets besides the source's schema fields (written by the sinks;
+    # the reconciler creates Silver tables as schema fields + these, and Gold SQL may use them).
+    {"name": "_ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED",
+     "description": "When headwater's pipeline wrote the row (UTC)"},
+    {"name": "_message_id", "type": "STRING", "mode": "NULLABLE",
+     "description": "Pub/Sub message id or source file of the record"},
+    {"name": "_schema_version", "type": "STRING", "mode": "NULLABLE",
+     "description": "Version of the schema file the record was validated against"},
+]
+
 _SOURCE_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 # project ids may contain dashes (and a "domain:" prefix); dataset and table ids may not.

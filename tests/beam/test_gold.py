@@ -53,6 +53,7 @@ def test_the_seed_example_compiles_to_this_sql() -> None:
         pytest.param("sum(-amount + 1.5) as x", "SUM((-(`silver`.`amount`) + 1.5)) AS `x`", id="negation-and-float"),
         pytest.param("min(customers.segment) as seg", "MIN(`customers`.`segment`) AS `seg`", id="joined-column-by-alias"),
         pytest.param("sum(silver.amount) as t", "SUM(`silver`.`amount`) AS `t`", id="silver-qualified"),
+        pytest.param("max(_ingested_at) as latest", "MAX(`silver`.`_ingested_at`) AS `latest`", id="metadata-column"),
     ],
 )
 def test_metric_expressions(metric: str, sql: str) -> None:
@@ -85,6 +86,11 @@ def test_malicious_or_invalid_metrics_are_rejected(metric: str, why: str) -> Non
         return
     with pytest.raises(GoldError, match=re.escape(why)):
         compile_gold_sql(_spec(metrics=[metric]))
+
+
+def test_date_shorthand_on_the_ingestion_time() -> None:
+    sql = compile_gold_sql(_spec(time_field="_ingested_at"))
+    assert "  DATE(`silver`.`_ingested_at`) AS `date`," in sql.splitlines()
 
 
 @pytest.mark.parametrize(
