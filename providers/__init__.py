@@ -84,4 +84,5 @@ def dataflow_settings(project: str, region: str, platform: Platform | None) -> D
         temp_location=(block and block.temp_location) or f"gs://{landing}/dataflow/tmp",
         service_account=block.service_account if block else None,
         max_workers=block.max_workers if block else None,
+        scheduler_service_account=block.scheduler_service_account if block else None,
     )

@@ -4,36 +4,60 @@ Kind: ``Kind.DATAFLOW_JOB``. This module is the only one that imports ``google.c
 (google-cloud-dataflow-client, kept below 0.14 by apache-beam's bound). It implements the
 contract in `providers.base`; `providers.localrunner` realizes the same kind on this machine.
 
+A streaming job runs until it is stopped; a batch job runs once per launch. So the two are
+realized differently, behind the one kind:
+
+* a **streaming** job is a Dataflow job, launched here and observed among the active jobs;
+* a **batch** job (``gcs_to_bigquery`` on a batch source's cron schedule, the hourly
+  ``bigquery_to_bigquery`` gold jobs) is a **Cloud Scheduler job** that launches one run at each
+  tick of its ``schedule``: the resource lives as long as its schedule does, whether a run is
+  active or not. (Before, a batch job was "live" only while a run was active: every plan after a
+  run showed it as to be created, and nothing ran it on its schedule.) The Cloud Scheduler calls
+  are `providers.scheduler`'s; this module decides what to schedule.
+
 A job is named after its resource (``orders-ingest``): Dataflow keeps job names unique among a
-project's active jobs in a region, which is what makes ``create`` idempotent.
+project's active jobs in a region, which is what makes a streaming ``create`` idempotent, and
+what keeps two runs of one batch job from overlapping: a tick that comes while the previous run
+is still active is refused (409) and retried a few times, then skipped until the next tick. So
+the fixed name is deliberate; the runs of one batch job are told apart by their job ids.
 
 The four operations
 -------------------
-``create``   LaunchFlexTemplate from ``<template_bucket>/templates/<template>.json`` with the
-             template parameters, the pipeline spec as the ``source_spec`` parameter, and the
-             resource's labels (plus the bookkeeping labels below) as the job's labels. A job
-             of that name still active answers 409, i.e. `AlreadyExists`: the applier then
-             converges with ``update``.
+``create``   Streaming: LaunchFlexTemplate from ``<template_bucket>/templates/<template>.json``
+             with the template parameters, the pipeline spec as the ``source_spec`` parameter,
+             and the resource's labels (plus the bookkeeping labels below) as the job's labels.
+             A job of that name still active answers 409, i.e. `AlreadyExists`: the applier
+             then converges with ``update``.
+             Batch: a Cloud Scheduler job ``headwater-<environment>-<name>`` in the Dataflow
+             region (`scheduled_launch`) whose HTTP target POSTs that same launch request, as
+             JSON, to Dataflow's ``flexTemplates:launch`` with an OAuth token of
+             ``dataflow.scheduler_service_account``, on the job's cron ``schedule`` in UTC (as
+             on the local runner). The first run is at the first tick after apply.
 ``update``   Streaming: LaunchFlexTemplate with ``update=True`` and the template's transform
              name mappings - Dataflow replaces the running job in place, keeping its state and
              unacknowledged messages, after its own compatibility check (a rejected update
              leaves the running job untouched and fails the apply with Dataflow's reason).
-             Batch: the active run, if any, is cancelled; then a new run is launched.
+             Batch: ``update_job`` with a mask of the parts that change (`scheduler_fields`).
+             A run in progress is left to finish as it was launched: it is a bounded re-read
+             of its input, and the next tick launches with the new settings.
              A changed ``template`` or ``streaming`` flag never comes here: those are
-             `IMMUTABLE_FIELDS`, so the plan shows a replacement (drain, then launch).
+             `IMMUTABLE_FIELDS`, so the plan shows a replacement (stop, then create).
 ``delete``   Streaming: requested state JOB_STATE_DRAINED - Dataflow stops pulling, finishes
              what it holds, then stops; never cancelled, which would drop in-flight data.
-             Batch: JOB_STATE_CANCELLED (a run is a re-read of its input). Either way delete
-             waits (bounded) until the job has left the active set, because a replacement
-             launches under the same name.
-``observe``  ONE ``list_jobs(filter=ACTIVE)`` per project and region (paged), keeping the jobs
-             labelled ``managed-by=headwater``. Terminated jobs (done, failed, drained,
-             cancelled, updated) are history, not drift, and so are jobs on their way out
-             (draining, cancelling, replaced by an update): only the running ones are live.
+             Batch: the Cloud Scheduler job is deleted (gone already is fine), then a run in
+             progress is cancelled (JOB_STATE_CANCELLED: a run is a re-read of its input).
+             Either way delete waits (bounded) until the run has left the active set, because
+             a replacement launches under the same name.
+``observe``  ONE ``list_jobs(filter=ACTIVE)`` per project and region (paged) for the streaming
+             jobs labelled ``managed-by=headwater``, and ONE Cloud Scheduler ``list_jobs`` for
+             the region for the batch ones. Terminated jobs (done, failed, drained, cancelled,
+             updated) are history, not drift, and so are jobs on their way out (draining,
+             cancelling, replaced by an update): only the running ones are live. Batch runs
+             are the schedule's business, not resources of their own: observe skips them.
 
 What observe can read back
 --------------------------
-A listed job tells its name, type (streaming or batch), state and labels, but not the
+A listed Dataflow job tells its name, type (streaming or batch), state and labels, but not the
 parameters it was launched with. So a launch labels the job with what the plan needs to
 compare: ``headwater-template`` (the template name) and one digest per other field
 (``headwater-schedule``, ``headwater-parameters``, ``headwater-pipeline``: see
@@ -41,23 +65,31 @@ compare: ``headwater-template`` (the template name) and one digest per other fie
 compares digests, so a plan says *which* field changed; the field-level detail of a change is
 shown by the local runner, which keeps the whole spec.
 
-Scheduling of batch jobs
-------------------------
-Dataflow runs a batch job once per launch. A batch job is live while a run is active; once the
-run has ended, the next plan shows the job as to be created and ``apply`` launches another run.
-Running batch jobs on their cron ``schedule`` therefore needs a scheduler calling apply (or
-Cloud Scheduler / Dataflow Data Pipelines, not managed here); the local runner runs the
-schedule itself (see `providers.localrunner`).
+Cloud Scheduler jobs have no labels: a batch job's description holds those same labels as
+compact JSON (`job_description`, at most 500 characters), so observe returns the same
+canonical resource for both kinds of job. Its ``schedule`` is read back from the Cloud
+Scheduler job itself, in plain: a schedule (or time zone) changed by hand shows as drift.
 
-Verified here against the client library's own request types (and, through REST transport, a
+Settings of the ``dataflow:`` block (template bucket, temp location, service accounts, max
+workers) apply to the next launch of a streaming job and, for a batch job, are written into its
+Cloud Scheduler job at its next create or update: like a running streaming job, an existing
+schedule keeps the settings it was written with.
+
+A Cloud Scheduler job paused by hand stays paused (an operator's decision, e.g. during an
+incident): observe logs a warning but reports it as live. Resume it with ``gcloud scheduler
+jobs resume``.
+
+Verified here against the client libraries' own request types (and, through REST transport, a
 local HTTP endpoint); verified only against the real service: that Dataflow accepts these
-requests, that list summaries carry labels (if a listed job has none, one ``get_job`` per such
-job fetches them), update compatibility, and drain timing.
+requests, and the launch request when Cloud Scheduler POSTs it as JSON with an OAuth token;
+that list summaries carry labels (if a listed job has none, one ``get_job`` per such job
+fetches them); update compatibility; drain timing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -66,9 +98,21 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.cloud import dataflow_v1beta3 as dataflow
+from google.protobuf import json_format
 
 from providers.errors import NotFound, PermanentError, TemporaryError, call
-from reconciler.resources import DIGEST_KEY, MANAGED_BY_KEY, MANAGED_BY_VALUE, Kind, Resource, digest
+from providers.scheduler import DESCRIPTION_LIMIT, CloudScheduler, ScheduledRequest, Schedules, job_id_problem
+from reconciler.resources import (
+    DIGEST_KEY,
+    MANAGED_BY_KEY,
+    MANAGED_BY_VALUE,
+    PLATFORM_KEY,
+    Kind,
+    Resource,
+    digest,
+)
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -108,6 +152,13 @@ RPC_TIMEOUT_S = 120.0  # a Flex Template launch starts a launcher VM before it a
 STOP_TIMEOUT_S = 30 * 60.0  # how long delete waits for a drain (the in-flight data decides)
 STOP_POLL_S = 10.0
 
+# Batch jobs on Cloud Scheduler (see the module docstring).
+SCHEDULER_JOB_PREFIX = "headwater"
+# Schedules are read in UTC, as by the local runner's scheduler: one meaning for both runners.
+TIME_ZONE = "Etc/UTC"
+UTC_NAMES = frozenset({"Etc/UTC", "UTC", ""})  # "" = unset, which Cloud Scheduler reads as UTC
+LAUNCH_URI = "https://dataflow.googleapis.com/v1b3/projects/{project}/locations/{location}/flexTemplates:launch"
+
 
 @dataclass(frozen=True)
 class DataflowSettings:
@@ -119,6 +170,9 @@ class DataflowSettings:
     temp_location: str
     service_account: str | None = None
     max_workers: int | None = None
+    # Cloud Scheduler launches batch jobs with an OAuth token of this account; required to
+    # create or update a batch job (there is no safe default: see scheduled_launch).
+    scheduler_service_account: str | None = None
 
     def template_path(self, template: str) -> str:
         return f"{self.template_prefix.rstrip('/')}/templates/{template}.json"
@@ -190,6 +244,90 @@ def build_list_request(settings: DataflowSettings, name: str | None = None) -> d
     return request
 
 
+# --- Batch jobs as Cloud Scheduler jobs (pure functions, tested against the client types) ----------
+
+
+def scheduler_job_id(name: str, environment: str) -> str:
+    """``headwater-<environment>-<name>``: the environment keeps platforms sharing a project apart."""
+    return f"{SCHEDULER_JOB_PREFIX}-{environment}-{name}"
+
+
+def launch_body(request: dataflow.LaunchFlexTemplateRequest) -> bytes:
+    """The launch request as Dataflow's REST API takes it: JSON of every field except the two in the
+    URL (project and location), as the official client's REST transport sends it."""
+    # proto3 JSON as the client's REST transport writes it (default values left out), enum names
+    # rather than numbers: Cloud Scheduler's plain POST does not ask for integer enums.
+    document = json_format.MessageToDict(dataflow.LaunchFlexTemplateRequest.pb(request))
+    document.pop("projectId", None)
+    document.pop("location", None)
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def job_description(resource: Resource) -> str:
+    """What Cloud Scheduler keeps in place of labels: the labels a launched job would carry
+    (the resource's, plus the template and the spec fingerprints), as compact JSON."""
+    return json.dumps(job_labels(resource), sort_keys=True, separators=(",", ":"))
+
+
+def scheduled_launch(resource: Resource, settings: DataflowSettings) -> ScheduledRequest:
+    """The Cloud Scheduler job that runs batch job ``resource`` on its schedule.
+
+    Everything is checked before any API call, so a platform Cloud Scheduler cannot hold fails
+    the apply with the reason. The scheduler service account has no default on purpose: the
+    obvious candidate, the workers' account (by default Compute Engine's), should not be able to
+    launch jobs, and a missing permission would only show at the first tick, in Cloud
+    Scheduler's logs, not in the apply.
+    """
+    address = resource.address
+    if resource.spec.get("streaming"):
+        raise PermanentError(f"{address}: a streaming job is launched, not scheduled")
+    schedule = resource.spec.get("schedule")
+    if not schedule:
+        raise PermanentError(f"{address}: a batch job needs a schedule")
+    if not settings.scheduler_service_account:
+        raise PermanentError(
+            f"{address}: batch jobs run on Dataflow from Cloud Scheduler, which launches them as "
+            "dataflow.scheduler_service_account; set it in platform.yaml (the account needs "
+            "roles/dataflow.developer and roles/iam.serviceAccountUser on the workers' account: deploy/iam.md)")
+    environment = resource.labels.get(PLATFORM_KEY)
+    if environment is None:
+        raise PermanentError(f"{address}: no {PLATFORM_KEY} label to name its Cloud Scheduler job after")
+    job_id = scheduler_job_id(resource.name, environment)
+    problem = job_id_problem(job_id)
+    if problem:
+        raise PermanentError(f"{address}: {problem}")
+    description = job_description(resource)
+    if len(description) > DESCRIPTION_LIMIT:
+        raise PermanentError(
+            f"{address}: its labels take {len(description)} characters as a Cloud Scheduler job description, "
+            f"more than the {DESCRIPTION_LIMIT} allowed (Cloud Scheduler jobs have no labels): "
+            "shorten or drop some of platform.yaml's labels")
+    return ScheduledRequest(
+        job_id=job_id,
+        schedule=schedule,
+        time_zone=TIME_ZONE,
+        description=description,
+        uri=LAUNCH_URI.format(project=settings.project, location=settings.location),
+        body=launch_body(build_launch_request(resource, settings)),
+        service_account=settings.scheduler_service_account,
+    )
+
+
+def scheduler_fields(fields: Sequence[str]) -> list[str]:
+    """The update mask of a batch job's Cloud Scheduler job when ``fields`` of its spec (or
+    ``"labels"``) change.
+
+    The description holds the labels and the fingerprint of every field, so it always changes;
+    so does the launch request (the HTTP target's body), which carries the same labels to the
+    runs; the schedule and its time zone only when the schedule changes. Nothing else (retry
+    settings, attempt deadline) is ever rewritten.
+    """
+    mask = {"description", "http_target"}
+    if "schedule" in fields:
+        mask |= {"schedule", "time_zone"}
+    return sorted(mask)
+
+
 # --- Observation (pure) ----------------------------------------------------------------------------
 
 
@@ -201,17 +339,40 @@ def is_live(job: dataflow.Job) -> bool:
             and not job.replaced_by_job_id)
 
 
-def job_resource(job: dataflow.Job) -> Resource:
-    """The canonical view of a live job: template and type read back, the rest as digests."""
-    labels = dict(job.labels)
-    spec: dict[str, Any] = {
-        "template": labels.get(TEMPLATE_LABEL),
-        "streaming": job.type_ == dataflow.JobType.JOB_TYPE_STREAMING,
-    }
+def labelled_resource(name: str, labels: Mapping[str, str], *, streaming: bool) -> Resource:
+    """The canonical view of a job from its labels: the template, and the rest as digests."""
+    spec: dict[str, Any] = {"template": labels.get(TEMPLATE_LABEL), "streaming": streaming}
     for key, label in DIGEST_LABELS.items():
         # A job launched without the label (by hand, or an older headwater) compares unequal.
         spec[key] = {DIGEST_KEY: labels[label]} if label in labels else None
-    return Resource(Kind.DATAFLOW_JOB, job.name, spec, labels)
+    return Resource(Kind.DATAFLOW_JOB, name, spec, dict(labels))
+
+
+def job_resource(job: dataflow.Job) -> Resource:
+    """The canonical view of a live Dataflow job."""
+    return labelled_resource(job.name, job.labels, streaming=job.type_ == dataflow.JobType.JOB_TYPE_STREAMING)
+
+
+def scheduled_resource(job: ScheduledRequest) -> Resource | None:
+    """The canonical view of a batch job's Cloud Scheduler job; None for jobs that are not
+    headwater's (another prefix, a description that is not its labels, another platform's name)."""
+    if not job.job_id.startswith(f"{SCHEDULER_JOB_PREFIX}-"):
+        return None
+    try:
+        labels = json.loads(job.description)
+    except ValueError:
+        return None
+    if not isinstance(labels, dict) or labels.get(MANAGED_BY_KEY) != MANAGED_BY_VALUE:
+        return None
+    labels = {str(key): str(value) for key, value in labels.items()}
+    prefix = scheduler_job_id("", labels.get(PLATFORM_KEY, ""))
+    if not job.job_id.startswith(prefix) or len(job.job_id) == len(prefix):
+        return None
+    resource = labelled_resource(job.job_id[len(prefix):], labels, streaming=False)
+    # The schedule is the one field Cloud Scheduler holds in plain: read it back (with its time
+    # zone when that is not UTC), so that a schedule changed by hand is drift the plan repairs.
+    schedule = job.schedule if job.time_zone in UTC_NAMES else f"{job.schedule} ({job.time_zone})"
+    return Resource(resource.kind, resource.name, {**resource.spec, "schedule": schedule}, resource.labels)
 
 
 def _managed(job: dataflow.Job) -> bool:
@@ -222,7 +383,8 @@ def _managed(job: dataflow.Job) -> bool:
 
 
 class DataflowProvider:
-    """Dataflow Flex Template jobs of one project and region. Contract: `providers.base.Provider`."""
+    """Dataflow Flex Template jobs of one project and region: streaming ones launched, batch ones
+    scheduled (Cloud Scheduler, same region). Contract: `providers.base.Provider`."""
 
     kinds: tuple[Kind, ...] = (Kind.DATAFLOW_JOB,)
     immutable_fields: Mapping[Kind, frozenset[str]] = IMMUTABLE_FIELDS
@@ -233,6 +395,7 @@ class DataflowProvider:
         *,
         jobs_client: dataflow.JobsV1Beta3Client | None = None,
         templates_client: dataflow.FlexTemplatesServiceClient | None = None,
+        schedules: Schedules | None = None,
         client_options: Any = None,
         credentials: Any = None,
         transport: str | None = None,
@@ -246,6 +409,7 @@ class DataflowProvider:
         # For tests: point the official clients at a local endpoint (REST transport).
         self._client_kwargs = {k: v for k, v in (("client_options", client_options), ("credentials", credentials),
                                                  ("transport", transport)) if v is not None}
+        self._schedules = schedules or CloudScheduler(settings.project, settings.location, **self._client_kwargs)
         self.stop_timeout = stop_timeout
         self.poll_interval = poll_interval
         self._sleep = sleep
@@ -257,19 +421,12 @@ class DataflowProvider:
     def observe(self, kind: Kind) -> list[Resource]:
         if Kind(kind) != Kind.DATAFLOW_JOB:
             raise PermanentError(f"dataflow: unsupported kind {kind!r}")
-        live: dict[str, dataflow.Job] = {}
-        for job in self._list_active():
-            if not job.labels:
-                # Defensive: should the service list summaries without labels, fetch them.
-                job = self._get(job.id, dataflow.JobView.JOB_VIEW_DESCRIPTION)
-            if not _managed(job) or not is_live(job):
-                continue
-            known = live.get(job.name)
-            if known is None or job.create_time > known.create_time:
-                live[job.name] = job
-        return [job_resource(job) for job in live.values()]
+        return self._observe_streaming() + self._observe_batch()
 
     def create(self, resource: Resource) -> None:
+        if not resource.spec.get("streaming"):
+            self._schedules.create(scheduled_launch(resource, self.settings))
+            return
         request = build_launch_request(resource, self.settings)
         self._rpc("launch_flex_template", resource.name,
                   lambda: self._templates_client().launch_flex_template(request=request, **_OPTS))
@@ -283,24 +440,61 @@ class DataflowProvider:
             self._rpc("launch_flex_template", f"{resource.name} (update)",
                       lambda: self._templates_client().launch_flex_template(request=request, **_OPTS))
             return
-        # A batch run cannot be updated: stop the current one, launch one with the new settings.
-        self._stop(resource.name, streaming=False)
-        self.create(resource)
+        # The next ticks launch with the new settings; a run in progress finishes as launched.
+        self._schedules.update(scheduled_launch(resource, self.settings), scheduler_fields(fields))
 
     def delete(self, resource: Resource) -> None:
-        self._stop(resource.name, streaming=bool(resource.spec.get("streaming")))
+        streaming = bool(resource.spec.get("streaming"))
+        if not streaming:
+            # No more runs first, then the one in progress (a replacement reuses the name).
+            environment = resource.labels.get(PLATFORM_KEY)
+            if environment is None:
+                raise PermanentError(f"{resource.address}: no {PLATFORM_KEY} label: which Cloud Scheduler job?")
+            self._schedules.delete(scheduler_job_id(resource.name, environment))
+        self._stop(resource.name, streaming=streaming)
 
     # -- ApiCallCounter --
 
     def api_calls(self) -> Mapping[str, int]:
         with self._lock:
-            return dict(self._calls)
+            calls = Counter(self._calls)
+        calls.update(self._schedules.api_calls())
+        return dict(calls)
 
     # -- plumbing --
 
+    def _observe_streaming(self) -> list[Resource]:
+        live: dict[str, dataflow.Job] = {}
+        for job in self._list_active():
+            if job.type_ != dataflow.JobType.JOB_TYPE_STREAMING:
+                continue  # batch runs belong to their schedule, observed below
+            if not job.labels:
+                # Defensive: should the service list summaries without labels, fetch them.
+                job = self._get(job.id, dataflow.JobView.JOB_VIEW_DESCRIPTION)
+            if not _managed(job) or not is_live(job):
+                continue
+            known = live.get(job.name)
+            if known is None or job.create_time > known.create_time:
+                live[job.name] = job
+        return [job_resource(job) for job in live.values()]
+
+    def _observe_batch(self) -> list[Resource]:
+        live = []
+        for job in self._schedules.list():
+            resource = scheduled_resource(job)
+            if resource is None:
+                continue
+            if job.state != "ENABLED":
+                log.warning("Cloud Scheduler job %s is %s: no runs until it is resumed (headwater leaves it so)",
+                            job.job_id, job.state)
+            live.append(resource)
+        return live
+
     def _stop(self, name: str, *, streaming: bool) -> None:
         """Drain (streaming) or cancel (batch) the active job ``name``; wait until it is gone."""
-        job = next((j for j in self._list_active(name) if j.name == name and _managed(j)), None)
+        job_type = dataflow.JobType.JOB_TYPE_STREAMING if streaming else dataflow.JobType.JOB_TYPE_BATCH
+        job = next((j for j in self._list_active(name) if j.name == name and j.type_ == job_type and _managed(j)),
+                   None)
         if job is None:
             return  # nothing running: deleting is idempotent
         if is_live(job):

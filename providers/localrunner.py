@@ -14,15 +14,17 @@ Jobs are tracked in ``<state_dir>/jobs/<project>/``, one set of files per job na
 * ``<name>.log`` - the job's output;
 * ``<name>.status.json`` - batch jobs only: their runs (count, last start, end, exit code).
 
-Like the Dataflow provider, ``observe`` returns running jobs only: a job whose process has ended
-is history, and the next plan launches it again. Everything else mirrors Dataflow:
+``observe`` returns running jobs only: a job whose process has ended is history, and the next
+plan launches it again. Everything else mirrors Dataflow:
 
 * streaming job: the pipeline process itself (``BundleBasedDirectRunner``, never ends);
 * batch job: a small scheduler process (``python -m providers.localrunner <record>``, below)
   that runs the pipeline once at start, then at each tick of the job's cron ``schedule``
   (UTC), and at once on SIGUSR1 (`LocalRunnerProvider.run_now`); so a scheduled batch job is a
-  running job here, and a freshly applied platform plans "No changes";
-* update: stop, then launch with the new spec (there is no in-place update on this runner);
+  running job here, as its Cloud Scheduler job is on Dataflow, and a freshly applied platform
+  plans "No changes". Unlike Cloud Scheduler, which waits for the first tick, it runs at once;
+* update: stop, then launch with the new spec (there is no in-place update on this runner; a
+  batch run in progress is stopped and run again, where on Dataflow it finishes as launched);
 * delete: a streaming job is stopped gracefully (SIGINT, a grace period, then SIGTERM/SIGKILL to
   its process group); a batch job is stopped at once. Beam's local streaming runner acknowledges
   Pub/Sub messages when it pulls them, so unlike a Dataflow drain this can lose the records of

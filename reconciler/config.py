@@ -163,10 +163,14 @@ class Policy(Strict):
     max_delete_fraction: float = Field(default=0.2, ge=0, le=1)
 
 
+ServiceAccount = Annotated[str, Field(pattern=r"^[^@\s]+@[a-z0-9.-]+\.gserviceaccount\.com$")]
+
+
 class DataflowSettings(Strict):
     """Where and how the pipelines run on Dataflow (the local runner ignores this block).
 
-    Changing these settings does not relaunch running jobs: they apply to the next launch.
+    Changing these settings does not relaunch running jobs: they apply to the next launch of a
+    streaming job, and to a batch job's Cloud Scheduler job when it is next created or updated.
     """
 
     region: Annotated[str, _check(naming.region_problem)] | None = Field(
@@ -177,9 +181,15 @@ class DataflowSettings(Strict):
                     "default gs://<landing bucket>/dataflow")
     temp_location: GcsUri | None = Field(
         default=None, description="gs:// prefix for the jobs' temporary files; default gs://<landing bucket>/dataflow/tmp")
-    service_account: Annotated[str, Field(pattern=r"^[^@\s]+@[a-z0-9.-]+\.gserviceaccount\.com$")] | None = Field(
+    service_account: ServiceAccount | None = Field(
         default=None, description="Worker service account e-mail; default the Compute Engine default account")
     max_workers: int | None = Field(default=None, ge=1, le=1000, description="Autoscaling ceiling per job")
+    scheduler_service_account: ServiceAccount | None = Field(
+        default=None,
+        description="Service account whose OAuth token Cloud Scheduler uses to launch the batch jobs at each tick "
+                    "of their schedule (needs roles/dataflow.developer and roles/iam.serviceAccountUser on the "
+                    "worker account). Required to apply batch jobs on Dataflow; no default, so that a missing "
+                    "permission fails the apply rather than a run")
 
 
 class Platform(Strict):

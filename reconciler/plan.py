@@ -254,7 +254,9 @@ def _job_consequence(job: Resource, action: Action) -> str:
 
     A streaming job keeps state (de-duplication keys) and in-flight messages: it is updated in
     place when only its parameters change, and drained - never cancelled - when it must go.
-    A batch job's run is a bounded re-read of its input, so stopping one loses nothing.
+    A batch job is its schedule: an update changes what the next runs do (on Dataflow a run in
+    progress finishes as launched); a run is a bounded re-read of its input, so cancelling one
+    when the job goes loses nothing.
     """
     if job.kind != Kind.DATAFLOW_JOB:
         return ""
@@ -262,7 +264,8 @@ def _job_consequence(job: Resource, action: Action) -> str:
     if action == Action.UPDATE:
         return (" — the running streaming job is updated in place, keeping its state (Dataflow job update "
                 "with transform name mapping; the local runner restarts it)" if streaming else
-                " — the batch job is relaunched with the new settings (a run in progress is cancelled)")
+                " — the batch job's next runs use the new settings; a run in progress finishes as launched "
+                "(the local runner restarts it)")
     if action == Action.REPLACE:
         return (" — the streaming job is drained (in-flight data finished), then launched anew" if streaming else
                 " — the batch job is cancelled, then launched anew")

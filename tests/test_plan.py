@@ -223,10 +223,10 @@ def test_plan_json_document_shape():
      Action.REPLACE, "template cannot change in place — the streaming job is drained (in-flight data finished), "
                      "then launched anew"),
     (replace(BATCH_JOB, spec={**BATCH_JOB.spec, "schedule": "0 4 * * *"}), BATCH_JOB,
-     Action.UPDATE, "the batch job is relaunched with the new settings"),
+     Action.UPDATE, "the batch job's next runs use the new settings; a run in progress finishes as launched"),
     (replace(BATCH_JOB, spec={**BATCH_JOB.spec, "template": "bigquery_to_bigquery"}), BATCH_JOB,
      Action.REPLACE, "the batch job is cancelled, then launched anew"),
-], ids=["streaming-update-in-place", "streaming-replace-drains", "batch-update-relaunches", "batch-replace-cancels"])
+], ids=["streaming-update-in-place", "streaming-replace-drains", "batch-update-next-runs", "batch-replace-cancels"])
 def test_the_plan_says_what_happens_to_a_running_job(desired, live_job, action, says):
     (change,) = plan_one([desired], [live(live_job)]).changes
     assert change.action == action

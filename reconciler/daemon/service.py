@@ -637,9 +637,9 @@ def without_sources(plan: Plan, sources: set[str]) -> Plan:
 
 
 # Kinds self-heal leaves alone. Launching or relaunching a Dataflow job is a deployment, not a
-# metadata repair, and on Dataflow a batch job whose run has ended shows as missing until its
-# next launch: healing it would re-run the batch on every drift pass. Jobs are launched and
-# updated by syncs (a new commit) only; their drift is still reported.
+# metadata repair: jobs are launched and updated by syncs (a new commit) only; their drift is
+# still reported. (A batch job is its Cloud Scheduler job on Dataflow, so it no longer shows as
+# missing once a run has ended.)
 NOT_HEALED = frozenset({Kind.DATAFLOW_JOB})
 
 

@@ -8,14 +8,10 @@ provider's docstring).
 
 from __future__ import annotations
 
-import json
-import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
+from fake_google import FakeGoogle
 from google.cloud import dataflow_v1beta3 as dataflow
 from helpers import EXAMPLE
 
@@ -164,97 +160,43 @@ def test_a_changed_template_drains_and_relaunches():
 # --------------------------------------------------------------------------- through the client
 
 
-class FakeDataflow:
-    """A local HTTP endpoint speaking just enough of Dataflow's REST API for the provider."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, dict]] = []
-        self.jobs: dict[str, dict] = {}
-        self.launch_status = 200
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                path = self.path.split("?", 1)[0]
-                outer.requests.append((self.command, path, body))
-                status, reply = outer.answer(self.command, path, body)
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = _handle
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
-
-    def answer(self, method: str, path: str, body: dict) -> tuple[int, dict]:
-        if method == "GET" and path.endswith("/jobs"):
-            return 200, {"jobs": [j for j in self.jobs.values() if j["currentState"] == State.JOB_STATE_RUNNING]}
-        if method == "GET":
-            return 200, self.jobs[path.rsplit("/", 1)[1]]
-        if method == "POST" and path.endswith("flexTemplates:launch"):
-            if self.launch_status != 200:
-                return self.launch_status, {"error": {"code": self.launch_status, "message": "already exists"}}
-            launch = body["launchParameter"]
-            job_id = f"job-{len(self.jobs) + 1}"
-            for old in self.jobs.values():  # an update replaces the running job of that name
-                if launch.get("update") and old["name"] == launch["jobName"]:
-                    old.update(currentState=State.JOB_STATE_UPDATED, replacedByJobId=job_id)
-            self.jobs[job_id] = {"id": job_id, "name": launch["jobName"], "type": 2,
-                                 "currentState": State.JOB_STATE_RUNNING,
-                                 "labels": launch["environment"]["additionalUserLabels"]}
-            return 200, {"job": self.jobs[job_id]}
-        if method == "PUT":
-            job = self.jobs[path.rsplit("/", 1)[1]]
-            job["currentState"] = body["requestedState"]  # drains at once
-            return 200, job
-        return 404, {"error": {"code": 404, "message": "no such route"}}
-
-    def provider(self) -> DataflowProvider:
-        return DataflowProvider(SETTINGS, transport="rest", credentials=AnonymousCredentials(),
-                                client_options=ClientOptions(api_endpoint=self.endpoint), poll_interval=0.01)
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 @pytest.fixture
 def fake():
-    server = FakeDataflow()
+    server = FakeGoogle()
     yield server
     server.close()
 
 
+def provider_for(fake: FakeGoogle, settings=SETTINGS) -> DataflowProvider:
+    return DataflowProvider(settings, poll_interval=0.01, **fake.client_kwargs())
+
+
 def test_create_observe_update_drain_through_the_official_client(fake):
-    provider = fake.provider()
+    provider = provider_for(fake)
     job = JOBS["payments-ingest"]
     provider.create(job)
-    method, path, body = fake.requests[-1]
-    assert (method, path) == ("POST", "/v1b3/projects/headwater-demo/locations/europe-west1/flexTemplates:launch")
-    assert body["launchParameter"]["jobName"] == "payments-ingest"
-    assert body["launchParameter"]["environment"]["additionalUserLabels"]["managed-by"] == "headwater"
+    request = fake.requests[-1]
+    assert (request.method, request.path) == \
+        ("POST", "/v1b3/projects/headwater-demo/locations/europe-west1/flexTemplates:launch")
+    assert request.body["launchParameter"]["jobName"] == "payments-ingest"
+    assert request.body["launchParameter"]["environment"]["additionalUserLabels"]["managed-by"] == "headwater"
+    assert not fake.scheduler_jobs, "a streaming job is launched, not scheduled"
 
     fake.requests.clear()
     (live,) = provider.observe(Kind.DATAFLOW_JOB)
-    assert [(m, p) for m, p, _ in fake.requests] == [("GET", "/v1b3/projects/headwater-demo/locations/europe-west1/jobs")]
+    assert [(r.method, r.path) for r in fake.requests] == [
+        ("GET", "/v1b3/projects/headwater-demo/locations/europe-west1/jobs"),  # the streaming jobs
+        ("GET", "/v1/projects/headwater-demo/locations/europe-west1/jobs"),  # the batch jobs' schedules
+    ]
     assert live.name == "payments-ingest" and live.spec["streaming"] is True
     assert reconcile([job], [live], provider.immutable_fields).changes[0].action == Action.NOOP
 
     provider.update(job, ["pipeline"])
-    assert fake.requests[-1][2]["launchParameter"]["update"] is True
+    assert fake.requests[-1].body["launchParameter"]["update"] is True
 
     fake.requests.clear()
     provider.delete(job)
-    puts = [body for m, _, body in fake.requests if m == "PUT"]
+    puts = [r.body for r in fake.requests if r.method == "PUT"]
     assert puts == [{"requestedState": State.JOB_STATE_DRAINED}], "a streaming job is drained, never cancelled"
     assert provider.observe(Kind.DATAFLOW_JOB) == []
     provider.delete(job)  # idempotent: nothing left to drain
@@ -264,4 +206,4 @@ def test_create_observe_update_drain_through_the_official_client(fake):
 def test_a_launch_answered_409_is_already_exists(fake):
     fake.launch_status = 409
     with pytest.raises(AlreadyExists):
-        fake.provider().create(JOBS["orders-ingest"])
+        provider_for(fake).create(JOBS["payments-ingest"])
