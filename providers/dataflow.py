@@ -92,7 +92,6 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -100,6 +99,7 @@ from typing import Any, TypeVar
 from google.cloud import dataflow_v1beta3 as dataflow
 from google.protobuf import json_format
 
+from providers.calls import CallCounter
 from providers.errors import NotFound, PermanentError, TemporaryError, call
 from providers.scheduler import DESCRIPTION_LIMIT, CloudScheduler, ScheduledRequest, Schedules, job_id_problem
 from reconciler.resources import (
@@ -414,7 +414,7 @@ class DataflowProvider:
         self.poll_interval = poll_interval
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._calls: Counter[str] = Counter()
+        self._counter = CallCounter("dataflow")
 
     # -- contract --
 
@@ -456,10 +456,7 @@ class DataflowProvider:
     # -- ApiCallCounter --
 
     def api_calls(self) -> Mapping[str, int]:
-        with self._lock:
-            calls = Counter(self._calls)
-        calls.update(self._schedules.api_calls())
-        return dict(calls)
+        return {**self._counter.snapshot(), **self._schedules.api_calls()}
 
     # -- plumbing --
 
@@ -548,15 +545,10 @@ class DataflowProvider:
             return self._templates
 
     def _count(self, method: str) -> None:
-        with self._lock:
-            self._calls[f"dataflow.{method}"] += 1
+        self._counter.count(method)
 
     def _rpc(self, method: str, target: str, fn: Callable[[], T]) -> T:
-        def attempt() -> T:
-            self._count(method)
-            return fn()
-
-        return call(attempt, f"dataflow.{method} {target}")
+        return self._counter.rpc(method, target, fn)
 
 
 # Retries are providers.errors.call's job, not the client library's.

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -44,6 +43,7 @@ from typing import Any, Protocol, TypeVar
 from google.cloud import scheduler_v1 as scheduler
 from google.protobuf import duration_pb2, field_mask_pb2
 
+from providers.calls import CallCounter
 from providers.errors import NotFound, PermanentError, call
 
 T = TypeVar("T")
@@ -203,7 +203,7 @@ class CloudScheduler:
         # For tests: client_options / credentials / transport point the client at a local endpoint.
         self._client_kwargs = {k: v for k, v in client_kwargs.items() if v is not None}
         self._lock = threading.Lock()
-        self._calls: Counter[str] = Counter()
+        self._counter = CallCounter("scheduler")
 
     def list(self) -> list[ScheduledRequest]:
         request = build_list_request(self.project, self.location)
@@ -236,8 +236,7 @@ class CloudScheduler:
             pass  # already gone: deleting is idempotent
 
     def api_calls(self) -> Mapping[str, int]:
-        with self._lock:
-            return dict(self._calls)
+        return self._counter.snapshot()
 
     # -- plumbing --
 
@@ -248,15 +247,10 @@ class CloudScheduler:
             return self._client
 
     def _count(self, method: str) -> None:
-        with self._lock:
-            self._calls[f"scheduler.{method}"] += 1
+        self._counter.count(method)
 
     def _rpc(self, method: str, target: str, fn: Callable[[], T]) -> T:
-        def attempt() -> T:
-            self._count(method)
-            return fn()
-
-        return call(attempt, f"scheduler.{method} {target}")
+        return self._counter.rpc(method, target, fn)
 
 
 # Retries are providers.errors.call's job, not the client library's.

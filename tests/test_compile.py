@@ -186,3 +186,12 @@ def test_cdc_and_transfer_sources_and_job_names(tmp_path):
     (job,) = [r for r in compile_resources(load_repo(repo)) if r.kind == Kind.DATAFLOW_JOB]
     assert (job.spec["template"], job.spec["schedule"]) == ("gcs_to_bigquery", "0 2 * * *")
     assert job.spec["parameters"]["input_pattern"] == "gs://landing-headwater-demo-europe-west1/shop_orders/"
+
+
+def test_silver_metadata_columns_match_what_the_pipelines_write():
+    # beam/ stands on its own, so the contract is kept by this test rather than an import.
+    from beam.common.spec import SILVER_METADATA_FIELDS
+
+    from reconciler.compile import INGESTION_METADATA
+
+    assert INGESTION_METADATA == SILVER_METADATA_FIELDS
