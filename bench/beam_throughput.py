@@ -81,7 +81,7 @@ def run_plain(path: Path, spec: PipelineSpec) -> Counter[str]:
     kept: dict[str, dict[str, Any]] = {}
     counts: Counter[str] = Counter()
     with path.open("rb") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
@@ -89,6 +89,7 @@ def run_plain(path: Path, spec: PipelineSpec) -> Counter[str]:
             try:
                 row = validate(parse_json(line))
                 check(row)
+                row["_message_id"] = f"{path}#{n}"  # as the pipeline does: Silver's origin column
             except Invalid as bad:
                 counts[f"invalid_{bad.reason}"] += 1
                 continue

@@ -269,7 +269,7 @@ class ShardRows(ListBatchDoFn):
                 chunk = shards.get(s)
                 if chunk is None:
                     chunk = shards[s] = Chunk()
-                chunk.append((key, row))  # the key travels along: computed once per row
+                chunk.append(key, row)  # the key travels along: computed once per row
         yield from shards.items()
 
 
@@ -290,7 +290,7 @@ class DedupShard(beam.DoFn):
         with gc_paused():
             for chunk in element[1]:
                 seen += len(chunk)
-                for k, row in chunk:
+                for k, row in zip(chunk.keys, chunk.rows, strict=True):
                     old = kept.get(k)
                     if old is None:
                         kept[k] = row

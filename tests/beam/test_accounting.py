@@ -152,8 +152,8 @@ def test_chunk_coder_round_trips_rows_and_falls_back_to_pickle() -> None:
     from beam.common.records import Chunk, ChunkCoder
 
     coder = ChunkCoder()
-    plain = Chunk([("k1", {"id": "a", "n": 1, "x": 1.5, "ok": True, "tags": ["t"], "rec": {"z": None}})])
-    odd = Chunk([("k2", {"price": Decimal("1.10")})])  # not marshal-able: pickled instead
+    plain = Chunk(["k1"], [{"id": "a", "n": 1, "x": 1.5, "ok": True, "tags": ["t"], "rec": {"z": None}}])
+    odd = Chunk(["k2"], [{"price": Decimal("1.10")}])  # not marshal-able: pickled instead
     for chunk, tag in ((plain, b"M"), (odd, b"P")):
         encoded = coder.encode(chunk)
         assert encoded[:1] == tag
