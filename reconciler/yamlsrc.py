@@ -22,6 +22,10 @@ from typing import Any
 import yaml
 
 MAX_FILE_BYTES = 1024 * 1024
+
+# libyaml's composer (same safe node tree, with marks) is about 15x faster than the pure-Python
+# one: validating a thousand connectors takes a fraction of a second instead of seconds.
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_NODES = 100_000
 
 Loc = tuple[str | int, ...]
@@ -70,7 +74,7 @@ def load_yaml(path: Path) -> tuple[Any, SourceMap]:
     """Parse one YAML document safely; returns the data and where each value sits."""
     text = read_limited(path)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_COMPOSER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
