@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import apache_beam as beam  # noqa: E402
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: E402
 
+from beam.common import files  # noqa: E402
 from beam.common.quality import compile_rules  # noqa: E402
 from beam.common.runner import counters  # noqa: E402
 from beam.common.spec import PipelineSpec, parse_spec  # noqa: E402
@@ -106,7 +107,7 @@ def run_beam(path: Path, spec: PipelineSpec) -> Counter[str]:
     p = beam.Pipeline(runner=FnApiRunner())
     _ = (
         p
-        | beam.Create([str(path)])
+        | beam.Create(files.match(str(path)))
         | "ReadRecords" >> beam.ParDo(ReadRecords("json", "none"))
         | "ValidateAndDedup" >> ValidateAndDedup(spec, streaming=False)
     )

@@ -70,10 +70,14 @@ INGESTION_METADATA = [
 ]
 
 BRONZE_RAW_SCHEMA = [
-    # What the ingestion pipelines write (beam/common/sinks.py BRONZE_FIELDS), plus attributes.
+    # Exactly what the ingestion pipelines write (beam/common/spec.py BRONZE_FIELDS; the
+    # daemon does not ship beam/, so tests/test_compile.py holds the two equal).
     {"name": "source_id", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "payload", "type": "STRING", "mode": "REQUIRED", "description": "The record exactly as received"},
-    {"name": "attributes", "type": "RECORD", "mode": "REPEATED", "description": "Pub/Sub attributes or file metadata",
+    {"name": "payload", "type": "STRING", "mode": "REQUIRED",
+     "description": "The record as received (UTF-8; undecodable bytes as \\xNN escapes)"},
+    {"name": "attributes", "type": "RECORD", "mode": "REPEATED",
+     "description": "Pub/Sub message attributes, or the landing file's metadata (file, size, generation) "
+                    "and the record's line or row number",
      "fields": [{"name": "key", "type": "STRING", "mode": "NULLABLE"},
                 {"name": "value", "type": "STRING", "mode": "NULLABLE"}]},
     {"name": "origin", "type": "STRING", "mode": "NULLABLE",
@@ -374,7 +378,8 @@ def _dataflow_jobs(platform: Platform, names: ZoneNames, source: Source, labels:
                 "pipeline": {**pipeline, "input": file_format},
             },
             labels,
-            depends_on=(address(Kind.STORAGE_BUCKET, names.buckets["landing"]), *sinks),
+            depends_on=(address(Kind.STORAGE_BUCKET, names.buckets["landing"]),
+                        address(Kind.STORAGE_BUCKET, names.buckets["bronze"]), *sinks),
         )
 
     # Gold jobs read Silver only: the ingestion-side settings (rules, dedup, sinks) stay out of
@@ -430,6 +435,10 @@ def pipeline_spec(platform: Platform, names: ZoneNames, source: Source) -> dict[
     if connector.quality_rules:
         spec["data_quality"] = [rule.model_dump(exclude_none=True) for rule in connector.quality_rules]
     spec["bronze"] = {"table": f"{project}.{names.datasets['bronze']}.{sid}_raw"}
+    if connector.ingestion.pattern not in STREAMING_PATTERNS:
+        # gcs_to_bigquery moves each file it has ingested out of the landing prefix, into the
+        # Bronze bucket (source=<id>/date=<day>/...), so the next scheduled run does not re-read it.
+        spec["bronze"]["bucket"] = f"gs://{names.buckets['bronze']}"
     spec["silver"] = {"table": f"{project}.{names.datasets['silver']}.{sid}"}
     spec["dead_letter"] = {"topic": f"projects/{project}/topics/{sid}-dlq"}
     return spec

@@ -41,6 +41,7 @@ def test_demo_converges_and_cleans_up(tmp_path, capsys):
     assert "clickstream: 20 records sent -> Silver 15 rows, dead letters 3" in out
     assert "payments: 12 records sent -> Silver 9 rows, dead letters 2 (1 dq_allowed_values, 1 dq_range)" in out
     assert "Demo complete: the platform converged and moved the sample data." in out
+    assert "ended with exit code" not in out, "every run succeeded (batch runs also move their files to Bronze)"
     assert local.load(state_dir) is None, "the demo stops the emulators it started"
     assert localrunner.load_records(state_dir) == [], "and the jobs it started"
     assert {name: os.environ.get(name) for name in before} == before

@@ -191,7 +191,26 @@ def test_cdc_and_transfer_sources_and_job_names(tmp_path):
 def test_silver_metadata_columns_match_what_the_pipelines_write():
     # beam/ stands on its own, so the contract is kept by this test rather than an import.
     from beam.common.spec import SILVER_METADATA_FIELDS
-
     from reconciler.compile import INGESTION_METADATA
 
     assert INGESTION_METADATA == SILVER_METADATA_FIELDS
+
+
+def test_bronze_table_columns_match_what_the_pipelines_write(resources):
+    # The same for Bronze: the table the reconciler creates has exactly the columns the
+    # pipelines' Bronze rows have (beam.common.sinks.BronzeRows writes BRONZE_FIELDS).
+    from beam.common.sinks import BRONZE_FIELDS
+    from reconciler.compile import BRONZE_RAW_SCHEMA
+
+    assert BRONZE_RAW_SCHEMA == BRONZE_FIELDS
+    bronze = next(r for r in resources if r.address == "bigquery_table.bronze.orders_raw")
+    assert bronze.spec["schema"] == BRONZE_FIELDS
+
+
+def test_batch_jobs_archive_ingested_files_in_the_bronze_bucket(resources):
+    by_name = {r.name: r for r in resources if r.kind == Kind.DATAFLOW_JOB}
+    orders, clicks = by_name["orders-ingest"], by_name["clickstream-ingest"]
+    assert orders.spec["pipeline"]["bronze"]["bucket"] == "gs://bronze-headwater-demo-europe-west1"
+    assert "storage_bucket.bronze-headwater-demo-europe-west1" in orders.depends_on
+    # Streaming jobs move no files: their spec (and so the running jobs) stay as they were.
+    assert "bucket" not in clicks.spec["pipeline"]["bronze"]

@@ -3,7 +3,7 @@
 Given the ``Raw`` records a template read (from files or from Pub/Sub), :func:`ingest` applies
 the shared validate/quality/dedup transform and writes:
 
-* every raw record to the Bronze table (when the spec names one),
+* every raw record to the Bronze table (when the spec names one), with its attributes,
 * the valid, de-duplicated rows to the Silver table, with the metadata columns
   ``_ingested_at``, ``_message_id`` (the record's origin) and ``_schema_version``
   (``beam.common.sinks.SILVER_METADATA_FIELDS``),
@@ -12,6 +12,11 @@ the shared validate/quality/dedup transform and writes:
 
 Silver and the dead-letter topic are required: a pipeline that could drop records silently
 does not start.
+
+In batch, ``sinks_done`` is one element (a count) that exists only once every sink has finished
+with every record: what comes after the sinks - ``gcs_to_bigquery`` moving the files it read
+out of the landing prefix - takes it as input, so it runs only after everything was written,
+also on Dataflow where ``run()`` returns as soon as the job is submitted.
 """
 
 from typing import Any
@@ -50,5 +55,16 @@ def ingest(raw: beam.PCollection, spec: PipelineSpec, *, streaming: bool) -> dic
                                                 schema_version=spec.schema_version))
     )
     dead = (out["dead_letters"], *rejected) | "AllDeadLetters" >> beam.Flatten()
-    dead | "PublishDeadLetters" >> beam.ParDo(PublishDeadLetters(spec.dead_letter_topic, spec.source_id))
-    return {**out, "all_dead_letters": dead}
+    published = dead | "PublishDeadLetters" >> beam.ParDo(PublishDeadLetters(spec.dead_letter_topic, spec.source_id))
+    result = {**out, "all_dead_letters": dead}
+    if not streaming:
+        # A global count waits for all of its input: each sink's output PCollection is complete
+        # only when that sink has processed its last bundle (the publisher outputs nothing; its
+        # completion is the signal). Sink rejections are dead letters, so the publisher is last,
+        # but the writers are listed too rather than relying on that.
+        result["sinks_done"] = (
+            (published, *rejected)
+            | "SinkOutputs" >> beam.Flatten()
+            | "SinksDone" >> beam.combiners.Count.Globally()
+        )
+    return result

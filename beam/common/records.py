@@ -1,13 +1,17 @@
 """The element types that flow between the pipelines' transforms.
 
-* ``Raw`` - one incoming record before validation: a plain tuple ``(payload, parsed, origin)``.
+* ``Raw`` - one incoming record before validation: a plain tuple
+  ``(payload, parsed, origin, attributes)``.
   ``payload`` is the original bytes (a JSON line, a Pub/Sub message's data, a CSV line, or a
-  Parquet row re-encoded as JSON); dead letters and Bronze carry it unchanged. ``parsed`` is
+  Parquet/Avro row re-encoded as JSON); dead letters and Bronze carry it unchanged. ``parsed`` is
   ``None`` when the payload is JSON still to be decoded, the already-decoded ``dict`` when a
-  reader had to decode it itself (CSV, Parquet), or a :class:`ParseFailure` when the reader
-  could not. ``origin`` says where the record came from (``gs://bucket/file.json#17``, a
-  Pub/Sub message id): it makes Bronze inserts idempotent and dead letters traceable. A tuple
-  rather than a class because a million of them are made per million records.
+  reader had to decode it itself (CSV, Parquet, Avro), or a :class:`ParseFailure` when the
+  reader could not. ``origin`` says where the record came from (``gs://bucket/file.json#17``, a
+  Pub/Sub message id): it makes Bronze inserts idempotent and dead letters traceable.
+  ``attributes`` is what Bronze's ``attributes`` column gets: ``(key, value)`` string pairs -
+  the Pub/Sub message's attributes, or the landing file's metadata and the record's line (see
+  ``beam.gcs_to_bigquery.readers``). A tuple rather than a class because a million of them
+  are made per million records.
 * ``Row`` - a validated record: a dict of canonical, BigQuery-JSON-ready values.
 * :class:`DeadLetter` - a rejected record: original payload, reason code, detail, origin.
 * :class:`Chunk` - rows with their dedup keys, moved through a shuffle as ONE element, with a pickle coder:
@@ -24,7 +28,8 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 
-Raw = tuple[bytes, Any, str]
+Attributes = tuple[tuple[str, str], ...]
+Raw = tuple[bytes, Any, str, Attributes]
 Row = dict[str, Any]
 
 

@@ -15,6 +15,11 @@ local behaviour would differ from without. So:
 * Inside a Flex Template launcher (``FLEX_TEMPLATE_PYTHON_PY_FILE`` is set) the default is
   ``DataflowRunner``. Dataflow requires the launcher to return once the job is submitted, so
   ``run`` does not wait for non-local runners.
+
+On Dataflow the workers must run the image the launcher runs (it holds this package; Beam's
+default worker image does not): the Flex Template image records its own name in
+``HEADWATER_SDK_CONTAINER_IMAGE`` (deploy/flex/Dockerfile), which becomes the default
+``--sdk_container_image``. An ``sdk_container_image`` given at launch wins.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 LOCAL = "local"
+SDK_IMAGE_ENV = "HEADWATER_SDK_CONTAINER_IMAGE"
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -47,9 +53,19 @@ def split_runner(beam_args: list[str]) -> tuple[str, list[str]]:
     return ("DataflowRunner" if os.environ.get("FLEX_TEMPLATE_PYTHON_PY_FILE") else LOCAL), rest
 
 
+def with_worker_image(runner: str, beam_args: list[str]) -> list[str]:
+    """``beam_args`` plus ``--sdk_container_image`` from the image's own name, for Dataflow."""
+    image = os.environ.get(SDK_IMAGE_ENV, "").strip()
+    named = any(a == "--sdk_container_image" or a.startswith("--sdk_container_image=") for a in beam_args)
+    on_dataflow = runner.lower().removesuffix("runner") == "dataflow"  # Beam takes either spelling
+    if not on_dataflow or not image or named:
+        return beam_args
+    return [*beam_args, f"--sdk_container_image={image}"]
+
+
 def make_pipeline(beam_args: list[str], *, streaming: bool) -> beam.Pipeline:
     name, rest = split_runner(beam_args)
-    options = PipelineOptions(rest)
+    options = PipelineOptions(with_worker_image(name, rest))
     options.view_as(StandardOptions).streaming = streaming
     runner: Any = name
     if name == LOCAL and streaming:

@@ -31,20 +31,11 @@ import orjson
 
 from beam.common.clients import bigquery_client, publisher_client
 from beam.common.records import DeadLetter, Raw, Row
-from beam.common.spec import SILVER_METADATA_FIELDS  # noqa: F401 - re-exported beside BRONZE_FIELDS
+from beam.common.spec import BRONZE_FIELDS, SILVER_METADATA_FIELDS  # noqa: F401 - re-exported: the tables' columns
 from beam.common.transforms import ListBatchDoFn, counter, key_function, row_id
 
 INSERT_BATCH = 500  # BigQuery's recommended maximum rows per streaming-insert request
 SINK_REJECTED = "sink_rejected"
-BRONZE_FIELDS: list[dict[str, str]] = [
-    # The Bronze table's schema: the reconciler creates the table with exactly these columns.
-    {"name": "source_id", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "payload", "type": "STRING", "mode": "REQUIRED",
-     "description": "The record as received (UTF-8; undecodable bytes as \\xNN escapes)"},
-    {"name": "origin", "type": "STRING", "mode": "NULLABLE",
-     "description": "Where it came from: gs://bucket/object#line or pubsub:<message id>"},
-    {"name": "ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
-]
 _ATTRIBUTE_LIMIT = 1000  # Pub/Sub caps attribute values at 1,024 bytes
 
 
@@ -143,8 +134,9 @@ class BronzeRows(ListBatchDoFn):
         now = dt.datetime.now(dt.UTC).isoformat()
         sid = self.source_id
         yield [
-            {"source_id": sid, "payload": payload.decode("utf-8", "backslashreplace"), "origin": origin, "ingested_at": now}
-            for payload, _parsed, origin in batch
+            {"source_id": sid, "payload": payload.decode("utf-8", "backslashreplace"),
+             "attributes": [{"key": k, "value": v} for k, v in attributes], "origin": origin, "ingested_at": now}
+            for payload, _parsed, origin, attributes in batch
         ]
 
 

@@ -24,7 +24,7 @@ ignored::
         ]
       },
       "input": {"format": "json", "compression": "gzip"},   # optional; gcs_to_bigquery only:
-                                                     # format json|csv|parquet, compression
+                                                     # format json|csv|parquet|avro, compression
                                                      # auto|gzip|none (auto: by ".gz" suffix)
       "deduplication": {"key": ["id", "timestamp"],  # optional; dotted paths into RECORDs
                         "window_seconds": 600},      # streaming only: how long a key is kept
@@ -37,7 +37,9 @@ ignored::
         {"field": "status", "check": "allowed_values", "values": ["new", "paid"]}
       ],
       "bronze": {"table": "my-project.bronze.example_source",          # optional: raw rows
-                 "bucket": "gs://bronze-my-project-eu"},               # optional: pubsub_to_gcs
+                 "bucket": "gs://bronze-my-project-eu"},               # optional: pubsub_to_gcs's
+                                                     # archive; where gcs_to_bigquery moves the
+                                                     # files it has ingested
       "silver": {"table": "my-project.silver.example_source"},         # validated rows
       "dead_letter": {"topic": "projects/my-project/topics/example_source-dead-letter"},
       "gold": {                                      # optional; bigquery_to_bigquery only
@@ -83,9 +85,26 @@ TYPE_ALIASES = {
 MODES = frozenset({"NULLABLE", "REQUIRED", "REPEATED"})
 VALIDATION_MODES = frozenset({"strict", "lenient"})
 CHECKS = frozenset({"not_null", "valid_email", "positive_number", "range", "regex", "allowed_values"})
-INPUT_FORMATS = frozenset({"json", "csv", "parquet"})
+INPUT_FORMATS = frozenset({"json", "csv", "parquet", "avro"})
 COMPRESSIONS = frozenset({"auto", "gzip", "none"})
 JOIN_TYPES = frozenset({"left", "inner"})
+
+BRONZE_FIELDS: list[dict[str, Any]] = [
+    # The Bronze table's columns: what the ingesting pipelines write for every record they read,
+    # valid or not (beam.common.sinks.BronzeRows). The reconciler creates `bronze.<id>_raw` with
+    # exactly these (tests/test_compile.py holds the two equal).
+    {"name": "source_id", "type": "STRING", "mode": "REQUIRED"},
+    {"name": "payload", "type": "STRING", "mode": "REQUIRED",
+     "description": "The record as received (UTF-8; undecodable bytes as \\xNN escapes)"},
+    {"name": "attributes", "type": "RECORD", "mode": "REPEATED",
+     "description": "Pub/Sub message attributes, or the landing file's metadata (file, size, generation) "
+                    "and the record's line or row number",
+     "fields": [{"name": "key", "type": "STRING", "mode": "NULLABLE"},
+                {"name": "value", "type": "STRING", "mode": "NULLABLE"}]},
+    {"name": "origin", "type": "STRING", "mode": "NULLABLE",
+     "description": "Where it came from: gs://bucket/object#line or pubsub:<message id>"},
+    {"name": "ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
+]
 
 SILVER_METADATA_FIELDS: list[dict[str, str]] = [
     # Columns every Silver row gets besides the source's schema fields (written by the sinks;

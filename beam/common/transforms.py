@@ -217,7 +217,7 @@ class ValidateRows(ListBatchDoFn):
         dead: list[DeadLetter] = []
         reasons: dict[str, int] = {}
         with gc_paused():
-            for payload, parsed, origin in batch:
+            for payload, parsed, origin, _attributes in batch:
                 try:
                     if parsed is None:
                         parsed = parse_json(payload)

@@ -1,8 +1,8 @@
-"""Landing-file readers: JSON lines, CSV and Parquet, optionally gzip-compressed.
+"""Landing-file readers: JSON lines, CSV, Parquet and Avro, optionally gzip-compressed.
 
-``ReadRecords`` turns one file into batches of ``Raw`` records (see ``beam.common.records``),
-so the validation that follows runs batch by batch. What becomes the *payload* - the bytes a
-dead letter and the Bronze table carry:
+``ReadRecords`` turns one listed file (a ``beam.common.files.FileInfo``) into batches of ``Raw``
+records (see ``beam.common.records``), so the validation that follows runs batch by batch.
+What becomes the *payload* - the bytes a dead letter and the Bronze table carry:
 
 * JSON lines: the line itself (without its newline). Blank lines are not records; they are
   skipped and counted (``blank_lines``). Decoding happens later, in validation, so an
@@ -10,14 +10,27 @@ dead letter and the Bronze table carry:
 * CSV: the line(s) of the row as written (a quoted field may span lines). The first row is the
   header; every value is text and an empty value is null; a row whose column count differs
   from the header's is ``unparseable``.
-* Parquet: each row re-encoded as a JSON object (Parquet has no per-row text to keep).
+* Parquet and Avro: each row re-encoded as a JSON object (neither has per-row text to keep);
+  the decoded row itself goes on to validation, so typed values (timestamps, decimals, bytes)
+  are checked as what they are.
 
-``origin`` is ``<path>#<n>``: the line number for JSON lines and CSV, the row number for Parquet.
+``origin`` is ``<path>#<n>``: the line number for JSON lines and CSV, the row number for
+Parquet and Avro. ``attributes`` (Bronze's ``attributes`` column) are the file's metadata -
+``file`` (its path), ``size`` (bytes), ``generation`` (GCS only: which version of the object
+was read) - and the record's ``line`` (JSON lines, CSV) or ``row`` (Parquet, Avro) number.
+
+A file that cannot be read as its format at all, or stops being readable part-way (a corrupt
+or truncated gzip stream, bytes that are not Parquet or Avro, a CSV file that is not UTF-8),
+does not fail the run: what was read before the error goes on as usual, and the rest becomes
+one ``unparseable`` record with an empty payload, origin ``<path>`` and the error as detail -
+so it is a dead letter and counted like any other bad record (``unreadable_files`` counts the
+files). Errors of the storage itself (network, permissions) are not caught: the runner retries.
 """
 
 import csv
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from typing import IO, Any, List, Tuple  # noqa: UP035 - Beam's typehints
 
@@ -25,13 +38,19 @@ import apache_beam as beam
 import orjson
 
 from beam.common import files
-from beam.common.records import ParseFailure, Raw
+from beam.common.records import Attributes, ParseFailure, Raw
 from beam.common.transforms import counter, gc_paused
 
 BATCH = 10_000  # records per emitted batch
 READ_HINT = 1 << 20  # bytes per readlines() call
 
-FORMATS_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}
+FORMATS_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet",
+                     ".avro": "avro"}
+
+# What a file's *content* can raise when it is not what its format says: ValueError covers
+# UnicodeDecodeError, pyarrow's ArrowInvalid and fastavro's header and schema errors. Not
+# OSError in general (network failures are OSErrors), only gzip's own subclass of it.
+FORMAT_ERRORS = (ValueError, EOFError, zlib.error, gzip.BadGzipFile, csv.Error)
 
 
 def detect_format(path: str, fmt: str | None) -> str:
@@ -41,15 +60,23 @@ def detect_format(path: str, fmt: str | None) -> str:
     for suffix, found in FORMATS_BY_SUFFIX.items():
         if name.endswith(suffix):
             return found
-    raise ValueError(f"cannot tell the format of {path!r}: set input_format (json, csv or parquet)")
+    raise ValueError(f"cannot tell the format of {path!r}: set input_format (json, csv, parquet or avro)")
 
 
 def is_gzip(path: str, compression: str) -> bool:
     return compression == "gzip" or (compression == "auto" and path.endswith(".gz"))
 
 
+def file_attributes(file: files.FileInfo) -> Attributes:
+    """The file's part of its records' Bronze ``attributes``."""
+    attrs: Attributes = (("file", file.path), ("size", str(file.size)))
+    if file.generation is not None:
+        attrs += (("generation", str(file.generation)),)
+    return attrs
+
+
 class ReadRecords(beam.DoFn):
-    """A file path -> batches of ``Raw`` records."""
+    """A listed file (``FileInfo``) -> batches of ``Raw`` records."""
 
     def __init__(self, fmt: str | None, compression: str) -> None:
         self.fmt = fmt
@@ -58,48 +85,87 @@ class ReadRecords(beam.DoFn):
     def setup(self) -> None:
         self.files_read = counter("files_read")
         self.blank_lines = counter("blank_lines")
+        self.unreadable = counter("unreadable_files")
 
     def infer_output_type(self, input_type: Any) -> Any:
-        return Tuple[bytes, Any, str]  # noqa: UP006
+        return Tuple[bytes, Any, str, Tuple[Tuple[str, str], ...]]  # noqa: UP006
 
     @beam.DoFn.yields_batches
-    def process(self, path: str) -> Iterator[List[Raw]]:  # noqa: UP006
-        fmt = detect_format(path, self.fmt)
-        with files.open_read(path) as raw_stream:
-            stream: IO[bytes] = raw_stream
-            if is_gzip(path, self.compression):
-                stream = gzip.GzipFile(fileobj=raw_stream)  # type: ignore[assignment]
-            if fmt == "json":
-                yield from self._json_lines(stream, path)
-            elif fmt == "csv":
-                yield from _csv_rows(stream, path)
-            else:
-                yield from _parquet_rows(stream, path)
+    def process(self, file: files.FileInfo) -> Iterator[List[Raw]]:  # noqa: UP006
+        path = file.path
+        attrs = file_attributes(file)
+        fmt = self.fmt
+        read = 0
+        try:
+            fmt = detect_format(path, self.fmt)  # a file of unknown format is unreadable too
+            with files.open_read(path, file.generation) as raw_stream:
+                stream: IO[bytes] = raw_stream
+                if is_gzip(path, self.compression):
+                    stream = gzip.GzipFile(fileobj=raw_stream)  # type: ignore[assignment]
+                if fmt == "json":
+                    batches = self._json_lines(stream, path, attrs)
+                elif fmt == "csv":
+                    batches = _in_batches(_csv_rows(stream, path, attrs))
+                elif fmt == "parquet":
+                    batches = _in_batches(_parquet_rows(stream, path, attrs))
+                else:
+                    batches = _in_batches(_avro_rows(stream, path, attrs))
+                for batch in batches:
+                    read += len(batch)
+                    yield batch
+        except FORMAT_ERRORS as e:  # see the module docstring
+            self.unreadable.inc()
+            as_what = f" as {fmt}" if fmt else ""
+            where = f" after {read} records" if read else ""
+            failure = ParseFailure(f"cannot read {path}{as_what}{where}: {type(e).__name__}: {e}")
+            yield [(b"", failure, path, attrs)]
         self.files_read.inc()
 
-    def _json_lines(self, stream: IO[bytes], path: str) -> Iterator[list[Raw]]:
+    def _json_lines(self, stream: IO[bytes], path: str, attrs: Attributes) -> Iterator[list[Raw]]:
         n = 0
         blank = 0
         batch: list[Raw] = []
-        while lines := stream.readlines(READ_HINT):
-            with gc_paused():  # see beam.common.transforms.gc_paused
-                for line in lines:
-                    n += 1
-                    line = line.rstrip(b"\r\n")
-                    if not line.strip():
-                        blank += 1
-                        continue
-                    batch.append((line, None, f"{path}#{n}"))
+        try:
+            while lines := stream.readlines(READ_HINT):
+                with gc_paused():  # see beam.common.transforms.gc_paused
+                    for line in lines:
+                        n += 1
+                        line = line.rstrip(b"\r\n")
+                        if not line.strip():
+                            blank += 1
+                            continue
+                        batch.append((line, None, f"{path}#{n}", (*attrs, ("line", str(n)))))
+                if len(batch) >= BATCH:
+                    yield batch
+                    batch = []
+        except FORMAT_ERRORS:
+            if batch:
+                yield batch  # the records read before the error still count
+            raise
+        finally:
+            if blank:
+                self.blank_lines.inc(blank)
+        if batch:
+            yield batch
+
+
+def _in_batches(records: Iterator[Raw]) -> Iterator[list[Raw]]:
+    batch: list[Raw] = []
+    try:
+        for record in records:
+            batch.append(record)
             if len(batch) >= BATCH:
                 yield batch
                 batch = []
+    except FORMAT_ERRORS:
         if batch:
-            yield batch
-        if blank:
-            self.blank_lines.inc(blank)
+            yield batch  # the records read before the error still count
+        raise
+    if batch:
+        yield batch
 
 
-def _csv_rows(stream: IO[bytes], path: str) -> Iterator[list[Raw]]:
+def _csv_rows(stream: IO[bytes], path: str, attrs: Attributes) -> Iterator[Raw]:
     text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
     consumed: list[str] = []  # the physical lines of the row being parsed
 
@@ -114,23 +180,17 @@ def _csv_rows(stream: IO[bytes], path: str) -> Iterator[list[Raw]]:
         return
     consumed.clear()
     width = len(header)
-    batch: list[Raw] = []
     for values in reader:
         payload = "".join(consumed).rstrip("\r\n").encode()
         consumed.clear()
-        origin = f"{path}#{reader.line_num}"
+        n = reader.line_num
         if not values:  # an empty line
             continue
         if len(values) != width:
             parsed: Any = ParseFailure(f"CSV row has {len(values)} columns, the header has {width}")
         else:
             parsed = {k: (v if v != "" else None) for k, v in zip(header, values, strict=True)}
-        batch.append((payload, parsed, origin))
-        if len(batch) >= BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        yield payload, parsed, f"{path}#{n}", (*attrs, ("line", str(n)))
 
 
 def _json_default(value: Any) -> Any:
@@ -141,7 +201,13 @@ def _json_default(value: Any) -> Any:
     return str(value)  # Decimal, time, ...
 
 
-def _parquet_rows(stream: IO[bytes], path: str) -> Iterator[list[Raw]]:
+def _typed_rows(rows: Iterator[Any], path: str, attrs: Attributes) -> Iterator[Raw]:
+    """Decoded rows (Parquet, Avro) -> ``Raw`` records, the payload being the row as JSON."""
+    for n, row in enumerate(rows, 1):
+        yield orjson.dumps(row, default=_json_default), row, f"{path}#{n}", (*attrs, ("row", str(n)))
+
+
+def _parquet_rows(stream: IO[bytes], path: str, attrs: Attributes) -> Iterator[Raw]:
     import pyarrow.parquet as pq
 
     # ParquetFile needs random access (the footer is at the end); GCS readers and local files
@@ -149,10 +215,15 @@ def _parquet_rows(stream: IO[bytes], path: str) -> Iterator[list[Raw]]:
     if not stream.seekable():
         stream = io.BytesIO(stream.read())
     pf = pq.ParquetFile(stream)
-    n = 0
-    for record_batch in pf.iter_batches(batch_size=BATCH):
-        batch: list[Raw] = []
-        for row in record_batch.to_pylist():
-            n += 1
-            batch.append((orjson.dumps(row, default=_json_default), row, f"{path}#{n}"))
-        yield batch
+    rows = (row for record_batch in pf.iter_batches(batch_size=BATCH) for row in record_batch.to_pylist())
+    return _typed_rows(rows, path, attrs)
+
+
+def _avro_rows(stream: IO[bytes], path: str, attrs: Attributes) -> Iterator[Raw]:
+    import fastavro
+
+    # An Avro object container file: a header with the writer's schema, then blocks of rows
+    # (each block compressed with the file's codec: null, deflate; snappy etc. need their
+    # libraries). Read front to back, so a gzip stream needs no buffering. fastavro decodes
+    # logical types to Python values (timestamp-* -> datetime, decimal -> Decimal, date, uuid).
+    return _typed_rows(iter(fastavro.reader(stream)), path, attrs)

@@ -3,9 +3,10 @@
 The seed's streaming patterns (event streaming, streaming API, CDC): read the source's
 Pub/Sub subscription, and for every message - parse, validate against the schema, apply the
 data-quality rules, de-duplicate on the key within ``deduplication.window_seconds`` - write
-the raw message to Bronze, valid rows to Silver, and rejected ones to the dead-letter topic
-(original payload as data, reason as attribute). Nothing depends on event-time windows (see
-``beam.common.transforms``), so a backlog is processed in full on the local runner too.
+the raw message with its attributes to Bronze, valid rows to Silver, and rejected ones to the
+dead-letter topic (original payload as data, reason as attribute). Nothing depends on
+event-time windows (see ``beam.common.transforms``), so a backlog is processed in full on the
+local runner too.
 
     python -m beam.pubsub_to_bigquery --source_spec spec.json \\
         --input_subscription projects/p/subscriptions/example_source-ingest
@@ -34,8 +35,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def to_raw(message: Any) -> Raw:
-    """A Pub/Sub message as a ``Raw`` record: its data is the payload, its id the origin."""
-    return (message.data, None, f"pubsub:{message.message_id or ''}")
+    """A Pub/Sub message as a ``Raw`` record: its data is the payload, its id the origin, its
+    attributes Bronze's ``attributes`` (sorted by key: a stable order for the same message)."""
+    attributes = tuple(sorted((message.attributes or {}).items()))
+    return (message.data, None, f"pubsub:{message.message_id or ''}", attributes)
 
 
 def build(pipeline: beam.Pipeline, spec: PipelineSpec, messages: beam.PCollection | None = None,

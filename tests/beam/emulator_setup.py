@@ -54,3 +54,13 @@ def pull_all(subscription: str, expected: int, timeout: float = 30.0) -> list[An
 def count_rows(spec: PipelineSpec, ref: str) -> int:
     bq = bigquery_client(spec.project)
     return next(iter(bq.query(f"SELECT COUNT(*) AS n FROM `{spec.table_ref(ref)}`").result())).n
+
+
+def bronze_attributes(spec: PipelineSpec, ref: str, origin: str) -> dict[str, str]:
+    """The ``attributes`` column of the Bronze row with this origin, as a dict."""
+    bq = bigquery_client(spec.project)
+    job = bq.query(f"SELECT attributes FROM `{spec.table_ref(ref)}` WHERE origin = @origin",
+                   job_config=bigquery.QueryJobConfig(
+                       query_parameters=[bigquery.ScalarQueryParameter("origin", "STRING", origin)]))
+    (row,) = job.result()
+    return {a["key"]: a["value"] for a in row.attributes}

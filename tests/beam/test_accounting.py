@@ -25,6 +25,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_stream import TestStream as EventStream  # not collected by pytest
 from apache_beam.testing.util import BeamAssertException, assert_that
 
+from beam.common import files
 from beam.common.runner import counters
 from beam.common.spec import parse_spec
 from beam.common.synthetic import SPEC, Expected, generate
@@ -68,7 +69,7 @@ def _expect_counters(result: Any, exp: Expected) -> None:
 def test_batch_accounting_from_single_elements() -> None:
     payloads, exp = generate(3_000, seed=1)
     p = beam.Pipeline(runner=FnApiRunner())
-    raw = p | beam.Create([(x, None, f"mem#{i}") for i, x in enumerate(payloads)])
+    raw = p | beam.Create([(x, None, f"mem#{i}", ()) for i, x in enumerate(payloads)])
     _expect_outputs(raw | ValidateAndDedup(SOURCE, streaming=False), exp)
     result = p.run()
     result.wait_until_finish()
@@ -80,7 +81,7 @@ def test_batch_accounting_from_file_batches(tmp_path: Path) -> None:
     path = tmp_path / "landing.json"
     path.write_bytes(b"\n".join(payloads) + b"\n\n")  # a trailing blank line is not a record
     p = beam.Pipeline(runner=FnApiRunner())
-    raw = p | beam.Create([str(path)]) | beam.ParDo(ReadRecords("json", "none"))
+    raw = p | beam.Create(files.match(str(path))) | beam.ParDo(ReadRecords("json", "none"))
     _expect_outputs(raw | ValidateAndDedup(SOURCE, streaming=False), exp)
     result = p.run()
     result.wait_until_finish()
@@ -98,7 +99,7 @@ def test_streaming_accounting_with_test_stream() -> None:
     payloads, exp = generate(1_500, seed=3, bad_rate=0.1, dup_rate=0.1)
     stream = EventStream()
     for start in range(0, len(payloads), 250):  # several bundles, processing time moving on
-        stream = stream.add_elements([(x, None, f"msg-{start + i}") for i, x in enumerate(payloads[start:start + 250])])
+        stream = stream.add_elements([(x, None, f"msg-{start + i}", ()) for i, x in enumerate(payloads[start:start + 250])])
         stream = stream.advance_processing_time(1)
     stream = stream.advance_watermark_to_infinity()
     p = _streaming_pipeline()
@@ -112,9 +113,9 @@ def test_streaming_dedup_forgets_a_key_after_its_window(gap_seconds: int, passes
     record = b'{"id": "txn-1", "customer_id": "c1", "amount": 5, "timestamp": "2026-11-26T10:00:00Z"}'
     stream = (
         EventStream()
-        .add_elements([(record, None, "m1")])
+        .add_elements([(record, None, "m1", ())])
         .advance_processing_time(gap_seconds)
-        .add_elements([(record, None, "m2")])
+        .add_elements([(record, None, "m2", ())])
         .advance_watermark_to_infinity()
     )
     p = _streaming_pipeline()
@@ -132,7 +133,7 @@ def test_duplicates_keep_the_same_row_whatever_the_order(first: str) -> None:
     b = b'{"id": "txn-1", "customer_id": "c1", "amount": 6, "timestamp": "2026-11-26T12:00:00+02:00"}'
     order = [a, b] if first == "amount-5-first" else [b, a]
     p = beam.Pipeline(runner=FnApiRunner())
-    out = p | beam.Create([(x, None, "") for x in order]) | ValidateAndDedup(SOURCE, streaming=False)
+    out = p | beam.Create([(x, None, "", ()) for x in order]) | ValidateAndDedup(SOURCE, streaming=False)
     assert_that(out["valid"], lambda rows: _is([5.0], "kept amount")([r["amount"] for r in rows]))
     p.run().wait_until_finish()
 

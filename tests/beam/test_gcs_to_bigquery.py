@@ -1,5 +1,6 @@
 """gcs_to_bigquery end to end on the emulators: a landing file in the Storage emulator becomes
-Bronze and Silver rows in bqemulator and dead letters on the Pub/Sub emulator."""
+Bronze and Silver rows in bqemulator and dead letters on the Pub/Sub emulator; once written,
+the files move to the Bronze bucket, so the next scheduled run does not read them again."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from emulator_setup import count_rows, create_ingest_targets, pull_all
+from emulator_setup import bronze_attributes, count_rows, create_ingest_targets, pull_all
 from google.cloud import storage
 
 from beam.common.clients import bigquery_client, storage_client
@@ -65,8 +66,35 @@ def test_landing_file_to_bronze_silver_and_dead_letters(emulators: Any, project_
     assert all(m.attributes["origin"].startswith(f"gs://{unique}-landing/example/") for m in letters)
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_csv_and_parquet_landing_files(emulators: Any, project_id: str, unique: str, fmt: str, tmp_path: Any) -> None:
+def _avro(rows: list[dict[str, Any]]) -> bytes:
+    import datetime as dt
+    import io
+
+    import fastavro
+
+    schema = {
+        "type": "record", "name": "Transaction",
+        "fields": [
+            {"name": "id", "type": "string"},
+            {"name": "customer_id", "type": ["null", "string"]},
+            {"name": "amount", "type": "double"},
+            # A logical type: fastavro hands it over as a datetime, validation takes it as one.
+            {"name": "timestamp", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+            {"name": "email", "type": ["null", "string"]},
+            {"name": "status", "type": ["null", "string"]},
+            {"name": "quantity", "type": ["null", "int"]},
+        ],
+    }
+    records = [dict(r, amount=float(r["amount"]), quantity=int(r["quantity"]) if r["quantity"] else None,
+                    status=r["status"] or None, timestamp=dt.datetime.fromisoformat(r["timestamp"]))
+               for r in rows]
+    out = io.BytesIO()
+    fastavro.writer(out, fastavro.parse_schema(schema), records, codec="deflate")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "avro"])
+def test_csv_parquet_and_avro_landing_files(emulators: Any, project_id: str, unique: str, fmt: str) -> None:
     import io
     import json
 
@@ -84,7 +112,7 @@ def test_csv_and_parquet_landing_files(emulators: Any, project_id: str, unique: 
         w.writeheader()
         w.writerows(rows)
         data, name = buf.getvalue().encode(), "batch.csv"
-    else:
+    elif fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -93,6 +121,8 @@ def test_csv_and_parquet_landing_files(emulators: Any, project_id: str, unique: 
         out = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(typed), out)
         data, name = out.getvalue(), "batch.parquet"
+    else:
+        data, name = _avro(rows), "batch.avro"
     doc = _spec_doc(project_id)
     spec = parse_spec(doc)
     subscription = create_ingest_targets(spec)
@@ -106,3 +136,53 @@ def test_csv_and_parquet_landing_files(emulators: Any, project_id: str, unique: 
     (letter,) = pull_all(subscription, 1)
     assert letter.attributes["reason"] == "dq_positive_number"
     assert b"txn-2" in letter.data
+    if fmt == "avro":  # the timestamp came as a datetime and was normalised like any other
+        (row,) = bigquery_client(project_id).query(
+            f"SELECT timestamp FROM `{spec.table_ref('silver.example_source')}` WHERE id = 'txn-3'").result()
+        assert row.timestamp.isoformat() == "2026-11-26T12:00:00+00:00"
+    # Bronze: the file's metadata and the row's position (line for CSV, row otherwise)
+    position = "line" if fmt == "csv" else "row"
+    origin = f"gs://{unique}-landing/in/{name}#{3 if fmt == 'csv' else 2}"
+    attributes = bronze_attributes(spec, "bronze.example_source", origin)
+    assert attributes["file"] == f"gs://{unique}-landing/in/{name}" and attributes["size"] == str(len(data))
+    assert attributes["generation"].isdigit() and attributes[position] == origin.rsplit("#", 1)[1]
+
+
+def test_ingested_files_move_to_bronze_and_the_next_run_reads_nothing(
+        emulators: Any, project_id: str, unique: str) -> None:
+    import datetime as dt
+    import json
+
+    payloads, expected = generate(300, seed=4)
+    doc = dict(_spec_doc(project_id), bronze={"table": "bronze.example_source", "bucket": f"gs://{unique}-bronze"})
+    spec = parse_spec(doc)
+    subscription = create_ingest_targets(spec)
+    client = storage_client()
+    landing, bronze = client.create_bucket(f"{unique}-landing"), client.create_bucket(f"{unique}-bronze")
+    half = len(payloads) // 2
+    landing.blob("orders/a.json").upload_from_string(b"\n".join(payloads[:half]) + b"\n")
+    landing.blob("orders/2026-11-26/b.json.gz").upload_from_string(gzip.compress(b"\n".join(payloads[half:])))
+    landing.blob("orders/broken.json.gz").upload_from_string(b"not gzip at all")  # unreadable as a whole
+    argv = ["--source_spec", json.dumps(doc), "--input_pattern", f"gs://{unique}-landing/orders/"]
+
+    first = counters(run(argv))
+
+    invalid = sum(expected.invalid.values())
+    assert first["records_in"] == expected.records_in + 1 and first["unreadable_files"] == 1
+    assert first["invalid_unparseable"] == expected.invalid["unparseable"] + 1
+    assert (first["valid"], first["files_read"], first["files_moved"]) == (expected.valid, 3, 3)
+    assert list(client.list_blobs(landing)) == [], "every file read left the landing prefix"
+    today = dt.datetime.now(dt.UTC).date().isoformat()  # the files' creation date
+    assert sorted(b.name for b in client.list_blobs(bronze)) == [
+        f"source=example_source/date={today}/{name}" for name in ("2026-11-26/b.json.gz", "a.json", "broken.json.gz")]
+    letters = pull_all(subscription, invalid + 1)
+    (broken,) = [m for m in letters if m.attributes["origin"] == f"gs://{unique}-landing/orders/broken.json.gz"]
+    assert broken.attributes["reason"] == "unparseable" and "BadGzipFile" in broken.attributes["detail"]
+
+    second = counters(run(argv))
+
+    assert second.get("records_in", 0) == 0 and second.get("files_moved", 0) == 0
+    assert count_rows(spec, "silver.example_source") == expected.valid
+    assert count_rows(spec, "bronze.example_source") == expected.records_in + 1
+    attributes = bronze_attributes(spec, "bronze.example_source", f"gs://{unique}-landing/orders/a.json#2")
+    assert attributes["line"] == "2" and attributes["file"] == f"gs://{unique}-landing/orders/a.json"

@@ -19,7 +19,7 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.testing.test_stream import TestStream as EventStream
-from emulator_setup import count_rows, create_ingest_targets, pull_all
+from emulator_setup import bronze_attributes, count_rows, create_ingest_targets, pull_all
 
 from beam.common.spec import parse_spec
 from beam.common.synthetic import SPEC, generate
@@ -83,6 +83,7 @@ def test_pubsub_to_bigquery_streams_into_silver_and_dead_letters(emulators: Any,
 
     assert count_rows(spec, "silver.example_source") == exp.valid
     assert count_rows(spec, "bronze.example_source") == exp.records_in
+    assert bronze_attributes(spec, "bronze.example_source", "pubsub:m3") == {"n": "3"}, "the message's attributes"
     letters = pull_all(subscription, sum(exp.invalid.values()))
     assert Counter(m.attributes["reason"] for m in letters) == exp.invalid
     assert sorted((m.data, m.attributes["reason"]) for m in letters) == sorted(exp.rejects)

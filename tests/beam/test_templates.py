@@ -25,7 +25,7 @@ SAMPLES = {
     "source_spec": ['{"source_id": "x"}', "gs://specs/example_source.json", "/etc/headwater/example_source.json"],
     "input_subscription": ["projects/my-project/subscriptions/example_source-ingest"],
     "input_pattern": ["gs://landing/example/*.json.gz", "gs://landing/example/"],
-    "input_format": ["json", "csv", "parquet"],
+    "input_format": ["json", "csv", "parquet", "avro"],
     "input_compression": ["auto", "gzip", "none"],
     "output_prefix": ["gs://bronze-my-project-eu", "gs://bronze/archive/"],
     "flush_seconds": ["60"],
