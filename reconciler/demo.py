@@ -8,7 +8,8 @@ data in ``<repo>/sample-data/``:
   created and filled first;
 * ``<source_id>/*`` of a batch source - dropped into its landing prefix (gzipped when the
   connector says ``compression: gzip``), then one run of its batch job is asked for (the job's
-  schedule would otherwise run it at the next cron tick);
+  schedule would otherwise run it at the next cron tick); the run moves the files on to the
+  Bronze bucket once ingested;
 * ``<source_id>/*`` of a streaming source - each line published as one message to its topic,
   where the running streaming job picks it up;
 * then a run of every gold job, once Silver has settled.
