@@ -26,6 +26,7 @@ import os
 import sys
 from pathlib import Path
 
+from providers.errors import ProviderError
 from reconciler import local
 from reconciler.apply import FAILED, SKIPPED, ApplyResult, Outcome
 from reconciler.compile import compile_resources
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidDesiredState as exc:
         _report_invalid(exc)
         return EXIT_ERROR
-    except local.LocalSetupError as exc:
+    except (local.LocalSetupError, ProviderError) as exc:
+        # A provider error already says which call failed and why (never a request body).
         _err(f"error: {exc}")
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -168,7 +168,7 @@ def test_bad_input_is_reported_with_position_and_nothing_is_touched(repo, mutate
     assert any(line.startswith(where) and message in line for line in lines), lines
 
     provider = MemoryProvider()
-    monkeypatch.setattr(cli, "_engine", lambda state: Engine([provider]))
+    monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([provider]))
     assert cli.main(["apply", "--repo", str(repo), "--auto-approve"]) == 1
     assert provider.calls == {}, "validation must fail before any API call"
     assert provider.objects == {}
@@ -215,3 +215,16 @@ def test_yaml_booleans_do_not_eat_keys(tmp_path):
     path.write_text("join: {on: customer_id}\nflag: on\n")
     data, _ = yamlsrc.load_yaml(path)
     assert data == {"join": {"on": "customer_id"}, "flag": True}
+
+
+def test_provider_errors_end_the_command_with_a_message_not_a_traceback(monkeypatch, capsys):
+    from providers.errors import PermanentError
+
+    class NoCredentials(MemoryProvider):
+        def observe(self, kind):
+            raise PermanentError("pubsub.list_topics: Your default credentials were not found.")
+
+    monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([NoCredentials()]))
+    assert cli.main(["plan", "--repo", "desired_state"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: pubsub.list_topics: Your default credentials were not found."
