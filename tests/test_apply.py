@@ -105,3 +105,30 @@ def test_apply_runs_only_what_the_plan_says():
     engine.apply(plan)
     assert provider.calls["memory.create"] == len([c for c in plan.changes if c.action == Action.CREATE])
     assert "memory.update" not in provider.calls and "memory.delete" not in provider.calls
+
+
+def test_cli_apply_without_a_terminal_or_auto_approve_changes_nothing(monkeypatch, capsys):
+    import io
+
+    from reconciler import cli
+
+    provider = MemoryProvider()
+    monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([provider]))
+    monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))  # not a TTY: piped input is not consent
+    assert cli.main(["apply", "--repo", str(EXAMPLE)]) == 1
+    assert "pass --auto-approve" in capsys.readouterr().err
+    assert provider.objects == {}
+
+
+def test_cli_apply_asks_and_only_yes_applies(monkeypatch, capsys):
+    from reconciler import cli
+
+    provider = MemoryProvider()
+    monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([provider]))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    answers = iter(["y", "yes"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    assert cli.main(["apply", "--repo", str(EXAMPLE)]) == 1, "'y' is not 'yes'"
+    assert provider.objects == {}
+    assert cli.main(["apply", "--repo", str(EXAMPLE)]) == 0
+    assert len(provider.objects) == 33
