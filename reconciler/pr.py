@@ -26,15 +26,9 @@ import git
 import gitdb.exc
 
 from reconciler.load import DesiredState, InvalidDesiredState, Source, load_repo
+from reconciler.plan import FieldDiff, field_diffs
 
 MARKER = "<!-- headwater-plan -->"
-
-
-@dataclass(frozen=True)
-class FieldChange:
-    path: str
-    before: Any
-    after: Any
 
 
 @dataclass(frozen=True)
@@ -42,7 +36,7 @@ class SourceChange:
     source_id: str
     status: str  # added | removed | changed
     pattern: str
-    settings: tuple[FieldChange, ...] = ()
+    settings: tuple[FieldDiff, ...] = ()
     columns: tuple[str, ...] = ()  # "+name (TYPE, MODE)", "-name", "~name: TYPE → TYPE"
     suspended: bool = False
 
@@ -53,7 +47,7 @@ class PrSummary:
     base_revision: str | None
     head_revision: str | None
     sources: tuple[SourceChange, ...] = ()
-    platform: tuple[FieldChange, ...] = ()
+    platform: tuple[FieldDiff, ...] = ()
     base_error: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -127,17 +121,10 @@ def _pattern(source: Source) -> str:
     return source.connector.ingestion.pattern
 
 
-def _diff(before: Any, after: Any, prefix: str = "") -> list[FieldChange]:
-    """Leaf-level differences between two JSON-like values (lists compared whole)."""
-    if before == after:
-        return []
-    if isinstance(before, dict) and isinstance(after, dict):
-        changes = []
-        for key in sorted(before.keys() | after.keys(), key=str):
-            path = f"{prefix}.{key}" if prefix else str(key)
-            changes += _diff(before.get(key), after.get(key), path)
-        return changes
-    return [FieldChange(prefix or "(root)", before, after)]
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> list[FieldDiff]:
+    """Leaf-level differences between two config documents, with the plan's own differ."""
+    return [diff for key in sorted(before.keys() | after.keys())
+            for diff in field_diffs(key, before.get(key), after.get(key))]
 
 
 def _column_changes(old: Source, new: Source) -> list[str]:
