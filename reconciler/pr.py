@@ -25,6 +25,8 @@ from typing import Any
 import git
 import gitdb.exc
 
+from reconciler import schema_evolution
+from reconciler.compile import canonical_schema
 from reconciler.load import DesiredState, InvalidDesiredState, Source, load_repo
 from reconciler.plan import FieldDiff, field_diffs
 
@@ -37,7 +39,7 @@ class SourceChange:
     status: str  # added | removed | changed
     pattern: str
     settings: tuple[FieldDiff, ...] = ()
-    columns: tuple[str, ...] = ()  # "+name (TYPE, MODE)", "-name", "~name: TYPE → TYPE"
+    columns: tuple[str, ...] = ()  # "+name (TYPE, MODE)", "-name", "~name: TYPE → TYPE", + why if incompatible
     suspended: bool = False
 
 
@@ -128,19 +130,21 @@ def _diff(before: dict[str, Any], after: dict[str, Any]) -> list[FieldDiff]:
 
 
 def _column_changes(old: Source, new: Source) -> list[str]:
-    def flat(fields: list, prefix: str = "") -> dict[str, tuple[str, str]]:
-        out = {}
-        for f in fields:
-            name = prefix + f.name
-            out[name] = (f.type, f.mode)
-            if f.fields:
-                out |= flat(f.fields, name + ".")
-        return out
-
-    a, b = flat(old.schema.fields), flat(new.schema.fields)
-    lines = [f"+{n} ({b[n][0]}, {b[n][1]})" for n in b.keys() - a.keys()]
-    lines += [f"-{n}" for n in a.keys() - b.keys()]
-    lines += [f"~{n}: {a[n][0]} {a[n][1]} → {b[n][0]} {b[n][1]}" for n in a.keys() & b.keys() if a[n] != b[n]]
+    """Schema column changes as the plan will judge them (`schema_evolution`), descriptions aside."""
+    changes = schema_evolution.compare(canonical_schema(old.schema.fields), canonical_schema(new.schema.fields))
+    lines = []
+    for change in changes:
+        if change.change == schema_evolution.DESCRIPTION:
+            continue
+        if change.change == schema_evolution.ADDED:
+            line = f"+{change.path} ({change.after})"
+        elif change.change == schema_evolution.REMOVED:
+            line = f"-{change.path}"
+        else:
+            line = f"~{change.path}: {change.before} → {change.after}"
+        if not change.compatible:
+            line += f" (incompatible: {change.explanation})"
+        lines.append(line)
     if old.schema.version != new.schema.version:
         lines.append(f"version {old.schema.version} → {new.schema.version}")
     return sorted(lines, key=lambda line: line.lstrip("+-~"))

@@ -75,4 +75,4 @@ def compare(live: list[dict[str, Any]], desired: list[dict[str, Any]], prefix: s
 
 
 def _brief(column: dict[str, Any]) -> str:
-    return f"{column['type']} {column.get('mode', 'NULLABLE')}"
+    return f"{column['type']}, {column.get('mode', 'NULLABLE')}"

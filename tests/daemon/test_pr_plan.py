@@ -106,3 +106,24 @@ def test_plan_with_base_prints_the_summary_then_the_plan_with_blocked_changes_ca
     assert out.index("what this PR changes") < out.index("headwater plan for revision")
     assert "`~amount: " in out and "→ STRING" in out
     assert "Blocked changes" in out and "bigquery_table.silver.orders" in out
+
+
+def test_column_changes_say_which_ones_the_plan_will_block():
+    from dataclasses import replace
+
+    from helpers import EXAMPLE
+
+    from reconciler.config import SchemaField
+    from reconciler.load import load_repo
+    from reconciler.pr import _column_changes
+
+    old = next(s for s in load_repo(EXAMPLE).sources if s.source_id == "payments")
+    fields = [f for f in old.schema.fields if f.name != "customer_id"]  # dropped
+    fields = [f.model_copy(update={"type": "NUMERIC"}) if f.name == "amount" else f for f in fields]
+    fields.append(SchemaField(name="coupon", type="STRING"))
+    new = replace(old, schema=old.schema.model_copy(update={"fields": fields}))
+
+    lines = _column_changes(old, new)
+    assert "+coupon (STRING, NULLABLE)" in lines
+    assert any(line.startswith("-customer_id (incompatible: removes column customer_id") for line in lines)
+    assert any(line.startswith("~amount: FLOAT64 → NUMERIC (incompatible: changes the type") for line in lines)
