@@ -9,8 +9,8 @@ dedup on ``id`` + ``timestamp``):
   reader, on the local ``FnApiRunner`` (in-process, one worker): batched DoFns, the dedup
   shuffle, counters. Timed from pipeline construction to the end of the run.
 * **plain** - a single-process Python loop over the same file calling the same record
-  validator, rule checker and key function, with a dict for dedup: what the rules cost without
-  any framework. The ratio is therefore Beam's overhead on identical per-record work.
+  checker (``beam.common.checker``: validation, rules and dedup key in one generated function),
+  with a dict for dedup: what the rules cost without any framework. The ratio is therefore Beam's overhead on identical per-record work.
 
 Both must agree on every count (valid, duplicates, invalid by reason), or the run fails.
 records/s is wall-clock; records/s per core divides by the CPU seconds the process used (on a
@@ -41,12 +41,12 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: E402
 
 from beam.common import files  # noqa: E402
-from beam.common.quality import compile_rules  # noqa: E402
+from beam.common.checker import RecordChecker  # noqa: E402
 from beam.common.runner import counters  # noqa: E402
 from beam.common.spec import PipelineSpec, parse_spec  # noqa: E402
 from beam.common.synthetic import SPEC, Expected, generate  # noqa: E402
-from beam.common.transforms import ValidateAndDedup, key_function  # noqa: E402
-from beam.common.validation import Invalid, RecordValidator, parse_json  # noqa: E402
+from beam.common.transforms import ValidateAndDedup  # noqa: E402
+from beam.common.validation import Invalid, parse_json  # noqa: E402
 from beam.gcs_to_bigquery.readers import ReadRecords  # noqa: E402
 
 
@@ -76,9 +76,7 @@ def machine() -> dict[str, Any]:
 
 def run_plain(path: Path, spec: PipelineSpec) -> Counter[str]:
     """The same rules in a plain loop: parse, validate, check, keep the first row per key."""
-    validate = RecordValidator(spec.fields, spec.validation)
-    check = compile_rules(spec.quality_rules, spec.fields)
-    key_of = key_function(spec.dedup.key)  # type: ignore[union-attr]
+    check = RecordChecker(spec.fields, spec.validation, spec.quality_rules, spec.dedup.key).check  # type: ignore[union-attr]
     kept: dict[str, dict[str, Any]] = {}
     counts: Counter[str] = Counter()
     with path.open("rb") as f:
@@ -88,13 +86,11 @@ def run_plain(path: Path, spec: PipelineSpec) -> Counter[str]:
                 continue
             counts["records_in"] += 1
             try:
-                row = validate(parse_json(line))
-                check(row)
-                row["_message_id"] = f"{path}#{n}"  # as the pipeline does: Silver's origin column
+                # origin, as the pipeline gives it: Silver's _message_id column
+                row, k = check(parse_json(line), f"{path}#{n}")
             except Invalid as bad:
                 counts[f"invalid_{bad.reason}"] += 1
                 continue
-            k = key_of(row)
             if k in kept:
                 counts["duplicates"] += 1
             else:

@@ -126,7 +126,14 @@ class QualityChecker:
             self._plan.append((_getter(rule.field), ok, rule.check == "not_null", rule, phrase))
             inline.append(None if repeated else _inline(rule, field_type))
         self.empty = not self._plan
+        self._inline = inline
         self._check = _straight_line(self._plan, inline)
+
+    def source(self, locals_by_field: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
+        """The body of the checking function and the names it uses, for `beam.common.checker`:
+        a rule on a field named in ``locals_by_field`` reads that local (which holds the
+        field's validated value) instead of getting it from ``row``."""
+        return _source(self._plan, self._inline, locals_by_field)
 
     def __call__(self, row: dict[str, Any]) -> None:
         self._check(row)
@@ -152,6 +159,14 @@ def _inline(rule: QualityRule, field_type: str) -> str | None:
 
 
 def _straight_line(plan: list[Any], inline: list[str | None]) -> Callable[[dict[str, Any]], None]:
+    body, ns = _source(plan, inline, {})
+    source = "def check(row):\n" + ("\n".join(body) if body else "    return None") + "\n"
+    exec(compile(source, "<data-quality rules>", "exec"), ns)  # noqa: S102 - names only, see above
+    return ns["check"]
+
+
+def _source(plan: list[Any], inline: list[str | None],
+            locals_by_field: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
     ns: dict[str, Any] = {"Invalid": Invalid, "show": show}
     body = []
     for i, ((get, ok, null_fails, rule, phrase), expr) in enumerate(zip(plan, inline, strict=True)):
@@ -162,7 +177,8 @@ def _straight_line(plan: list[Any], inline: list[str | None]) -> Callable[[dict[
         ns[f"reason{i}"] = f"dq_{rule.check}"
         ns[f"what{i}"] = f"field {rule.field!r} {phrase}"
         test = (expr or "ok{i}(v)").format(i=i)
-        body.append(f"    v = get{i}(row)")
+        local = locals_by_field.get(rule.field)
+        body.append(f"    v = {local}" if local else f"    v = get{i}(row)")
         if null_fails:
             body.append("    if v is None:")
             body.append(f"        raise Invalid(reason{i}, what{i})")
@@ -170,9 +186,7 @@ def _straight_line(plan: list[Any], inline: list[str | None]) -> Callable[[dict[
         else:
             body.append(f"    if v is not None and not ({test}):")
         body.append(f"        raise Invalid(reason{i}, what{i} + ', got ' + show(v))")
-    source = "def check(row):\n" + ("\n".join(body) if body else "    return None") + "\n"
-    exec(compile(source, "<data-quality rules>", "exec"), ns)  # noqa: S102 - names only, see above
-    return ns["check"]
+    return body, ns
 
 
 def _each(ok: Check) -> Check:

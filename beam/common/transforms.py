@@ -43,7 +43,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from operator import methodcaller
 from typing import Any, List  # noqa: UP035 - Beam's batch typehints need typing.List
 
 import apache_beam as beam
@@ -54,10 +53,10 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from beam.common.quality import compile_rules
+from beam.common.checker import RecordChecker, key_function  # noqa: F401 - key_function is re-exported
 from beam.common.records import Chunk, DeadLetter, ParseFailure, Raw, Row
 from beam.common.spec import PipelineSpec
-from beam.common.validation import UNPARSEABLE, Invalid, RecordValidator, parse_json
+from beam.common.validation import UNPARSEABLE, Invalid, parse_json
 
 NAMESPACE = "headwater"
 DEAD_LETTERS = "dead_letters"
@@ -147,46 +146,9 @@ def freeze_long_lived_objects() -> None:
 # --------------------------------------------------------------------------- dedup keys
 
 
-def key_function(paths: tuple[str, ...]) -> Callable[[Row], str]:
-    """A row's dedup key as one string, stable across processes (unlike ``hash()``).
-
-    One field: a string value is the key itself, anything else its ``repr`` (null is a token no
-    string equals). Several fields: the ``repr`` of each (which tells ``None`` from ``"None"``)
-    joined by a unit separator. Runs once per record: the common shapes get their own code.
-    """
-    getters: list[Callable[[Row], Any]] = []
-    for path in paths:
-        parts = path.split(".")
-        if len(parts) == 1:
-            getters.append(methodcaller("get", parts[0]))  # C-level row.get(name)
-        else:
-            def get(r: Row, parts: list[str] = parts) -> Any:
-                v: Any = r
-                for p in parts:
-                    v = v.get(p) if v is not None else None
-                return v
-            getters.append(get)
-
-    if len(getters) == 1:
-        (only,) = getters
-
-        def single(row: Row) -> str:
-            v = only(row)
-            return v if type(v) is str else ("\x00null" if v is None else repr(v))
-        return single
-    if len(getters) == 2:
-        first, second = getters
-        return lambda row: f"{first(row)!r}\x1f{second(row)!r}"
-    return lambda row: "\x1f".join([repr(g(row)) for g in getters])
-
-
 def row_id(key: str) -> str:
     """A BigQuery insertId for a dedup key: short, stable, and safe for any key content."""
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-
-
-def shard_of(key: str) -> int:
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % DEDUP_SHARDS
 
 
 # --------------------------------------------------------------------------- validation
@@ -200,20 +162,30 @@ class ValidateRows(ListBatchDoFn):
 
     def setup(self) -> None:
         freeze_long_lived_objects()
-        self.validate = RecordValidator(self.spec.fields, self.spec.validation)
-        self.check = compile_rules(self.spec.quality_rules, self.spec.fields)
+        dedup = self.spec.dedup
+        self.checker = RecordChecker(self.spec.fields, self.spec.validation, self.spec.quality_rules,
+                                     dedup.key if dedup else None)
         self.records_in = counter("records_in")
         self.dropped = counter("unknown_fields_dropped")
         self.invalid: dict[str, Any] = {}
 
     def infer_output_type(self, input_type: Any) -> Any:
         # Any, not Row: Beam gives a DoFn's tagged outputs the main output's type, and the
-        # dead letters are not dicts.
-        return Any
+        # dead letters are not dicts. (Beam's Any: typing.Any is not a KV to a GroupByKey.)
+        return beam.typehints.Any
 
-    def process_batch(self, batch: list[Raw]) -> Iterator[list[Row]]:
-        validate, check = self.validate, self.check
+    def process_batch(self, batch: list[Raw]) -> Iterator[list[Any]]:
+        rows, _keys, dead = self.check_batch(batch)
+        if rows:
+            yield rows
+        if dead:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead)
+
+    def check_batch(self, batch: list[Raw]) -> tuple[list[Row], list[Any], list[DeadLetter]]:
+        """The valid rows, their dedup keys (None without a key), and the dead letters."""
+        check = self.checker.check
         rows: list[Row] = []
+        keys: list[str | None] = []
         dead: list[DeadLetter] = []
         reasons: dict[str, int] = {}
         with gc_paused():
@@ -223,54 +195,58 @@ class ValidateRows(ListBatchDoFn):
                         parsed = parse_json(payload)
                     elif type(parsed) is ParseFailure:
                         raise Invalid(UNPARSEABLE, parsed.detail)
-                    row = validate(parsed)
-                    check(row)
-                    row["_message_id"] = origin  # Silver's metadata column (sinks.py)
+                    row, key = check(parsed, origin)
                 except Invalid as bad:
                     reasons[bad.reason] = reasons.get(bad.reason, 0) + 1
                     dead.append(DeadLetter(payload, bad.reason, bad.detail, origin))
                     continue
                 rows.append(row)
+                keys.append(key)
         # Counters are bumped once per batch and reason, not per record.
         self.records_in.inc(len(batch))
         for reason, n in reasons.items():
             if reason not in self.invalid:
                 self.invalid[reason] = counter(f"invalid_{reason}")
             self.invalid[reason].inc(n)
-        if validate.dropped_unknown:
-            self.dropped.inc(validate.dropped_unknown)
-            validate.dropped_unknown = 0
-        if rows:
-            yield rows
-        if dead:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead)
+        if self.checker.dropped_unknown:
+            self.dropped.inc(self.checker.dropped_unknown)
+            self.checker.dropped_unknown = 0
+        return rows, keys, dead
 
 
 # --------------------------------------------------------------------------- batch dedup
 
 
-class ShardRows(ListBatchDoFn):
-    """Splits a batch of rows by key hash into one :class:`Chunk` element per shard."""
+class ValidateAndShard(ValidateRows):
+    """:class:`ValidateRows` for the batch dedup: the main output is ``(shard, Chunk)`` pairs,
+    the batch's rows split by a stable hash of their dedup key (which the checker computed)
+    into one :class:`Chunk` per shard, each row's key travelling along.
 
-    def __init__(self, key_paths: tuple[str, ...]) -> None:
-        self.key_paths = key_paths
-
-    def setup(self) -> None:
-        self.key_of = key_function(self.key_paths)
+    Elements, not one batch of pairs: for every batch it outputs, Beam encodes a sample of its
+    elements to estimate their size - here whole chunks, a fifth of the rows pickled again.
+    """
 
     @beam.DoFn.yields_elements
-    def process_batch(self, batch: list[Row]) -> Iterator[tuple[int, Chunk]]:
-        key_of, n = self.key_of, DEDUP_SHARDS
-        shards: dict[int, Chunk] = {}
-        with gc_paused():
-            for row in batch:
-                key = key_of(row)
-                s = zlib.crc32(key.encode("utf-8", "surrogatepass")) % n
-                chunk = shards.get(s)
-                if chunk is None:
-                    chunk = shards[s] = Chunk()
-                chunk.append(key, row)  # the key travels along: computed once per row
-        yield from shards.items()
+    def process_batch(self, batch: list[Raw]) -> Iterator[Any]:
+        rows, keys, dead = self.check_batch(batch)
+        yield from _by_shard(keys, rows)
+        for letter in dead:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
+
+
+def _by_shard(keys: list[str], rows: list[Row]) -> list[tuple[int, Chunk]]:
+    """Rows split by key hash into one ``(shard, Chunk)`` pair per shard they fall in."""
+    n = DEDUP_SHARDS
+    crc32 = zlib.crc32
+    chunks: dict[int, Chunk] = {}
+    for key, row in zip(keys, rows, strict=True):
+        s = crc32(key.encode("utf-8", "surrogatepass")) % n
+        chunk = chunks.get(s)
+        if chunk is None:
+            chunk = chunks[s] = Chunk()
+        chunk.keys.append(key)
+        chunk.rows.append(row)
+    return list(chunks.items())
 
 
 class DedupShard(beam.DoFn):
@@ -301,6 +277,10 @@ class DedupShard(beam.DoFn):
         rows = list(kept.values())
         for i in range(0, len(rows), OUTPUT_BATCH):
             yield rows[i:i + OUTPUT_BATCH]
+
+
+def _identity(x: Any) -> Any:
+    return x
 
 
 def _canonical(row: Row) -> bytes:
@@ -389,9 +369,11 @@ class ValidateAndDedup(beam.PTransform):
         self.clock = clock
 
     def expand(self, raw):  # no annotations: Beam would read them as output type hints
-        checked = raw | "Validate" >> beam.ParDo(ValidateRows(self.spec)).with_outputs(DEAD_LETTERS, main="rows")
-        rows = checked.rows
         dedup = self.spec.dedup
+        batch_dedup = dedup is not None and not self.streaming
+        validate = ValidateAndShard(self.spec) if batch_dedup else ValidateRows(self.spec)
+        checked = raw | "Validate" >> beam.ParDo(validate).with_outputs(DEAD_LETTERS, main="rows")
+        rows = checked.rows
         if dedup is None:
             valid = rows | "CountValid" >> beam.ParDo(CountValid())
         elif self.streaming:
@@ -403,7 +385,10 @@ class ValidateAndDedup(beam.PTransform):
         else:
             valid = (
                 rows
-                | "ShardByDedupKey" >> beam.ParDo(ShardRows(dedup.key))
+                # The pairs are already made; this step only names their type, so the shuffle
+                # encodes chunks with ChunkCoder (marshal) rather than pickling them (one
+                # element per chunk: nothing per row).
+                | "TypeShards" >> beam.Map(_identity).with_output_types(tuple[int, Chunk])
                 | "GroupShards" >> beam.GroupByKey()
                 | "DedupShards" >> beam.ParDo(DedupShard())
             )

@@ -309,8 +309,8 @@ class RecordValidator:
             elif f.type == "STRING":
                 conv = None  # type: ignore[assignment]  # the commonest type: checked inline below
             self._plan.append((f.name, conv, f.mode == "REQUIRED", f.mode == "REPEATED"))
-        types = [f.type if f.mode != "REPEATED" else "" for f in fields]
-        self._validate = self._straight_line(types)
+        self._types = [f.type if f.mode != "REPEATED" else "" for f in fields]
+        self._validate = self._straight_line()
 
     def __reduce__(self) -> Any:  # the generated function does not pickle; the schema does
         if self._root is not self:
@@ -327,28 +327,39 @@ class RecordValidator:
     def __call__(self, obj: Any) -> dict[str, Any]:
         return self._validate(obj)
 
-    def _straight_line(self, types: list[str]) -> Callable[[Any], dict[str, Any]]:
+    def _straight_line(self) -> Callable[[Any], dict[str, Any]]:
         """The plan as one straight-line function: per field, the same steps as a loop over
         ``_plan`` would take, without the loop, the tuple unpacking and (for the commonest
         types: STRING, FLOAT64 floats, INT64 ints within 64 bits) the converter call. Field
         names appear in the code only as ``repr()`` literals; every other value is bound."""
+        body, ns = self.source()
+        source = "def validate(obj):\n" + "\n".join(body + ["    return out"]) + "\n"
+        exec(compile(source, "<schema validation>", "exec"), ns)  # noqa: S102 - see above
+        return ns["validate"]
+
+    def source(self) -> tuple[list[str], dict[str, Any]]:
+        """The body of the validating function (indented for a ``def``), and the names it uses.
+
+        It reads the decoded record ``obj`` and leaves the validated row in ``out``, and each
+        top-level field's canonical value (None when null or absent) in the local ``v<i>``,
+        ``i`` being the field's index: `beam.common.checker` builds on those locals.
+        """
         ns: dict[str, Any] = {"Invalid": Invalid, "MISSING_REQUIRED": MISSING_REQUIRED, "_wrong": _wrong,
                               "show": show, "NOT_AN_OBJECT": NOT_AN_OBJECT, "known": self._known,
                               "unknown": self._unknown, "MIN": _INT64_MIN, "MAX": _INT64_MAX}
         body = [
-            "def validate(obj):",
             "    if type(obj) is not dict:",
             "        raise Invalid(NOT_AN_OBJECT, f'expected a JSON object, got {type(obj).__name__} {show(obj)}')",
             "    out = {}",
             "    get = obj.get",
         ]
-        for i, ((name, conv, required, repeated), t) in enumerate(zip(self._plan, types, strict=True)):
-            n = repr(name)
+        for i, ((name, conv, required, repeated), t) in enumerate(zip(self._plan, self._types, strict=True)):
+            n, v = repr(name), f"v{i}"
             ns[f"conv{i}"] = conv
             ns[f"where{i}"] = self.prefix + name
             ns[f"required{i}"] = f"field {self.prefix + name!r} is required"
-            body.append(f"    v = get({n})")
-            body.append("    if v is None:")
+            body.append(f"    {v} = get({n})")
+            body.append(f"    if {v} is None:")
             if required:
                 body.append(f"        raise Invalid(MISSING_REQUIRED, required{i})")
             elif repeated:
@@ -357,24 +368,22 @@ class RecordValidator:
             else:
                 body.append("        pass")
             if conv is None:  # STRING
-                body.append("    elif type(v) is str:")
-                body.append(f"        out[{n}] = v")
+                body.append(f"    elif type({v}) is str:")
+                body.append(f"        out[{n}] = {v}")
                 body.append("    else:")
-                body.append(f"        raise _wrong(where{i}, 'STRING', v)")
+                body.append(f"        raise _wrong(where{i}, 'STRING', {v})")
                 continue
             if t == "FLOAT64":
-                body.append("    elif type(v) is float:")
-                body.append(f"        out[{n}] = v")
+                body.append(f"    elif type({v}) is float:")
+                body.append(f"        out[{n}] = {v}")
             elif t == "INT64":
-                body.append("    elif type(v) is int and MIN <= v <= MAX:")
-                body.append(f"        out[{n}] = v")
+                body.append(f"    elif type({v}) is int and MIN <= {v} <= MAX:")
+                body.append(f"        out[{n}] = {v}")
             body.append("    else:")
-            body.append(f"        out[{n}] = conv{i}(v)")
+            body.append(f"        out[{n}] = {v} = conv{i}({v})")
         body.append("    if len(obj) != len(out) and not (obj.keys() <= known):")
         body.append("        unknown(obj)")
-        body.append("    return out")
-        exec(compile("\n".join(body) + "\n", "<schema validation>", "exec"), ns)  # noqa: S102 - see above
-        return ns["validate"]
+        return body, ns
 
     def _unknown(self, obj: dict[str, Any]) -> None:
         unknown = sorted(k for k in obj if k not in self._known)
