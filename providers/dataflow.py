@@ -35,8 +35,13 @@ The four operations
              on the local runner). The first run is at the first tick after apply.
 ``update``   Streaming: LaunchFlexTemplate with ``update=True`` and the template's transform
              name mappings - Dataflow replaces the running job in place, keeping its state and
-             unacknowledged messages, after its own compatibility check (a rejected update
-             leaves the running job untouched and fails the apply with Dataflow's reason).
+             unacknowledged messages, after its own compatibility check. update then waits
+             (bounded) for the replacement job to run. When Dataflow's compatibility check
+             rejects it (the replacement fails and its error messages say the new job is not
+             compatible; the running job is left untouched), the job is drained and launched
+             anew: state (de-duplication keys) starts empty, nothing in flight is lost. Any
+             other failure of the replacement fails the apply with the running job untouched:
+             draining a healthy job for a launch that fails anyway would stop ingestion.
              Batch: ``update_job`` with a mask of the parts that change (`scheduler_fields`).
              A run in progress is left to finish as it was launched: it is a bounded re-read
              of its input, and the next tick launches with the new settings.
@@ -151,6 +156,11 @@ LIST_PAGE_SIZE = 1000
 RPC_TIMEOUT_S = 120.0  # a Flex Template launch starts a launcher VM before it answers
 STOP_TIMEOUT_S = 30 * 60.0  # how long delete waits for a drain (the in-flight data decides)
 STOP_POLL_S = 10.0
+UPDATE_TIMEOUT_S = 20 * 60.0  # how long update waits for a replacement job to run (or fail)
+# What Dataflow's error messages say when its compatibility check rejects an update
+# ("Workflow failed. Causes: The new job is not compatible with <job id>. ..."). Matched
+# loosely and only to decide on the fallback: an unmatched failure fails the apply instead.
+INCOMPATIBLE_UPDATE_MARKERS = ("not compatible", "incompatible")
 
 # Batch jobs on Cloud Scheduler (see the module docstring).
 SCHEDULER_JOB_PREFIX = "headwater"
@@ -400,17 +410,20 @@ class DataflowProvider:
         credentials: Any = None,
         transport: str | None = None,
         stop_timeout: float = STOP_TIMEOUT_S,
+        update_timeout: float = UPDATE_TIMEOUT_S,
         poll_interval: float = STOP_POLL_S,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self._jobs = jobs_client
         self._templates = templates_client
+        self._messages: Any = None
         # For tests: point the official clients at a local endpoint (REST transport).
         self._client_kwargs = {k: v for k, v in (("client_options", client_options), ("credentials", credentials),
                                                  ("transport", transport)) if v is not None}
         self._schedules = schedules or CloudScheduler(settings.project, settings.location, **self._client_kwargs)
         self.stop_timeout = stop_timeout
+        self.update_timeout = update_timeout
         self.poll_interval = poll_interval
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -436,9 +449,7 @@ class DataflowProvider:
             if name in IMMUTABLE_FIELDS[Kind.DATAFLOW_JOB]:
                 raise PermanentError(f"{resource.address}: {name!r} cannot change in place (drain and relaunch)")
         if resource.spec.get("streaming"):
-            request = build_launch_request(resource, self.settings, update=True)
-            self._rpc("launch_flex_template", f"{resource.name} (update)",
-                      lambda: self._templates_client().launch_flex_template(request=request, **_OPTS))
+            self._update_streaming(resource)
             return
         # The next ticks launch with the new settings; a run in progress finishes as launched.
         self._schedules.update(scheduled_launch(resource, self.settings), scheduler_fields(fields))
@@ -486,6 +497,46 @@ class DataflowProvider:
                             job.job_id, job.state)
             live.append(resource)
         return live
+
+    def _update_streaming(self, resource: Resource) -> None:
+        """In place when Dataflow's compatibility check allows it, else drain and relaunch."""
+        request = build_launch_request(resource, self.settings, update=True)
+        response = self._rpc("launch_flex_template", f"{resource.name} (update)",
+                             lambda: self._templates_client().launch_flex_template(request=request, **_OPTS))
+        replacement = response.job.id
+        if not replacement:  # nothing to follow (e.g. a validate-only launch): trust the answer
+            return
+        deadline = time.monotonic() + self.update_timeout
+        while True:
+            state = self._get(replacement).current_state
+            if state == State.JOB_STATE_RUNNING:
+                return
+            if state in TERMINAL_STATES:
+                break
+            if time.monotonic() >= deadline:
+                raise TemporaryError(f"dataflow job {resource.name}: the update (job {replacement}) is still "
+                                     f"{state.name} after {self.update_timeout:.0f} s; apply again to check on it")
+            self._sleep(self.poll_interval)
+        errors = self._error_messages(replacement)
+        if not any(marker in text.lower() for text in errors for marker in INCOMPATIBLE_UPDATE_MARKERS):
+            raise PermanentError(f"{resource.address}: the in-place update failed ({state.name}); the running job "
+                                 f"is untouched: {'; '.join(errors)[:500] or 'Dataflow gave no error message'}")
+        log.warning("%s: Dataflow's compatibility check rejected the in-place update (%s); draining the running "
+                    "job and launching it anew", resource.address, errors[0][:300])
+        self._stop(resource.name, streaming=True)
+        self.create(resource)
+
+    def _error_messages(self, job_id: str) -> list[str]:
+        request = dataflow.ListJobMessagesRequest(
+            project_id=self.settings.project, location=self.settings.location, job_id=job_id,
+            minimum_importance=dataflow.JobMessageImportance.JOB_MESSAGE_ERROR)
+
+        def attempt() -> list[str]:
+            self._count("list_job_messages")
+            pager = self._messages_client().list_job_messages(request=request, **_OPTS)
+            return [m.message_text for m in pager]
+
+        return call(attempt, f"dataflow.list_job_messages {job_id}")
 
     def _stop(self, name: str, *, streaming: bool) -> None:
         """Drain (streaming) or cancel (batch) the active job ``name``; wait until it is gone."""
@@ -537,6 +588,12 @@ class DataflowProvider:
             if self._jobs is None:
                 self._jobs = dataflow.JobsV1Beta3Client(**self._client_kwargs)
             return self._jobs
+
+    def _messages_client(self) -> dataflow.MessagesV1Beta3Client:
+        with self._lock:
+            if self._messages is None:
+                self._messages = dataflow.MessagesV1Beta3Client(**self._client_kwargs)
+            return self._messages
 
     def _templates_client(self) -> dataflow.FlexTemplatesServiceClient:
         with self._lock:

@@ -263,7 +263,8 @@ def _job_consequence(job: Resource, action: Action) -> str:
     streaming = bool(job.spec.get("streaming"))
     if action == Action.UPDATE:
         return (" — the running streaming job is updated in place, keeping its state (Dataflow job update "
-                "with transform name mapping; the local runner restarts it)" if streaming else
+                "with transform name mapping; drained and relaunched if Dataflow finds the update incompatible; "
+                "the local runner restarts it)" if streaming else
                 " — the batch job's next runs use the new settings; a run in progress finishes as launched "
                 "(the local runner restarts it)")
     if action == Action.REPLACE:

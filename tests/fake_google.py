@@ -49,6 +49,11 @@ class FakeGoogle:
         self.requests: list[Request] = []
         self.jobs: dict[str, dict] = {}  # Dataflow jobs by id
         self.launch_status = 200  # answer launches with this status instead (e.g. 409)
+        # What happens to the replacement job an update launches: it runs ("ok"), Dataflow's
+        # compatibility check rejects it ("incompatible"), or it fails otherwise ("broken").
+        # Either failure leaves the running job untouched, as Dataflow does.
+        self.update_outcome = "ok"
+        self.messages: dict[str, list[dict]] = {}  # error messages by job id
         self.scheduler_jobs: dict[str, dict] = {}  # Cloud Scheduler jobs by full name
         self.scheduler_page_size: int | None = None
         self._lock = threading.Lock()
@@ -125,6 +130,8 @@ class FakeGoogle:
         method, path, body = request.method, request.path, request.body
         if method == "GET" and path.endswith("/jobs"):  # list, filter=ACTIVE
             return 200, {"jobs": self.active()}
+        if method == "GET" and path.endswith("/messages"):
+            return 200, {"jobMessages": self.messages.get(path.split("/")[-2], [])}
         if method == "GET":
             return 200, self.jobs[path.rsplit("/", 1)[1]]
         if method == "POST" and path.endswith(LAUNCH_SUFFIX):
@@ -134,13 +141,20 @@ class FakeGoogle:
             if not launch.get("update") and any(j["name"] == launch["jobName"] for j in self.active()):
                 return _error(409, f"a job named {launch['jobName']} is already active")
             job_id = f"job-{len(self.jobs) + 1}"
+            state = State.JOB_STATE_RUNNING
+            if launch.get("update") and self.update_outcome != "ok":
+                state = State.JOB_STATE_FAILED
+                self.messages[job_id] = [{"messageImportance": "JOB_MESSAGE_ERROR", "messageText": (
+                    "Workflow failed. Causes: The new job is not compatible with 2026-11-26_01_00_00-1. "
+                    "The original job has not been aborted." if self.update_outcome == "incompatible" else
+                    "Error occurred in the launcher container: Template launch failed. See console logs.")}]
             for old in self.active():  # an update replaces the running job of that name
-                if launch.get("update") and old["name"] == launch["jobName"]:
+                if launch.get("update") and old["name"] == launch["jobName"] and state == State.JOB_STATE_RUNNING:
                     old.update(currentState=int(State.JOB_STATE_UPDATED), replacedByJobId=job_id)
             environment = launch.get("environment", {})
             self.jobs[job_id] = {"id": job_id, "name": launch["jobName"],
                                  "type": STREAMING if environment.get("enableStreamingEngine") else BATCH,
-                                 "currentState": int(State.JOB_STATE_RUNNING),
+                                 "currentState": int(state),
                                  "labels": environment.get("additionalUserLabels", {}),
                                  "launch": body}
             return 200, {"job": self.jobs[job_id]}

@@ -29,7 +29,7 @@ from providers.dataflow import (
     job_labels,
     job_resource,
 )
-from providers.errors import AlreadyExists
+from providers.errors import AlreadyExists, PermanentError
 from reconciler.compile import compile_resources
 from reconciler.load import load_repo
 from reconciler.plan import Action, reconcile
@@ -191,8 +191,12 @@ def test_create_observe_update_drain_through_the_official_client(fake):
     assert live.name == "payments-ingest" and live.spec["streaming"] is True
     assert reconcile([job], [live], provider.immutable_fields).changes[0].action == Action.NOOP
 
+    fake.requests.clear()
     provider.update(job, ["pipeline"])
-    assert fake.requests[-1].body["launchParameter"]["update"] is True
+    launch, poll = fake.requests
+    assert launch.body["launchParameter"]["update"] is True
+    assert (poll.method, poll.path.rsplit("/", 1)[1]) == ("GET", fake.active()[0]["id"]), \
+        "update waits for the replacement job to run"
 
     fake.requests.clear()
     provider.delete(job)
@@ -201,6 +205,43 @@ def test_create_observe_update_drain_through_the_official_client(fake):
     assert provider.observe(Kind.DATAFLOW_JOB) == []
     provider.delete(job)  # idempotent: nothing left to drain
     assert provider.api_calls()["dataflow.list_jobs"] >= 3
+
+
+def test_an_update_rejected_by_the_compatibility_check_drains_and_relaunches(fake):
+    provider = provider_for(fake)
+    job = JOBS["payments-ingest"]
+    provider.create(job)
+    (original,) = fake.active()
+    fake.update_outcome = "incompatible"
+    fake.requests.clear()
+
+    provider.update(job, ["pipeline"])
+
+    launches = [r.body["launchParameter"] for r in fake.requests if r.path.endswith("flexTemplates:launch")]
+    assert [bool(launch.get("update")) for launch in launches] == [True, False], "update first, then a fresh launch"
+    puts = [(r.path.rsplit("/", 1)[1], r.body) for r in fake.requests if r.method == "PUT"]
+    assert puts == [(original["id"], {"requestedState": State.JOB_STATE_DRAINED})], "drained, never cancelled"
+    assert any(r.path.endswith("/messages") for r in fake.requests), "the reason is read before acting on it"
+    (running,) = fake.active()
+    assert running["id"] not in (original["id"],) and running["name"] == "payments-ingest"
+    assert original["currentState"] == int(State.JOB_STATE_DRAINED)
+    (live,) = provider.observe(Kind.DATAFLOW_JOB)
+    assert reconcile([job], [live], provider.immutable_fields).changes[0].action == Action.NOOP
+
+
+def test_an_update_that_fails_otherwise_leaves_the_running_job_alone(fake):
+    provider = provider_for(fake)
+    job = JOBS["payments-ingest"]
+    provider.create(job)
+    (original,) = fake.active()
+    fake.update_outcome = "broken"
+    fake.requests.clear()
+
+    with pytest.raises(PermanentError, match="running job is untouched: Error occurred in the launcher"):
+        provider.update(job, ["pipeline"])
+
+    assert not [r for r in fake.requests if r.method == "PUT"], "nothing drained"
+    assert fake.active() == [original] and original["currentState"] == int(State.JOB_STATE_RUNNING)
 
 
 def test_a_launch_answered_409_is_already_exists(fake):
