@@ -72,6 +72,20 @@ def test_the_dockerfile_copies_files_that_exist_and_launches_each_template() -> 
     assert dict(steps)["ENTRYPOINT"] == '["/opt/apache/beam/boot"]', "workers boot Beam's SDK harness"
 
 
+def test_the_image_installs_exactly_its_lock_and_the_lock_pins_the_beam_extra() -> None:
+    runs = [args for op, args in _instructions() if op == "RUN" and "pip install" in args]
+    assert runs[0] == "pip install --no-deps -r /tmp/requirements.lock", "the lock first, without resolving"
+    assert all("--no-deps" in run for run in runs), f"every install is --no-deps: {runs}"
+    assert "pip check" in runs[-1]
+    pins = dict(line.split("==") for line in (ROOT / "deploy/flex/requirements.lock").read_text().splitlines()
+                if line and not line.startswith("#"))
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["beam"]
+    for requirement in extra:  # freshness against the venv is test_requirements_lock_is_fresh's job
+        name = re.split(r"[\[<>=~ ]", requirement, maxsplit=1)[0]
+        assert name in pins, f"{name} (the beam extra) is not pinned in deploy/flex/requirements.lock"
+    assert pins["apache-beam"] == "2.77.0"
+
+
 def test_the_dockerfile_bases_match_the_pinned_beam_and_python() -> None:
     args = dict(a.split("=", 1) for op, a in _instructions() if op == "ARG" and "=" in a)
     assert args["LAUNCHER_IMAGE"] == "gcr.io/dataflow-templates-base/python311-template-launcher-base"
