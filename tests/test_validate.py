@@ -76,6 +76,8 @@ CASES = [
      "platform.yaml:", "pubsub.ack_deadline_seconds: Input should be a valid integer"),
     ("missing-required", set_in("connectors/orders.yaml", "ingestion", "format", delete=True),
      "connectors/orders.yaml:", "ingestion.format: required field is missing"),
+    ("streaming-avro-unsupported", set_in("connectors/clickstream.yaml", "ingestion", "message_format", value="avro"),
+     "connectors/clickstream.yaml:", "ingestion.message_format: 'avro' messages are not supported yet"),
     ("unknown-pattern", set_in("connectors/orders.yaml", "ingestion", "pattern", value="carrier_pigeon"),
      "connectors/orders.yaml:", "ingestion.pattern"),
     ("duplicate-source-id", writes("connectors/orders_copy.yaml", MINIMAL.format(sid="orders")),
