@@ -65,7 +65,7 @@ What observe can read back
 A listed Dataflow job tells its name, type (streaming or batch), state and labels, but not the
 parameters it was launched with. So a launch labels the job with what the plan needs to
 compare: ``headwater-template`` (the template name) and one digest per other field
-(``headwater-schedule``, ``headwater-parameters``, ``headwater-pipeline``: see
+(``headwater-schedule``, ``headwater-parameters``, ``headwater-pipeline``, ``headwater-environment``: see
 `reconciler.resources.digest_of`). ``observe`` reports those fields as digests and the planner
 compares digests, so a plan says *which* field changed; the field-level detail of a change is
 shown by the local runner, which keeps the whole spec.
@@ -76,9 +76,10 @@ canonical resource for both kinds of job. Its ``schedule`` is read back from the
 Scheduler job itself, in plain: a schedule (or time zone) changed by hand shows as drift.
 
 Settings of the ``dataflow:`` block (template bucket, temp location, service accounts, max
-workers) apply to the next launch of a streaming job and, for a batch job, are written into its
-Cloud Scheduler job at its next create or update: like a running streaming job, an existing
-schedule keeps the settings it was written with.
+workers) are part of each job's spec (``environment``, fingerprinted like the other fields), so
+changing them is a planned update of every job: a streaming job is updated in place with the new
+environment (or drained and relaunched, as above), a batch job's Cloud Scheduler job is rewritten
+and its next runs use them. The region is not among them: jobs in another region are other jobs.
 
 A Cloud Scheduler job paused by hand stays paused (an operator's decision, e.g. during an
 incident): observe logs a warning but reports it as live. Resume it with ``gcloud scheduler
@@ -130,6 +131,7 @@ DIGEST_LABELS = {
     "schedule": "headwater-schedule",
     "parameters": "headwater-parameters",
     "pipeline": "headwater-pipeline",
+    "environment": "headwater-environment",
 }
 
 IMMUTABLE_FIELDS: dict[Kind, frozenset[str]] = {Kind.DATAFLOW_JOB: frozenset({"template", "streaming"})}

@@ -22,7 +22,9 @@ buckets (with lifecycle tiers) and datasets; for each source:
 
 A job's spec carries the pipeline spec document the templates in ``beam/`` read (their
 ``source_spec`` parameter; format in ``beam/common/spec.py``) as data, so that a plan shows which
-rule or table changed, plus the template parameters that say where to read from.
+rule or table changed, plus the template parameters that say where to read from, and the
+``environment`` it is launched with: the settings of platform.yaml's ``dataflow:`` block as
+declared (`job_environment`), so that changing them is a planned update of every job.
 
 Every resource carries ``managed-by=headwater`` and ``headwater-platform=<environment>``, plus
 ``headwater-source=<source_id>`` when it belongs to one source.
@@ -347,6 +349,7 @@ def _dataflow_jobs(platform: Platform, names: ZoneNames, source: Source, labels:
     sinks = (address(Kind.PUBSUB_TOPIC, f"{sid}-dlq"),
              address(Kind.BIGQUERY_TABLE, f"{names.datasets['bronze']}.{sid}_raw"), silver)
     pipeline = pipeline_spec(platform, names, source)
+    streaming_environment, batch_environment = job_environment(platform, True), job_environment(platform, False)
 
     if ingestion.pattern in STREAMING_PATTERNS:
         yield Resource(
@@ -358,6 +361,7 @@ def _dataflow_jobs(platform: Platform, names: ZoneNames, source: Source, labels:
                 "schedule": None,
                 "parameters": {SUBSCRIPTION_PARAMETER: f"projects/{project}/subscriptions/{sid}-ingest"},
                 "pipeline": pipeline,
+                "environment": streaming_environment,
             },
             labels,
             depends_on=(address(Kind.PUBSUB_SUBSCRIPTION, f"{sid}-ingest"), *sinks),
@@ -376,6 +380,7 @@ def _dataflow_jobs(platform: Platform, names: ZoneNames, source: Source, labels:
                 "schedule": ingestion.schedule,
                 "parameters": {INPUT_PARAMETER: location},
                 "pipeline": {**pipeline, "input": file_format},
+                "environment": batch_environment,
             },
             labels,
             depends_on=(address(Kind.STORAGE_BUCKET, names.buckets["landing"]),
@@ -408,10 +413,25 @@ def _dataflow_jobs(platform: Platform, names: ZoneNames, source: Source, labels:
                 "schedule": GOLD_SCHEDULE,
                 "parameters": {},
                 "pipeline": {**gold_base, "gold": gold},
+                "environment": batch_environment,
             },
             labels,
             depends_on=(silver, address(Kind.BIGQUERY_TABLE, f"{names.datasets['gold']}.{table}")),
         )
+
+
+def job_environment(platform: Platform, streaming: bool) -> dict[str, Any]:
+    """The settings of platform.yaml's ``dataflow:`` block a job is launched with, as declared
+    (defaults are the provider's, and unset stays unset: a diff shows only what was written).
+
+    Not ``region``: a job in another region is another job (the provider observes one region).
+    Not ``scheduler_service_account`` for a streaming job, which no schedule launches.
+    """
+    block = platform.dataflow
+    if block is None:
+        return {}
+    exclude = {"region"} | ({"scheduler_service_account"} if streaming else set())
+    return block.model_dump(exclude_none=True, exclude=exclude)
 
 
 def pipeline_spec(platform: Platform, names: ZoneNames, source: Source) -> dict[str, Any]:

@@ -178,8 +178,10 @@ ServiceAccount = Annotated[str, Field(pattern=r"^[^@\s]+@[a-z0-9.-]+\.gserviceac
 class DataflowSettings(Strict):
     """Where and how the pipelines run on Dataflow (the local runner ignores this block).
 
-    Changing these settings does not relaunch running jobs: they apply to the next launch of a
-    streaming job, and to a batch job's Cloud Scheduler job when it is next created or updated.
+    Each job's spec carries these settings as declared (``environment``; all but ``region``), so
+    changing them plans an update of every job: a streaming job is updated with them, a batch
+    job's schedule rewritten. Changing ``region`` moves the platform's jobs to where the old ones
+    are not observed: drain those first (``headwater apply`` with the jobs removed).
     """
 
     region: Annotated[str, _check(naming.region_problem)] | None = Field(

@@ -31,6 +31,7 @@ from providers.dataflow import (
 )
 from providers.errors import AlreadyExists, PermanentError
 from reconciler.compile import compile_resources
+from reconciler.config import DataflowSettings as DataflowBlock
 from reconciler.load import load_repo
 from reconciler.plan import Action, reconcile
 from reconciler.resources import Kind
@@ -146,6 +147,33 @@ def test_a_changed_parameter_is_an_in_place_update_and_the_plan_says_so():
     (change,) = plan.changes
     assert change.action == Action.UPDATE and change.update_fields == ("pipeline",)
     assert "updated in place" in change.reason
+
+
+@pytest.mark.parametrize(("block", "changed"), [
+    pytest.param({"max_workers": 7}, True, id="max-workers-set"),
+    pytest.param({"service_account": "etl@headwater-demo.iam.gserviceaccount.com"}, True, id="worker-account-set"),
+    pytest.param({"region": "europe-west4"}, False, id="region-is-not-a-job-setting"),
+])
+def test_a_changed_dataflow_block_is_an_update_of_every_job(block, changed):
+    platform = STATE.platform.model_copy(update={"dataflow": DataflowBlock(**block)})
+    desired = [r for r in compile_resources(replace(STATE, platform=platform)) if r.kind == Kind.DATAFLOW_JOB]
+    live = [job_resource(running(r)) for r in JOBS.values()]
+    plan = reconcile(desired, live, {Kind.DATAFLOW_JOB: frozenset({"template", "streaming"})})
+    assert len(plan.changes) == len(JOBS)
+    if not changed:
+        assert {c.action for c in plan.changes} == {Action.NOOP}
+        return
+    assert {c.action for c in plan.changes} == {Action.UPDATE}
+    assert {c.update_fields for c in plan.changes} == {("environment",)}
+
+
+def test_the_scheduler_account_is_not_a_streaming_jobs_setting():
+    platform = STATE.platform.model_copy(update={"dataflow": DataflowBlock(
+        scheduler_service_account="tick@headwater-demo.iam.gserviceaccount.com")})
+    jobs = {r.name: r for r in compile_resources(replace(STATE, platform=platform)) if r.kind == Kind.DATAFLOW_JOB}
+    assert jobs["payments-ingest"].spec["environment"] == {}
+    assert jobs["orders-ingest"].spec["environment"] == {
+        "scheduler_service_account": "tick@headwater-demo.iam.gserviceaccount.com"}
 
 
 def test_a_changed_template_drains_and_relaunches():
