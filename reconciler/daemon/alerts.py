@@ -12,7 +12,13 @@ The daemon tracks two conditions and alerts on their transitions, never on every
 ``sync_recovered`` a sync succeeded after a ``sync_failed``
 =================  =====================================================================
 
-The state lives in memory: a restarted daemon alerts again about a drift that is still there.
+What has been alerted is remembered in memory and, when the daemon has a lock bucket, in a small
+object next to the lease (`AlertMemory`, ``<lock object>.alerts.json``), written with the same
+generation preconditions. Every decision is then taken against the shared memory, and the alert
+is sent only by the daemon whose write of the new state won. So a transition is alerted once per
+platform: not again by a restarted daemon while the drift it alerted is still there, and not
+twice when two daemons overlap in a rolling deploy. If the memory cannot be read or written, the
+daemon decides on its own memory and alerts (a duplicate is better than a lost alert).
 
 Each alert goes to every configured target: a webhook URL (Slack-compatible JSON: a ``text``
 field, plus a ``headwater`` object with the machine-readable facts) and/or a Pub/Sub topic (the
@@ -23,6 +29,7 @@ Webhook URLs carry credentials (Slack's do), so they are never logged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import urllib.error
@@ -30,6 +37,8 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from reconciler.daemon.lease import LeaseConflict, LeaseStore
 
 DRIFT_DETECTED, DRIFT_RESOLVED = "drift_detected", "drift_resolved"
 SYNC_FAILED, SYNC_RECOVERED = "sync_failed", "sync_recovered"
@@ -108,47 +117,108 @@ class PubSubTarget:
         self._publish(data, {"event": alert.event, "revision": alert.revision or ""})
 
 
+@dataclass(frozen=True)
+class Remembered:
+    """What the last alerts said: the drifted resources, and the failing (revision, result)."""
+
+    drift: frozenset[str] = frozenset()
+    sync_failure: tuple[str | None, str] | None = None
+
+    def encode(self) -> bytes:
+        return json.dumps({"drift": sorted(self.drift),
+                           "sync_failure": list(self.sync_failure) if self.sync_failure else None}).encode()
+
+    @staticmethod
+    def decode(body: bytes) -> Remembered:
+        try:
+            data = json.loads(body)
+            failure = data.get("sync_failure")
+            return Remembered(frozenset(str(a) for a in data.get("drift") or ()),
+                              (failure[0], str(failure[1])) if failure else None)
+        except (ValueError, TypeError, AttributeError, IndexError):
+            return Remembered()  # unreadable: as if nothing had been alerted (it is rewritten)
+
+
+Decision = Callable[[Remembered], tuple[Remembered, "Alert | None"]]
+MEMORY_ATTEMPTS = 3  # writes lost to another daemon before this one decides alone
+
+
 class Alerter:
     """Transition tracking and delivery; see the module docstring. Used from one thread."""
 
     def __init__(self, targets: Iterable[AlertTarget], log: Any,
-                 on_delivery: Callable[[str, str], None] = lambda target, result: None) -> None:
+                 on_delivery: Callable[[str, str], None] = lambda target, result: None,
+                 memory: LeaseStore | None = None) -> None:
         self.targets = list(targets)
         self.log = log
         self.on_delivery = on_delivery
+        self.memory = memory
         self.sent: list[Alert] = []  # every alert fired, for /status (last few) and tests
-        self._drift_alerted: frozenset[str] = frozenset()
-        self._sync_failure: tuple[str | None, str] | None = None
+        self._local = Remembered()
 
     def drift(self, drifted: Mapping[str, str], revision: str | None) -> Alert | None:
         """``drifted``: address → one-line description, for every drifted resource now."""
         addresses = frozenset(drifted)
-        if addresses - self._drift_alerted:
-            alert = Alert(DRIFT_DETECTED, f"drift detected on {len(addresses)} resources", revision,
-                          {"resources": sorted(addresses)},
-                          tuple(f"{a}: {drifted[a]}" for a in sorted(addresses)))
-        elif not addresses and self._drift_alerted:
-            alert = Alert(DRIFT_RESOLVED, "drift resolved: live state matches the desired state", revision,
-                          {"resources": sorted(self._drift_alerted)})
-        else:
+
+        def decide(before: Remembered) -> tuple[Remembered, Alert | None]:
             alert = None
-        self._drift_alerted = addresses
-        return self._fire(alert)
+            if addresses - before.drift:
+                alert = Alert(DRIFT_DETECTED, f"drift detected on {len(addresses)} resources", revision,
+                              {"resources": sorted(addresses)},
+                              tuple(f"{a}: {drifted[a]}" for a in sorted(addresses)))
+            elif not addresses and before.drift:
+                alert = Alert(DRIFT_RESOLVED, "drift resolved: live state matches the desired state", revision,
+                              {"resources": sorted(before.drift)})
+            return dataclasses.replace(before, drift=addresses), alert
+
+        return self._decide(decide)
 
     def sync_failed(self, revision: str | None, result: str, reason: str) -> Alert | None:
         fingerprint = (revision, result)
-        if fingerprint == self._sync_failure:
-            return None
-        self._sync_failure = fingerprint
-        first, *rest = reason.splitlines() or [""]
-        return self._fire(Alert(SYNC_FAILED, f"sync {result}: {first[:300]}", revision,
-                                {"result": result, "reason": reason[:4000]}, tuple(line[:300] for line in rest)))
+
+        def decide(before: Remembered) -> tuple[Remembered, Alert | None]:
+            if fingerprint == before.sync_failure:
+                return before, None
+            first, *rest = reason.splitlines() or [""]
+            return dataclasses.replace(before, sync_failure=fingerprint), Alert(
+                SYNC_FAILED, f"sync {result}: {first[:300]}", revision,
+                {"result": result, "reason": reason[:4000]}, tuple(line[:300] for line in rest))
+
+        return self._decide(decide)
 
     def sync_ok(self, revision: str | None) -> Alert | None:
-        if self._sync_failure is None:
-            return None
-        self._sync_failure = None
-        return self._fire(Alert(SYNC_RECOVERED, "sync recovered", revision, {}))
+        def decide(before: Remembered) -> tuple[Remembered, Alert | None]:
+            if before.sync_failure is None:
+                return before, None
+            return dataclasses.replace(before, sync_failure=None), Alert(SYNC_RECOVERED, "sync recovered", revision, {})
+
+        return self._decide(decide)
+
+    def _decide(self, decide: Decision) -> Alert | None:
+        """Apply ``decide`` to what was alerted; fire its alert if this daemon's write won."""
+        if self.memory is not None:
+            try:
+                for _ in range(MEMORY_ATTEMPTS):
+                    read = self.memory.read()
+                    before = Remembered.decode(read[1]) if read else self._local
+                    after, alert = decide(before)
+                    if after != before or read is None:
+                        try:
+                            if read is None:
+                                self.memory.create(after.encode())
+                            else:
+                                self.memory.replace(after.encode(), read[0])
+                        except LeaseConflict:
+                            continue  # another daemon decided meanwhile: decide again on its state
+                    self._local = after
+                    return self._fire(alert)
+            except Exception as exc:  # noqa: BLE001 - the memory is a nicety; alerting is not
+                self.log.warning("alert.memory_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+            else:
+                self.log.warning("alert.memory_contended", attempts=MEMORY_ATTEMPTS)
+        after, alert = decide(self._local)
+        self._local = after
+        return self._fire(alert)
 
     def _fire(self, alert: Alert | None) -> Alert | None:
         if alert is None:

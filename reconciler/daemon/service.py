@@ -55,7 +55,7 @@ from reconciler.apply import OK, ApplyResult, Outcome
 from reconciler.config import Platform
 from reconciler.daemon.alerts import Alerter, AlertTarget, PubSubTarget, WebhookTarget
 from reconciler.daemon.gitsource import GitSource, GitSourceError
-from reconciler.daemon.lease import Lease, SoloLease
+from reconciler.daemon.lease import Lease, LeaseStore, SoloLease
 from reconciler.daemon.logs import Redactor, correlation_id, make_logger
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.settings import Settings
@@ -85,6 +85,7 @@ class Daemon:
         lease: Lease | SoloLease | None = None,
         alert_targets: Iterable[AlertTarget] | None = None,
         log_stream: IO[str] | None = None,
+        alert_memory: LeaseStore | None = None,
     ) -> None:
         self.settings = settings
         self.redactor = Redactor(settings.secrets())
@@ -95,7 +96,9 @@ class Daemon:
                              redactor=self.redactor)
         self.lease = lease if lease is not None else _default_lease(settings)
         targets = list(alert_targets) if alert_targets is not None else self._default_targets()
-        self.alerts = Alerter(targets, self.log, lambda target, result: self.metrics.alerts.labels(target, result).inc())
+        memory = alert_memory if alert_memory is not None else _default_alert_memory(settings)
+        self.alerts = Alerter(targets, self.log, lambda target, result: self.metrics.alerts.labels(target, result).inc(),
+                              memory=memory)
         self._providers_factory = providers_factory or _build_providers
         self._engines: dict[str, Engine] = {}  # by the platform settings they were built for
 
@@ -716,6 +719,15 @@ def _default_lease(settings: Settings) -> Lease | SoloLease:
 
     return Lease(GcsLeaseStore(settings.lock_bucket, settings.lock_object), settings.identity,
                  settings.lease_seconds)
+
+
+def _default_alert_memory(settings: Settings) -> LeaseStore | None:
+    """What was alerted, shared by the platform's daemons: next to the lease (alerts.py)."""
+    if not settings.lock_bucket:
+        return None
+    from providers.storage_lock import GcsLeaseStore
+
+    return GcsLeaseStore(settings.lock_bucket, settings.alerts_object)
 
 
 def _iso(timestamp: float) -> str:

@@ -51,6 +51,11 @@ class Settings:
     git_known_hosts: str | None = None
 
     @property
+    def alerts_object(self) -> str:
+        """The object remembering what was alerted (reconciler.daemon.alerts), beside the lease."""
+        return f"{self.lock_object}.alerts.json"
+
+    @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host or "0.0.0.0", int(port)

@@ -155,6 +155,35 @@ def test_drift_is_reported_and_alerted_once_without_self_heal(desired_repo, star
     assert alert_receiver.url.rsplit("/", 1)[-1] not in running.logs.getvalue()  # the webhook URL is a credential
 
 
+def test_a_restarted_daemon_does_not_alert_again_about_the_same_broken_commit(
+        desired_repo, start_daemon, project_id, unique, alert_receiver):
+    # A broken main outlives a redeploy; without a shared memory every restart re-alerted it.
+    lock_bucket = f"{unique}-lock"
+    storage.Client(project=project_id).create_bucket(lock_bucket)
+    first = start_daemon(desired_repo, notify_webhook=alert_receiver.url, lock_bucket=lock_bucket,
+                         identity="before-restart")
+    wait_for(lambda: converged_on(first.base, desired_repo.repo.head.commit.hexsha), what="convergence")
+    desired_repo.edit_yaml("connectors/orders.yaml", lambda d: d.update(retention_dayz=3))
+    bad = desired_repo.commit_and_push("typo")
+    push_event(first.base, WEBHOOK_SECRET)
+    wait_for(lambda: alert_receiver.events() == ["sync_failed"], what="the sync_failed alert")
+    first.daemon.shutdown()
+
+    second = start_daemon(desired_repo, notify_webhook=alert_receiver.url, lock_bucket=lock_bucket,
+                          identity="after-restart")
+    wait_for(lambda: get_json(second.base, "/status")["head"]["revision"] == bad, what="the restarted daemon's check")
+    time.sleep(1.5)  # several polls of the same broken head
+    assert alert_receiver.events() == ["sync_failed"], "the same broken commit is not alerted again"
+    memory = storage.Client(project=project_id).bucket(lock_bucket).get_blob("headwater/applier.lease.alerts.json")
+    assert json.loads(memory.download_as_bytes())["sync_failure"] == [bad, "invalid"]
+
+    desired_repo.edit_yaml("connectors/orders.yaml", lambda d: d.pop("retention_dayz"))
+    fixed = desired_repo.commit_and_push("fix the typo")
+    push_event(second.base, WEBHOOK_SECRET)
+    wait_for(lambda: converged_on(second.base, fixed), what="convergence on the fix")
+    assert alert_receiver.events() == ["sync_failed", "sync_recovered"]
+
+
 def test_self_heal_repairs_drift_by_update_and_alerts_once(desired_repo, start_daemon, project_id, alert_receiver):
     running = start_daemon(desired_repo, self_heal=True, notify_webhook=alert_receiver.url)
     base = running.base

@@ -210,6 +210,75 @@ def test_alerts_fire_on_state_changes_only():
     assert alerter.sync_ok("r4") is None
 
 
+def test_alerts_fire_on_state_changes_only_with_a_shared_memory_too():
+    alerter = Alerter([], make_logger(LogBuffer()), memory=MemoryLeaseStore())
+    events = []
+    for drifted in [{}, {"a": "x"}, {"a": "x"}, {"a": "x", "b": "y"}, {"b": "y"}, {}, {}]:
+        alert = alerter.drift(drifted, "rev")
+        events.append(alert.event if alert else None)
+    assert events == [None, "drift_detected", None, "drift_detected", None, "drift_resolved", None]
+    assert alerter.sync_failed("r2", "invalid", "bad").event == "sync_failed"
+    assert alerter.sync_failed("r2", "invalid", "bad") is None
+    assert alerter.sync_ok("r4").event == "sync_recovered"
+
+
+def test_a_restarted_daemon_does_not_alert_again_what_was_alerted():
+    memory = MemoryLeaseStore()
+    before = Alerter([], make_logger(LogBuffer()), memory=memory)
+    assert before.drift({"a": "x"}, "rev").event == "drift_detected"
+    assert before.sync_failed("r2", "invalid", "bad").event == "sync_failed"
+
+    after = Alerter([], make_logger(LogBuffer()), memory=memory)  # the same platform, a new process
+    assert after.drift({"a": "x"}, "rev") is None, "the drift still there was alerted already"
+    assert after.sync_failed("r2", "invalid", "bad") is None, "so was this broken commit"
+    assert after.drift({}, "rev").event == "drift_resolved"
+    assert after.sync_ok("r3").event == "sync_recovered"
+
+
+def test_two_daemons_alert_each_transition_once():
+    memory = MemoryLeaseStore()
+    a, b = (Alerter([], make_logger(LogBuffer()), memory=memory) for _ in range(2))
+    fired = [x.drift({"a": "x"}, "rev") for x in (a, b, a, b)] + [x.drift({}, "rev") for x in (b, a)]
+    assert [f.event for f in fired if f] == ["drift_detected", "drift_resolved"]
+
+
+class RacingStore(MemoryLeaseStore):
+    """Before its first write, another daemon decides the same transition and writes first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rival: Alerter | None = None
+
+    def replace(self, body: bytes, generation: int) -> int:
+        rival, self.rival = self.rival, None
+        if rival is not None:
+            assert rival.drift({"a": "x"}, "rev").event == "drift_detected"
+        return super().replace(body, generation)
+
+
+def test_a_write_race_is_won_by_one_daemon_and_alerted_by_it_alone():
+    store = RacingStore()
+    mine = Alerter([], make_logger(LogBuffer()), memory=store)
+    mine.drift({}, "rev")  # the memory exists (an empty one)
+    store.rival = Alerter([], make_logger(LogBuffer()), memory=store)
+    assert mine.drift({"a": "x"}, "rev") is None, "lost the write: the rival alerted, this daemon does not"
+    assert mine.drift({}, "rev").event == "drift_resolved"
+
+
+class BrokenStore(MemoryLeaseStore):
+    def read(self):
+        raise RuntimeError("storage unreachable")
+
+
+def test_alerts_still_fire_when_the_memory_cannot_be_reached():
+    logs = LogBuffer()
+    alerter = Alerter([], make_logger(logs), memory=BrokenStore())
+    assert alerter.drift({"a": "x"}, "rev").event == "drift_detected"
+    assert alerter.drift({"a": "x"}, "rev") is None  # its own memory still works
+    assert any(e["event"] == "alert.memory_unavailable" and "storage unreachable" in e["error"]
+               for e in logs.events())
+
+
 def test_alert_payload_is_slack_compatible():
     alerter = Alerter([], make_logger(LogBuffer()))
     alert = alerter.drift({"pubsub_subscription.x": "ack_deadline_seconds: 30 → 60"}, "a" * 40)
