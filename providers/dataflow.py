@@ -106,7 +106,7 @@ from google.cloud import dataflow_v1beta3 as dataflow
 from google.protobuf import json_format
 
 from providers.calls import CallCounter
-from providers.errors import NotFound, PermanentError, TemporaryError, call
+from providers.errors import NotFound, PermanentError, ServiceDisabled, TemporaryError, call
 from providers.scheduler import DESCRIPTION_LIMIT, CloudScheduler, ScheduledRequest, Schedules, job_id_problem
 from reconciler.resources import (
     DIGEST_KEY,
@@ -489,8 +489,16 @@ class DataflowProvider:
         return [job_resource(job) for job in live.values()]
 
     def _observe_batch(self) -> list[Resource]:
+        try:
+            schedules = self._schedules.list()
+        except ServiceDisabled as exc:
+            # A streaming-only platform need not enable Cloud Scheduler. With the API off no
+            # schedule of ours can run, and none is seen: nothing is deleted; a declared batch
+            # job plans a create, whose apply fails with this same reason.
+            log.warning("Cloud Scheduler API is not enabled: no batch jobs observed (%s)", exc)
+            return []
         live = []
-        for job in self._schedules.list():
+        for job in schedules:
             resource = scheduled_resource(job)
             if resource is None:
                 continue

@@ -59,6 +59,10 @@ class NotFound(PermanentError):
     """The resource (or its parent) does not exist."""
 
 
+class ServiceDisabled(PermanentError):
+    """The project has not enabled the API (403 with ErrorInfo reason SERVICE_DISABLED)."""
+
+
 _TEMPORARY = (
     gexc.TooManyRequests,
     gexc.InternalServerError,
@@ -80,6 +84,8 @@ def translate(exc: BaseException, what: str) -> ProviderError:
         return AlreadyExists(message)
     if isinstance(exc, gexc.NotFound):
         return NotFound(message)
+    if isinstance(exc, gexc.GoogleAPICallError) and exc.reason == "SERVICE_DISABLED":
+        return ServiceDisabled(message)
     if isinstance(exc, _TEMPORARY) or _rate_limited(exc):
         return TemporaryError(message)
     if isinstance(exc, ConnectionError | TimeoutError):

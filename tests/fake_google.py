@@ -56,6 +56,7 @@ class FakeGoogle:
         self.messages: dict[str, list[dict]] = {}  # error messages by job id
         self.scheduler_jobs: dict[str, dict] = {}  # Cloud Scheduler jobs by full name
         self.scheduler_page_size: int | None = None
+        self.scheduler_disabled = False  # answer Cloud Scheduler as a project without the API enabled
         self._lock = threading.Lock()
         outer = self
 
@@ -165,6 +166,12 @@ class FakeGoogle:
         return _error(404, "no such route")
 
     def _scheduler(self, request: Request) -> tuple[int, dict]:
+        if self.scheduler_disabled:  # the shape Google answers with (ErrorInfo reason SERVICE_DISABLED)
+            return 403, {"error": {"code": 403, "status": "PERMISSION_DENIED", "message": (
+                "Cloud Scheduler API has not been used in project headwater-demo before or it is disabled."),
+                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED",
+                             "domain": "googleapis.com",
+                             "metadata": {"service": "cloudscheduler.googleapis.com"}}]}}
         method, path, body = request.method, request.path.removeprefix("/v1/"), request.body
         if method == "GET" and path.endswith("/jobs"):
             jobs = sorted((j for name, j in self.scheduler_jobs.items() if name.startswith(path + "/")),

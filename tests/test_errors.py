@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 import requests
 from google.api_core import exceptions as gexc
+from google.rpc import error_details_pb2
 
-from providers.errors import AlreadyExists, NotFound, PermanentError, TemporaryError, call, translate
+from providers.errors import (
+    AlreadyExists,
+    NotFound,
+    PermanentError,
+    ServiceDisabled,
+    TemporaryError,
+    call,
+    translate,
+)
 
 CASES = [
     ("429-too-many-requests", gexc.TooManyRequests("slow down"), TemporaryError),
@@ -17,6 +26,10 @@ CASES = [
     ("connection-error", requests.ConnectionError("refused"), TemporaryError),
     ("403-rate-limit", gexc.Forbidden("quota", errors=[{"reason": "rateLimitExceeded"}]), TemporaryError),
     ("403-permission", gexc.Forbidden("no", errors=[{"reason": "accessDenied"}]), PermanentError),
+    ("403-api-not-enabled", gexc.PermissionDenied(
+        "API has not been used", error_info=error_details_pb2.ErrorInfo(reason="SERVICE_DISABLED")), ServiceDisabled),
+    ("403-other-error-info", gexc.PermissionDenied(
+        "denied", error_info=error_details_pb2.ErrorInfo(reason="IAM_PERMISSION_DENIED")), PermanentError),
     ("409-already-exists", gexc.AlreadyExists("dup"), AlreadyExists),
     ("409-conflict", gexc.Conflict("dup"), AlreadyExists),
     ("404-not-found", gexc.NotFound("gone"), NotFound),

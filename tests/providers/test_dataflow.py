@@ -29,7 +29,7 @@ from providers.dataflow import (
     job_labels,
     job_resource,
 )
-from providers.errors import AlreadyExists, PermanentError
+from providers.errors import AlreadyExists, PermanentError, ServiceDisabled
 from reconciler.compile import compile_resources
 from reconciler.config import DataflowSettings as DataflowBlock
 from reconciler.load import load_repo
@@ -270,6 +270,17 @@ def test_an_update_that_fails_otherwise_leaves_the_running_job_alone(fake):
 
     assert not [r for r in fake.requests if r.method == "PUT"], "nothing drained"
     assert fake.active() == [original] and original["currentState"] == int(State.JOB_STATE_RUNNING)
+
+
+def test_a_streaming_only_platform_needs_no_cloud_scheduler_api(fake):
+    fake.scheduler_disabled = True
+    provider = provider_for(fake, replace(SETTINGS, scheduler_service_account="tick@headwater-demo.iam.gserviceaccount.com"))
+    job = JOBS["payments-ingest"]
+    provider.create(job)
+    (live,) = provider.observe(Kind.DATAFLOW_JOB)  # the streaming job; no schedules, no error
+    assert live.name == "payments-ingest"
+    with pytest.raises(ServiceDisabled, match="Cloud Scheduler API has not been used"):
+        provider.create(JOBS["orders-ingest"])  # a batch job does need it, and says so
 
 
 def test_a_launch_answered_409_is_already_exists(fake):
