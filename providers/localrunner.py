@@ -24,7 +24,9 @@ plan launches it again. Everything else mirrors Dataflow:
   running job here, as its Cloud Scheduler job is on Dataflow, and a freshly applied platform
   plans "No changes". Unlike Cloud Scheduler, which waits for the first tick, it runs at once;
 * update: stop, then launch with the new spec (there is no in-place update on this runner; a
-  batch run in progress is stopped and run again, where on Dataflow it finishes as launched);
+  batch run in progress is stopped and run again, where on Dataflow it finishes as launched).
+  A change of only `NOT_USED_LOCALLY` fields (the ``dataflow:`` block's settings) is recorded
+  and restarts nothing;
 * delete: a streaming job is stopped gracefully (SIGINT, a grace period, then SIGTERM/SIGKILL to
   its process group); a batch job is stopped at once. Beam's local streaming runner acknowledges
   Pub/Sub messages when it pulls them, so unlike a Dataflow drain this can lose the records of
@@ -75,6 +77,11 @@ NO_METADATA_SERVER = "127.0.0.1:9"
 
 # Popen handles of the jobs this process started, so ended ones are reaped (no zombies).
 _children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+# Spec fields the local runner does not use: a change of only these restarts nothing.
+# ("environment" is platform.yaml's dataflow: block - worker accounts, template bucket, ...)
+NOT_USED_LOCALLY = frozenset({"environment"})
 
 
 @dataclass
@@ -265,6 +272,12 @@ class LocalRunnerProvider:
                 raise PermanentError(f"{resource.address}: {name!r} cannot change in place (stop and relaunch)")
         with self._lock:
             existing = self._record(resource.name)
+            if existing is not None and _running(existing) and set(fields) <= NOT_USED_LOCALLY:
+                # Only Dataflow settings changed: the local process does not use them. Record the
+                # new spec (so the next plan is clean) and leave the job running.
+                existing.spec = json.loads(json.dumps(dict(resource.spec)))
+                _write_json(jobs_dir(self.state_dir, self.project) / f"{resource.name}.json", asdict(existing))
+                return
             if existing is not None and _running(existing):
                 _stop_process(existing, graceful=existing.streaming)
             self._launch(resource)

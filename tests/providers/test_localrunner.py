@@ -183,6 +183,18 @@ def test_a_local_streaming_job_runs_updates_and_stops(platform, project_id):
     assert after.pid != before and "refunded" in json.dumps(after.spec)
     assert not engine.plan(state, plan_options(state)).has_changes
 
+    # A change of the dataflow: block alone is planned (Dataflow would use it) but restarts no
+    # local process, which does not use it.
+    edit_yaml(repo / "platform.yaml", lambda d: d.update(dataflow={"max_workers": 3}))
+    engine, state = engine_for(repo, state_dir)
+    plan = engine.plan(state, plan_options(state))
+    assert {(c.address, c.update_fields) for c in plan.changes if c.action != Action.NOOP} == {
+        ("dataflow_job.payments-ingest", ("environment",)), (f"dataflow_job.{gold}", ("environment",))}
+    assert engine.apply(plan).ok
+    assert runner.record("payments-ingest").pid == after.pid, "not restarted"
+    assert runner.record("payments-ingest").spec["environment"] == {"max_workers": 3}
+    assert not engine.plan(state, plan_options(state)).has_changes
+
     # Delete stops the process (gracefully for a streaming job) and forgets it.
     job = next(r for r in engine.observe([Kind.DATAFLOW_JOB]) if r.name == "payments-ingest")
     runner.delete(job)
