@@ -235,13 +235,20 @@ def test_create_observe_update_drain_through_the_official_client(fake):
     assert provider.api_calls()["dataflow.list_jobs"] >= 3
 
 
-def test_an_update_rejected_by_the_compatibility_check_drains_and_relaunches(fake):
+def launched_streaming_job(fake: FakeGoogle, update_outcome: str):
+    """A provider, the streaming job it launched, and that job as the fake holds it; the fake's
+    next update of it ends with ``update_outcome``."""
     provider = provider_for(fake)
     job = JOBS["payments-ingest"]
     provider.create(job)
     (original,) = fake.active()
-    fake.update_outcome = "incompatible"
+    fake.update_outcome = update_outcome
     fake.requests.clear()
+    return provider, job, original
+
+
+def test_an_update_rejected_by_the_compatibility_check_drains_and_relaunches(fake):
+    provider, job, original = launched_streaming_job(fake, "incompatible")
 
     provider.update(job, ["pipeline"])
 
@@ -251,19 +258,14 @@ def test_an_update_rejected_by_the_compatibility_check_drains_and_relaunches(fak
     assert puts == [(original["id"], {"requestedState": State.JOB_STATE_DRAINED})], "drained, never cancelled"
     assert any(r.path.endswith("/messages") for r in fake.requests), "the reason is read before acting on it"
     (running,) = fake.active()
-    assert running["id"] not in (original["id"],) and running["name"] == "payments-ingest"
+    assert running["id"] != original["id"] and running["name"] == "payments-ingest"
     assert original["currentState"] == int(State.JOB_STATE_DRAINED)
     (live,) = provider.observe(Kind.DATAFLOW_JOB)
     assert reconcile([job], [live], provider.immutable_fields).changes[0].action == Action.NOOP
 
 
 def test_an_update_that_fails_otherwise_leaves_the_running_job_alone(fake):
-    provider = provider_for(fake)
-    job = JOBS["payments-ingest"]
-    provider.create(job)
-    (original,) = fake.active()
-    fake.update_outcome = "broken"
-    fake.requests.clear()
+    provider, job, original = launched_streaming_job(fake, "broken")
 
     with pytest.raises(PermanentError, match="running job is untouched: Error occurred in the launcher"):
         provider.update(job, ["pipeline"])
