@@ -20,10 +20,9 @@ Every value (field names, bounds, patterns, messages) is bound as a variable or 
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import methodcaller
 from typing import Any
 
-from beam.common.quality import compile_rules
+from beam.common.quality import compile_rules, field_getter
 from beam.common.spec import Field, QualityRule
 from beam.common.validation import RecordValidator
 
@@ -40,7 +39,7 @@ def key_function(paths: tuple[str, ...]) -> Callable[[Row], str]:
     joined by a unit separator. The generated checker writes the same expressions
     (:func:`_key_expression`); a test keeps the two equal.
     """
-    getters = [_getter(path) for path in paths]
+    getters = [field_getter(path) for path in paths]
     if len(getters) == 1:
         (only,) = getters
 
@@ -52,19 +51,6 @@ def key_function(paths: tuple[str, ...]) -> Callable[[Row], str]:
         first, second = getters
         return lambda row: f"{first(row)!r}{KEY_SEPARATOR}{second(row)!r}"
     return lambda row: KEY_SEPARATOR.join([repr(g(row)) for g in getters])
-
-
-def _getter(path: str) -> Callable[[Row], Any]:
-    parts = path.split(".")
-    if len(parts) == 1:
-        return methodcaller("get", parts[0])  # C-level row.get(name)
-
-    def get(r: Row, parts: list[str] = parts) -> Any:
-        v: Any = r
-        for p in parts:
-            v = v.get(p) if v is not None else None
-        return v
-    return get
 
 
 def _key_expression(values: list[str]) -> str:
@@ -104,7 +90,7 @@ class RecordChecker:
                 if path in locals_by_field:
                     values.append(locals_by_field[path])
                 else:
-                    ns[f"kget{j}"] = _getter(path)
+                    ns[f"kget{j}"] = field_getter(path)
                     values.append(f"kget{j}(out)")
             body.append(f"    return out, {_key_expression(values)}")
         else:

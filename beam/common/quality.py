@@ -82,7 +82,8 @@ def _check_fn(rule: QualityRule, field_type: str) -> tuple[Check, str]:
     raise AssertionError(f"unhandled check {c}")  # spec parsing admits only the checks above
 
 
-def _getter(path: str) -> Callable[[dict[str, Any]], Any]:
+def field_getter(path: str) -> Callable[[dict[str, Any]], Any]:
+    """A reader of the value at a dotted ``path`` of a row (None where any part is missing)."""
     parts = path.split(".")
     if len(parts) == 1:
         # A C-level ``row.get(name)``: no Python frame per call on the hot path.
@@ -123,7 +124,7 @@ class QualityChecker:
             repeated = f is not None and f.mode == "REPEATED"
             if repeated and rule.check != "not_null":
                 ok = _each(ok)
-            self._plan.append((_getter(rule.field), ok, rule.check == "not_null", rule, phrase))
+            self._plan.append((field_getter(rule.field), ok, rule.check == "not_null", rule, phrase))
             inline.append(None if repeated else _inline(rule, field_type))
         self.empty = not self._plan
         self._inline = inline
