@@ -37,6 +37,8 @@ class Kind(StrEnum):
     BIGQUERY_DATASET = "bigquery_dataset"
     BIGQUERY_TABLE = "bigquery_table"
     DATAFLOW_JOB = "dataflow_job"
+    CLOUD_RUN_SERVICE = "cloud_run_service"
+    STORAGE_NOTIFICATION = "storage_notification"
 
 
 # Kinds whose resources hold data: never deleted or replaced without --allow-destroy, and never
@@ -90,6 +92,26 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
         "schedule": "cron of a batch job's runs | None for streaming jobs",
         "parameters": "{name: str}: template parameters other than the pipeline spec",
         "pipeline": "the pipeline spec document (beam/common/spec.py), sent as parameter source_spec",
+    },
+    Kind.CLOUD_RUN_SERVICE: {
+        "image": "container image of the connector runtime",
+        "command": "[str]: the container's entry point",
+        "connector": "the connector runtime spec (docs/connector-contract.md), sent as env HEADWATER_CONNECTOR_SPEC",
+        "secrets": "{env var: Secret Manager secret id}, mounted as env at version latest",
+        "service_account": "e-mail | None (Cloud Run's default)",
+        "min_instances": "int",
+        "max_instances": "int",
+        "ingress": "all | internal",
+        "cpu_always_allocated": "bool",
+        "public": "bool: invoker IAM disabled (webhooks authenticate by signature)",
+    },
+    Kind.STORAGE_NOTIFICATION: {
+        "bucket": "bucket name (immutable)",
+        "topic": "topic id in the same project (immutable)",
+        "object_name_prefix": "str (immutable)",
+        "event_types": "[OBJECT_FINALIZE] (immutable)",
+        "payload_format": "JSON_API_V1 (immutable)",
+        "publisher_grant": "bool: the Cloud Storage service agent holds roles/pubsub.publisher on the topic",
     },
 }
 
