@@ -48,7 +48,9 @@ The four operations
              list is replaced whole. So update reads the live service first (``get_service``),
              changes only the parts of the changed ``fields`` on it (`apply_fields`: settings
              headwater does not manage, such as memory limits or probes set by hand, survive),
-             and sends it with the mask of those parts. Then it waits for the operation: the new
+             and sends it with the mask of those parts and the etag it read (a change made by
+             someone else in between fails the update rather than being overwritten; the next
+             reconcile reads again). Then it waits for the operation: the new
              revision ready. A revision that fails raises `PermanentError` with Cloud Run's
              condition reason and message (`failure_message`); traffic stays on the last ready
              revision, as Cloud Run does.
