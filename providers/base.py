@@ -34,7 +34,7 @@ into `TemporaryError` (retried with backoff) or `PermanentError` (reported).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from reconciler.resources import Kind, Resource
@@ -63,4 +63,15 @@ class ApiCallCounter(Protocol):
 
     def api_calls(self) -> Mapping[str, int]:
         """Calls made so far, keyed by ``service.method``."""
+        ...
+
+
+@runtime_checkable
+class SecretStore(Protocol):
+    """Optional ability: whether secrets exist, never their values (`providers.secretmanager`:
+    Secret Manager on GCP, files locally). For checking, before a deploy, that every secret a
+    ``cloud_run_service`` references (``spec["secrets"]`` values) is there."""
+
+    def missing(self, secret_ids: Collection[str]) -> set[str]:
+        """The ids among ``secret_ids`` that do not exist (one list call for all of them)."""
         ...
