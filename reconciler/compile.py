@@ -18,7 +18,15 @@ buckets (with lifecycle tiers) and datasets; for each source:
                                    ``gcs_to_bigquery`` on the source's schedule for batch_file /
                                    cloud_transfer (ids map ``_`` to ``-``: Dataflow job names)
 ``dataflow_job.<id>-gold-<table>`` batch ``bigquery_to_bigquery``: one per gold aggregate, hourly
+``cloud_run_service.<id>-connector`` streaming_api: the connector runtime (``connector/``) polling
+                                   the API or receiving the webhook, publishing to the topic
+``storage_notification.<bucket>/<prefix>`` batch_file: each landed file's OBJECT_FINALIZE event
+                                   to the topic, read by the streaming ``<id>-ingest`` job;
+                                   a ``schedule`` adds the batch sweep ``<id>-sweep``
 =================================  ==============================================================
+
+Connectors are specified in ``docs/connector-contract.md``: `connector_spec` compiles the runtime
+spec document the connector reads, and `_connector_service` the Cloud Run service that runs it.
 
 A job's spec carries the pipeline spec document the templates in ``beam/`` read (their
 ``source_spec`` parameter; format in ``beam/common/spec.py``) as data, so that a plan shows which
@@ -258,6 +266,10 @@ def _source_resources(platform: Platform, names: ZoneNames, source: Source):
                 deletion_protection=protect,
             )
     yield from _dataflow_jobs(platform, names, source, labels)
+    if connector.ingestion.pattern == "streaming_api":
+        yield _connector_service(platform, names, source, labels)
+    if connector.ingestion.pattern == "batch_file":
+        yield _file_notification(platform, names, source, labels)
 
 
 def topic_id(connector: Connector) -> str:
@@ -366,11 +378,46 @@ def _dataflow_jobs(platform: Platform, names: ZoneNames, source: Source, labels:
             labels,
             depends_on=(address(Kind.PUBSUB_SUBSCRIPTION, f"{sid}-ingest"), *sinks),
         )
+    elif ingestion.pattern == "batch_file":
+        # File-arrival events (the storage_notification) drive a streaming job; the schedule,
+        # when declared, is a sweep for files whose event was missed. Both claim each object
+        # generation before reading it, so a file is ingested once whichever sees it first.
+        location = landing_location(names, connector)
+        file_pipeline = {**pipeline, "input": {"format": ingestion.format, "compression": ingestion.compression}}
+        file_depends = (address(Kind.STORAGE_BUCKET, names.buckets["landing"]),
+                        address(Kind.STORAGE_BUCKET, names.buckets["bronze"]), *sinks)
+        yield Resource(
+            Kind.DATAFLOW_JOB,
+            job_name(sid, "ingest"),
+            {
+                "template": "gcs_to_bigquery",
+                "streaming": True,
+                "schedule": None,
+                "parameters": {SUBSCRIPTION_PARAMETER: f"projects/{project}/subscriptions/{sid}-ingest",
+                               INPUT_PARAMETER: location},
+                "pipeline": file_pipeline,
+                "environment": streaming_environment,
+            },
+            labels,
+            depends_on=(address(Kind.PUBSUB_SUBSCRIPTION, f"{sid}-ingest"), *file_depends),
+        )
+        if ingestion.schedule:
+            yield Resource(
+                Kind.DATAFLOW_JOB,
+                job_name(sid, "sweep"),
+                {
+                    "template": "gcs_to_bigquery",
+                    "streaming": False,
+                    "schedule": ingestion.schedule,
+                    "parameters": {INPUT_PARAMETER: location},
+                    "pipeline": file_pipeline,
+                    "environment": batch_environment,
+                },
+                labels,
+                depends_on=file_depends,
+            )
     else:
-        location = getattr(ingestion, "location", None) or getattr(ingestion, "destination", None)
-        location = location or f"gs://{names.buckets['landing']}/{sid}/"
-        file_format = {"format": ingestion.format, "compression": ingestion.compression} \
-            if ingestion.pattern == "batch_file" else {"compression": "auto"}
+        location = ingestion.destination or f"gs://{names.buckets['landing']}/{sid}/"
         yield Resource(
             Kind.DATAFLOW_JOB,
             job_name(sid, "ingest"),
@@ -379,7 +426,7 @@ def _dataflow_jobs(platform: Platform, names: ZoneNames, source: Source, labels:
                 "streaming": False,
                 "schedule": ingestion.schedule,
                 "parameters": {INPUT_PARAMETER: location},
-                "pipeline": {**pipeline, "input": file_format},
+                "pipeline": {**pipeline, "input": {"compression": "auto"}},
                 "environment": batch_environment,
             },
             labels,
@@ -473,3 +520,163 @@ def _pipeline_fields(fields: list[SchemaField]) -> list[dict[str, Any]]:
             item["fields"] = _pipeline_fields(field.fields)
         result.append(item)
     return result
+
+
+# --------------------------------------------------------------------------- file arrival
+
+
+def landing_location(names: ZoneNames, connector: Connector) -> str:
+    """A batch_file source's landing prefix (or glob): declared, else ``gs://<landing>/<source_id>/``."""
+    return connector.ingestion.location or f"gs://{names.buckets['landing']}/{connector.source_id}/"
+
+
+def notification_prefix(location: str) -> tuple[str, str]:
+    """``gs://bucket/a/b*.json`` → ``("bucket", "a/b")``: the bucket and the object name prefix
+    before the first wildcard (a notification filters by prefix only; the job filters the rest)."""
+    bucket, _, path = location.removeprefix("gs://").partition("/")
+    cut = min((i for i, ch in enumerate(path) if ch in "*?["), default=len(path))
+    return bucket, path[:cut]
+
+
+def _file_notification(platform: Platform, names: ZoneNames, source: Source, labels: dict[str, str]) -> Resource:
+    connector = source.connector
+    bucket, prefix = notification_prefix(landing_location(names, connector))
+    topic = topic_id(connector)
+    return Resource(
+        Kind.STORAGE_NOTIFICATION,
+        f"{bucket}/{prefix}",
+        {
+            "bucket": bucket,
+            "topic": topic,
+            "object_name_prefix": prefix,
+            "event_types": ["OBJECT_FINALIZE"],
+            "payload_format": "JSON_API_V1",
+            "publisher_grant": True,
+        },
+        {key: value for key, value in labels.items()},
+        depends_on=(address(Kind.STORAGE_BUCKET, bucket), address(Kind.PUBSUB_TOPIC, topic)),
+    )
+
+
+# --------------------------------------------------------------------------- connectors
+
+CONNECTOR_COMMAND = ["python", "-m", "connector"]
+CONNECTOR_SECRET_ENV = "HEADWATER_CONNECTOR_SECRET"
+WEBHOOK_SECRET_ENV = "HEADWATER_WEBHOOK_SECRET"
+DEFAULT_TIMESTAMP_TOLERANCE_S = 300  # Stripe's default tolerance for its t=... signatures
+
+
+def connector_image(platform: Platform) -> str:
+    """The connector runtime image: declared, else the platform's Artifact Registry at this version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if platform.connectors.image:
+        return platform.connectors.image
+    try:
+        tag = version("headwater")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        tag = "latest"
+    return f"{platform.region}-docker.pkg.dev/{platform.project}/headwater/connector:{tag}"
+
+
+def connector_service_name(source_id: str) -> str:
+    """The Cloud Run service id of a source's connector (``[a-z][-a-z0-9]*``, at most 49 characters)."""
+    return job_name(source_id, "connector")
+
+
+def connector_spec(platform: Platform, names: ZoneNames, source: Source) -> dict[str, Any]:
+    """The connector runtime spec document (docs/connector-contract.md, version 1) of a
+    streaming_api source. It names secrets by the environment variable they arrive in, never by value."""
+    connector = source.connector
+    ingestion = connector.ingestion
+    sid = connector.source_id
+    project = platform.project
+    spec: dict[str, Any] = {
+        "version": 1,
+        "source_id": sid,
+        "project": project,
+        "connector_type": ingestion.connector_type,
+        "topic": f"projects/{project}/topics/{topic_id(connector)}",
+        "dead_letter_topic": f"projects/{project}/topics/{sid}-dlq",
+    }
+    if ingestion.connector_type == "rest_api":
+        auth: dict[str, Any] = {"type": ingestion.auth_type}
+        if ingestion.auth_type == "api_key":
+            where = ingestion.api_key
+            auth.update({"query": where.query} if where and where.query else
+                        {"header": (where.header if where and where.header else "X-API-Key")})
+        if ingestion.auth_type == "oauth2":
+            auth.update({"token_url": ingestion.oauth2.token_url, "scopes": list(ingestion.oauth2.scopes)})
+        pagination = ingestion.pagination.model_dump(exclude_none=True)
+        if pagination["type"] == "page":
+            pagination.setdefault("start", 1)
+        spec["checkpoint"] = f"gs://{names.buckets['landing']}/_connectors/{sid}/state.json"
+        spec["rest_api"] = {
+            "endpoint": ingestion.api_endpoint,
+            "params": dict(ingestion.params),
+            "auth": auth,
+            "records": ingestion.records,
+            "pagination": pagination,
+            "cursor_field": ingestion.cursor_field,
+            "cursor_param": ingestion.cursor_param,
+            "poll_interval_seconds": ingestion.poll_interval,
+            "request_timeout_seconds": ingestion.request_timeout,
+            "max_requests_per_minute": ingestion.max_requests_per_minute,
+        }
+    else:
+        signature = None
+        if ingestion.signature != "none":
+            declared = ingestion.signature
+            signature = {"header": declared.header, "algorithm": declared.algorithm, "scheme": declared.scheme}
+            if declared.scheme == "timestamped":
+                signature["timestamp_tolerance_seconds"] = (
+                    declared.timestamp_tolerance or DEFAULT_TIMESTAMP_TOLERANCE_S)
+        spec["webhook"] = {
+            "path": ingestion.webhook_path,
+            "signature": signature,
+            "max_body_bytes": ingestion.max_body_bytes,
+            "delivery_id_header": ingestion.delivery_id_header,
+            "records": None,
+        }
+    return spec
+
+
+def _connector_service(platform: Platform, names: ZoneNames, source: Source, labels: dict[str, str]) -> Resource:
+    """The Cloud Run service running a streaming_api source's connector.
+
+    A poller keeps exactly one instance with CPU always allocated (min = max = 1): it works
+    between requests, its cursor is a single checkpoint, and a poll interval can be as short as
+    10 s, which a Cloud Scheduler tick (one a minute at best) could not honour. A webhook
+    receiver scales with its traffic from zero and is public: the signature authenticates.
+    """
+    connector = source.connector
+    ingestion = connector.ingestion
+    sid = connector.source_id
+    secrets: dict[str, str] = {}
+    if ingestion.connector_type == "rest_api" and ingestion.secret_name:
+        secrets[CONNECTOR_SECRET_ENV] = ingestion.secret_name
+    polling = ingestion.connector_type == "rest_api"
+    if not polling and ingestion.signature != "none":
+        secrets[WEBHOOK_SECRET_ENV] = ingestion.signature.secret_name
+    topic = topic_id(connector)
+    depends = [address(Kind.PUBSUB_TOPIC, topic), address(Kind.PUBSUB_TOPIC, f"{sid}-dlq")]
+    if polling:
+        depends.append(address(Kind.STORAGE_BUCKET, names.buckets["landing"]))  # the checkpoint
+    return Resource(
+        Kind.CLOUD_RUN_SERVICE,
+        connector_service_name(sid),
+        {
+            "image": connector_image(platform),
+            "command": list(CONNECTOR_COMMAND),
+            "connector": connector_spec(platform, names, source),
+            "secrets": secrets,
+            "service_account": platform.connectors.service_account,
+            "min_instances": 1 if polling else 0,
+            "max_instances": 1 if polling else ingestion.max_instances,
+            "ingress": "internal" if polling else "all",
+            "cpu_always_allocated": polling,
+            "public": not polling,
+        },
+        labels,
+        depends_on=tuple(depends),
+    )

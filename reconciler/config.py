@@ -71,6 +71,13 @@ def _json_messages_only(value: str) -> str:
     return value
 
 
+def _not_supported(message: str):
+    def refuse(value: Any) -> Any:
+        raise ValueError(message)
+
+    return refuse
+
+
 Duration = Annotated[int, BeforeValidator(parse_duration), Field(ge=0)]
 Cron = Annotated[str, _check(naming.cron_problem)]
 GcsUri = Annotated[str, _check(naming.gcs_uri_problem)]
@@ -203,6 +210,16 @@ class DataflowSettings(Strict):
                     "permission fails the apply rather than a run")
 
 
+class ConnectorSettings(Strict):
+    """How the connectors (``streaming_api`` sources) run on Cloud Run."""
+
+    image: Annotated[str, Field(pattern=r"^[a-z0-9.\-]+(:[0-9]+)?/[A-Za-z0-9._/\-]+(:[A-Za-z0-9._\-]+|@sha256:[0-9a-f]{64})$")] | None = Field(
+        default=None, description="The connector runtime image (deploy/connector/); default "
+                                  "<region>-docker.pkg.dev/<project>/headwater/connector:<headwater version>")
+    service_account: ServiceAccount | None = Field(
+        default=None, description="The connectors' service account; default Cloud Run's (the Compute Engine default)")
+
+
 class Platform(Strict):
     project: Annotated[str, _check(naming.project_problem)]
     region: Annotated[str, _check(naming.region_problem)]
@@ -212,37 +229,180 @@ class Platform(Strict):
     pubsub: PubSubDefaults = Field(default_factory=PubSubDefaults)
     policy: Policy = Field(default_factory=Policy)
     dataflow: DataflowSettings = Field(default_factory=DataflowSettings)
+    connectors: ConnectorSettings = Field(default_factory=ConnectorSettings)
     suspend: bool = Field(default=False, description="Observe only: the daemon plans but never applies")
 
 
 # --------------------------------------------------------------------------- connectors
 
 class BatchFile(Strict):
+    """Files landed in a Cloud Storage prefix. Each file's arrival event starts its ingestion (a
+    ``storage_notification`` to the source's topic); ``schedule`` adds a sweep for missed events."""
+
     pattern: Literal["batch_file"]
-    location: GcsUri | None = Field(default=None, description="Default gs://<landing bucket>/<source_id>/")
-    schedule: Cron
+    location: GcsUri | None = Field(
+        default=None, description="Default gs://<landing bucket>/<source_id>/; must be in the landing bucket")
+    schedule: Cron | None = Field(default=None, description="Optional sweep of the prefix (cron, UTC)")
     format: Literal["json", "csv", "parquet", "avro"]
     compression: Literal["none", "gzip"] = "none"
 
 
+MIN_POLL_INTERVAL_S = 10  # below this a poller is a load test of someone else's API
+
+ApiUrl = Annotated[str, _check(naming.api_url_problem)]
+DottedPath = Annotated[str, _check(naming.dotted_path_problem)]
+HeaderName = Annotated[str, _check(naming.http_header_problem)]
+QueryParam = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-\[\]]{1,128}$")]
+SecretId = Annotated[str, _check(naming.secret_name_problem)]
+
+
+class Pagination(Strict):
+    """How a REST API hands out the next page (docs/connector-contract.md)."""
+
+    type: Literal["none", "next_url", "link_header", "cursor", "page"]
+    path: DottedPath | None = Field(
+        default=None, description="next_url: where the next page's URL is in the body; cursor: where the next cursor is")
+    param: QueryParam | None = Field(default=None, description="cursor, page: the query parameter that carries it")
+    start: int | None = Field(default=None, ge=0, description="page: the first page's number (default 1)")
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> Pagination:
+        needs = {"none": set(), "next_url": {"path"}, "link_header": set(), "cursor": {"path", "param"},
+                 "page": {"param"}}[self.type]
+        allowed = needs | ({"start"} if self.type == "page" else set())
+        for name in ("path", "param", "start"):
+            value = getattr(self, name)
+            if name in needs and value is None:
+                raise ValueError(f"pagination type {self.type} needs {name}")
+            if name not in allowed and value is not None:
+                raise ValueError(f"pagination type {self.type} takes no {name} (it takes: "
+                                 f"{', '.join(sorted(allowed)) or 'nothing else'})")
+        return self
+
+
+class ApiKey(Strict):
+    """Where an ``api_key`` credential goes: a header (default ``X-API-Key``) or a query parameter."""
+
+    header: HeaderName | None = None
+    query: QueryParam | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self) -> ApiKey:
+        if self.header is not None and self.query is not None:
+            raise ValueError("api_key takes header or query, not both")
+        return self
+
+
+class OAuth2(Strict):
+    """OAuth 2.0 client credentials grant; the secret holds ``client_id:client_secret``."""
+
+    token_url: ApiUrl
+    scopes: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+
+class Signature(Strict):
+    """How a webhook's deliveries are signed: HMAC of the body with a Secret Manager key.
+
+    ``scheme: hex`` is GitHub's (``sha256=<hex>`` or bare hex of the body); ``timestamped`` is
+    Stripe's (``t=<unix>,v1=<hex>`` over ``"<t>.<body>"``), refused outside
+    ``timestamp_tolerance`` so that a captured delivery cannot be replayed.
+    """
+
+    header: HeaderName
+    secret_name: SecretId
+    algorithm: Literal["sha1", "sha256", "sha512"] = "sha256"
+    scheme: Literal["hex", "timestamped"] = "hex"
+    timestamp_tolerance: Duration | None = Field(
+        default=None, description="timestamped only: how old a delivery may be (default 300s)")
+
+    @model_validator(mode="after")
+    def _tolerance(self) -> Signature:
+        if self.timestamp_tolerance is not None and self.scheme != "timestamped":
+            raise ValueError("timestamp_tolerance applies to scheme: timestamped only")
+        if self.timestamp_tolerance is not None and not 1 <= self.timestamp_tolerance <= 3600:
+            raise ValueError("timestamp_tolerance must be between 1s and 1h")
+        return self
+
+
+# Keys that belong to one connector_type only: declaring them for the other is refused rather
+# than ignored (a setting is a promise).
+REST_API_ONLY = ("api_endpoint", "poll_interval", "records", "pagination", "cursor_field", "cursor_param",
+                 "params", "request_timeout", "max_requests_per_minute", "api_key", "oauth2", "auth_type",
+                 "secret_name")
+WEBHOOK_ONLY = ("webhook_path", "signature", "max_body_bytes", "delivery_id_header", "max_instances")
+
+
 class StreamingApi(Strict):
+    """A REST API polled by a connector, or a webhook receiver: a Cloud Run service running the
+    connector runtime (``connector/``) that publishes each record to the source's topic."""
+
     pattern: Literal["streaming_api"]
     connector_type: Literal["rest_api", "webhook"]
-    api_endpoint: Annotated[str, _check(naming.https_url_problem)] | None = None
+    # rest_api
+    api_endpoint: ApiUrl | None = Field(default=None, description="https:// (http:// only on loopback)")
+    params: dict[QueryParam, str] = Field(default_factory=dict, description="Fixed query parameters of every request")
     auth_type: Literal["none", "bearer_token", "api_key", "oauth2", "basic"] = "none"
-    secret_name: Annotated[str, _check(naming.secret_name_problem)] | None = None
+    secret_name: SecretId | None = Field(default=None, description="Secret Manager secret id holding the credential")
+    api_key: ApiKey | None = Field(default=None, description="auth_type api_key: header (default X-API-Key) or query")
+    oauth2: OAuth2 | None = Field(default=None, description="auth_type oauth2: token_url and scopes")
     poll_interval: Duration | None = None
+    records: DottedPath | None = Field(
+        default=None, description="Dotted path of the list of records in the JSON body; default: the body is the list")
+    pagination: Pagination = Field(default_factory=lambda: Pagination(type="none"))
+    cursor_field: DottedPath | None = Field(
+        default=None, description="Record field for incremental polling (an inclusive lower bound)")
+    cursor_param: QueryParam | None = Field(default=None, description="Query parameter carrying the lower bound")
+    request_timeout: Duration = Field(default=30, ge=1, le=600)
+    max_requests_per_minute: int = Field(default=60, ge=1, le=6000)
+    # webhook
     webhook_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_\-.]*$")] | None = None
+    signature: Signature | Literal["none"] | None = Field(
+        default=None, description="How deliveries are signed; 'none' accepts unsigned deliveries explicitly")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=32 << 20)
+    delivery_id_header: HeaderName | None = Field(
+        default=None, description="Header with the sender's delivery id (e.g. X-GitHub-Delivery)")
+    max_instances: int = Field(default=10, ge=1, le=1000, description="Webhook service autoscaling ceiling")
 
     @model_validator(mode="after")
     def _consistent(self) -> StreamingApi:
-        if self.connector_type == "rest_api" and (self.api_endpoint is None or self.poll_interval is None):
-            raise ValueError("a rest_api connector needs api_endpoint and poll_interval")
-        if self.connector_type == "webhook" and self.webhook_path is None:
-            raise ValueError("a webhook connector needs webhook_path")
-        if self.auth_type != "none" and self.secret_name is None:
-            raise ValueError(f"auth_type {self.auth_type} needs secret_name (a Secret Manager secret)")
+        declared = self.model_fields_set
+        foreign = WEBHOOK_ONLY if self.connector_type == "rest_api" else REST_API_ONLY
+        for name in foreign:
+            if name in declared:
+                raise ValueError(f"{name} applies to {'webhook' if name in WEBHOOK_ONLY else 'rest_api'} "
+                                 f"connectors only, not connector_type {self.connector_type}")
+        if self.connector_type == "rest_api":
+            if self.api_endpoint is None or self.poll_interval is None:
+                raise ValueError("a rest_api connector needs api_endpoint and poll_interval")
+            if self.poll_interval < MIN_POLL_INTERVAL_S:
+                raise ValueError(f"poll_interval {self.poll_interval}s is under the minimum of "
+                                 f"{MIN_POLL_INTERVAL_S}s")
+            if self.auth_type != "none" and self.secret_name is None:
+                raise ValueError(f"auth_type {self.auth_type} needs secret_name (a Secret Manager secret id)")
+            if self.auth_type == "none" and self.secret_name is not None:
+                raise ValueError("secret_name is set but auth_type is none: say which auth_type uses it")
+            if self.api_key is not None and self.auth_type != "api_key":
+                raise ValueError("api_key applies to auth_type api_key only")
+            if (self.oauth2 is not None) != (self.auth_type == "oauth2"):
+                raise ValueError("auth_type oauth2 needs oauth2.token_url" if self.oauth2 is None
+                                 else "oauth2 applies to auth_type oauth2 only")
+            if (self.cursor_field is None) != (self.cursor_param is None):
+                raise ValueError("incremental polling needs both cursor_field and cursor_param")
+        else:
+            if self.webhook_path is None:
+                raise ValueError("a webhook connector needs webhook_path")
+            if self.signature is None:
+                raise ValueError("a webhook connector needs signature (header, secret_name, ...), "
+                                 "or signature: none to accept unsigned deliveries")
         return self
+
+    @property
+    def secret_ids(self) -> list[str]:
+        """Every Secret Manager secret the connector reads."""
+        ids = [self.secret_name] if self.secret_name else []
+        if isinstance(self.signature, Signature):
+            ids.append(self.signature.secret_name)
+        return ids
 
 
 class DatabaseCdc(Strict):
@@ -272,7 +432,9 @@ class EventStreaming(Strict):
     message_format: Annotated[Literal["json", "avro", "protobuf"], AfterValidator(_json_messages_only)] = Field(
         default="json", description="Encoding of the topic's messages; the ingestion pipeline reads JSON "
                                     "(avro and protobuf are named by the platform design but not supported yet)")
-    window_size: Duration | None = None
+    window_size: Annotated[Duration, AfterValidator(_not_supported(
+        "window_size is not supported yet: the streaming pipeline ingests every event as it comes and "
+        "runs no windowed aggregation (Gold aggregates are rebuilt from Silver hourly); remove it"))] | None = None
 
 
 Ingestion = Annotated[

@@ -4,23 +4,30 @@
 It is what the CLI and the daemon call; each step is also usable on its own.
 
 Observing costs one list call per kind (tables: per dataset), whatever the number of sources.
+
+Before observing, a plan checks that every Secret Manager secret a connector names exists
+(metadata only, one list call; `providers.base.SecretStore`): a missing one is a problem with
+the file, line and field that names it, and nothing is planned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from providers.base import Provider
 from reconciler.apply import ApplyResult, Listener, apply_plan
 from reconciler.compile import compile_resources
-from reconciler.load import DesiredState
+from reconciler.load import DesiredState, InvalidDesiredState, Problem
 from reconciler.plan import Action, Plan, PlanOptions, reconcile
 from reconciler.resources import Kind, Resource
 
 
 class Engine:
-    def __init__(self, providers: Iterable[Provider]) -> None:
+    def __init__(self, providers: Iterable[Provider], secrets: Any = None) -> None:
+        """``secrets``: a `providers.base.SecretStore` to check secret references against, or None."""
+        self.secrets = secrets
         self.providers: dict[Kind, Provider] = {}
         for provider in providers:
             for kind in provider.kinds:
@@ -38,6 +45,11 @@ class Engine:
         return live
 
     def plan(self, state: DesiredState, options: PlanOptions | None = None) -> Plan:
+        """The plan of ``state``. Raises `InvalidDesiredState` when a named secret does not exist."""
+        if self.secrets is not None:
+            problems = missing_secrets(state, self.secrets)
+            if problems:
+                raise InvalidDesiredState(problems)
         options = options or plan_options(state)
         desired = compile_resources(state)
         kinds = {r.kind for r in desired} | set(self.providers)
@@ -52,6 +64,19 @@ class Engine:
 
     def apply(self, plan: Plan, on_outcome: Listener | None = None, max_workers: int = 8) -> ApplyResult:
         return apply_plan(plan, self.providers, max_workers=max_workers, on_outcome=on_outcome)
+
+
+def missing_secrets(state: DesiredState, store: Any) -> list[Problem]:
+    """One problem per reference to a secret that ``store`` does not hold (by id; never a value)."""
+    refs = [ref for source in state.sources for ref in source.secrets]
+    if not refs:
+        return []
+    missing = store.missing(sorted({ref.secret_id for ref in refs}))
+    where = getattr(store, "location", "Secret Manager")
+    return [Problem(ref.file, ref.line, ref.column, ref.field,
+                    f"secret {ref.secret_id!r} does not exist in {where}; create it before applying "
+                    "(headwater reads only its metadata; the connector reads its value at run time)")
+            for ref in refs if ref.secret_id in missing]
 
 
 def plan_options(state: DesiredState, *, prune: bool = False, allow_destroy: bool = False) -> PlanOptions:

@@ -57,11 +57,23 @@ class InvalidDesiredState(Exception):
 
 
 @dataclass(frozen=True)
+class SecretRef:
+    """A Secret Manager secret a connector names, and where (for a plan-time error if it is missing)."""
+
+    secret_id: str
+    file: str
+    line: int
+    column: int
+    field: str
+
+
+@dataclass(frozen=True)
 class Source:
     connector: Connector
     schema: SourceSchema
     connector_file: str
     schema_file: str
+    secrets: tuple[SecretRef, ...] = ()
 
     @property
     def source_id(self) -> str:
@@ -88,8 +100,12 @@ class _Collector:
     def add(self, file: str, position: tuple[int, int], field_path: str, message: str) -> None:
         self.problems.append(Problem(file, position[0], position[1], field_path, message))
 
-    def load(self, path: Path, loader, model: type[BaseModel]) -> tuple[Any, SourceMap] | None:
-        """Parse and validate one file; record its problems; the model instance or None."""
+    def load(self, path: Path, loader, model: type[BaseModel], precheck=None) -> tuple[Any, SourceMap] | None:
+        """Parse and validate one file; record its problems; the model instance or None.
+
+        ``precheck(data, source_map)`` may return ``(loc, field, message)`` for a problem that makes
+        the model's own errors misleading: it is reported alone.
+        """
         rel = self.rel(path)
         try:
             data, source_map = loader(path)
@@ -101,6 +117,11 @@ class _Collector:
             return None
         if not isinstance(data, dict):
             self.add(rel, source_map.find(()), "", f"expected a mapping at the top level, found {_kind(data)}")
+            return None
+        early = precheck(data, source_map) if precheck else None
+        if early:
+            loc, field_path, message = early
+            self.add(rel, source_map.find(loc), field_path, message)
             return None
         try:
             return model.model_validate(data), source_map
@@ -135,10 +156,11 @@ def load_repo(root: Path | str) -> DesiredState:
 
     sources = []
     seen: dict[str, str] = {}
+    webhook_paths: dict[str, str] = {}
     connectors_dir = root / CONNECTORS_DIR
     files = sorted([*connectors_dir.glob("*.yaml"), *connectors_dir.glob("*.yml")]) if connectors_dir.is_dir() else []
     for path in files:
-        loaded = collector.load(path, load_yaml, Connector)
+        loaded = collector.load(path, load_yaml, Connector, precheck=flat_form_problem)
         if not loaded:
             continue
         connector, source_map = loaded
@@ -153,11 +175,12 @@ def load_repo(root: Path | str) -> DesiredState:
                           f"duplicate source_id {connector.source_id!r}: also declared in {seen[connector.source_id]}")
             continue
         seen[connector.source_id] = rel
+        _check_ingestion(collector, connector, platform, rel, source_map, webhook_paths)
         schema_result = _load_schema(collector, connector, rel, source_map)
         if schema_result:
             schema, schema_rel = schema_result
             _check_fields(collector, connector, schema, rel, source_map)
-            sources.append(Source(connector, schema, rel, schema_rel))
+            sources.append(Source(connector, schema, rel, schema_rel, _secret_refs(connector, rel, source_map)))
 
     if collector.problems or platform is None:
         raise InvalidDesiredState(collector.problems)
@@ -221,6 +244,9 @@ def _check_fields(collector: _Collector, connector: Connector, schema: SourceSch
             for j, rule in enumerate(step.data_quality.rules):
                 need(("processing", "bronze_to_silver", i, "data_quality", "rules", j, "field"), rule.field,
                      "data_quality field")
+    cursor_field = getattr(connector.ingestion, "cursor_field", None)
+    if cursor_field is not None:
+        need(("ingestion", "cursor_field"), cursor_field, "cursor_field", PARTITION_TYPES | {"INT64", "INTEGER", "STRING"})
     silver = connector.silver
     if silver.partition_field is not None:
         need(("silver", "partition_field"), silver.partition_field, "partition field", PARTITION_TYPES, True)
@@ -240,6 +266,89 @@ def _check_fields(collector: _Collector, connector: Connector, schema: SourceSch
                 if arg != "*":
                     need(("processing", "silver_to_gold", i, "aggregate", "metrics", j), arg, "metric field",
                          None, True)
+
+
+def _secret_refs(connector: Connector, rel: str, smap: SourceMap) -> tuple[SecretRef, ...]:
+    refs = []
+    for loc in (("ingestion", "secret_name"), ("ingestion", "signature", "secret_name")):
+        value: Any = connector.ingestion
+        for part in loc[1:]:
+            value = getattr(value, part, None)
+        if isinstance(value, str):
+            line, column = smap.find(loc)
+            refs.append(SecretRef(value, rel, line, column, _dotted(loc)))
+    return tuple(refs)
+
+
+def _ingestion_keys() -> list[str]:
+    from reconciler.config import BatchFile, CloudTransfer, DatabaseCdc, EventStreaming, StreamingApi
+
+    keys: list[str] = []
+    for model in (BatchFile, StreamingApi, DatabaseCdc, CloudTransfer, EventStreaming):
+        keys.extend(k for k in model.model_fields if k not in keys)
+    return keys
+
+
+def flat_form_problem(data: dict, smap: SourceMap) -> tuple[tuple, str, str] | None:
+    """The platform design's examples write a pattern's settings at the top level (``pattern:``,
+    ``schedule:``, ``schema_file:``...); headwater nests them under ``ingestion:`` and ``schema:``.
+    Such a file gets one error carrying the exact nested rewrite, instead of a "did you mean" per key."""
+    import yaml
+
+    ingestion_keys = _ingestion_keys()
+    flat = [key for key in data if key in ingestion_keys or key == "schema_file"]
+    if not flat:
+        return None
+    rewritten: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ingestion_keys:
+            rewritten.setdefault("ingestion", dict(data.get("ingestion") or {}))[key] = value
+        elif key == "schema_file":
+            rewritten["schema"] = {**(data.get("schema") or {}), "file": value}
+        elif key in ("ingestion", "schema"):
+            rewritten.setdefault(key, {}).update(value if isinstance(value, dict) else {})
+        else:
+            rewritten[key] = value
+    text = yaml.safe_dump(rewritten, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    moved = ", ".join(flat)
+    return ((flat[0],), flat[0],
+            f"this is the platform design's flat form ({moved} at the top level); headwater nests a "
+            "pattern's settings under 'ingestion:' and the schema file under 'schema: {file: ...}'. "
+            "Rewrite the file as:\n" + "\n".join("    " + line for line in text.rstrip().splitlines()))
+
+
+CLOUD_RUN_NAME_MAX = 49  # Cloud Run service ids: at most 49 characters
+
+
+def _check_ingestion(collector: _Collector, connector: Connector, platform: Platform | None, rel: str,
+                     smap: SourceMap, webhook_paths: dict[str, str]) -> None:
+    """What one connector's ingestion derives that must fit the platform and the other sources."""
+    from reconciler.compile import connector_service_name, notification_prefix, zone_names
+
+    ingestion = connector.ingestion
+    if ingestion.pattern == "streaming_api":
+        service = connector_service_name(connector.source_id)
+        if len(service) > CLOUD_RUN_NAME_MAX:
+            collector.add(rel, smap.find(("source_id",)), "source_id",
+                          f"the connector's Cloud Run service {service!r} would be {len(service)} characters; "
+                          f"Cloud Run allows {CLOUD_RUN_NAME_MAX}: use a source_id of at most "
+                          f"{CLOUD_RUN_NAME_MAX - len('-connector')} characters")
+        if ingestion.connector_type == "webhook":
+            path = ingestion.webhook_path.rstrip("/") or "/"
+            if path in webhook_paths:
+                collector.add(rel, smap.find(("ingestion", "webhook_path")), "ingestion.webhook_path",
+                              f"webhook_path {ingestion.webhook_path!r} is already the path of "
+                              f"{webhook_paths[path]}; each webhook source needs its own path")
+            else:
+                webhook_paths[path] = rel
+    if ingestion.pattern == "batch_file" and ingestion.location and platform is not None:
+        landing = zone_names(platform).buckets["landing"]
+        bucket, _prefix = notification_prefix(ingestion.location)
+        if bucket != landing:
+            collector.add(rel, smap.find(("ingestion", "location")), "ingestion.location",
+                          f"{ingestion.location!r} is outside the landing bucket {landing!r}: file-arrival "
+                          f"events and the ingestion claims live there (use gs://{landing}/{connector.source_id}/, "
+                          "or a cloud_transfer source to bring files from another bucket)")
 
 
 def _check_platform_names(collector: _Collector, platform: Platform, smap: SourceMap) -> None:

@@ -113,6 +113,35 @@ def https_url_problem(value: str) -> str | None:
     return None
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def api_url_problem(value: str) -> str | None:
+    """An API endpoint: ``https://`` anywhere, ``http://`` only on a loopback host (local testing:
+    credentials must never travel in clear over a network)."""
+    match = re.fullmatch(r"http://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?(/[^\s]*)?", value)
+    if match:
+        return None
+    if value.startswith("http://"):
+        return (f"{value!r}: plain http:// is allowed only for loopback hosts (localhost, 127.0.0.1, [::1]); "
+                "use https://")
+    return https_url_problem(value)
+
+
+def dotted_path_problem(value: str) -> str | None:
+    """A path into a JSON body, ``data`` or ``meta.next_cursor``."""
+    if not re.fullmatch(r"[A-Za-z_$][A-Za-z0-9_$\-]*(\.[A-Za-z_$][A-Za-z0-9_$\-]*)*", value):
+        return f"{value!r} is not a dotted path such as 'data' or 'meta.next_cursor'"
+    return None
+
+
+def http_header_problem(value: str) -> str | None:
+    """An HTTP header name (RFC 9110 token)."""
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}", value):
+        return f"{value!r} is not an HTTP header name"
+    return None
+
+
 # --------------------------------------------------------------------------- cron
 
 _CRON_FIELDS = (

@@ -50,8 +50,11 @@ KIND_ORDER = (
     Kind.PUBSUB_TOPIC,
     Kind.PUBSUB_SUBSCRIPTION,
     Kind.BIGQUERY_TABLE,
-    # Jobs read and write everything above: launched last, and deleted (drained) first.
+    # Jobs read and write everything above: launched after it, and deleted (drained) before it.
     Kind.DATAFLOW_JOB,
+    # What feeds a source's topic starts once the subscription and its job are there.
+    Kind.CLOUD_RUN_SERVICE,
+    Kind.STORAGE_NOTIFICATION,
 )
 
 

@@ -133,9 +133,9 @@ def test_every_job_spec_is_one_the_templates_accept(resources):
     from beam.common.spec import parse_spec
 
     jobs = [r for r in resources if r.kind == Kind.DATAFLOW_JOB]
-    assert {r.name for r in jobs} == {"orders-ingest", "orders-gold-orders-daily", "clickstream-ingest",
-                                      "clickstream-gold-clickstream-daily", "payments-ingest",
-                                      "payments-gold-payments-daily"}
+    assert {r.name for r in jobs} == {"orders-ingest", "orders-sweep", "orders-gold-orders-daily",
+                                      "clickstream-ingest", "clickstream-gold-clickstream-daily", "payments-ingest",
+                                      "payments-gold-payments-daily", "shipments-ingest"}
     for job in jobs:
         spec = parse_spec(job.spec["pipeline"])
         assert spec.source_id == job.source_id
@@ -146,9 +146,14 @@ def test_every_job_spec_is_one_the_templates_accept(resources):
 def test_ingestion_pattern_decides_template_and_schedule(resources):
     by_name = {r.name: r for r in resources if r.kind == Kind.DATAFLOW_JOB}
     orders, clicks = by_name["orders-ingest"].spec, by_name["clickstream-ingest"].spec
-    assert (orders["template"], orders["streaming"], orders["schedule"]) == ("gcs_to_bigquery", False, "0 3 * * *")
-    assert orders["parameters"] == {"input_pattern": "gs://landing-headwater-demo-europe-west1/orders/"}
-    assert orders["pipeline"]["input"] == {"format": "json", "compression": "gzip"}
+    # A batch_file source: file events drive a streaming job; its schedule is a batch sweep.
+    sweep = by_name["orders-sweep"].spec
+    assert (orders["template"], orders["streaming"], orders["schedule"]) == ("gcs_to_bigquery", True, None)
+    assert orders["parameters"] == {"input_subscription": "projects/headwater-demo/subscriptions/orders-ingest",
+                                    "input_pattern": "gs://landing-headwater-demo-europe-west1/orders/"}
+    assert (sweep["template"], sweep["streaming"], sweep["schedule"]) == ("gcs_to_bigquery", False, "0 3 * * *")
+    assert sweep["parameters"] == {"input_pattern": "gs://landing-headwater-demo-europe-west1/orders/"}
+    assert orders["pipeline"]["input"] == sweep["pipeline"]["input"] == {"format": "json", "compression": "gzip"}
     assert (clicks["template"], clicks["streaming"], clicks["schedule"]) == ("pubsub_to_bigquery", True, None)
     assert clicks["parameters"] == {"input_subscription": "projects/headwater-demo/subscriptions/clickstream-ingest"}
     assert set(by_name["clickstream-ingest"].depends_on) == {

@@ -157,6 +157,67 @@ CASES = [
      "connectors/empty.yaml:1:1", "expected a mapping at the top level"),
     ("rest-api-without-endpoint", set_in("connectors/payments.yaml", "ingestion", "api_endpoint", delete=True),
      "connectors/payments.yaml:", "a rest_api connector needs api_endpoint and poll_interval"),
+    # Connectors (streaming_api): what would leak a credential, hammer an API, or be ignored.
+    ("http-endpoint-off-loopback",
+     set_in("connectors/payments.yaml", "ingestion", "api_endpoint", value="http://api.example.com/v1/charges"),
+     "connectors/payments.yaml:", "plain http:// is allowed only for loopback hosts"),
+    ("oauth2-token-url-off-loopback",
+     set_in("connectors/payments.yaml", "ingestion", value={
+         "pattern": "streaming_api", "connector_type": "rest_api", "api_endpoint": "https://api.example.com/x",
+         "poll_interval": "60s", "auth_type": "oauth2", "secret_name": "k",
+         "oauth2": {"token_url": "http://auth.example.com/token"}}),
+     "connectors/payments.yaml:", "ingestion.oauth2.token_url: 'http://auth.example.com/token': plain http://"),
+    ("auth-without-secret", set_in("connectors/payments.yaml", "ingestion", "secret_name", delete=True),
+     "connectors/payments.yaml:", "auth_type bearer_token needs secret_name"),
+    ("secret-without-auth", set_in("connectors/payments.yaml", "ingestion", "auth_type", value="none"),
+     "connectors/payments.yaml:", "secret_name is set but auth_type is none"),
+    ("secret-value-not-an-id",
+     set_in("connectors/payments.yaml", "ingestion", "secret_name", value="sk_live 123/abc"),
+     "connectors/payments.yaml:", "is not a valid Secret Manager secret id"),
+    ("poll-interval-under-10s", set_in("connectors/payments.yaml", "ingestion", "poll_interval", value="5s"),
+     "connectors/payments.yaml:", "poll_interval 5s is under the minimum of 10s"),
+    ("oauth2-without-token-url", set_in("connectors/payments.yaml", "ingestion", "auth_type", value="oauth2"),
+     "connectors/payments.yaml:", "auth_type oauth2 needs oauth2.token_url"),
+    ("pagination-without-its-param",
+     set_in("connectors/payments.yaml", "ingestion", "pagination", value={"type": "cursor", "path": "next"}),
+     "connectors/payments.yaml:", "pagination type cursor needs param"),
+    ("pagination-key-of-another-type",
+     set_in("connectors/payments.yaml", "ingestion", "pagination", value={"type": "link_header", "path": "next"}),
+     "connectors/payments.yaml:", "pagination type link_header takes no path"),
+    ("cursor-field-without-param", set_in("connectors/payments.yaml", "ingestion", "cursor_param", delete=True),
+     "connectors/payments.yaml:", "incremental polling needs both cursor_field and cursor_param"),
+    ("cursor-field-not-in-schema",
+     set_in("connectors/payments.yaml", "ingestion", "cursor_field", value="updated"),
+     "connectors/payments.yaml:", "ingestion.cursor_field: cursor_field 'updated' is not a field of schemas/payments.json"),
+    ("webhook-key-on-a-poller", set_in("connectors/payments.yaml", "ingestion", "webhook_path", value="/hooks/x"),
+     "connectors/payments.yaml:", "webhook_path applies to webhook connectors only"),
+    ("poller-key-on-a-webhook", set_in("connectors/shipments.yaml", "ingestion", "poll_interval", value="60s"),
+     "connectors/shipments.yaml:", "poll_interval applies to rest_api connectors only"),
+    ("webhook-without-signature", set_in("connectors/shipments.yaml", "ingestion", "signature", delete=True),
+     "connectors/shipments.yaml:", "a webhook connector needs signature"),
+    ("webhook-path-collision", lambda repo: (
+        write(repo, "connectors/parcels.yaml", (repo / "connectors/shipments.yaml").read_text()
+              .replace("source_id: shipments", "source_id: parcels")
+              .replace("schemas/shipments.json", "schemas/parcels.json")),
+        write(repo, "schemas/parcels.json",
+              (repo / "schemas/shipments.json").read_text().replace('"shipments"', '"parcels"'))),
+     "connectors/shipments.yaml:", "webhook_path '/hooks/shipments' is already the path of connectors/parcels.yaml"),
+    ("connector-service-name-too-long", lambda repo: (
+        write(repo, f"connectors/{'p' * 40}.yaml", (repo / "connectors/shipments.yaml").read_text()
+              .replace("source_id: shipments", f"source_id: {'p' * 40}")
+              .replace("/hooks/shipments", "/hooks/p").replace("schemas/shipments.json", "schemas/p.json")),
+        write(repo, "schemas/p.json", (repo / "schemas/shipments.json").read_text().replace('"shipments"', f'"{"p" * 40}"'))),
+     f"connectors/{'p' * 40}.yaml:1:", "Cloud Run allows 49"),
+    ("seed-flat-form", writes("connectors/salesforce_exports.yaml", (
+        "source_id: salesforce_exports\npattern: batch_file\nschedule: \"0 2 * * *\"\n"
+        "location: gs://landing-zone/salesforce/\nformat: csv\nschema_file: schemas/salesforce_accounts.json\n")),
+     "connectors/salesforce_exports.yaml:2:1", "Rewrite the file as:\n    source_id: salesforce_exports\n    ingestion:\n"
+     "      pattern: batch_file"),
+    ("window-size-not-supported", set_in("connectors/clickstream.yaml", "ingestion", "window_size", value="60s"),
+     "connectors/clickstream.yaml:", "window_size is not supported yet"),
+    ("landing-location-in-another-bucket",
+     set_in("connectors/orders.yaml", "ingestion", "location", value="gs://someone-elses-bucket/orders/"),
+     "connectors/orders.yaml:", "is outside the landing bucket"),
 ]
 
 
@@ -202,7 +263,7 @@ def test_positions_point_at_the_offending_line(repo):
 
 def test_the_example_repo_is_valid(capsys):
     assert cli.main(["validate", "--repo", "desired_state"]) == 0
-    assert "Valid: 3 sources" in capsys.readouterr().out
+    assert "Valid: 4 sources" in capsys.readouterr().out
 
 
 def test_validate_exits_1_on_invalid(repo, capsys):
@@ -230,3 +291,36 @@ def test_provider_errors_end_the_command_with_a_message_not_a_traceback(monkeypa
     assert cli.main(["plan", "--repo", "desired_state"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "error: pubsub.list_topics: Your default credentials were not found."
+
+
+class _Secrets:
+    """A secret store that holds some secret ids (`providers.base.SecretStore`)."""
+
+    location = "Secret Manager (project headwater-demo)"
+
+    def __init__(self, existing: set[str]) -> None:
+        self.existing = existing
+        self.asked: list[list[str]] = []
+
+    def missing(self, secret_ids):
+        self.asked.append(list(secret_ids))
+        return set(secret_ids) - self.existing
+
+
+def test_a_missing_secret_fails_the_plan_with_its_position_and_nothing_is_touched(repo, monkeypatch, capsys):
+    provider, secrets = MemoryProvider(), _Secrets({"payments-api-key"})
+    monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([provider], secrets=secrets))
+    assert cli.main(["apply", "--repo", str(repo), "--auto-approve"]) == 1
+    err = capsys.readouterr().err
+    assert "connectors/shipments.yaml:13:5: ingestion.signature.secret_name: secret 'shipments-webhook-key' " \
+           "does not exist in Secret Manager (project headwater-demo)" in err
+    assert "payments-api-key" not in err, "only the missing secret is named"
+    assert provider.calls == {} and provider.objects == {}
+    assert secrets.asked == [["payments-api-key", "shipments-webhook-key"]], "one metadata check for all"
+
+
+def test_when_every_secret_exists_the_plan_goes_ahead(repo, monkeypatch):
+    provider = MemoryProvider()
+    secrets = _Secrets({"payments-api-key", "shipments-webhook-key"})
+    monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([provider], secrets=secrets))
+    assert cli.main(["plan", "--repo", str(repo)]) == 2  # changes: everything is to create

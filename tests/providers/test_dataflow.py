@@ -63,14 +63,14 @@ def test_settings_default_under_the_landing_bucket():
 
 
 def test_launch_request_carries_template_parameters_spec_and_labels():
-    job = JOBS["orders-ingest"]
+    job = JOBS["orders-sweep"]
     request = build_launch_request(job, SETTINGS)
     assert isinstance(request, dataflow.LaunchFlexTemplateRequest)
     # The request survives the client library's own serialization, field for field.
     assert dataflow.LaunchFlexTemplateRequest.deserialize(dataflow.LaunchFlexTemplateRequest.serialize(request)) == request
     assert (request.project_id, request.location) == ("headwater-demo", "europe-west1")
     launch = request.launch_parameter
-    assert launch.job_name == "orders-ingest" and not launch.update
+    assert launch.job_name == "orders-sweep" and not launch.update
     assert launch.container_spec_gcs_path.endswith("/templates/gcs_to_bigquery.json")
     assert launch.parameters["input_pattern"] == "gs://landing-headwater-demo-europe-west1/orders/"
     # The spec parameter is what the template's own parser accepts.
@@ -115,7 +115,7 @@ def test_observe_lists_active_jobs_once():
     request = build_list_request(SETTINGS)
     assert request.filter == dataflow.ListJobsRequest.Filter.ACTIVE and request.page_size == 1000
     assert "name" not in request
-    assert build_list_request(SETTINGS, "orders-ingest").name == "orders-ingest"
+    assert build_list_request(SETTINGS, "orders-sweep").name == "orders-sweep"
 
 
 # --------------------------------------------------------------------------- observe → plan
@@ -172,7 +172,7 @@ def test_the_scheduler_account_is_not_a_streaming_jobs_setting():
         scheduler_service_account="tick@headwater-demo.iam.gserviceaccount.com")})
     jobs = {r.name: r for r in compile_resources(replace(STATE, platform=platform)) if r.kind == Kind.DATAFLOW_JOB}
     assert jobs["payments-ingest"].spec["environment"] == {}
-    assert jobs["orders-ingest"].spec["environment"] == {
+    assert jobs["orders-sweep"].spec["environment"] == {
         "scheduler_service_account": "tick@headwater-demo.iam.gserviceaccount.com"}
 
 
@@ -282,7 +282,7 @@ def test_a_streaming_only_platform_needs_no_cloud_scheduler_api(fake):
     (live,) = provider.observe(Kind.DATAFLOW_JOB)  # the streaming job; no schedules, no error
     assert live.name == "payments-ingest"
     with pytest.raises(ServiceDisabled, match="Cloud Scheduler API has not been used"):
-        provider.create(JOBS["orders-ingest"])  # a batch job does need it, and says so
+        provider.create(JOBS["orders-sweep"])  # a batch job does need it, and says so
 
 
 def test_a_launch_answered_409_is_already_exists(fake):

@@ -59,7 +59,7 @@ SETTINGS = replace(dataflow_settings(STATE.platform.project, STATE.platform.regi
                    scheduler_service_account=LAUNCHER)
 IMMUTABLE = {Kind.DATAFLOW_JOB: frozenset({"template", "streaming"})}
 PROJECT, REGION = "headwater-demo", "europe-west1"
-JOB_NAME = f"projects/{PROJECT}/locations/{REGION}/jobs/headwater-dev-orders-ingest"
+JOB_NAME = f"projects/{PROJECT}/locations/{REGION}/jobs/headwater-dev-orders-sweep"
 
 
 def as_listed(resource, settings=SETTINGS, **changes):
@@ -84,7 +84,7 @@ def test_the_demo_has_batch_jobs_of_both_kinds():
 
 
 def test_a_batch_job_is_a_scheduler_job_posting_the_launch_request_on_its_schedule():
-    resource = BATCH["orders-ingest"]
+    resource = BATCH["orders-sweep"]
     job = build_job(PROJECT, REGION, scheduled_launch(resource, SETTINGS))
     assert isinstance(job, scheduler.Job)
     assert scheduler.Job.deserialize(scheduler.Job.serialize(job)) == job, "survives the client's serialization"
@@ -103,7 +103,7 @@ def test_a_batch_job_is_a_scheduler_job_posting_the_launch_request_on_its_schedu
     launched = dataflow.LaunchFlexTemplateRequest.from_json(target.body.decode())
     launched.project_id, launched.location = PROJECT, REGION  # they travel in the URL
     assert launched == build_launch_request(resource, SETTINGS)
-    assert launched.launch_parameter.job_name == "orders-ingest", "a fixed name: overlapping runs are refused"
+    assert launched.launch_parameter.job_name == "orders-sweep", "a fixed name: overlapping runs are refused"
     assert launched.launch_parameter.environment.additional_user_labels["managed-by"] == "headwater"
 
 
@@ -128,7 +128,7 @@ def test_the_description_carries_the_labels_and_spec_fingerprints_in_compact_jso
 
 
 def test_a_description_over_500_characters_is_refused_before_any_call():
-    resource = BATCH["orders-ingest"]
+    resource = BATCH["orders-sweep"]
     crowded = replace(resource, labels={**resource.labels, **{f"label-{i}": "v" * 40 for i in range(6)}})
     with pytest.raises(PermanentError, match=r"more than the 500 allowed .*platform\.yaml's labels"):
         scheduled_launch(crowded, SETTINGS)
@@ -138,11 +138,11 @@ def test_a_description_over_500_characters_is_refused_before_any_call():
 
 
 def test_scheduler_job_ids_follow_cloud_schedulers_rules():
-    assert scheduler_job_id("orders-ingest", "dev") == "headwater-dev-orders-ingest"
-    assert job_id_problem("headwater-dev_1-orders-ingest") is None
+    assert scheduler_job_id("orders-sweep", "dev") == "headwater-dev-orders-sweep"
+    assert job_id_problem("headwater-dev_1-orders-sweep") is None
     assert "1-500 letters" in job_id_problem("headwater-dev-orders.ingest")
     assert "501 characters" in job_id_problem("x" * 501)
-    long_name = replace(BATCH["orders-ingest"], name="o" * 490)
+    long_name = replace(BATCH["orders-sweep"], name="o" * 490)
     with pytest.raises(PermanentError, match="cannot name a Cloud Scheduler job"):
         scheduled_launch(long_name, SETTINGS)
 
@@ -150,7 +150,7 @@ def test_scheduler_job_ids_follow_cloud_schedulers_rules():
 def test_without_a_scheduler_service_account_apply_fails_with_the_reason():
     settings = replace(SETTINGS, scheduler_service_account=None)
     with pytest.raises(PermanentError, match=r"dataflow\.scheduler_service_account.*roles/dataflow\.developer"):
-        scheduled_launch(BATCH["orders-ingest"], settings)
+        scheduled_launch(BATCH["orders-sweep"], settings)
 
 
 def test_a_streaming_job_is_never_scheduled():
@@ -162,7 +162,7 @@ def test_list_and_delete_requests():
     request = build_list_request(PROJECT, REGION)
     assert isinstance(request, scheduler.ListJobsRequest)
     assert (request.parent, request.page_size) == (f"projects/{PROJECT}/locations/{REGION}", 500)
-    assert build_delete_request(PROJECT, REGION, "headwater-dev-orders-ingest") == \
+    assert build_delete_request(PROJECT, REGION, "headwater-dev-orders-sweep") == \
         scheduler.DeleteJobRequest(name=JOB_NAME)
 
 
@@ -176,7 +176,7 @@ def test_list_and_delete_requests():
 ])
 def test_an_update_masks_only_what_the_change_rewrites(changed, mask):
     assert scheduler_fields(changed) == mask
-    request = build_update_request(PROJECT, REGION, scheduled_launch(BATCH["orders-ingest"], SETTINGS), mask)
+    request = build_update_request(PROJECT, REGION, scheduled_launch(BATCH["orders-sweep"], SETTINGS), mask)
     assert isinstance(request, scheduler.UpdateJobRequest)
     assert request.update_mask == field_mask_pb2.FieldMask(paths=mask)
     assert request.job.name == JOB_NAME
@@ -184,7 +184,7 @@ def test_an_update_masks_only_what_the_change_rewrites(changed, mask):
 
 
 def test_an_update_naming_nothing_or_an_unknown_field_is_refused():
-    request = scheduled_launch(BATCH["orders-ingest"], SETTINGS)
+    request = scheduled_launch(BATCH["orders-sweep"], SETTINGS)
     with pytest.raises(PermanentError, match="cannot update"):
         build_update_request(PROJECT, REGION, request, [])
     with pytest.raises(PermanentError, match="cannot update"):
@@ -197,16 +197,16 @@ def test_an_update_naming_nothing_or_an_unknown_field_is_refused():
 def test_observed_batch_and_streaming_jobs_equal_their_desired_twins():
     live = [scheduled_resource(as_listed(job)) if not job.spec["streaming"] else job_resource(streaming_job(job))
             for job in JOBS.values()]
-    batch = next(r for r in live if r.name == "orders-ingest")
+    batch = next(r for r in live if r.name == "orders-sweep")
     assert batch.spec["schedule"] == "0 3 * * *", "the schedule is read back in plain"
-    assert batch.spec["parameters"] == {"$digest": job_labels(BATCH["orders-ingest"])["headwater-parameters"]}
+    assert batch.spec["parameters"] == {"$digest": job_labels(BATCH["orders-sweep"])["headwater-parameters"]}
     assert batch.labels["managed-by"] == "headwater" and batch.labels["headwater-platform"] == "dev"
     plan = reconcile(JOBS.values(), live, IMMUTABLE, PlanOptions(environment="dev"))
     assert {c.action for c in plan.changes} == {Action.NOOP}
 
 
 def test_a_schedule_or_time_zone_changed_by_hand_is_drift_that_an_update_repairs():
-    desired = BATCH["orders-ingest"]
+    desired = BATCH["orders-sweep"]
     for changes, before in [({"schedule": "0 4 * * *"}, "0 4 * * *"),
                             ({"time_zone": "Europe/Paris"}, "0 3 * * * (Europe/Paris)")]:
         live = scheduled_resource(as_listed(desired, **changes))
@@ -217,7 +217,7 @@ def test_a_schedule_or_time_zone_changed_by_hand_is_drift_that_an_update_repairs
 
 
 def test_a_changed_pipeline_updates_the_schedule_and_the_plan_says_a_run_in_progress_finishes():
-    launched = BATCH["orders-ingest"]
+    launched = BATCH["orders-sweep"]
     desired = replace(launched, spec={**launched.spec, "pipeline": {**launched.spec["pipeline"], "data_quality": []}})
     (change,) = reconcile([desired], [scheduled_resource(as_listed(launched))], IMMUTABLE).changes
     assert change.action == Action.UPDATE and change.update_fields == ("pipeline",)
@@ -225,15 +225,15 @@ def test_a_changed_pipeline_updates_the_schedule_and_the_plan_says_a_run_in_prog
 
 
 def test_scheduler_jobs_that_are_not_headwaters_are_ignored():
-    mine = as_listed(BATCH["orders-ingest"])
+    mine = as_listed(BATCH["orders-sweep"])
     assert scheduled_resource(replace(mine, job_id="nightly-backup")) is None
     assert scheduled_resource(replace(mine, description="Nightly backup")) is None
     assert scheduled_resource(replace(mine, description='{"managed-by":"someone-else"}')) is None
-    assert scheduled_resource(replace(mine, job_id="headwater-prod-orders-ingest")) is None, "name and label disagree"
-    other_platform = as_listed(replace(BATCH["orders-ingest"], labels={**BATCH["orders-ingest"].labels,
+    assert scheduled_resource(replace(mine, job_id="headwater-prod-orders-sweep")) is None, "name and label disagree"
+    other_platform = as_listed(replace(BATCH["orders-sweep"], labels={**BATCH["orders-sweep"].labels,
                                                                         "headwater-platform": "prod"}))
     seen = scheduled_resource(other_platform)
-    assert seen.name == "orders-ingest" and seen.labels["headwater-platform"] == "prod"
+    assert seen.name == "orders-sweep" and seen.labels["headwater-platform"] == "prod"
     assert reconcile([], [seen], IMMUTABLE, PlanOptions(environment="dev", prune=True)).changes == (), \
         "another platform's jobs are not this plan's business"
 
@@ -301,7 +301,7 @@ def test_observe_lists_once_per_service_whatever_the_number_of_jobs(fake):
 
 def test_an_update_patches_the_changed_fields_and_leaves_a_run_in_progress_alone(fake):
     provider = provider_for(fake)
-    launched = BATCH["orders-ingest"]
+    launched = BATCH["orders-sweep"]
     apply_jobs(provider, [launched])
     fake.tick(JOB_NAME)
     desired = replace(launched, spec={**launched.spec, "schedule": "15 3 * * *",
@@ -313,10 +313,10 @@ def test_an_update_patches_the_changed_fields_and_leaves_a_run_in_progress_alone
     assert patch.path == f"/v1/{JOB_NAME}"
     assert patch.query["updateMask"] == "description,httpTarget,schedule,timeZone"
     assert not [r for r in fake.requests if r.method == "PUT"], "the run in progress is not cancelled"
-    assert [j["name"] for j in fake.active()] == ["orders-ingest"]
+    assert [j["name"] for j in fake.active()] == ["orders-sweep"]
     stored = fake.scheduler_jobs[JOB_NAME]
     assert stored["schedule"] == "15 3 * * *" and stored["retryConfig"], "unmasked fields kept"
-    assert plan_actions(provider, [desired]) == {"orders-ingest": Action.NOOP}
+    assert plan_actions(provider, [desired]) == {"orders-sweep": Action.NOOP}
     # The next tick is refused while the old run is active (one name, one run at a time) ...
     assert fake.tick(JOB_NAME)[0] == 409
     fake.finish_runs()
@@ -329,9 +329,9 @@ def test_an_update_patches_the_changed_fields_and_leaves_a_run_in_progress_alone
 
 def test_delete_removes_the_schedule_then_cancels_a_run_and_is_idempotent(fake):
     provider = provider_for(fake)
-    apply_jobs(provider, [BATCH["orders-ingest"], JOBS["payments-ingest"]])
+    apply_jobs(provider, [BATCH["orders-sweep"], JOBS["payments-ingest"]])
     fake.tick(JOB_NAME)
-    (live,) = [r for r in provider.observe(Kind.DATAFLOW_JOB) if r.name == "orders-ingest"]
+    (live,) = [r for r in provider.observe(Kind.DATAFLOW_JOB) if r.name == "orders-sweep"]
     fake.requests.clear()
     provider.delete(live)
     assert [(r.method, r.path) for r in fake.requests][0] == ("DELETE", f"/v1/{JOB_NAME}"), "no more ticks first"
@@ -345,7 +345,7 @@ def test_delete_removes_the_schedule_then_cancels_a_run_and_is_idempotent(fake):
 
 def test_create_of_a_schedule_that_exists_converges_through_update(fake):
     provider = provider_for(fake)
-    resource = BATCH["orders-ingest"]
+    resource = BATCH["orders-sweep"]
     provider.create(resource)
     with pytest.raises(AlreadyExists):
         provider.create(resource)
@@ -356,9 +356,9 @@ def test_create_of_a_schedule_that_exists_converges_through_update(fake):
 
 def test_without_the_scheduler_account_nothing_is_sent(fake):
     provider = provider_for(fake, replace(SETTINGS, scheduler_service_account=None))
-    plan = reconcile([BATCH["orders-ingest"], JOBS["payments-ingest"]], [], IMMUTABLE)
+    plan = reconcile([BATCH["orders-sweep"], JOBS["payments-ingest"]], [], IMMUTABLE)
     result = apply_plan(plan, {Kind.DATAFLOW_JOB: provider})
     outcomes = {o.address: o for o in result.outcomes}
-    assert "scheduler_service_account" in outcomes["dataflow_job.orders-ingest"].error
+    assert "scheduler_service_account" in outcomes["dataflow_job.orders-sweep"].error
     assert outcomes["dataflow_job.payments-ingest"].status == "ok", "streaming jobs do not need it"
     assert not fake.scheduler_jobs

@@ -1,0 +1,364 @@
+"""A setting is a promise: every field of every config model changes what headwater builds or does.
+
+The models are walked (pydantic's ``model_fields``, through lists, unions and the ingestion
+patterns), so a field added later is covered automatically: it fails `test_every_field_is_accounted_for`
+until it is given a change here (and that change is shown to alter the compiled resources, the
+connector or pipeline spec they carry, or the runtime setting named), or is put on one of the
+short, reviewed lists below.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import EXAMPLE
+from pydantic import BaseModel
+
+from providers import dataflow_settings
+from reconciler.compile import compile_resources
+from reconciler.config import Connector, Platform, SchemaField
+from reconciler.engine import plan_options
+from reconciler.load import load_repo
+from reconciler.yamlsrc import load_yaml
+
+# Fields that describe and do nothing else, by design.
+DOCUMENTATION_ONLY = {
+    "connector.display_name": "shown in the Bronze table's description only when description is empty",
+}
+
+# Fields an open issue realizes; until then they are parsed and documented as such.
+PENDING = {
+    "connector.serving.third_party_api": "issue 12 (serving layer)",
+    "connector.serving.reporting": "issue 12 (serving layer)",
+    "connector.serving.ml_features": "issue 12 (serving layer)",
+    "connector.monitoring.sla_minutes": "issue 11 (health and SLAs)",
+    "connector.monitoring.alert_email": "issue 11 (health and SLAs)",
+    "connector.monitoring.metrics": "issue 11 (health and SLAs)",
+    "connector.ingestion[database_cdc].connector_type": "issue 10 (Datastream)",
+    "connector.ingestion[database_cdc].database_type": "issue 10 (Datastream)",
+    "connector.ingestion[database_cdc].connection_profile": "issue 10 (Datastream)",
+    "connector.ingestion[database_cdc].tables": "issue 10 (Datastream)",
+    "connector.ingestion[cloud_transfer].source_type": "issue 10 (Storage Transfer)",
+    "connector.ingestion[cloud_transfer].source_bucket": "issue 10 (Storage Transfer)",
+    "connector.ingestion[cloud_transfer].source_path": "issue 10 (Storage Transfer)",
+}
+
+# Fields that accept one value only today (others are refused at validate with the reason).
+SINGLE_VALUE = {
+    "connector.ingestion[event_streaming].message_format": "json only: the streaming pipeline reads JSON",
+    "connector.ingestion[event_streaming].window_size": "refused: no windowed aggregation yet",
+    "connector.ingestion[event_streaming].pattern": "the discriminator",
+    "connector.ingestion[batch_file].pattern": "the discriminator",
+    "connector.ingestion[streaming_api].pattern": "the discriminator",
+    "connector.ingestion[database_cdc].pattern": "the discriminator",
+    "connector.ingestion[cloud_transfer].pattern": "the discriminator",
+}
+
+# Fields that change what headwater does rather than what it builds: each with the function
+# that shows it (a different value must change what the function returns).
+OPERATIONAL = {
+    "platform.policy.prune": lambda state: plan_options(state).prune,
+    "platform.policy.max_delete_fraction": lambda state: plan_options(state).max_delete_fraction,
+    "platform.suspend": lambda state: state.platform.suspend,  # the daemon: suspended syncs
+    "connector.suspend": lambda state: [s.connector.suspend for s in state.sources],  # the daemon
+    "platform.dataflow.region": lambda state: dataflow_settings(
+        state.platform.project, state.platform.region, state.platform).location,
+}
+
+SOURCES = {  # the example source that exercises each ingestion pattern
+    "batch_file": "orders", "streaming_api": "payments", "event_streaming": "clickstream",
+}
+
+# path -> (source file to edit, or "platform"; the edit). Paths use the walk's names.
+CHANGES: dict[str, tuple[str, Any]] = {
+    "platform.project": ("platform", "other-project-1"),
+    "platform.region": ("platform", "us-central1"),
+    "platform.environment": ("platform", "prod"),
+    "platform.labels": ("platform", {"team": "other"}),
+    "platform.zones.landing.bucket": ("platform", "my-landing-bucket"),
+    "platform.zones.landing.lifecycle.tiers[].after_days": ("platform", 45),
+    "platform.zones.landing.lifecycle.tiers[].storage_class": ("platform", "COLDLINE"),
+    "platform.zones.landing.lifecycle.delete_after_days": ("platform", 4000),
+    "platform.zones.landing.deletion_protection": ("platform", False),
+    "platform.zones.bronze.bucket": ("platform", "my-bronze-bucket"),
+    "platform.zones.bronze.lifecycle.tiers[].after_days": ("platform", 45),
+    "platform.zones.bronze.lifecycle.tiers[].storage_class": ("platform", "COLDLINE"),
+    "platform.zones.bronze.lifecycle.delete_after_days": ("platform", 4000),
+    "platform.zones.bronze.deletion_protection": ("platform", False),
+    "platform.zones.bronze.dataset": ("platform", "raw"),
+    "platform.zones.silver.bucket": ("platform", "my-silver-bucket"),
+    "platform.zones.silver.lifecycle.tiers[].after_days": ("platform", 45),
+    "platform.zones.silver.lifecycle.tiers[].storage_class": ("platform", "ARCHIVE"),
+    "platform.zones.silver.lifecycle.delete_after_days": ("platform", 4000),
+    "platform.zones.silver.deletion_protection": ("platform", False),
+    "platform.zones.silver.dataset": ("platform", "curated"),
+    "platform.zones.gold.dataset": ("platform", "marts"),
+    "platform.zones.gold.deletion_protection": ("platform", False),
+    "platform.pubsub.ack_deadline_seconds": ("platform", 30),
+    "platform.pubsub.max_delivery_attempts": ("platform", 9),
+    "platform.pubsub.retry_backoff.minimum": ("platform", "20s"),
+    "platform.pubsub.retry_backoff.maximum": ("platform", "300s"),
+    "platform.pubsub.message_retention": ("platform", "3d"),
+    "platform.pubsub.dead_letter_retention": ("platform", "14d"),
+    "platform.dataflow.template_bucket": ("platform", "gs://templates-bucket/flex"),
+    "platform.dataflow.temp_location": ("platform", "gs://temp-bucket/tmp"),
+    "platform.dataflow.service_account": ("platform", "workers@p.iam.gserviceaccount.com"),
+    "platform.dataflow.max_workers": ("platform", 7),
+    "platform.dataflow.scheduler_service_account": ("platform", "tick@p.iam.gserviceaccount.com"),
+    "platform.connectors.image": ("platform", "europe-docker.pkg.dev/p/hw/connector:2"),
+    "platform.connectors.service_account": ("platform", "connectors@p.iam.gserviceaccount.com"),
+    "connector.source_id": ("orders", "orders"),  # special-cased: renaming moves the file too
+    "connector.description": ("orders", "Something else"),
+    "connector.labels": ("orders", {"domain": "sales"}),
+    "connector.deletion_protection": ("orders", False),
+    "connector.ingestion[batch_file].location": ("orders", "gs://landing-headwater-demo-europe-west1/other/"),
+    "connector.ingestion[batch_file].schedule": ("orders", "0 4 * * *"),
+    "connector.ingestion[batch_file].format": ("orders", "csv"),
+    "connector.ingestion[batch_file].compression": ("orders", "none"),
+    "connector.ingestion[streaming_api].connector_type": ("shipments", "rest_api"),
+    "connector.ingestion[streaming_api].api_endpoint": ("payments", "https://api.other.example.com/v2/charges"),
+    "connector.ingestion[streaming_api].params": ("payments", {"limit": "100"}),
+    "connector.ingestion[streaming_api].auth_type": ("payments", "basic"),
+    "connector.ingestion[streaming_api].secret_name": ("payments", "other-key"),
+    "connector.ingestion[streaming_api].api_key.header": ("payments", "X-Key"),
+    "connector.ingestion[streaming_api].api_key.query": ("payments", "key"),
+    "connector.ingestion[streaming_api].oauth2.token_url": ("payments", "https://auth.example.com/token"),
+    "connector.ingestion[streaming_api].oauth2.scopes": ("payments", ["read:charges"]),
+    "connector.ingestion[streaming_api].poll_interval": ("payments", "5m"),
+    "connector.ingestion[streaming_api].records": ("payments", "items"),
+    "connector.ingestion[streaming_api].pagination.type": ("payments", "link_header"),
+    "connector.ingestion[streaming_api].pagination.path": ("payments", "meta.cursor"),
+    "connector.ingestion[streaming_api].pagination.param": ("payments", "after"),
+    "connector.ingestion[streaming_api].pagination.start": ("payments", 0),
+    "connector.ingestion[streaming_api].cursor_field": ("payments", "charge_id"),
+    "connector.ingestion[streaming_api].cursor_param": ("payments", "since"),
+    "connector.ingestion[streaming_api].request_timeout": ("payments", "10s"),
+    "connector.ingestion[streaming_api].max_requests_per_minute": ("payments", 10),
+    "connector.ingestion[streaming_api].webhook_path": ("shipments", "/hooks/carrier"),
+    "connector.ingestion[streaming_api].signature.header": ("shipments", "X-Sig"),
+    "connector.ingestion[streaming_api].signature.secret_name": ("shipments", "other-key"),
+    "connector.ingestion[streaming_api].signature.algorithm": ("shipments", "sha512"),
+    "connector.ingestion[streaming_api].signature.scheme": ("shipments", "hex"),
+    "connector.ingestion[streaming_api].signature.timestamp_tolerance": ("shipments", "60s"),
+    "connector.ingestion[streaming_api].max_body_bytes": ("shipments", 4096),
+    "connector.ingestion[streaming_api].delivery_id_header": ("shipments", "X-GitHub-Delivery"),
+    "connector.ingestion[streaming_api].max_instances": ("shipments", 3),
+    "connector.ingestion[event_streaming].pubsub_topic": ("clickstream", "web-events"),
+    "connector.ingestion[cloud_transfer].schedule": ("transfer", "0 5 * * *"),
+    "connector.ingestion[cloud_transfer].destination": ("transfer", "gs://landing-headwater-demo-europe-west1/x/"),
+    "connector.schema.file": ("orders", "schemas/orders_v2.json"),
+    "connector.schema.validation": ("orders", "lenient"),
+    "connector.schema.evolution": ("orders", "none"),
+    "connector.processing.bronze_to_silver[].deduplication.key": ("orders", ["customer_id"]),
+    "connector.processing.bronze_to_silver[].deduplication.window": ("orders", "20m"),
+    "connector.processing.bronze_to_silver[].data_quality.rules[].field": ("orders", "customer_id"),
+    "connector.processing.bronze_to_silver[].data_quality.rules[].check": ("orders", "not_null"),
+    "connector.processing.bronze_to_silver[].data_quality.rules[].min": ("orders", 5),
+    "connector.processing.bronze_to_silver[].data_quality.rules[].max": ("orders", 5000),
+    "connector.processing.bronze_to_silver[].data_quality.rules[].pattern": ("orders", "^C-"),
+    "connector.processing.bronze_to_silver[].data_quality.rules[].values": ("orders", ["EUR", "USD"]),
+    "connector.processing.silver_to_gold[].join.table": ("orders", "gold.clients"),
+    "connector.processing.silver_to_gold[].join.on": ("orders", ["customer_id", "order_id"]),
+    "connector.processing.silver_to_gold[].aggregate.group_by": ("orders", ["date"]),
+    "connector.processing.silver_to_gold[].aggregate.metrics": ("orders", ["count(*) as n"]),
+    "connector.processing.silver_to_gold[].aggregate.table": ("orders", "orders_by_day"),
+    "connector.silver.partition_field": ("orders", "shipped_at"),
+    "connector.silver.cluster_by": ("orders", ["currency"]),
+}
+
+
+# --------------------------------------------------------------------------- the walk
+
+
+def _members(annotation: Any) -> list[Any]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _members(arg)]
+    if origin is list:
+        return [("[]", m) for m in _members(typing.get_args(annotation)[0])]
+    return [annotation]
+
+
+def walk(model: type[BaseModel], prefix: str) -> list[str]:
+    """Every leaf field path of ``model`` (lists as ``[]``, ingestion patterns as ``[pattern]``)."""
+    paths = []
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        nested = []
+        for member in _members(info.annotation):
+            suffix = ""
+            if isinstance(member, tuple):
+                suffix, member = member
+            if isinstance(member, type) and issubclass(member, BaseModel) and member is not SchemaField:
+                if "pattern" in member.model_fields and key == "ingestion":
+                    tag = typing.get_args(member.model_fields["pattern"].annotation)[0]
+                    nested += walk(member, f"{prefix}.{key}[{tag}]")
+                else:
+                    nested += walk(member, f"{prefix}.{key}{suffix}")
+        paths += nested or [f"{prefix}.{key}"]
+    return sorted(set(paths))
+
+
+ALL_FIELDS = walk(Platform, "platform") + walk(Connector, "connector")
+
+
+def test_every_field_is_accounted_for():
+    lists = [CHANGES, DOCUMENTATION_ONLY, PENDING, SINGLE_VALUE, OPERATIONAL]
+    unaccounted = [p for p in ALL_FIELDS if not any(p in group for group in lists)]
+    assert not unaccounted, f"fields that no test shows to do anything: {unaccounted}"
+    stale = [p for group in lists for p in group if p not in ALL_FIELDS]
+    assert not stale, f"listed fields that no model has: {stale}"
+
+
+# --------------------------------------------------------------------------- the changes
+
+
+def _repo(tmp_path: Path) -> Path:
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns("sample-data"))
+    # A cloud_transfer source (the example has none), and a second version of a schema.
+    transfer = yaml.safe_load((repo / "connectors" / "orders.yaml").read_text())
+    transfer.update(source_id="transfer", ingestion={"pattern": "cloud_transfer", "source_type": "s3",
+                                                    "source_bucket": "my-aws-bucket", "schedule": "0 */6 * * *"},
+                    schema={"file": "schemas/transfer.json"})
+    transfer["processing"].pop("silver_to_gold", None)
+    (repo / "connectors" / "transfer.yaml").write_text(yaml.safe_dump(transfer, sort_keys=False))
+    orders_schema = (repo / "schemas" / "orders.json").read_text().replace(
+        '"fields": [', '"fields": [\n    {"name": "shipped_at", "type": "TIMESTAMP", "mode": "NULLABLE"},', 1)
+    (repo / "schemas" / "orders.json").write_text(orders_schema)
+    (repo / "schemas" / "transfer.json").write_text(orders_schema.replace('"orders"', '"transfer"'))
+    (repo / "schemas" / "orders_v2.json").write_text(orders_schema.replace('"version": "', '"version": "2-'))
+    return repo
+
+
+def _parts(path: str) -> list[str]:
+    """``connector.ingestion[batch_file].location`` → ["ingestion", "location"]."""
+    parts = []
+    for part in path.split(".")[1:]:
+        name = part.split("[")[0]
+        parts.append(name + ("[]" if part.endswith("[]") else ""))
+    return parts
+
+
+def _set(data: Any, parts: list[str], value: Any) -> None:
+    """Set the value at ``parts``, in every list element, creating mappings as needed. Steps that
+    do not have the key (a list of steps where only some are dedup steps) are skipped."""
+    head, rest = parts[0], parts[1:]
+    is_list = head.endswith("[]")
+    key = head.removesuffix("[]")
+    if not rest:
+        data[key] = value
+        return
+    if is_list:
+        items = data.get(key) or []
+        targets = [item for item in items if rest[0].removesuffix("[]") in item] or items[:1]
+        for item in targets:
+            _set(item, rest, value)
+        return
+    if not isinstance(data.get(key), dict):
+        data[key] = {}
+    _set(data[key], rest, value)
+
+
+def _fingerprint(state) -> list[Any]:
+    return [{**r.to_dict(), "options": dict(r.options)} for r in compile_resources(state)]
+
+
+def _edit(repo: Path, target: str, path: str, value: Any) -> None:
+    file = repo / ("platform.yaml" if target == "platform" else f"connectors/{target}.yaml")
+    data, _ = load_yaml(file)
+    parts = _parts(path)
+    if path in ("platform.project", "platform.region", "platform.zones.landing.bucket"):
+        # The example's batch source names its (default) landing prefix; let it follow the bucket.
+        orders = repo / "connectors" / "orders.yaml"
+        orders.write_text("\n".join(line for line in orders.read_text().splitlines()
+                                    if not line.strip().startswith("location:")) + "\n")
+    if path.endswith("signature.scheme"):
+        data["ingestion"]["signature"].pop("timestamp_tolerance", None)
+    if path == "connector.ingestion[streaming_api].connector_type":  # webhook -> rest_api
+        data["ingestion"] = {"pattern": "streaming_api", "connector_type": value,
+                             "api_endpoint": "https://api.example.com/events", "poll_interval": "60s"}
+    elif ".api_key." in path:
+        data["ingestion"].update(auth_type="api_key")
+        _set(data, parts, value)
+    elif ".oauth2." in path:
+        data["ingestion"].update(auth_type="oauth2", oauth2={"token_url": "https://a.example.com/t"})
+        _set(data, parts, value)
+    elif ".pagination." in path:
+        kind = {"path": "next_url", "param": "page", "start": "page", "type": "link_header"}[parts[-1]]
+        data["ingestion"]["pagination"] = {"type": kind, **({"param": "p"} if kind == "page" else {}),
+                                           **({"path": "next"} if kind == "next_url" else {})}
+        if parts[-1] != "type":
+            _set(data, parts, value)
+    elif path.endswith("auth_type"):
+        data["ingestion"]["auth_type"] = value
+    elif path.endswith(("rules[].min", "rules[].max")):
+        data["processing"]["bronze_to_silver"][1]["data_quality"]["rules"] = [
+            {"field": "amount", "check": "range", "min": 1, "max": 100000}]
+        _set(data, parts, value)
+    elif path.endswith(("rules[].pattern", "rules[].values", "rules[].check", "rules[].field")):
+        data["processing"]["bronze_to_silver"][1]["data_quality"]["rules"] = [
+            {"field": "customer_id", "check": "regex", "pattern": "^C"} if "pattern" in path or "field" in path
+            else {"field": "currency", "check": "allowed_values", "values": ["EUR"]}]
+        _set(data, parts, value)
+    elif ".lifecycle." in path:
+        zone = data.setdefault("zones", {}).setdefault(parts[1], {}) or {}
+        data["zones"][parts[1]] = zone
+        zone["lifecycle"] = {"tiers": [{"after_days": 30, "storage_class": "NEARLINE"}]}
+        _set(data, parts, value)
+    else:
+        _set(data, parts, value)
+    file.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _case_value(path: str) -> Any:
+    return CHANGES[path][1] if path in CHANGES else None
+
+
+@pytest.mark.parametrize("path", sorted(set(CHANGES) - {"connector.source_id"}))
+def test_changing_the_field_changes_what_is_built(tmp_path, path):
+    repo = _repo(tmp_path)
+    before = _fingerprint(load_repo(repo))
+    target, value = CHANGES[path]
+    _edit(repo, target, path, value)
+    after = _fingerprint(load_repo(repo))
+    assert after != before, f"{path}: changing it to {value!r} changed nothing that headwater builds"
+
+
+def test_renaming_a_source_changes_what_is_built(tmp_path):
+    repo = _repo(tmp_path)
+    before = {r.address for r in compile_resources(load_repo(repo))}
+    (repo / "connectors" / "transfer.yaml").rename(repo / "connectors" / "imports.yaml")
+    _edit(repo, "imports", "connector.source_id", "imports")
+    schema = repo / "schemas" / "transfer.json"
+    schema.write_text(schema.read_text().replace('"transfer"', '"imports"'))
+    after = {r.address for r in compile_resources(load_repo(repo))}
+    assert "bigquery_table.silver.imports" in after - before
+
+
+@pytest.mark.parametrize("path", sorted(OPERATIONAL))
+def test_operational_fields_change_what_headwater_does(tmp_path, path):
+    repo = _repo(tmp_path)
+    read = OPERATIONAL[path]
+    before = read(load_repo(repo))
+    target = "platform" if path.startswith("platform.") else "orders"
+    value = {"platform.policy.prune": True, "platform.policy.max_delete_fraction": 0.5, "platform.suspend": True,
+             "connector.suspend": True, "platform.dataflow.region": "us-east1"}[path]
+    _edit(repo, target, path, value)
+    assert read(load_repo(repo)) != before
+
+
+def test_the_lists_stay_short_and_reviewed():
+    # Growing these lists is a decision, not a way to make the walk pass.
+    assert len(DOCUMENTATION_ONLY) <= 3 and len(PENDING) <= 16
+    assert copy.deepcopy(PENDING) == PENDING
