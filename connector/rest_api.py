@@ -1,0 +1,627 @@
+"""The polling connector: walk a REST API's pages, publish every record, checkpoint the position.
+
+One **poll** reads the checkpoint (connector.checkpoint), then walks the API from where the last
+one stopped: the first page not read of an unfinished walk, or else a fresh walk from the
+endpoint, with the incremental cursor (the greatest ``cursor_field`` value of the completed walks)
+sent as ``cursor_param``. That bound is **inclusive**: the records at the boundary are read and
+published again, and the pipeline's dedup removes them - none is ever skipped.
+
+For each page: request it (within the request budget, retrying 429 and 5xx), take its records
+(the ``records`` selector), publish them and wait until Pub/Sub acknowledged every one, then
+find the next page (``pagination``). The checkpoint is written after a page at most every
+``checkpoint_interval_seconds``, and when the poll ends - always after the publishes before it
+were acknowledged, so a crash in between re-publishes (the dedup absorbs it) and never loses a
+record.
+
+How a poll ends (:class:`PollResult` ``outcome``):
+
+* ``complete`` - the last page was read: the cursor advances to the greatest value seen and the
+  resume position is cleared.
+* ``partial`` - the request budget (``max_requests_per_minute``) or the retries
+  (``max_retries``, or a ``Retry-After`` longer than ``retry_max_seconds``) ran out: a partial
+  success. The checkpoint keeps the first page not read; the next poll resumes there (as soon
+  as the budget allows, or after ``Retry-After``).
+* ``dead_letter`` - a body that is not JSON, or where ``records`` matches no list, went to the
+  dead-letter topic (reasons ``unparseable``, ``records_not_found``); the poll ends there and the
+  next one tries that page again. Never a crash.
+* ``failed`` - any other error (a 4xx other than 429, a publish or checkpoint failure): logged,
+  the position of the first page not read is kept when the checkpoint can still be written.
+* ``lost_race`` - another replica wrote the checkpoint first (HTTP 412): this one re-reads it
+  and yields; what it published in between is a duplicate, absorbed downstream.
+* ``stopped`` - SIGTERM: the position reached is checkpointed.
+
+Secrets: the credential (``HEADWATER_CONNECTOR_SECRET``) is added to each request only as it is
+sent, and only to requests for the endpoint's own origin (scheme, host, port) - a next-page URL
+elsewhere gets no credential. Every URL that leaves this module (the ``origin`` attribute, the
+checkpoint, logs, errors) goes through :meth:`Poller.sanitize_url`, which drops the api_key query
+parameter and any parameter carrying the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import tenacity
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from connector.checkpoint import CheckpointConflict, CheckpointStore, PollState, Resume
+from connector.logs import redact, redact_secret, secret_forms
+from connector.publish import RECORDS_NOT_FOUND, UNPARSEABLE, PublishError, RecordPublisher, now_rfc3339
+from connector.records import cursor_text, dig, greater, select_records
+from connector.spec import ConnectorSpec, RestApi
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_BYTES = 32 * 1024 * 1024  # a page larger than this is refused (the container has ~512 MiB)
+OAUTH2_EXPIRY_MARGIN_S = 60.0      # refresh a token this long before it expires (at most 10% of its life)
+OAUTH2_DEFAULT_LIFETIME_S = 3600.0  # when the token endpoint omits expires_in
+USER_AGENT = "headwater-connector/1"
+# Test-only hook (see connector/README.md): SIGKILL this process after the N-th page's records
+# were acknowledged, before the checkpoint that covers them - the crash the design must survive.
+CRASH_AFTER_PUBLISH_ENV = "HEADWATER_CONNECTOR_CRASH_AFTER_PUBLISH"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class FetchError(Exception):
+    """A page could not be read. ``partial``: the poll ends as a partial success."""
+
+    partial = False
+
+
+class RetryableStatus(FetchError):
+    """429 or 5xx (or a transport error): retried. ``retry_after``: seconds the server asked for."""
+
+    partial = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BudgetExhausted(FetchError):
+    partial = True
+
+
+class RetryAfterTooLong(FetchError):
+    partial = True
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Stopped(Exception):
+    """The process is stopping (SIGTERM) while waiting to retry."""
+
+
+# --------------------------------------------------------------------------- small parts
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait per a ``Retry-After`` header: delta-seconds or an HTTP date (RFC 9110
+    10.2.3). None when absent or unreadable; never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT by definition
+        when = when.replace(tzinfo=UTC)
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+class RequestBudget:
+    """At most ``per_minute`` requests in any moving 60-second window (``limits``' moving window).
+
+    Used with "try" semantics: a request that finds the budget spent is not made, and the poll
+    ends as a partial success; :meth:`seconds_until_available` tells the run loop when to resume.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self._item = RateLimitItemPerMinute(per_minute)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def try_acquire(self) -> bool:
+        return self._limiter.hit(self._item, "requests")
+
+    def seconds_until_available(self) -> float:
+        stats = self._limiter.get_window_stats(self._item, "requests")
+        return 0.0 if stats.remaining > 0 else max(0.0, stats.reset_time - time.time())
+
+
+class _Backoff:
+    """Tenacity wait: the server's ``Retry-After`` when it sent one, else exponential backoff with
+    jitter (``initial`` * 2^n + up to ``initial`` of jitter, at most ``maximum``)."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._exponential = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+
+    def __call__(self, state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RetryableStatus) and error.retry_after is not None:
+            return error.retry_after
+        return self._exponential(state)
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """One page's request, without auth: ``url`` (may carry a query) plus ``params``."""
+
+    url: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    def full_url(self) -> httpx.URL:
+        url = httpx.URL(self.url)
+        return url.copy_merge_params(self.params) if self.params else url
+
+
+@dataclass
+class PollResult:
+    """What one poll did. ``error``: a sanitised message (never a secret); ``retry_after``:
+    seconds the server asked to wait before the next request."""
+
+    outcome: str
+    pages: int = 0
+    records: int = 0
+    dead_letters: int = 0
+    error: str | None = None
+    retry_after: float | None = None
+    budget_exhausted: bool = False
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- auth
+
+
+class Authenticator:
+    """Adds the credential to requests for the endpoint's origin; caches the OAuth2 token."""
+
+    def __init__(self, spec: RestApi, secret: str | None, http: httpx.Client,
+                 on_new_secret: Callable[[str], None] = lambda _: None) -> None:
+        self.auth = spec.auth
+        self.secret = secret
+        self.http = http
+        self.timeout = spec.request_timeout_seconds
+        self.origin = httpx.URL(spec.endpoint).copy_with(path="/", query=None, fragment=None)
+        self._on_new_secret = on_new_secret
+        self._token: str | None = None
+        self._token_expires = 0.0
+        if self.auth.type != "none" and not secret:
+            raise ValueError(f"auth type {self.auth.type} needs the connector secret")
+
+    def same_origin(self, url: httpx.URL) -> bool:
+        return (url.scheme, url.host, url.port) == (self.origin.scheme, self.origin.host, self.origin.port)
+
+    def prepare(self, url: httpx.URL) -> tuple[httpx.URL, dict[str, str]]:
+        """(url, headers) to send: the credential added when ``url`` is on the endpoint's origin."""
+        kind = self.auth.type
+        if kind == "none" or not self.same_origin(url):
+            return url, {}
+        secret = self.secret or ""
+        if kind == "bearer_token":
+            return url, {"Authorization": f"Bearer {secret}"}
+        if kind == "api_key":
+            if self.auth.query:
+                return url.copy_set_param(self.auth.query, secret), {}
+            return url, {self.auth.header or "X-API-Key": secret}
+        if kind == "basic":  # the secret is already "user:password"
+            return url, {"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()}
+        return url, {"Authorization": f"Bearer {self._oauth2_token()}"}  # oauth2
+
+    def invalidate(self) -> bool:
+        """Drop a cached OAuth2 token (after a 401); True when there was one to drop."""
+        had = self._token is not None
+        self._token = None
+        return had
+
+    def _oauth2_token(self) -> str:
+        """Client-credentials grant (RFC 6749 4.4), client authenticated with HTTP Basic."""
+        if self._token is not None and time.monotonic() < self._token_expires:
+            return self._token
+        client_id, client_secret = (self.secret or "").split(":", 1)
+        data = {"grant_type": "client_credentials"}
+        if self.auth.scopes:
+            data["scope"] = " ".join(self.auth.scopes)
+        try:
+            response = self.http.post(self.auth.token_url or "", data=data, auth=(client_id, client_secret),
+                                      timeout=self.timeout)
+        except httpx.TransportError as exc:
+            raise RetryableStatus(f"token endpoint: {type(exc).__name__}") from None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise RetryableStatus(f"token endpoint answered {response.status_code}",
+                                  parse_retry_after(response.headers.get("retry-after")))
+        if response.status_code != 200:
+            # The body is not quoted: token endpoints echo client ids and error details.
+            raise FetchError(f"token endpoint answered {response.status_code}")
+        try:
+            doc = response.json()
+            token = doc["access_token"]
+            lifetime = float(doc.get("expires_in") or OAUTH2_DEFAULT_LIFETIME_S)
+        except (ValueError, KeyError, TypeError):
+            raise FetchError("token endpoint answered 200 without an access_token") from None
+        if not isinstance(token, str) or not token:
+            raise FetchError("token endpoint answered 200 without an access_token")
+        self._on_new_secret(token)
+        self._token = token
+        self._token_expires = time.monotonic() + lifetime - min(OAUTH2_EXPIRY_MARGIN_S, lifetime * 0.1)
+        return token
+
+
+# --------------------------------------------------------------------------- the poller
+
+
+class Poller:
+    """Polls one REST API source (``spec.connector_type == "rest_api"``).
+
+    ``secret``: the credential (``HEADWATER_CONNECTOR_SECRET``), None for auth ``none``.
+    ``publisher``: where records and dead letters go; ``store``: the checkpoint object.
+    ``stop``: set on SIGTERM; a poll checkpoints and returns at the next page boundary, and retry
+    waits are cut short. ``crash_after_pages``: the test-only crash hook (CRASH_AFTER_PUBLISH_ENV).
+    """
+
+    def __init__(self, spec: ConnectorSpec, secret: str | None, publisher: RecordPublisher,
+                 store: CheckpointStore, *, stop: threading.Event | None = None,
+                 crash_after_pages: int | None = None, http: httpx.Client | None = None) -> None:
+        if spec.rest_api is None:
+            raise ValueError("Poller needs a rest_api spec")
+        self.spec = spec
+        self.rest: RestApi = spec.rest_api
+        self.publisher = publisher
+        self.store = store
+        self.stop = stop or threading.Event()
+        self.crash_after_pages = crash_after_pages
+        self.http = http or httpx.Client(
+            timeout=self.rest.request_timeout_seconds, follow_redirects=True,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
+        self._secret_forms = secret_forms(secret)
+        redact_secret(secret)
+        self.auth = Authenticator(self.rest, secret, self.http, on_new_secret=self._new_secret)
+        self.budget = RequestBudget(self.rest.max_requests_per_minute)
+        self.fingerprint = _fingerprint(self.rest)
+        # What /healthz reports.
+        self.started_at = time.time()
+        self.last_success_at: float | None = None
+        self.last_result: PollResult | None = None
+        self.pages_published = 0
+        self.records_published = 0
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> None:
+        """Poll every ``poll_interval_seconds`` (start to start) until ``stop`` is set.
+
+        An unfinished walk stopped by the budget resumes as soon as the budget allows; a
+        ``Retry-After`` longer than the interval pushes the next poll back.
+        """
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                result = self.poll_once()
+            except Exception:  # a bug, not an API problem: log it and keep the service up
+                log.exception("poll crashed")
+                result = PollResult("failed", error="unexpected error")
+            wait = self.rest.poll_interval_seconds - (time.monotonic() - started)
+            if result.budget_exhausted:
+                wait = max(self.budget.seconds_until_available(), 0.05)
+            if result.retry_after is not None:
+                wait = max(wait, result.retry_after)
+            self.stop.wait(max(0.0, wait))
+
+    def poll_once(self) -> PollResult:
+        """One poll (see the module docstring); never raises for API, publish or storage errors."""
+        started = time.monotonic()
+        try:
+            generation, state = self.store.read()
+        except Exception as exc:
+            return self._finish(PollResult("failed", error=f"checkpoint read: {type(exc).__name__}: {exc}"), started)
+        walk = _Walk.resume_or_start(state, self.fingerprint, self._first_request(state.cursor))
+        result = PollResult("complete")
+        last_save = time.monotonic()
+        while True:
+            if self.stop.is_set():
+                result.outcome = "stopped"
+                break
+            request = walk.request
+            try:
+                response, body = self._fetch(request)
+            except FetchError as exc:
+                result.outcome = "partial" if exc.partial else "failed"
+                result.error = redact(str(exc))
+                result.budget_exhausted = isinstance(exc, BudgetExhausted)
+                result.retry_after = exc.retry_after if isinstance(exc, RetryAfterTooLong) else None
+                break
+            except Stopped:
+                result.outcome = "stopped"
+                break
+            fetched_at = now_rfc3339()
+            origin = self.sanitize_url(request.full_url())
+            records, reason = self._records(body)
+            try:
+                if records is None:
+                    detail = (f"records {self.rest.records!r} matched no list in the body" if reason == RECORDS_NOT_FOUND
+                              else "the body is not JSON")
+                    self.publisher.wait([self.publisher.publish_dead_letter(
+                        body, reason=reason, detail=detail, origin=origin, fetched_at=fetched_at)])
+                    result.outcome, result.error, result.dead_letters = "dead_letter", f"{reason}: {detail}", 1
+                    log.warning("dead-lettered the page %s (%s); the poll ends here", origin, reason)
+                    break
+                futures: list[Future] = self.publisher.publish_records(records, origin=origin, fetched_at=fetched_at)
+                self.publisher.wait(futures)
+            except PublishError as exc:
+                result.outcome, result.error = "failed", redact(str(exc))
+                break
+            # Acknowledged: the page is read.
+            result.pages += 1
+            result.records += len(records)
+            self.pages_published += 1
+            self.records_published += len(records)
+            walk.page_read(records, self.rest.cursor_field)
+            if self.crash_after_pages is not None and self.pages_published >= self.crash_after_pages:
+                log.warning("%s: SIGKILL after publishing, before the checkpoint (test-only hook)",
+                            CRASH_AFTER_PUBLISH_ENV)
+                os.kill(os.getpid(), signal.SIGKILL)
+            next_request = self._next_request(request, response, body, records)
+            if next_request is None:
+                break
+            walk.request = next_request
+            if time.monotonic() - last_save >= self.rest.checkpoint_interval_seconds:
+                try:
+                    generation = self._save(walk.state(state.cursor, finished=False), state, generation)
+                except CheckpointConflict as exc:
+                    return self._finish(self._yield(result, exc), started)
+                except Exception as exc:
+                    result.outcome, result.error = "failed", f"checkpoint write: {type(exc).__name__}: {exc}"
+                    return self._finish(result, started)
+                state = walk.state(state.cursor, finished=False)
+                last_save = time.monotonic()
+        finished = result.outcome == "complete"
+        try:
+            self._save(walk.state(state.cursor, finished=finished), state, generation)
+        except CheckpointConflict as exc:
+            return self._finish(self._yield(result, exc), started)
+        except Exception as exc:
+            result.outcome, result.error = "failed", f"checkpoint write: {type(exc).__name__}: {exc}"
+        return self._finish(result, started)
+
+    def health(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+        """(healthy, report) for /healthz: healthy while the last successful poll (complete or
+        partial) - or the start, before the first - is within 3 poll intervals + 5 minutes."""
+        now = time.time() if now is None else now
+        reference = self.last_success_at or self.started_at
+        stale_after = 3 * self.rest.poll_interval_seconds + 300
+        result = self.last_result
+        report = {
+            "source_id": self.spec.source_id,
+            "connector_type": "rest_api",
+            "last_success_at": _rfc3339(self.last_success_at),
+            "last_outcome": result.outcome if result else None,
+            "last_error": result.error if result else None,
+            "pages_published": self.pages_published,
+            "records_published": self.records_published,
+        }
+        return now - reference <= stale_after, report
+
+    def close(self) -> None:
+        self.http.close()
+
+    # ------------------------------------------------------------------ URLs and secrets
+
+    def sanitize_url(self, url: httpx.URL) -> str:
+        """``url`` as it may be shown or stored: no userinfo, no api_key query parameter, no
+        parameter whose value holds the secret."""
+        url = url.copy_with(username=None, password=None)
+        drop = {self.rest.auth.query} if self.rest.auth.query else set()
+        for name, value in url.params.multi_items():
+            if any(form in value for form in self._secret_forms):
+                drop.add(name)
+        for name in drop:
+            url = url.copy_remove_param(name)
+        text = str(url)
+        return redact(text) if self._secret_forms else text
+
+    def _new_secret(self, value: str) -> None:
+        """A derived credential (an OAuth2 access token) joins the secrets kept out of everything."""
+        redact_secret(value)
+        self._secret_forms |= secret_forms(value)
+
+    # ------------------------------------------------------------------ requests
+
+    def _first_request(self, cursor: Any) -> PageRequest:
+        params = dict(self.rest.params)
+        if self.rest.cursor_param is not None and cursor is not None:
+            params[self.rest.cursor_param] = cursor_text(cursor)
+        if self.rest.pagination.type == "page":
+            params[self.rest.pagination.param or "page"] = str(self.rest.pagination.start)
+        return PageRequest(self.rest.endpoint, params)
+
+    def _next_request(self, request: PageRequest, response: httpx.Response, body: Any,
+                      records: list[Any]) -> PageRequest | None:
+        """The request of the page after ``request``, or None when it was the last."""
+        pagination = self.rest.pagination
+        current = request.full_url()
+        if pagination.type in ("next_url", "link_header"):
+            if pagination.type == "next_url":
+                link = dig(body, pagination.path or "")
+            else:
+                link = response.links.get("next", {}).get("url")
+            if not isinstance(link, str) or not link:
+                return None
+            # A relative link is relative to the page it came from; a credential the API echoed
+            # into it is removed here and added back when the request is sent.
+            target = httpx.URL(urljoin(str(current), link))
+            if self.rest.auth.query:
+                target = target.copy_remove_param(self.rest.auth.query)
+            if target == current:
+                return None  # the API points at the page just read: stop rather than loop
+            return PageRequest(str(target))
+        if pagination.type == "cursor":
+            token = dig(body, pagination.path or "")
+            param = pagination.param or "cursor"
+            if token is None or token == "" or not records or cursor_text(token) == request.params.get(param):
+                return None
+            return PageRequest(request.url, {**request.params, param: cursor_text(token)})
+        if pagination.type == "page":
+            if not records:
+                return None  # the last page is the first without records
+            param = pagination.param or "page"
+            return PageRequest(request.url, {**request.params, param: str(int(request.params[param]) + 1)})
+        return None
+
+    def _fetch(self, request: PageRequest) -> tuple[httpx.Response, bytes]:
+        """GET one page with retries; (response, body bytes). Raises FetchError or Stopped."""
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.rest.max_retries + 1),
+            wait=_Backoff(self.rest.retry_initial_seconds, self.rest.retry_max_seconds),
+            retry=tenacity.retry_if_exception_type(RetryableStatus),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, request, [False])
+        except RetryableStatus as exc:
+            raise RetryableStatus(f"{exc} (after {self.rest.max_retries} retries)", exc.retry_after) from None
+
+    def _attempt(self, request: PageRequest, refreshed: list[bool]) -> tuple[httpx.Response, bytes]:
+        if not self.budget.try_acquire():
+            raise BudgetExhausted(f"request budget of {self.rest.max_requests_per_minute}/min exhausted")
+        url, headers = self.auth.prepare(request.full_url())
+        shown = self.sanitize_url(url)
+        try:
+            with self.http.stream("GET", url, headers=headers) as response:
+                status = response.status_code
+                if status == 429 or status >= 500:
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                    if retry_after is not None and retry_after > self.rest.retry_max_seconds:
+                        raise RetryAfterTooLong(f"GET {shown}: {status} with Retry-After {retry_after:.0f} s",
+                                                retry_after)
+                    log.info("GET %s: %d, retrying", shown, status)
+                    raise RetryableStatus(f"GET {shown}: {status}", retry_after)
+                if status == 401 and self.rest.auth.type == "oauth2" and not refreshed[0] and self.auth.invalidate():
+                    refreshed[0] = True  # the cached token may have been revoked: fetch a new one, once
+                    raise RetryableStatus(f"GET {shown}: 401 with a cached token", 0.0)
+                if not 200 <= status < 300:
+                    raise FetchError(f"GET {shown}: {status}")
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > MAX_PAGE_BYTES:
+                    raise FetchError(f"GET {shown}: the page is larger than {MAX_PAGE_BYTES} bytes")
+                chunks, size = [], 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_PAGE_BYTES:
+                        raise FetchError(f"GET {shown}: the page is larger than {MAX_PAGE_BYTES} bytes")
+                    chunks.append(chunk)
+                log.debug("GET %s: %d, %d bytes", shown, status, size)
+                return response, b"".join(chunks)
+        except httpx.TransportError as exc:  # connect/read timeouts, refused or reset connections
+            log.info("GET %s: %s, retrying", shown, type(exc).__name__)
+            raise RetryableStatus(f"GET {shown}: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:  # too many redirects, an undecodable body: retrying will not help
+            raise FetchError(f"GET {shown}: {type(exc).__name__}") from None
+
+    def _sleep(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise Stopped()
+
+    def _records(self, body: bytes) -> tuple[list[Any] | None, str]:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None, UNPARSEABLE
+        records = select_records(parsed, self.rest.records)
+        return records, RECORDS_NOT_FOUND
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def _save(self, new: PollState, old: PollState, generation: int) -> int:
+        """Write ``new`` over ``generation`` unless it equals ``old`` (nothing to record)."""
+        if new == old and generation:
+            return generation
+        return self.store.write(new, self.spec.source_id, generation)
+
+    def _yield(self, result: PollResult, exc: CheckpointConflict) -> PollResult:
+        log.warning("lost the checkpoint race (%s): another replica advanced it; yielding", exc)
+        result.outcome, result.error = "lost_race", str(exc)
+        return result
+
+    def _finish(self, result: PollResult, started: float) -> PollResult:
+        result.seconds = round(time.monotonic() - started, 3)
+        if result.outcome in ("complete", "partial"):
+            self.last_success_at = time.time()
+        self.last_result = result
+        level = logging.INFO if result.outcome in ("complete", "partial", "stopped") else logging.WARNING
+        log.log(level, "poll %s: %d pages, %d records in %.2f s%s", result.outcome, result.pages,
+                result.records, result.seconds, f" ({result.error})" if result.error else "")
+        return result
+
+
+@dataclass
+class _Walk:
+    """Progress through the pages of one walk: the next request and the greatest cursor seen."""
+
+    request: PageRequest
+    max_seen: Any = None
+    pages_read: int = 0
+    walk_of: str = ""
+
+    @classmethod
+    def resume_or_start(cls, state: PollState, fingerprint: str, first: PageRequest) -> _Walk:
+        resume = state.resume
+        if resume is not None and resume.walk_of == fingerprint:
+            return cls(PageRequest(resume.url, dict(resume.params)), resume.max_seen, resume.pages_read, fingerprint)
+        if resume is not None:
+            log.info("the checkpoint's unfinished walk was started with other settings: starting afresh")
+        return cls(first, walk_of=fingerprint)
+
+    def page_read(self, records: list[Any], cursor_field: str | None) -> None:
+        self.pages_read += 1
+        if cursor_field is None:
+            return
+        for record in records:
+            if isinstance(record, dict):
+                self.max_seen = greater(self.max_seen, dig(record, cursor_field))
+
+    def state(self, cursor: Any, finished: bool) -> PollState:
+        if finished:
+            return PollState(cursor=greater(cursor, self.max_seen))
+        return PollState(cursor=cursor, resume=Resume(url=self.request.url, params=dict(self.request.params),
+                                                      max_seen=self.max_seen, pages_read=self.pages_read,
+                                                      walk_of=self.walk_of))
+
+
+def _fingerprint(spec: RestApi) -> str:
+    """What a stored resume position depends on: where and how pages are requested and read."""
+    relevant = {"endpoint": spec.endpoint, "params": dict(spec.params), "records": spec.records,
+                "pagination": [spec.pagination.type, spec.pagination.path, spec.pagination.param,
+                               spec.pagination.start],
+                "cursor": [spec.cursor_field, spec.cursor_param]}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _rfc3339(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
