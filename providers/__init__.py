@@ -66,6 +66,18 @@ def build_providers(
     ]
 
 
+def build_secret_store(project: str, *, runner: str | None = None, state_dir: Path | str | None = None):
+    """Where the connectors' secrets are checked (`providers.base.SecretStore`): Secret Manager,
+    or with the local runner the local secrets directory (``$HEADWATER_SECRETS_DIR``, else
+    ``<state dir>/secrets``) that the local stand-in for Cloud Run mounts from."""
+    from providers.secretmanager import LocalSecrets, SecretManagerSecrets
+
+    if (runner or default_runner()) == "local":
+        state_dir = state_dir or os.environ.get("HEADWATER_STATE_DIR") or ".headwater"
+        return LocalSecrets.for_state_dir(state_dir)
+    return SecretManagerSecrets(project)
+
+
 def dataflow_settings(project: str, region: str, platform: Platform | None) -> DataflowSettings:
     """The ``dataflow:`` block of platform.yaml with its defaults (under the landing bucket).
 

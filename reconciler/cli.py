@@ -157,26 +157,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     printed (`reconciler.demo`).
     """
     from providers.localrunner import stop_all
+    from reconciler.demo import prepare_repo
 
     state = load_repo(args.repo)  # invalid example → stop before starting anything
     _err(f"[1/6] valid: {len(state.sources)} sources ({', '.join(state.source_ids)})")
-    _err("[2/6] starting the local emulators...")
+    _err("[2/6] starting the local emulators, the local secrets and the sample APIs...")
     already_running = local.load(args.state_dir) is not None
     emulators = local.start(args.state_dir, project=state.platform.project)
-    # The emulators have no Dataflow: the jobs run here, for real (not just recorded).
-    env = {**emulators.env(), "HEADWATER_LOCAL_JOBS": "run"}
+    connectors = prepare_repo(Path(args.repo), Path(args.state_dir), _err)
+    state = load_repo(connectors.repo)
+    # The emulators have no Dataflow or Cloud Run: jobs and connectors run here, for real.
+    env = {**emulators.env(), "HEADWATER_LOCAL_JOBS": "run",
+           "HEADWATER_SECRETS_DIR": str(Path(args.state_dir).resolve() / "secrets")}
     args.runner = "local"
     try:
         with local.exported(env):
-            return _demo_steps(state, args)
+            return _demo_steps(state, args, connectors)
     finally:
+        connectors.stop()
         if not args.keep and not already_running:
             stop_all(args.state_dir)
             local.stop(args.state_dir)
             _err("Local jobs and emulators stopped.")
 
 
-def _demo_steps(state: DesiredState, args: argparse.Namespace) -> int:
+def _demo_steps(state: DesiredState, args: argparse.Namespace, connectors) -> int:
     """The demo once the emulators run: plan, apply, plan again, move the sample data."""
     engine = _engine(state, args)
     plan = engine.plan(state, plan_options(state))
@@ -201,7 +206,7 @@ def _demo_steps(state: DesiredState, args: argparse.Namespace) -> int:
     from reconciler.demo import move_sample_data, report
 
     runner = engine.providers[Kind.DATAFLOW_JOB]
-    results = move_sample_data(state, runner, _err)
+    results = move_sample_data(state, runner, _err, connectors)
     for line in report(results):
         print(line)
     if not all(r.matches() for r in results):
@@ -215,10 +220,11 @@ def _demo_steps(state: DesiredState, args: argparse.Namespace) -> int:
 
 
 def _engine(state: DesiredState, args: argparse.Namespace) -> Engine:
-    from providers import build_providers
+    from providers import build_providers, build_secret_store
 
+    secrets = build_secret_store(state.platform.project, runner=args.runner, state_dir=args.state_dir)
     return Engine(build_providers(state.platform.project, state.platform.region, runner=args.runner,
-                                  state_dir=args.state_dir, platform=state.platform))
+                                  state_dir=args.state_dir, platform=state.platform), secrets=secrets)
 
 
 def _default_state_dir() -> Path:

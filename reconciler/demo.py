@@ -6,12 +6,18 @@ data in ``<repo>/sample-data/``:
 
 * ``reference/*.json`` - tables the gold jobs join with but no connector owns (``gold.customers``):
   created and filled first;
-* ``<source_id>/*`` of a batch source - dropped into its landing prefix (gzipped when the
-  connector says ``compression: gzip``), then one run of its batch job is asked for (the job's
-  schedule would otherwise run it at the next cron tick); the run moves the files on to the
-  Bronze bucket once ingested;
-* ``<source_id>/*`` of a streaming source - each line published as one message to its topic,
-  where the running streaming job picks it up;
+* ``<source_id>/*`` of a ``batch_file`` source - dropped into its landing prefix (gzipped when
+  the connector says ``compression: gzip``); each file's arrival event (the local stand-in for
+  the bucket's notification) starts its ingestion by the streaming ``<id>-ingest`` job, with no
+  cron tick; the job moves the files on to the Bronze bucket once ingested;
+* ``<source_id>/*`` of an ``event_streaming`` source - each line published as one message to
+  its topic, where the running streaming job picks it up;
+* ``<source_id>/*`` of a ``streaming_api`` ``rest_api`` source - served by a local REST API
+  (`reconciler.demo_api`, started by `prepare_repo` before the plan, which points the source's
+  ``api_endpoint`` at it): the source's connector, running on the local stand-in for Cloud Run,
+  polls it and publishes every record;
+* ``<source_id>/*`` of a ``webhook`` source - each line POSTed to the connector as one signed
+  delivery (and one forged delivery, which must be refused);
 * then a run of every gold job, once Silver has settled.
 
 The sample data holds bad and duplicate records on purpose. ``expected.json`` says what should
@@ -31,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.compile import compile_resources, topic_id
+from reconciler.compile import compile_resources, connector_service_name, job_name, topic_id
 from reconciler.load import DesiredState
 from reconciler.resources import Kind, Resource
 
@@ -64,10 +70,82 @@ class _Jobs:
     gold: tuple[Resource, ...]
 
 
-def move_sample_data(state: DesiredState, runner: Any, say: Callable[[str], None]) -> list[SourceData]:
-    """Send the sample data through the running local jobs; the counts per source.
+@dataclass
+class DemoConnectors:
+    """What `prepare_repo` set up: the repo copy to apply, the local APIs, the secrets' values."""
 
-    ``runner`` is the `providers.localrunner.LocalRunnerProvider` the jobs run on.
+    repo: Path
+    apis: dict[str, Any] = field(default_factory=dict)  # source id -> reconciler.demo_api.SampleApi
+    secrets: dict[str, str] = field(default_factory=dict)  # secret id -> value (never printed)
+
+    def stop(self) -> None:
+        for api in self.apis.values():
+            api.stop()
+
+
+def prepare_repo(repo: Path, state_dir: Path, say: Callable[[str], None]) -> DemoConnectors:
+    """Make the example's connectors runnable here, in a copy of the repo under ``state_dir``.
+
+    Each secret a connector names gets a random value in the local secrets directory
+    (``<state_dir>/secrets/<secret id>``, what the local stand-in for Cloud Run mounts), and each
+    ``rest_api`` source with sample data is served by a local `SampleApi`, its ``api_endpoint``
+    rewritten to it in the copy. The original repo is left as it is.
+    """
+    import re
+    import secrets as random_secrets
+    import shutil
+
+    from reconciler.demo_api import SampleApi
+    from reconciler.load import load_repo
+
+    copy = Path(state_dir) / "demo-repo"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(repo, copy)
+    state = load_repo(copy)
+    secrets_dir = Path(state_dir) / "secrets"
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    result = DemoConnectors(copy)
+    for source in state.sources:
+        for ref in source.secrets:
+            path = secrets_dir / ref.secret_id
+            if not path.exists():
+                path.write_text(random_secrets.token_urlsafe(24))
+                path.chmod(0o600)
+            result.secrets[ref.secret_id] = path.read_text().strip()
+        ingestion = source.connector.ingestion
+        samples = copy / SAMPLE_DIR / source.source_id
+        if ingestion.pattern != "streaming_api" or ingestion.connector_type != "rest_api" or not samples.is_dir():
+            continue
+        pagination = ingestion.pagination
+        if ingestion.auth_type != "bearer_token" or pagination.type != "cursor":
+            say(f"  {source.source_id}: the demo API speaks bearer auth and cursor pages only; not served")
+            continue
+        records = [json.loads(line) for p in sorted(samples.iterdir()) if p.is_file()
+                   for line in p.read_text().splitlines() if line.strip()]
+        from urllib.parse import urlsplit
+
+        api = SampleApi(records, token=result.secrets[ingestion.secret_name],
+                        path=urlsplit(ingestion.api_endpoint).path, cursor_field=ingestion.cursor_field,
+                        cursor_param=ingestion.cursor_param, page_param=pagination.param,
+                        records_key=ingestion.records or "data", next_key=pagination.path,
+                        page_size=4, faults={"429_every": 3}).start()
+        result.apis[source.source_id] = api
+        connector_file = copy / source.connector_file
+        url = api.url
+        text = re.sub(r"(?m)^(\s*api_endpoint:\s*)\S+", lambda m, url=url: m.group(1) + url,
+                      connector_file.read_text())
+        connector_file.write_text(text)
+        say(f"  {source.source_id}: serving {len(records)} sample records at {api.url} "
+            f"(every 3rd request answered 429) instead of {ingestion.api_endpoint}")
+    return result
+
+
+def move_sample_data(state: DesiredState, runner: Any, say: Callable[[str], None],
+                     connectors: DemoConnectors | None = None) -> list[SourceData]:
+    """Send the sample data through the running local jobs and connectors; the counts per source.
+
+    ``runner`` is the `providers.localrunner.LocalRunnerProvider` the jobs and the connectors'
+    services run on; ``connectors`` what `prepare_repo` set up.
     """
     from providers import bigquery_data, pubsub_data, storage_data
 
@@ -75,7 +153,7 @@ def move_sample_data(state: DesiredState, runner: Any, say: Callable[[str], None
     project = state.platform.project
     expected = json.loads((root / "expected.json").read_text()) if (root / "expected.json").exists() else {}
     jobs = _jobs_by_source(compile_resources(state))
-    connectors = {s.source_id: s.connector for s in state.sources}
+    connectors_by_id = {s.source_id: s.connector for s in state.sources}
     results = {sid: SourceData(sid, expected=expected.get(sid, {})) for sid in jobs if (root / sid).is_dir()}
 
     for path in sorted((root / "reference").glob("*.json")):
@@ -86,38 +164,39 @@ def move_sample_data(state: DesiredState, runner: Any, say: Callable[[str], None
     streaming = []
     for sid, data in results.items():
         job = jobs[sid].ingest
+        ingestion = connectors_by_id[sid].ingestion
         files = sorted(p for p in (root / sid).iterdir() if p.is_file())
-        if job.spec["streaming"]:
-            payloads = [line.encode() for p in files for line in p.read_text().splitlines() if line.strip()]
-            pubsub_data.publish(project, topic_id(connectors[sid]), payloads)
-            data.sent = len(payloads)
-            say(f"  {sid}: published {len(payloads)} events to topic {topic_id(connectors[sid])}")
-            streaming.append(data)
-            continue
-        # A batch job runs once when started: let that (empty) run end before files arrive, so
-        # each file is read by exactly one run.
-        _wait_until_idle(runner, job.name)
-        prefix = job.spec["parameters"]["input_pattern"]
-        gz = job.spec["pipeline"].get("input", {}).get("compression") == "gzip"
-        for p in files:
-            body = p.read_bytes()
-            data.sent += sum(1 for line in body.splitlines() if line.strip())
-            name = p.stem + ".json" + (".gz" if gz else "")
-            storage_data.upload(project, prefix.rstrip("/") + "/" + name, gzip.compress(body) if gz else body)
-        say(f"  {sid}: dropped {len(files)} files ({data.sent} records) in {prefix}; running {job.name}")
-        status = runner.wait_for_run(job.name, runner.run_now(job.name), RUN_WAIT_S)
-        if status["last_exit_code"] != 0:
-            say(f"  {sid}: run of {job.name} ended with exit code {status['last_exit_code']} (log: "
-                f"{runner.record(job.name).log})")
+        lines = [line.encode() for p in files for line in p.read_text().splitlines() if line.strip()]
+        streaming.append(data)
+        if ingestion.pattern == "batch_file":
+            prefix = job.spec["parameters"]["input_pattern"]
+            gz = job.spec["pipeline"].get("input", {}).get("compression") == "gzip"
+            for p in files:
+                body = p.read_bytes()
+                data.sent += sum(1 for line in body.splitlines() if line.strip())
+                name = p.stem + ".json" + (".gz" if gz else "")
+                storage_data.upload(project, prefix.rstrip("/") + "/" + name, gzip.compress(body) if gz else body)
+            say(f"  {sid}: dropped {len(files)} files ({data.sent} records) in {prefix}; their arrival "
+                f"events start {job.name} (no cron tick)")
+        elif ingestion.pattern == "streaming_api" and ingestion.connector_type == "rest_api":
+            api = (connectors.apis if connectors else {}).get(sid)
+            data.sent = len(api.records) if api else 0
+            say(f"  {sid}: the connector polls {api.url if api else ingestion.api_endpoint} "
+                f"({data.sent} records there)")
+        elif ingestion.pattern == "streaming_api":
+            data.sent = len(lines)
+            say("  " + _deliver_webhooks(runner, compile_resources(state), sid, ingestion, lines,
+                                         (connectors.secrets if connectors else {})))
+        else:
+            pubsub_data.publish(project, topic_id(connectors_by_id[sid]), lines)
+            data.sent = len(lines)
+            say(f"  {sid}: published {len(lines)} events to topic {topic_id(connectors_by_id[sid])}")
 
     def count(data: SourceData) -> None:
         data.silver = bigquery_data.count_rows(project, jobs[data.source_id].ingest.spec["pipeline"]["silver"]["table"])
         for message in pubsub_data.pull_available(project, f"{data.source_id}-dlq-hold"):
             data.dead_letters[message.attributes.get("reason", "(no reason)")] += 1
 
-    for data in results.values():
-        if data not in streaming:
-            count(data)
     if streaming:
         say(f"  waiting for the streaming jobs (at most {STREAM_WAIT_S:.0f} s)...")
         _wait_for_streams(streaming, count)
@@ -156,7 +235,7 @@ def _jobs_by_source(resources: list[Resource]) -> dict[str, _Jobs]:
             continue
         if r.spec["template"] == "bigquery_to_bigquery":
             gold.setdefault(r.source_id, []).append(r)
-        else:
+        elif r.name == job_name(r.source_id, "ingest"):
             ingest[r.source_id] = r
     return {sid: _Jobs(job, tuple(gold.get(sid, ()))) for sid, job in ingest.items()}
 
@@ -194,3 +273,63 @@ def _wait_for_streams(streaming: list[SourceData], count: Callable[[SourceData],
 def _ingested(data: SourceData) -> bool:
     exp = data.expected
     return bool(exp) and data.silver >= exp["silver"] and sum(data.dead_letters.values()) >= exp["dead_letters"]
+
+
+def sign_delivery(signature: Any, key: str, body: bytes, now: float) -> str:
+    """The signature header value a sender computes for ``body`` (`reconciler.config.Signature`)."""
+    import hashlib
+    import hmac
+
+    digest = getattr(hashlib, signature.algorithm)
+    if signature.scheme == "timestamped":
+        stamp = str(int(now))
+        mac = hmac.new(key.encode(), stamp.encode() + b"." + body, digest).hexdigest()
+        return f"t={stamp},v1={mac}"
+    return f"{signature.algorithm}=" + hmac.new(key.encode(), body, digest).hexdigest()
+
+
+def _deliver_webhooks(runner: Any, resources: list[Resource], sid: str, ingestion: Any, lines: list[bytes],
+                      secret_values: dict[str, str]) -> str:
+    """POST each line as one signed delivery, then one forged delivery; what was answered."""
+    import urllib.error
+    import urllib.request
+
+    url = runner.service_url(connector_service_name(sid)) + ingestion.webhook_path
+    statuses: Counter[int] = Counter()
+
+    def post(body: bytes, headers: dict[str, str]) -> int:
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status
+        except urllib.error.HTTPError as refused:
+            return refused.code
+
+    signature = ingestion.signature if ingestion.signature != "none" else None
+    for n, body in enumerate(lines, 1):
+        headers = {ingestion.delivery_id_header: f"demo-{n}"} if ingestion.delivery_id_header else {}
+        if signature:
+            headers[signature.header] = sign_delivery(signature, secret_values[signature.secret_name], body,
+                                                      time.time())
+        statuses[_retry_until_up(lambda b=body, h=headers: post(b, h))] += 1
+    forged = "none"
+    if signature:
+        headers = {signature.header: sign_delivery(signature, "not-the-key", lines[0], time.time())}
+        forged = str(post(lines[0], headers))
+    answered = ", ".join(f"{n}x {status}" for status, n in sorted(statuses.items()))
+    return f"{sid}: POSTed {len(lines)} signed deliveries to {url} ({answered}); a forged one got {forged}"
+
+
+def _retry_until_up(send: Callable[[], int], wait_s: float = 20.0) -> int:
+    """The connector process may still be starting: retry while its port refuses connections."""
+    import urllib.error
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return send()
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

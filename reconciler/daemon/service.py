@@ -86,7 +86,11 @@ class Daemon:
         alert_targets: Iterable[AlertTarget] | None = None,
         log_stream: IO[str] | None = None,
         alert_memory: LeaseStore | None = None,
+        secrets_factory: Callable[[Platform], Any] | None = None,
     ) -> None:
+        """``secrets_factory(platform)``: the `providers.base.SecretStore` a plan checks the
+        connectors' secret references against; default Secret Manager (or the local secrets
+        directory on the emulators) when the providers are the default ones, else none."""
         self.settings = settings
         self.redactor = Redactor(settings.secrets())
         self.log = make_logger(log_stream, self.redactor)
@@ -100,6 +104,7 @@ class Daemon:
         self.alerts = Alerter(targets, self.log, lambda target, result: self.metrics.alerts.labels(target, result).inc(),
                               memory=memory)
         self._providers_factory = providers_factory or _build_providers
+        self._secrets_factory = secrets_factory or (None if providers_factory else _build_secret_store)
         self._engines: dict[str, Engine] = {}  # by the platform settings they were built for
 
         self._stop = threading.Event()
@@ -599,7 +604,8 @@ class Daemon:
         if key not in self._engines:
             self._engines.clear()
             providers = self._providers_factory(state.platform)
-            self._engines[key] = Engine([_Interruptible(p, self._stop) for p in providers])
+            secrets = self._secrets_factory(state.platform) if self._secrets_factory else None
+            self._engines[key] = Engine([_Interruptible(p, self._stop) for p in providers], secrets=secrets)
         return self._engines[key]
 
     def _default_targets(self) -> list[AlertTarget]:
@@ -710,6 +716,12 @@ def _build_providers(platform: Platform) -> Sequence[Provider]:
     from providers import build_providers
 
     return build_providers(platform.project, platform.region, platform=platform)
+
+
+def _build_secret_store(platform: Platform) -> Any:
+    from providers import build_secret_store
+
+    return build_secret_store(platform.project)
 
 
 def _default_lease(settings: Settings) -> Lease | SoloLease:
