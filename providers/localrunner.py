@@ -1,4 +1,5 @@
-"""Local runner: ``dataflow_job`` resources realized as Beam pipelines on this machine.
+"""Local runner: ``dataflow_job`` resources realized as Beam pipelines on this machine, and
+``cloud_run_service`` resources (connectors) as local processes.
 
 The embedded default: when headwater targets the emulators, the same resources that become
 Dataflow jobs in production run here, each in a child process with the emulator environment,
@@ -41,6 +42,25 @@ run real jobs.
 Children get ``GOOGLE_CLOUD_PROJECT`` and, when an emulator host is set, an unreachable metadata
 server address (``GCE_METADATA_HOST``): without Application Default Credentials the Google auth
 libraries would otherwise probe the real metadata server for seconds before giving up.
+
+Cloud Run services (EMULATOR DEPARTURE: there is no Cloud Run emulator; the section "Cloud Run
+services" below). A ``cloud_run_service`` runs its ``command`` (``python -m connector``, with
+this interpreter) as a child process in its own session, like a streaming job, tracked in
+``<state_dir>/services/<project>/<name>.json`` (record) and ``<name>.log``. Its environment is
+the children's above plus what Cloud Run would give the container (docs/connector-contract.md):
+``HEADWATER_CONNECTOR_SPEC`` (the ``connector`` document), ``PORT`` (a free loopback port chosen
+at launch, recorded as ``port``: `LocalRunnerProvider.service_url`) and, per entry of
+``secrets``, the variable set to the secret's value from `providers.secretmanager.LocalSecrets`
+(``$HEADWATER_SECRETS_DIR`` or ``<state_dir>/secrets``, one file per secret id). Secret values
+go into the child's environment only: never into the record, the log or the command line. A
+missing secret fails create and update (naming the secret and the file expected) before
+anything is stopped, as a Cloud Run revision that cannot mount its secret leaves the previous
+one serving. Create and update wait until the process listens on its port (Cloud Run's default
+startup probe); one that exits or does not listen in time fails the apply. Update restarts the
+process on the same port when it is free, so a webhook URL stays put; a change of only the
+settings a local process does not use (`SERVICE_FIELDS_NOT_USED_LOCALLY`: image, scaling,
+ingress, IAM, account, CPU) is recorded without a restart. Delete stops it: SIGTERM, then
+SIGKILL, as Cloud Run stops an instance.
 """
 
 from __future__ import annotations
@@ -51,6 +71,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -60,14 +81,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from providers.errors import AlreadyExists, PermanentError
+from providers.errors import AlreadyExists, NotFound, PermanentError
+from providers.secretmanager import LocalSecrets, local_secrets_dir
 from reconciler.resources import Kind, Resource
 
 log = logging.getLogger(__name__)
 
 JOBS_DIR = "jobs"
+SERVICES_DIR = "services"
 SPEC_PARAMETER = "source_spec"  # the template parameter carrying the pipeline spec
-IMMUTABLE_FIELDS: dict[Kind, frozenset[str]] = {Kind.DATAFLOW_JOB: frozenset({"template", "streaming"})}
+IMMUTABLE_FIELDS: dict[Kind, frozenset[str]] = {
+    Kind.DATAFLOW_JOB: frozenset({"template", "streaming"}),
+    Kind.CLOUD_RUN_SERVICE: frozenset(),
+}
 
 DRAIN_GRACE_S = 10.0  # streaming: time to stop after SIGINT before SIGTERM
 STOP_GRACE_S = 3.0  # then SIGTERM -> SIGKILL
@@ -82,6 +108,19 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 # Spec fields the local runner does not use: a change of only these restarts nothing.
 # ("environment" is platform.yaml's dataflow: block - worker accounts, template bucket, ...)
 NOT_USED_LOCALLY = frozenset({"environment"})
+
+# Cloud Run services (EMULATOR DEPARTURE, see the module docstring and "Cloud Run services" below).
+# What a local connector process does not use: the image (it runs this tree's connector/),
+# scaling, ingress and IAM (it listens on loopback), the account (it has the emulators), CPU.
+SERVICE_FIELDS_NOT_USED_LOCALLY = frozenset({"image", "service_account", "min_instances", "max_instances",
+                                             "ingress", "cpu_always_allocated", "public", "labels"})
+SERVICE_START_TIMEOUT_S = 60.0  # create/update wait this long for the process to listen on PORT
+CONNECTOR_SPEC_ENV = "HEADWATER_CONNECTOR_SPEC"
+# Never inherited from our own environment: only what the spec says reaches the connector.
+SERVICE_ENV_NOT_INHERITED = ("PORT", CONNECTOR_SPEC_ENV, "HEADWATER_CONNECTOR_SECRET", "HEADWATER_WEBHOOK_SECRET")
+# Cloud Run sets these itself; a spec cannot mount a secret there.
+RESERVED_SERVICE_ENV = frozenset({"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION", CONNECTOR_SPEC_ENV})
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -98,12 +137,22 @@ class JobRecord:
     argv: list[str]  # the pipeline's command line (a batch job's scheduler runs it per run)
     log: str
     started_at: str
-    env: dict[str, str] = field(default_factory=dict)  # variables set for the job on top of ours
+    env: dict[str, str] = field(default_factory=dict)  # variables set for the job on top of ours (no secrets)
     recorded_only: bool = False  # HEADWATER_LOCAL_JOBS=record: tracked, no process
+    kind: str = Kind.DATAFLOW_JOB.value  # or cloud_run_service
+    port: int | None = None  # a service's PORT (loopback)
 
 
 def jobs_dir(state_dir: Path, project: str) -> Path:
     return Path(state_dir) / JOBS_DIR / project
+
+
+def services_dir(state_dir: Path, project: str) -> Path:
+    return Path(state_dir) / SERVICES_DIR / project
+
+
+def _record_dir(state_dir: Path, project: str, kind: str) -> Path:
+    return (services_dir if kind == Kind.CLOUD_RUN_SERVICE else jobs_dir)(state_dir, project)
 
 
 def pipeline_argv(resource: Resource, spec_file: Path, python: str = sys.executable) -> list[str]:
@@ -124,6 +173,62 @@ def child_env(project: str, base: Mapping[str, str] | None = None) -> dict[str, 
         env.setdefault("GCE_METADATA_IP", NO_METADATA_SERVER)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+# --------------------------------------------------------------------------- Cloud Run services
+# EMULATOR DEPARTURE: there is no Cloud Run emulator. A cloud_run_service is a local process
+# (module docstring); these helpers and LocalRunnerProvider's "Cloud Run services" part are
+# the whole of it.
+
+# The tree this runner was loaded from: a connector child imports connector/ from the same one,
+# whether headwater is installed (site-packages) or run from a checkout.
+_SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def service_argv(spec: Mapping[str, Any], python: str = sys.executable) -> list[str]:
+    """The service's ``command`` with ``python`` standing for this interpreter:
+    ``["python", "-m", "connector"]`` -> ``[<python>, "-m", "connector"]``."""
+    command = list(spec.get("command") or ["python", "-m", "connector"])
+    if command[0] in ("python", "python3"):
+        command[0] = python
+    return command
+
+
+def service_env(project: str, name: str, spec: Mapping[str, Any], port: int, secret_values: Mapping[str, str],
+                base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A connector's environment: the children's (`child_env`), then what Cloud Run would set:
+    ``HEADWATER_CONNECTOR_SPEC``, ``PORT``, ``K_SERVICE`` and the secrets (values, by env var)."""
+    env = child_env(project, base)
+    for variable in (*SERVICE_ENV_NOT_INHERITED, *(spec.get("secrets") or {})):
+        env.pop(variable, None)
+    env[CONNECTOR_SPEC_ENV] = json.dumps(spec["connector"], sort_keys=True, separators=(",", ":"))
+    env["PORT"] = str(port)
+    env["K_SERVICE"] = name
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SOURCE_ROOT), env.get("PYTHONPATH")]))
+    env.update(secret_values)
+    return env
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` if nothing listens there on loopback, else a free port the system picks."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As servers bind (SO_REUSEADDR): a port whose last connections linger in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise PermanentError("no free loopback port")  # pragma: no cover - port 0 always binds
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- processes
@@ -187,8 +292,11 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def load_records(state_dir: Path) -> list[JobRecord]:
+    """Every job and service recorded in ``state_dir`` (all projects)."""
     records = []
-    for path in sorted((Path(state_dir) / JOBS_DIR).glob("*/*.json")):
+    paths = [*sorted((Path(state_dir) / JOBS_DIR).glob("*/*.json")),
+             *sorted((Path(state_dir) / SERVICES_DIR).glob("*/*.json"))]
+    for path in paths:
         if path.name.endswith((".spec.json", ".status.json")):
             continue
         try:
@@ -200,7 +308,7 @@ def load_records(state_dir: Path) -> list[JobRecord]:
 
 def _remove_files(state_dir: Path, record: JobRecord) -> None:
     for suffix in (".json", ".spec.json", ".status.json"):
-        (jobs_dir(state_dir, record.project) / f"{record.name}{suffix}").unlink(missing_ok=True)
+        (_record_dir(state_dir, record.project, record.kind) / f"{record.name}{suffix}").unlink(missing_ok=True)
 
 
 def batch_status(state_dir: Path, project: str, name: str) -> dict[str, Any]:
@@ -212,9 +320,12 @@ def batch_status(state_dir: Path, project: str, name: str) -> dict[str, Any]:
 
 
 def stop_all(state_dir: Path, project: str | None = None) -> list[str]:
-    """Stop every local job recorded in ``state_dir`` (of ``project``, or all); the names stopped."""
+    """Stop every local job and service recorded in ``state_dir`` (of ``project``, or all); the
+    names stopped. Services are stopped first: a connector publishes to what the jobs read."""
     stopped = []
-    for record in load_records(state_dir):
+    records = load_records(state_dir)
+    records.sort(key=lambda r: r.kind != Kind.CLOUD_RUN_SERVICE)  # stable: services first
+    for record in records:
         if project is not None and record.project != project:
             continue
         if _running(record):
@@ -228,38 +339,53 @@ def stop_all(state_dir: Path, project: str | None = None) -> list[str]:
 
 
 class LocalRunnerProvider:
-    """Dataflow jobs of one project, run on this machine. Contract: `providers.base.Provider`."""
+    """Dataflow jobs (and, with ``services``, the Cloud Run services) of one project, run on this
+    machine. Contract: `providers.base.Provider`.
 
-    kinds: tuple[Kind, ...] = (Kind.DATAFLOW_JOB,)
-    # As on Dataflow, so that a plan reads the same on both runners.
+    ``python`` runs the pipelines and the connectors (``python -m ...``); ``run_jobs=False`` (or
+    ``HEADWATER_LOCAL_JOBS=record``) records without starting processes; ``secrets_dir`` is where
+    services' secrets are read (default: `providers.secretmanager.local_secrets_dir`);
+    ``start_timeout`` is how long create/update wait for a service to listen, in seconds.
+    """
+
+    # As on Dataflow (and Cloud Run), so that a plan reads the same on both runners.
     immutable_fields: Mapping[Kind, frozenset[str]] = IMMUTABLE_FIELDS
 
     def __init__(self, project: str, state_dir: Path, *, python: str = sys.executable,
-                 run_jobs: bool | None = None) -> None:
+                 run_jobs: bool | None = None, services: bool = True, secrets_dir: Path | str | None = None,
+                 start_timeout: float = SERVICE_START_TIMEOUT_S) -> None:
         self.project = project
         self.state_dir = Path(state_dir)
         self.python = python
         if run_jobs is None:
             run_jobs = os.environ.get("HEADWATER_LOCAL_JOBS", "run") != "record"
         self.run_jobs = run_jobs
+        self.kinds: tuple[Kind, ...] = (Kind.DATAFLOW_JOB, Kind.CLOUD_RUN_SERVICE) if services else (Kind.DATAFLOW_JOB,)
+        self.secrets = LocalSecrets(secrets_dir if secrets_dir is not None else local_secrets_dir(self.state_dir))
+        self.start_timeout = start_timeout
         self._lock = threading.Lock()
 
     # -- contract --
 
     def observe(self, kind: Kind) -> list[Resource]:
-        if Kind(kind) != Kind.DATAFLOW_JOB:
+        kind = Kind(kind)
+        if kind not in self.kinds:
             raise PermanentError(f"localrunner: unsupported kind {kind!r}")
+        what = "service" if kind == Kind.CLOUD_RUN_SERVICE else "job"
         live = []
         for record in load_records(self.state_dir):
-            if record.project != self.project:
+            if record.project != self.project or record.kind != kind:
                 continue
             if _running(record):
-                live.append(Resource(Kind.DATAFLOW_JOB, record.name, record.spec, record.labels))
+                live.append(Resource(kind, record.name, record.spec, record.labels))
             else:
-                log.warning("local job %s has ended (history, not drift); its log: %s", record.name, record.log)
+                log.warning("local %s %s has ended (history, not drift); its log: %s", what, record.name, record.log)
         return live
 
     def create(self, resource: Resource) -> None:
+        if resource.kind == Kind.CLOUD_RUN_SERVICE:
+            self._create_service(resource)
+            return
         with self._lock:
             existing = self._record(resource.name)
             if existing is not None and _running(existing):
@@ -267,6 +393,9 @@ class LocalRunnerProvider:
             self._launch(resource)
 
     def update(self, resource: Resource, fields: Sequence[str]) -> None:
+        if resource.kind == Kind.CLOUD_RUN_SERVICE:
+            self._update_service(resource, fields)
+            return
         for name in fields:
             if name in IMMUTABLE_FIELDS[Kind.DATAFLOW_JOB]:
                 raise PermanentError(f"{resource.address}: {name!r} cannot change in place (stop and relaunch)")
@@ -284,10 +413,12 @@ class LocalRunnerProvider:
 
     def delete(self, resource: Resource) -> None:
         with self._lock:
-            record = self._record(resource.name)
+            record = self._record(resource.name, resource.kind)
             if record is None:
                 return
             if _running(record):
+                # A streaming job drains (SIGINT first); a service stops as Cloud Run stops an
+                # instance (SIGTERM, then SIGKILL).
                 _stop_process(record, graceful=record.streaming)
             _remove_files(self.state_dir, record)
 
@@ -324,10 +455,125 @@ class LocalRunnerProvider:
         """A batch job's runs (see `batch_status`)."""
         return batch_status(self.state_dir, self.project, name)
 
+    def service_record(self, name: str) -> JobRecord | None:
+        """The record of the local service ``name`` (running or ended), or None."""
+        return self._record(name, Kind.CLOUD_RUN_SERVICE)
+
+    def service_url(self, name: str) -> str:
+        """``http://127.0.0.1:<port>``: where the local service ``name`` listens (a webhook's base
+        URL; append its ``webhook.path``). NotFound if no such service is recorded."""
+        record = self.service_record(name)
+        if record is None or record.port is None:
+            raise NotFound(f"no local service {name} (project {self.project})")
+        return f"http://{LOOPBACK}:{record.port}"
+
+    # -- Cloud Run services (EMULATOR DEPARTURE: the module docstring) --
+
+    def _create_service(self, resource: Resource) -> None:
+        with self._lock:
+            existing = self._record(resource.name, Kind.CLOUD_RUN_SERVICE)
+            if existing is not None and _running(existing):
+                raise AlreadyExists(f"local service {resource.name} is already running (pid {existing.pid})")
+            secrets = self._secret_values(resource)
+            # Launched again after it ended: the same port when it is free (the same URL).
+            record = self._launch_service(resource, secrets, existing.port if existing else None)
+        self._await_listening(resource, record)
+
+    def _update_service(self, resource: Resource, fields: Sequence[str]) -> None:
+        with self._lock:
+            existing = self._record(resource.name, Kind.CLOUD_RUN_SERVICE)
+            running = existing is not None and _running(existing)
+            if existing is not None and running and set(fields) <= SERVICE_FIELDS_NOT_USED_LOCALLY:
+                # Nothing the local process uses changed: record the new spec (the next plan is
+                # clean) and leave it running.
+                existing.spec = json.loads(json.dumps(dict(resource.spec)))
+                existing.labels = dict(resource.labels)
+                _write_json(services_dir(self.state_dir, self.project) / f"{resource.name}.json", asdict(existing))
+                return
+            # Secrets first: one that is missing fails the update with the old process still up.
+            secrets = self._secret_values(resource)
+            if existing is not None and running:
+                _stop_process(existing, graceful=False)
+            record = self._launch_service(resource, secrets, existing.port if existing else None)
+        self._await_listening(resource, record)
+
+    def _secret_values(self, resource: Resource) -> dict[str, str]:
+        """``{env var: value}`` of the service's secrets, read from the local secrets directory
+        (none in record-only mode: there is no process to give them to)."""
+        values: dict[str, str] = {}
+        for variable, secret_id in sorted((resource.spec.get("secrets") or {}).items()):
+            if variable in RESERVED_SERVICE_ENV:
+                raise PermanentError(f"{resource.address}: the environment variable {variable} is reserved; "
+                                     "a secret cannot be mounted there")
+            if not self.run_jobs:
+                continue
+            try:
+                values[variable] = self.secrets.value(secret_id)
+            except PermanentError as exc:  # the message names the id and the file, never a value
+                raise PermanentError(f"{resource.address}: {exc}") from None
+        return values
+
+    def _launch_service(self, resource: Resource, secret_values: Mapping[str, str], port: int | None) -> JobRecord:
+        directory = services_dir(self.state_dir, self.project)
+        directory.mkdir(parents=True, exist_ok=True)
+        name = resource.name
+        chosen = free_port(port)
+        if port and chosen != port:
+            log.warning("local service %s: port %d is taken, it now listens on %d (its URL changed)", name, port,
+                        chosen)
+        log_path = directory / f"{name}.log"
+        record = JobRecord(
+            name=name, project=self.project, pid=0, process_start="", streaming=False,
+            spec=json.loads(json.dumps(dict(resource.spec))), labels=dict(resource.labels),
+            argv=service_argv(resource.spec, self.python), log=str(log_path),
+            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            env={"PORT": str(chosen)},  # the secrets' values are in the process's environment only
+            kind=Kind.CLOUD_RUN_SERVICE.value, port=chosen,
+        )
+        record_path = directory / f"{name}.json"
+        if not self.run_jobs:
+            record.recorded_only = True
+            _write_json(record_path, asdict(record))
+            return record
+        env = service_env(self.project, name, resource.spec, chosen, secret_values)
+        with log_path.open("ab") as out:
+            # Names of the secret variables, never their values.
+            out.write(f"--- {record.started_at} launch {' '.join(record.argv)} (PORT={chosen}; secrets in the "
+                      f"environment: {', '.join(sorted(secret_values)) or 'none'})\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                record.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=env, cwd=directory, start_new_session=True,  # own process group, as a job
+            )
+        _children[proc.pid] = proc
+        record.pid = proc.pid
+        record.process_start = _process_start(proc.pid) or ""
+        _write_json(record_path, asdict(record))
+        return record
+
+    def _await_listening(self, resource: Resource, record: JobRecord) -> None:
+        """Until the process listens on its port (Cloud Run's default startup probe: TCP). One that
+        exits, or does not listen within ``start_timeout`` (it is then stopped), fails the apply."""
+        if record.recorded_only:
+            return
+        proc = _children.get(record.pid)
+        deadline = time.monotonic() + self.start_timeout
+        while not _listening(record.port or 0):
+            if not _running(record):
+                code = proc.poll() if proc is not None else None
+                raise PermanentError(f"{resource.address}: the local connector exited (exit code {code}) before "
+                                     f"listening on port {record.port}; its log: {record.log}")
+            if time.monotonic() >= deadline:
+                with self._lock:
+                    _stop_process(record, graceful=False)
+                raise PermanentError(f"{resource.address}: the local connector did not listen on port {record.port} "
+                                     f"within {self.start_timeout:.0f} s (stopped); its log: {record.log}")
+            time.sleep(0.1)
+
     # -- plumbing --
 
-    def _record(self, name: str) -> JobRecord | None:
-        path = jobs_dir(self.state_dir, self.project) / f"{name}.json"
+    def _record(self, name: str, kind: Kind | str = Kind.DATAFLOW_JOB) -> JobRecord | None:
+        path = _record_dir(self.state_dir, self.project, kind) / f"{name}.json"
         try:
             record = JobRecord(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
