@@ -50,10 +50,10 @@ The four operations
              headwater does not manage, such as memory limits or probes set by hand, survive),
              and sends it with the mask of those parts and the etag it read (a change made by
              someone else in between fails the update rather than being overwritten; the next
-             reconcile reads again). Then it waits for the operation: the new
-             revision ready. A revision that fails raises `PermanentError` with Cloud Run's
-             condition reason and message (`failure_message`); traffic stays on the last ready
-             revision, as Cloud Run does.
+             reconcile reads again). Then it waits for the operation: the new revision ready.
+             A revision that fails raises `PermanentError` with Cloud Run's condition reason
+             and message (`failure_message`); traffic stays on the last ready revision, as
+             Cloud Run does.
 ``delete``   ``delete_service``, waiting for the operation. Gone already is success.
 
 Errors go through `providers.errors` (`CallCounter.rpc`): retries of temporary failures there,
@@ -89,7 +89,7 @@ from google.api_core.future import polling
 from google.cloud import run_v2
 
 from providers.calls import CallCounter
-from providers.errors import NotFound, PermanentError, TemporaryError, call, translate
+from providers.errors import AlreadyExists, NotFound, PermanentError, TemporaryError, call, translate
 from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, Kind, Resource
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def apply_fields(live: run_v2.Service, resource: Resource, fields: Sequence[str]
     service = run_v2.Service.deserialize(run_v2.Service.serialize(live))
     spec, template = resource.spec, service.template
     container = _connector_container(service)
-    if container is None and any(FIELD_MASKS[f][0] == "template.containers" for f in fields):
+    if container is None and any(FIELD_MASKS.get(f, ("",))[0] == "template.containers" for f in fields):
         container = build_container(resource)
         template.containers.append(container)
     for name in fields:
@@ -432,8 +432,12 @@ class CloudRunProvider:
             service.template.revision = ""
             mask.append("template.revision")
         request = run_v2.UpdateServiceRequest(service=service, update_mask={"paths": mask})
-        operation = self._rpc("update_service", resource.name,
-                              lambda: self._services_client().update_service(request=request, **_OPTS))
+        try:
+            operation = self._rpc("update_service", resource.name,
+                                  lambda: self._services_client().update_service(request=request, **_OPTS))
+        except AlreadyExists as exc:  # 409 on an update: the etag no longer matches
+            raise TemporaryError(f"{resource.address}: the service changed between headwater's read and its "
+                                 f"write ({exc}); apply again to read it anew") from exc
         self._wait(operation, resource, "update")
 
     def delete(self, resource: Resource) -> None:

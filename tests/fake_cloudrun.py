@@ -82,7 +82,8 @@ class FakeEndpoint:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll interval: close() (shutdown) waits for one.
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
 
     def client_kwargs(self) -> dict[str, Any]:
@@ -130,6 +131,7 @@ class FakeCloudRun(FakeEndpoint):
         self.revisions: dict[str, dict] = {}  # by full name
         self.operations: dict[str, dict] = {}
         self.operation_polls = 0  # an operation answers done=false this many times first
+        self.edit_after_next_get = False  # someone else changes the service right after it is read
         self._failure: dict[str, str] | None = None
         self._polls: dict[str, int] = {}
 
@@ -176,7 +178,11 @@ class FakeCloudRun(FakeEndpoint):
         if service is None:
             return _error(404, f"Resource '{path.rsplit('/', 1)[-1]}' was not found")
         if method == "GET":
-            return 200, service
+            reply = copy.deepcopy(service)
+            if self.edit_after_next_get:
+                self.edit_after_next_get = False
+                service["etag"] = '"edited-by-hand"'
+            return 200, reply
         if method == "PATCH":
             if body.get("etag") and body["etag"] != service["etag"]:
                 return _error(409, "etag mismatch: the service was modified")

@@ -245,6 +245,17 @@ def test_update_reads_then_sends_only_the_changed_parts_and_keeps_what_headwater
     assert patch.body["invokerIamDisabled"] is True
 
 
+def test_a_change_made_between_the_read_and_the_write_is_not_overwritten(fake):
+    provider = provider_for(fake)
+    provider.create(poller())
+    fake.edit_after_next_get = True
+    with pytest.raises(TemporaryError, match="changed between headwater's read and its write"):
+        provider.update(changed(poller(), min_instances=0), ["min_instances"])
+    assert provider.observe(Kind.CLOUD_RUN_SERVICE)[0].spec["min_instances"] == 1, "nothing written"
+    provider.update(changed(poller(), min_instances=0), ["min_instances"])  # the next apply reads anew
+    assert provider.observe(Kind.CLOUD_RUN_SERVICE)[0].spec["min_instances"] == 0
+
+
 def test_a_failed_revision_fails_the_update_with_cloud_runs_reason_and_stays_a_difference(fake):
     provider = provider_for(fake)
     provider.create(poller())
