@@ -225,7 +225,7 @@ def test_a_webhook_connector_runs_updates_on_its_port_and_stops(hooks, project_i
     assert stopped(second.pid) and load_records(state_dir) == []
 
 
-def test_delete_stops_a_service_and_a_new_one_gets_a_port(hooks, project_id):
+def test_delete_stops_a_service_and_frees_its_port(hooks, project_id):
     runner, _ = hooks
     service = webhook_service(project_id)
     runner.create(service)
