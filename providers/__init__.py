@@ -4,8 +4,9 @@
 standard way (``PUBSUB_EMULATOR_HOST``, ``STORAGE_EMULATOR_HOST``, ``BIGQUERY_EMULATOR_HOST`` when
 set, otherwise Google Cloud with Application Default Credentials): one code path for both.
 
-Dataflow has no emulator: ``dataflow_job`` resources go to Dataflow (`providers.dataflow`) or to
-the local runner (`providers.localrunner`), which runs the same pipelines on this machine. The
+Dataflow and Cloud Run have no emulator: ``dataflow_job`` and ``cloud_run_service`` resources go to
+Dataflow and Cloud Run (`providers.dataflow`, `providers.cloudrun`) or to the local runner
+(`providers.localrunner`), which runs the same pipelines and connectors on this machine. The
 local runner is the default when an emulator host is set; ``runner`` overrides it.
 """
 
@@ -51,18 +52,20 @@ def build_providers(
         from providers.localrunner import LocalRunnerProvider
 
         state_dir = state_dir or os.environ.get("HEADWATER_STATE_DIR") or ".headwater"
-        jobs: Provider = LocalRunnerProvider(project, Path(state_dir))
+        # The stand-in for Dataflow and Cloud Run alike: jobs and connectors as child processes.
+        runtimes: list[Provider] = [LocalRunnerProvider(project, Path(state_dir))]
     elif runner == "dataflow":
+        from providers.cloudrun import CloudRunProvider
         from providers.dataflow import DataflowProvider
 
-        jobs = DataflowProvider(dataflow_settings(project, region, platform))
+        runtimes = [DataflowProvider(dataflow_settings(project, region, platform)), CloudRunProvider(project, region)]
     else:
         raise ValueError(f"unknown runner {runner!r}: expected one of {', '.join(RUNNERS)}")
     return [
         StorageProvider(project),
         BigQueryProvider(project, region),
         PubSubProvider(project),
-        jobs,
+        *runtimes,
     ]
 
 

@@ -117,10 +117,13 @@ def test_a_reused_pid_is_not_mistaken_for_the_job(tmp_path):
 
 @pytest.fixture
 def platform(tmp_path, emulators, project_id, unique, monkeypatch):
-    """The example trimmed to the payments source (streaming) on a fresh project, jobs really run."""
+    """The example trimmed to the payments source (as event streaming) on a fresh project, jobs really run."""
     monkeypatch.setenv("HEADWATER_LOCAL_JOBS", "run")
     repo = copy_example(tmp_path, sources=["payments"])
     isolate_platform(repo, project_id, unique)
+    # Events published to its topic by the test: the connector (tests/providers/
+    # test_localrunner_services.py) is not what this test is about.
+    edit_yaml(repo / "connectors" / "payments.yaml", lambda d: d.update(ingestion={"pattern": "event_streaming"}))
     state_dir = tmp_path / "state"
     yield repo, state_dir
     stop_all(state_dir)
