@@ -53,7 +53,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import unquote_plus, urljoin
 
 import httpx
 import tenacity
@@ -359,7 +359,7 @@ class Poller:
                 break
             fetched_at = now_rfc3339()
             origin = self.sanitize_url(request.full_url())
-            records, reason = self._records(body)
+            parsed, records, reason = self._records(body)
             try:
                 if records is None:
                     detail = (f"records {self.rest.records!r} matched no list in the body" if reason == RECORDS_NOT_FOUND
@@ -384,7 +384,7 @@ class Poller:
                 log.warning("%s: SIGKILL after publishing, before the checkpoint (test-only hook)",
                             CRASH_AFTER_PUBLISH_ENV)
                 os.kill(os.getpid(), signal.SIGKILL)
-            next_request = self._next_request(request, response, body, records)
+            next_request = self._next_request(request, response, parsed, records)
             if next_request is None:
                 break
             walk.request = next_request
@@ -435,9 +435,10 @@ class Poller:
         parameter whose value holds the secret."""
         url = url.copy_with(username=None, password=None)
         drop = {self.rest.auth.query} if self.rest.auth.query else set()
-        for name, value in url.params.multi_items():
-            if any(form in value for form in self._secret_forms):
-                drop.add(name)
+        for pair in url.query.decode("ascii", "replace").split("&"):
+            raw_name, _, raw_value = pair.partition("=")
+            if any(form in raw_value or form in unquote_plus(raw_value) for form in self._secret_forms):
+                drop.add(unquote_plus(raw_name))
         for name in drop:
             url = url.copy_remove_param(name)
         text = str(url)
@@ -546,13 +547,13 @@ class Poller:
         if self.stop.wait(seconds):
             raise Stopped()
 
-    def _records(self, body: bytes) -> tuple[list[Any] | None, str]:
+    def _records(self, body: bytes) -> tuple[Any, list[Any] | None, str]:
+        """(parsed body, its records or None, why None)."""
         try:
             parsed = json.loads(body)
         except ValueError:
-            return None, UNPARSEABLE
-        records = select_records(parsed, self.rest.records)
-        return records, RECORDS_NOT_FOUND
+            return None, None, UNPARSEABLE
+        return parsed, select_records(parsed, self.rest.records), RECORDS_NOT_FOUND
 
     # ------------------------------------------------------------------ checkpoint
 
@@ -563,7 +564,14 @@ class Poller:
         return self.store.write(new, self.spec.source_id, generation)
 
     def _yield(self, result: PollResult, exc: CheckpointConflict) -> PollResult:
-        log.warning("lost the checkpoint race (%s): another replica advanced it; yielding", exc)
+        """Another replica advanced the checkpoint: re-read it and leave the walk to its holder
+        (the next poll starts from what it wrote)."""
+        try:
+            generation, _ = self.store.read()
+            now_at = f"now at generation {generation}"
+        except Exception as read_error:
+            now_at = f"re-read failed: {type(read_error).__name__}"
+        log.warning("lost the checkpoint race (%s; %s): yielding", exc, now_at)
         result.outcome, result.error = "lost_race", str(exc)
         return result
 
