@@ -14,19 +14,66 @@ A listed file is a :class:`FileInfo`: besides its path, the object *generation* 
 write of an object a new one) and its creation time. Reading and moving pin that generation, so
 a file re-uploaded under the same name while a run is reading it is neither mixed into this run
 nor deleted by it: the new version stays in place for the next run.
+
+**Claims** (`claim`, `finish_claim`): each landing object *generation* is ingested once, whether
+the file-event job (``gcs_to_bigquery --input_subscription``) or the sweep (the same template in
+batch) sees it first, and however often its event is delivered. Before reading a generation, an
+ingesting pipeline creates the marker object::
+
+    gs://<landing bucket>/_headwater/claims/<object name>@<generation>
+
+with ``if_generation_match=0`` (create only: Cloud Storage lets exactly one of several racing
+creators succeed; the others get HTTP 412). The marker holds JSON: ``object``, ``generation``,
+``owner`` (who claimed it), ``state`` (``claimed``, or ``done`` when the file is kept in place)
+and ``at``. Outcomes of `claim`:
+
+* ``claimed`` - ours: read it. Also when the marker is already ours (same ``owner``: a retried
+  bundle of the claiming step), and when the marker is *stale* - still ``claimed`` more than
+  ``CLAIM_TTL_S`` after it was written, i.e. its holder died (a failed batch run) - and we
+  replace it, conditional on the stale marker's generation so only one taker wins.
+* ``held`` - someone else holds a live claim: skip (they ingest it).
+* ``done`` - already ingested and kept in place (a spec without ``bronze.bucket``): skip.
+* ``gone`` - that generation no longer exists: already ingested and moved to Bronze (whose
+  claim was then deleted), deleted, or overwritten by a newer upload - which has its own
+  generation, hence its own claim and event. The marker we just made is removed again.
+
+After its sinks, the claimant either moves the file to Bronze and deletes the marker (the
+object's absence is then the durable "done"), or, without a Bronze bucket, rewrites the marker
+as ``done``. Names under ``_headwater/`` are never landing files: `match` and the event filter
+skip them. Local paths have no generations and no events: claiming one always succeeds.
+
+EMULATOR DEPARTURE: gcp-storage-emulator ignores ``if_generation_match`` and reads and deletes
+the current object whatever ``generation`` is asked for. The section "Emulator departure" at
+the end of this module is the one place that knows: on the emulator it compares generations
+itself, under a lock file shared by every process on this machine (the emulator only ever runs
+locally), so conditional writes stay atomic among headwater's own processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import filecmp
 import fnmatch
 import glob
+import hashlib
+import json
 import os
 import shutil
-from typing import IO, NamedTuple
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import IO, Any, NamedTuple
 
 from beam.common.clients import storage_client
+
+# Object names under this prefix are headwater's own bookkeeping in a landing bucket, never
+# landing files (claims below; connectors keep checkpoints under ``_connectors/``).
+RESERVED_PREFIX = "_headwater/"
+CLAIMS_PREFIX = RESERVED_PREFIX + "claims/"
+# A claim still "claimed" this long after it was written is taken to be abandoned (its holder
+# died before finishing) and may be taken over. Longer than any one file takes to ingest.
+CLAIM_TTL_S = 3600.0
 
 
 class FileInfo(NamedTuple):
@@ -59,22 +106,45 @@ def base_of(pattern: str) -> str:
     return fixed[: fixed.rfind("/") + 1]
 
 
+def _name_matches(pattern_name: str, name: str) -> bool:
+    """The object-name rule of a ``gs://`` pattern (the part after the bucket): a glob, a prefix
+    ending in ``/`` (or empty: the whole bucket), or one exact name. Directory placeholders
+    (names ending in ``/``) and headwater's reserved names are never files."""
+    if name.endswith("/") or name.startswith(RESERVED_PREFIX):
+        return False
+    if _wildcard_at(pattern_name) >= 0:
+        return fnmatch.fnmatchcase(name, pattern_name)
+    if pattern_name.endswith("/") or not pattern_name:
+        return name.startswith(pattern_name)
+    return name == pattern_name
+
+
+def matches(pattern: str, path: str) -> bool:
+    """Whether ``path`` is one of the files ``pattern`` names - the rule `match` lists by, for a
+    path that comes from elsewhere (a file event). ``gs://`` patterns only take ``gs://`` paths."""
+    if pattern.startswith("gs://") or path.startswith("gs://"):
+        if not (pattern.startswith("gs://") and path.startswith("gs://")):
+            return False
+        (pattern_bucket, pattern_name), (bucket, name) = split_gs(pattern), split_gs(path)
+        return bucket == pattern_bucket and _name_matches(pattern_name, name)
+    if pattern.endswith("/") or os.path.isdir(pattern):
+        return path.startswith(pattern.rstrip("/") + "/")
+    return fnmatch.fnmatchcase(path, pattern)
+
+
+def _iso(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).isoformat() if value else ""
+
+
 def match(pattern: str) -> list[FileInfo]:
     """The files a pattern names, sorted by path (deterministic order for tests and logs)."""
     if pattern.startswith("gs://"):
         bucket, name = split_gs(pattern)
         wild = _wildcard_at(name)
         prefix = name if wild < 0 else name[:wild]
-        blobs = [b for b in storage_client().list_blobs(bucket, prefix=prefix) if not b.name.endswith("/")]
-        if wild >= 0:
-            blobs = [b for b in blobs if fnmatch.fnmatchcase(b.name, name)]
-        elif not name.endswith("/") and name:
-            blobs = [b for b in blobs if b.name == name]
-        return sorted(
-            FileInfo(f"gs://{bucket}/{b.name}", b.size or 0, b.generation,
-                     b.time_created.astimezone(dt.UTC).isoformat() if b.time_created else "")
-            for b in blobs
-        )
+        blobs = [b for b in storage_client().list_blobs(bucket, prefix=prefix) if _name_matches(name, b.name)]
+        return sorted(FileInfo(f"gs://{bucket}/{b.name}", b.size or 0, b.generation, _iso(b.time_created))
+                      for b in blobs)
     if pattern.endswith("/") or os.path.isdir(pattern):
         pattern = os.path.join(pattern, "**", "*")
     found = []
@@ -90,6 +160,8 @@ def open_read(path: str, generation: int | None = None) -> IO[bytes]:
     in chunks, not loaded whole."""
     if path.startswith("gs://"):
         bucket, name = split_gs(path)
+        if generation is not None:
+            _emulated_read_check(storage_client().bucket(bucket), name, generation)
         return storage_client().bucket(bucket).blob(name, generation=generation).open("rb")
     return open(path, "rb")
 
@@ -146,7 +218,7 @@ def move(src: FileInfo, dst: str) -> str:
 def _exists(src: FileInfo) -> bool:
     if src.path.startswith("gs://"):
         bucket, name = split_gs(src.path)
-        return storage_client().bucket(bucket).blob(name, generation=src.generation).exists()
+        return _get_generation(storage_client().bucket(bucket), name, src.generation) is not None
     return os.path.exists(src.path)
 
 
@@ -197,7 +269,7 @@ def _delete(src: FileInfo) -> None:
 
         bucket, name = split_gs(src.path)
         try:
-            storage_client().bucket(bucket).delete_blob(name, if_generation_match=src.generation)
+            _delete_if_generation(storage_client().bucket(bucket), name, src.generation)
         except (NotFound, PreconditionFailed):
             pass  # already gone (a retried move), or re-uploaded since it was listed: keep the new one
         return
@@ -205,3 +277,193 @@ def _delete(src: FileInfo) -> None:
         os.remove(src.path)
     except FileNotFoundError:
         pass
+
+
+# --------------------------------------------------------------------------- claims
+
+CLAIMED, HELD, DONE, GONE = "claimed", "held", "done", "gone"  # outcomes of `claim`
+
+
+def claim_path(file: FileInfo) -> str:
+    """The claim marker of one object generation (see the module docstring)."""
+    bucket, name = split_gs(file.path)
+    return f"gs://{bucket}/{CLAIMS_PREFIX}{name}@{file.generation}"
+
+
+def _claim_body(file: FileInfo, owner: str, state: str) -> bytes:
+    return json.dumps({"object": file.path, "generation": file.generation, "owner": owner, "state": state,
+                       "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}, sort_keys=True).encode()
+
+
+def _read_claim(bucket: Any, marker: str) -> tuple[int, dict[str, Any], float] | None:
+    """The marker's generation, content and write time (epoch seconds), or None if absent."""
+    from google.api_core.exceptions import NotFound
+
+    blob = bucket.get_blob(marker)
+    if blob is None:
+        return None
+    # Read before downloading: a download resets the metadata from its response headers.
+    generation, written = int(blob.generation), blob.updated or blob.time_created
+    try:
+        data = blob.download_as_bytes()
+    except NotFound:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = {}  # unreadable: treated as someone else's claim, which ages out like any other
+    return generation, doc if isinstance(doc, dict) else {}, written.timestamp() if written else 0.0
+
+
+def claim(file: FileInfo, owner: str, *, ttl_s: float = CLAIM_TTL_S,
+          clock: Callable[[], float] = time.time) -> tuple[str, FileInfo]:
+    """Claim one object generation for ingestion; ``(outcome, file)``.
+
+    ``outcome`` is ``CLAIMED`` (read it), ``HELD``, ``DONE`` or ``GONE`` (skip it): see the
+    module docstring. ``owner`` names the claimant so that a retried bundle recognises its own
+    claim (``event:<run>:<message id>``, ``sweep:<run>``). When claimed, ``file`` comes back with
+    the size and creation time of the live generation (an event's copy may be stale). A claim
+    left ``claimed`` for ``ttl_s`` seconds (by the marker's server-side write time and
+    ``clock``) is taken over. Errors of the storage itself are raised (the runner retries).
+    """
+    from google.api_core.exceptions import PreconditionFailed
+
+    if not file.path.startswith("gs://") or file.generation is None:
+        return CLAIMED, file  # local files: no generations and no events to race with
+    bucket_name, name = split_gs(file.path)
+    bucket = storage_client().bucket(bucket_name)
+    marker = claim_path(file)[len(f"gs://{bucket_name}/"):]
+    body = _claim_body(file, owner, CLAIMED)
+    mine: int | None = None
+    for _ in range(3):  # the marker may vanish between a refused create and its read: look again
+        try:
+            mine = _write_if_generation(bucket, marker, body, 0)
+            break
+        except PreconditionFailed:
+            pass
+        held = _read_claim(bucket, marker)
+        if held is None:
+            continue
+        generation, doc, written = held
+        if doc.get("state") == DONE:
+            return DONE, file
+        if doc.get("owner") == owner:
+            mine = generation  # ours already: the claiming step is being retried
+            break
+        if clock() - written < ttl_s:
+            return HELD, file
+        try:  # abandoned: take it over, conditional on the stale marker so only one taker wins
+            mine = _write_if_generation(bucket, marker, body, generation)
+            break
+        except PreconditionFailed:
+            return HELD, file
+    if mine is None:
+        return HELD, file
+    live = _get_generation(bucket, name, file.generation)
+    if live is None:
+        # Nothing to ingest (see GONE); leave no marker behind for a generation that is gone.
+        with contextlib.suppress(Exception):
+            _delete_if_generation(bucket, marker, mine)
+        return GONE, file
+    return CLAIMED, file._replace(size=live.size or 0, created=_iso(live.time_created) or file.created)
+
+
+def finish_claim(file: FileInfo, *, kept: bool) -> None:
+    """After the sinks: delete the claim of a file moved to Bronze (its absence from landing now
+    says "done"), or mark the claim of a file ``kept`` in place ``done`` for good."""
+    from google.api_core.exceptions import NotFound
+
+    if not file.path.startswith("gs://") or file.generation is None:
+        return
+    bucket_name, _ = split_gs(file.path)
+    bucket = storage_client().bucket(bucket_name)
+    marker = claim_path(file)[len(f"gs://{bucket_name}/"):]
+    if kept:
+        bucket.blob(marker).upload_from_string(_claim_body(file, "", DONE), content_type="application/json")
+        return
+    with contextlib.suppress(NotFound):  # a retried step: deleted already
+        bucket.delete_blob(marker)
+
+
+# --------------------------------------------------------------------------- emulator departure
+#
+# EMULATOR DEPARTURE: gcp-storage-emulator (2026.7.19) ignores generation preconditions
+# (``if_generation_match``) and the ``generation`` of reads and deletes: it keeps one version of
+# each object and acts on it. Every generation-pinned operation of this module goes through the
+# three functions below; on GCS each is the one request it looks like, on the emulator it
+# compares generations itself, holding a lock file that every process on this machine shares
+# (the emulator only ever runs locally), so that conditional writes stay atomic among
+# headwater's processes - the local runner's jobs, the tests.
+
+
+def _on_emulator() -> bool:
+    return bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+
+
+@contextlib.contextmanager
+def _emulator_lock() -> Iterator[None]:
+    """Exclusive among the processes of this machine using the same emulator."""
+    import fcntl
+
+    host = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    path = os.path.join(tempfile.gettempdir(), f"headwater-gcs-emulator-{hashlib.sha1(host.encode()).hexdigest()[:12]}.lock")
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _current_generation(bucket: Any, name: str) -> int:
+    blob = bucket.get_blob(name)
+    return int(blob.generation) if blob is not None else 0
+
+
+def _write_if_generation(bucket: Any, name: str, data: bytes, expected: int) -> int:
+    """Write ``name`` only if its generation is ``expected`` (0: only if absent); the new
+    generation. A failed precondition raises ``google.api_core.exceptions.PreconditionFailed``."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    blob = bucket.blob(name)
+    if not _on_emulator():
+        blob.upload_from_string(data, content_type="application/json", if_generation_match=expected)
+        return int(blob.generation)
+    with _emulator_lock():
+        if _current_generation(bucket, name) != expected:
+            raise PreconditionFailed(f"{name}: generation is not {expected} (emulated precondition)")
+        blob.upload_from_string(data, content_type="application/json")
+        return int(blob.generation)
+
+
+def _delete_if_generation(bucket: Any, name: str, generation: int | None) -> None:
+    """Delete ``name`` only at ``generation`` (any, if None); NotFound / PreconditionFailed raise."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    if not _on_emulator():
+        bucket.delete_blob(name, if_generation_match=generation)
+        return
+    with _emulator_lock():
+        current = _current_generation(bucket, name)
+        if not current:
+            raise NotFound(f"{name}: no such object")
+        if generation is not None and current != generation:
+            raise PreconditionFailed(f"{name}: generation is {current}, not {generation} (emulated precondition)")
+        bucket.delete_blob(name)
+
+
+def _get_generation(bucket: Any, name: str, generation: int | None) -> Any:
+    """The object at ``generation`` (the current one if None), or None if that generation is gone."""
+    if not _on_emulator() or generation is None:
+        return bucket.get_blob(name, generation=generation)
+    blob = bucket.get_blob(name)  # the emulator's only version: it is the one asked for, or none is
+    return blob if blob is not None and int(blob.generation) == generation else None
+
+
+def _emulated_read_check(bucket: Any, name: str, generation: int) -> None:
+    """Before reading a pinned generation on the emulator (which would serve whatever version it
+    holds): raise NotFound, as GCS would, when that generation has been replaced."""
+    from google.api_core.exceptions import NotFound
+
+    if _on_emulator() and _get_generation(bucket, name, generation) is None:
+        raise NotFound(f"{name}#{generation}: no such object generation")

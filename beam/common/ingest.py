@@ -16,7 +16,8 @@ does not start.
 In batch, ``sinks_done`` is one element (a count) that exists only once every sink has finished
 with every record: what comes after the sinks - ``gcs_to_bigquery`` moving the files it read
 out of the landing prefix - takes it as input, so it runs only after everything was written,
-also on Dataflow where ``run()`` returns as soon as the job is submitted.
+also on Dataflow where ``run()`` returns as soon as the job is submitted. ``sink_outputs`` are
+the sinks' own outputs, for a streaming pipeline to wait on their watermark instead.
 """
 
 from typing import Any
@@ -56,7 +57,10 @@ def ingest(raw: beam.PCollection, spec: PipelineSpec, *, streaming: bool) -> dic
     )
     dead = (out["dead_letters"], *rejected) | "AllDeadLetters" >> beam.Flatten()
     published = dead | "PublishDeadLetters" >> beam.ParDo(PublishDeadLetters(spec.dead_letter_topic, spec.source_id))
-    result = {**out, "all_dead_letters": dead}
+    # Every sink's output PCollection (the publisher's is empty, the writers' hold their rejects):
+    # complete, or past the watermark, only once that sink is done with its input. Streaming
+    # gcs_to_bigquery waits on their watermark before it moves a file (see its module docstring).
+    result = {**out, "all_dead_letters": dead, "sink_outputs": (published, *rejected)}
     if not streaming:
         # A global count waits for all of its input: each sink's output PCollection is complete
         # only when that sink has processed its last bundle (the publisher outputs nothing; its

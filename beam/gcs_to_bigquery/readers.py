@@ -25,17 +25,23 @@ does not fail the run: what was read before the error goes on as usual, and the 
 one ``unparseable`` record with an empty payload, origin ``<path>`` and the error as detail -
 so it is a dead letter and counted like any other bad record (``unreadable_files`` counts the
 files). Errors of the storage itself (network, permissions) are not caught: the runner retries.
+One is: the generation being read no longer exists (HTTP 404: deleted, or overwritten by a new
+upload of the same name, which is a new file with its own generation). Retrying cannot bring it
+back - in a streaming job it would retry forever - so the file ends there: what was read before
+goes on, nothing else is emitted, and ``vanished_files`` counts it.
 """
 
 import csv
 import gzip
 import io
+import logging
 import zlib
 from collections.abc import Iterator
 from typing import IO, Any, List, Tuple  # noqa: UP035 - Beam's typehints
 
 import apache_beam as beam
 import orjson
+from google.api_core.exceptions import NotFound
 
 from beam.common import files
 from beam.common.records import Attributes, ParseFailure, Raw
@@ -86,6 +92,7 @@ class ReadRecords(beam.DoFn):
         self.files_read = counter("files_read")
         self.blank_lines = counter("blank_lines")
         self.unreadable = counter("unreadable_files")
+        self.vanished = counter("vanished_files")
 
     def infer_output_type(self, input_type: Any) -> Any:
         return Tuple[bytes, Any, str, Tuple[Tuple[str, str], ...]]  # noqa: UP006
@@ -119,6 +126,11 @@ class ReadRecords(beam.DoFn):
             where = f" after {read} records" if read else ""
             failure = ParseFailure(f"cannot read {path}{as_what}{where}: {type(e).__name__}: {e}")
             yield [(b"", failure, path, attrs)]
+        except NotFound:  # see the module docstring
+            self.vanished.inc()
+            logging.getLogger(__name__).warning("%s (generation %s) vanished after %d records", path,
+                                                file.generation, read)
+            return
         self.files_read.inc()
 
     def _json_lines(self, stream: IO[bytes], path: str, attrs: Attributes) -> Iterator[list[Raw]]:
