@@ -95,6 +95,10 @@ def run_webhook(spec: ConnectorSpec, key: bytes | None, environ: Mapping[str, st
                                 dead_letter_topic=spec.dead_letter_topic)
     port = int(environ.get("PORT") or DEFAULT_PORT)
     log.info("receiving webhooks for %s at POST %s on port %d", spec.source_id, spec.webhook.path, port)
+    # uvicorn handles SIGTERM/SIGINT (graceful shutdown), then re-raises the signal to the handler
+    # installed before it: this one, so the process finishes below and exits 0 after a clean stop.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     try:
         uvicorn.Server(uvicorn_config(create_app(spec, key, publisher), port)).run()
     finally:
