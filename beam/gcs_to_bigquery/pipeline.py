@@ -63,6 +63,9 @@ rewritten as ``done``, so no later run or event ingests them again.
   sink has processed every element up to that timestamp. On Dataflow the records are durable in
   the pipeline from the read on, so moving then loses nothing; the local runner holds nothing
   durably (a job killed mid-file loses what was in flight; its claim then ages out as above).
+  The local runner advances an idle subscription's watermark only when a pull returns, and its
+  pulls wait up to 30 s for messages: there the last file of a burst is in Silver within seconds
+  but moves up to ~30 s later.
 """
 
 import argparse
