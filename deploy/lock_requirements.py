@@ -6,6 +6,9 @@
 * ``deploy/flex/requirements.lock`` - the Flex Template images (``deploy/flex/Dockerfile``):
   the same plus the ``beam`` extra (Apache Beam with its GCP I/O, and what beam/ reads files
   with).
+* ``deploy/connector/requirements.lock`` - the connector runtime's image
+  (``deploy/connector/Dockerfile``): the same plus the ``connector`` extra (httpx, starlette,
+  uvicorn, tenacity, limits).
 
 Each is pinned to the versions installed in the development venv, i.e. the versions the test
 suite ran with, computed from installed package metadata, offline:
@@ -33,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCKS = {
     ROOT / "deploy" / "requirements.lock": (),
     ROOT / "deploy" / "flex" / "requirements.lock": ("beam",),
+    ROOT / "deploy" / "connector" / "requirements.lock": ("connector",),
 }
 # The image's interpreter: markers are evaluated for it, not for the machine running this script.
 TARGET = {**default_environment(), "python_version": "3.11", "python_full_version": "3.11.0",
