@@ -7,11 +7,13 @@ sent as ``cursor_param``. That bound is **inclusive**: the records at the bounda
 published again, and the pipeline's dedup removes them - none is ever skipped.
 
 For each page: request it (within the request budget, retrying 429 and 5xx), take its records
-(the ``records`` selector), publish them and wait until Pub/Sub acknowledged every one, then
-find the next page (``pagination``). The checkpoint is written after a page at most every
-``checkpoint_interval_seconds``, and when the poll ends - always after the publishes before it
-were acknowledged, so a crash in between re-publishes (the dedup absorbs it) and never loses a
-record.
+(the ``records`` selector), hand them to the publisher, and find the next page (``pagination``).
+Pub/Sub acknowledges a page's records while the next pages are fetched; a page counts as read
+once every one of its records was acknowledged. The checkpoint is written after a page at most
+every ``checkpoint_interval_seconds``, and when the poll ends - always after waiting for the
+acknowledgement of everything published before it, so a crash in between re-publishes (the
+dedup absorbs it) and never loses a record. A publish that fails makes its page the first page
+not read.
 
 How a poll ends (:class:`PollResult` ``outcome``):
 
@@ -73,6 +75,10 @@ MAX_PAGE_BYTES = 32 * 1024 * 1024  # a page larger than this is refused (the con
 OAUTH2_EXPIRY_MARGIN_S = 60.0      # refresh a token this long before it expires (at most 10% of its life)
 OAUTH2_DEFAULT_LIFETIME_S = 3600.0  # when the token endpoint omits expires_in
 USER_AGENT = "headwater-connector/1"
+# Pages published but not yet confirmed: Pub/Sub acknowledges them while the next pages are
+# fetched (the poller waits for the acknowledgements before each checkpoint and, at the latest,
+# every this many pages). Bounds the records held in memory and what a publish failure re-reads.
+MAX_PAGES_IN_FLIGHT = 20
 # Test-only hook (see connector/README.md): SIGKILL this process after the N-th page's records
 # were acknowledged, before the checkpoint that covers them - the crash the design must survive.
 CRASH_AFTER_PUBLISH_ENV = "HEADWATER_CONNECTOR_CRASH_AFTER_PUBLISH"
@@ -340,6 +346,7 @@ class Poller:
             return self._finish(PollResult("failed", error=f"checkpoint read: {type(exc).__name__}: {exc}"), started)
         walk = _Walk.resume_or_start(state, self.fingerprint, self._first_request(state.cursor))
         result = PollResult("complete")
+        in_flight: list[_Published] = []
         last_save = time.monotonic()
         while True:
             if self.stop.is_set():
@@ -360,52 +367,75 @@ class Poller:
             fetched_at = now_rfc3339()
             origin = self.sanitize_url(request.full_url())
             parsed, records, reason = self._records(body)
-            try:
-                if records is None:
-                    detail = (f"records {self.rest.records!r} matched no list in the body" if reason == RECORDS_NOT_FOUND
-                              else "the body is not JSON")
-                    self.publisher.wait([self.publisher.publish_dead_letter(
-                        body, reason=reason, detail=detail, origin=origin, fetched_at=fetched_at)])
-                    result.outcome, result.error, result.dead_letters = "dead_letter", f"{reason}: {detail}", 1
-                    log.warning("dead-lettered the page %s (%s); the poll ends here", origin, reason)
-                    break
-                futures: list[Future] = self.publisher.publish_records(records, origin=origin, fetched_at=fetched_at)
-                self.publisher.wait(futures)
-            except PublishError as exc:
-                result.outcome, result.error = "failed", redact(str(exc))
+            if records is None:
+                self._dead_letter(body, reason, origin, fetched_at, result)
                 break
-            # Acknowledged: the page is read.
-            result.pages += 1
-            result.records += len(records)
-            self.pages_published += 1
-            self.records_published += len(records)
-            walk.page_read(records, self.rest.cursor_field)
-            if self.crash_after_pages is not None and self.pages_published >= self.crash_after_pages:
-                log.warning("%s: SIGKILL after publishing, before the checkpoint (test-only hook)",
-                            CRASH_AFTER_PUBLISH_ENV)
-                os.kill(os.getpid(), signal.SIGKILL)
+            in_flight.append(_Published(request, records, self.publisher.publish_records(
+                records, origin=origin, fetched_at=fetched_at)))
             next_request = self._next_request(request, response, parsed, records)
             if next_request is None:
                 break
             walk.request = next_request
-            if time.monotonic() - last_save >= self.rest.checkpoint_interval_seconds:
+            checkpoint_due = time.monotonic() - last_save >= self.rest.checkpoint_interval_seconds
+            if (checkpoint_due or len(in_flight) >= MAX_PAGES_IN_FLIGHT) and not self._confirm(in_flight, walk, result):
+                break
+            if checkpoint_due:
+                mid_walk = walk.state(state.cursor, finished=False)
                 try:
-                    generation = self._save(walk.state(state.cursor, finished=False), state, generation)
+                    generation = self._save(mid_walk, state, generation)
                 except CheckpointConflict as exc:
                     return self._finish(self._yield(result, exc), started)
                 except Exception as exc:
                     result.outcome, result.error = "failed", f"checkpoint write: {type(exc).__name__}: {exc}"
                     return self._finish(result, started)
-                state = walk.state(state.cursor, finished=False)
-                last_save = time.monotonic()
-        finished = result.outcome == "complete"
+                state, last_save = mid_walk, time.monotonic()
+        # Whatever ended the walk, the last checkpoint comes after every acknowledgement.
+        self._confirm(in_flight, walk, result)
         try:
-            self._save(walk.state(state.cursor, finished=finished), state, generation)
+            self._save(walk.state(state.cursor, finished=result.outcome == "complete"), state, generation)
         except CheckpointConflict as exc:
             return self._finish(self._yield(result, exc), started)
         except Exception as exc:
             result.outcome, result.error = "failed", f"checkpoint write: {type(exc).__name__}: {exc}"
         return self._finish(result, started)
+
+    def _confirm(self, in_flight: list[_Published], walk: _Walk, result: PollResult) -> bool:
+        """Wait for Pub/Sub's acknowledgement of the pages in flight, oldest first; each one
+        acknowledged is read. On the first failure, that page becomes the first page not read
+        (``walk.request``), the poll fails, and False is returned."""
+        try:
+            for page in in_flight:
+                try:
+                    self.publisher.wait(page.futures)
+                except PublishError as exc:
+                    walk.request = page.request
+                    result.outcome, result.error = "failed", redact(str(exc))
+                    return False
+                result.pages += 1
+                result.records += len(page.records)
+                self.pages_published += 1
+                self.records_published += len(page.records)
+                walk.page_read(page.records, self.rest.cursor_field)
+                if self.crash_after_pages is not None and self.pages_published >= self.crash_after_pages:
+                    log.warning("%s: SIGKILL after publishing, before the checkpoint (test-only hook)",
+                                CRASH_AFTER_PUBLISH_ENV)
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return True
+        finally:
+            in_flight.clear()
+
+    def _dead_letter(self, body: bytes, reason: str, origin: str, fetched_at: str, result: PollResult) -> None:
+        """Send a page without records to the dead-letter topic and wait for it; the poll ends."""
+        detail = (f"records {self.rest.records!r} matched no list in the body" if reason == RECORDS_NOT_FOUND
+                  else "the body is not JSON")
+        try:
+            self.publisher.wait([self.publisher.publish_dead_letter(
+                body, reason=reason, detail=detail, origin=origin, fetched_at=fetched_at)])
+        except PublishError as exc:
+            result.outcome, result.error = "failed", redact(str(exc))
+            return
+        result.outcome, result.error, result.dead_letters = "dead_letter", f"{reason}: {detail}", 1
+        log.warning("dead-lettered the page %s (%s); the poll ends here", origin, reason)
 
     def health(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
         """(healthy, report) for /healthz: healthy while the last successful poll (complete or
@@ -584,6 +614,15 @@ class Poller:
         log.log(level, "poll %s: %d pages, %d records in %.2f s%s", result.outcome, result.pages,
                 result.records, result.seconds, f" ({result.error})" if result.error else "")
         return result
+
+
+@dataclass
+class _Published:
+    """A page whose records were handed to the publisher, not yet known to be acknowledged."""
+
+    request: PageRequest
+    records: list[Any]
+    futures: list[Future]
 
 
 @dataclass

@@ -321,3 +321,33 @@ def test_the_secret_never_reaches_logs_errors_messages_or_the_checkpoint(
     for form in {secret, secret.split(":")[-1]} | ({api.issued_tokens[-1]} if api.issued_tokens else set()):
         for text in haystacks:
             assert form not in text
+
+
+def test_a_publish_failure_makes_its_page_the_first_page_not_read(api, pubsub, bucket, make_poller) -> None:
+    from concurrent.futures import Future
+
+    from connector.publish import RecordPublisher
+
+    class FailPageTwo:  # Pub/Sub refuses the records of page 2 (ids 11-20), acknowledges the rest
+        def publish(self, topic: str, data: bytes, **attributes: str) -> Future:
+            future: Future = Future()
+            if 11 <= json.loads(data)["id"] <= 20:
+                future.set_exception(RuntimeError("503 unavailable"))
+            else:
+                future.set_result("1")
+            return future
+
+    # A long checkpoint interval: pages 2-4 are all in flight when page 2's failure is seen.
+    spec = rest_spec(api, pubsub, bucket, checkpoint_interval_seconds=60)
+    poller = make_poller(spec)
+    poller.publisher = RecordPublisher(FailPageTwo(), source_id=SOURCE_ID, topic=pubsub.topic,
+                                       dead_letter_topic=pubsub.dead_letter_topic)
+    result = poller.poll_once()
+    assert (result.outcome, result.pages) == ("failed", 1) and "503 unavailable" in result.error
+    resume = read_checkpoint(bucket)["resume"]
+    assert (resume["url"], resume["pages_read"]) == (api.url("/next_url?page=2"), 1)
+
+    api.requests.clear()
+    assert make_poller(spec).poll_once().outcome == "complete"
+    assert [r.query["page"] for r in api.data_requests()] == ["2", "3", "4"]
+    assert ids_of(pubsub.records()) == list(range(11, 36))
