@@ -308,6 +308,7 @@ class Poller:
         self.auth = Authenticator(self.rest, secret, self.http, on_new_secret=self._new_secret)
         self.budget = RequestBudget(self.rest.max_requests_per_minute)
         self.fingerprint = _fingerprint(self.rest)
+        self._token_refreshed = False  # within one page's tries: a 401 refetches the OAuth2 token once
         # What /healthz reports.
         self.started_at = time.time()
         self.last_success_at: float | None = None
@@ -531,28 +532,37 @@ class Poller:
             sleep=self._sleep,
             reraise=True,
         )
+        self._token_refreshed = False
         try:
-            return retrying(self._attempt, request, [False])
+            return retrying(self._attempt, request)
         except RetryableStatus as exc:
             raise RetryableStatus(f"{exc} (after {self.rest.max_retries} retries)", exc.retry_after) from None
 
-    def _attempt(self, request: PageRequest, refreshed: list[bool]) -> tuple[httpx.Response, bytes]:
+    def _attempt(self, request: PageRequest) -> tuple[httpx.Response, bytes]:
+        """One try: spend a request of the budget, authenticate (an OAuth2 token fetch is part of
+        the try), GET. A wait the server asks for beyond ``retry_max_seconds`` is not slept
+        through: RetryAfterTooLong ends the poll and the run loop waits instead."""
         if not self.budget.try_acquire():
             raise BudgetExhausted(f"request budget of {self.rest.max_requests_per_minute}/min exhausted")
-        url, headers = self.auth.prepare(request.full_url())
+        try:
+            url, headers = self.auth.prepare(request.full_url())
+            return self._get(url, headers)
+        except RetryableStatus as exc:
+            if exc.retry_after is not None and exc.retry_after > self.rest.retry_max_seconds:
+                raise RetryAfterTooLong(f"{exc} with Retry-After {exc.retry_after:.0f} s", exc.retry_after) from None
+            log.info("%s, retrying", exc)
+            raise
+
+    def _get(self, url: httpx.URL, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
         shown = self.sanitize_url(url)
         try:
             with self.http.stream("GET", url, headers=headers) as response:
                 status = response.status_code
                 if status == 429 or status >= 500:
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
-                    if retry_after is not None and retry_after > self.rest.retry_max_seconds:
-                        raise RetryAfterTooLong(f"GET {shown}: {status} with Retry-After {retry_after:.0f} s",
-                                                retry_after)
-                    log.info("GET %s: %d, retrying", shown, status)
-                    raise RetryableStatus(f"GET {shown}: {status}", retry_after)
-                if status == 401 and self.rest.auth.type == "oauth2" and not refreshed[0] and self.auth.invalidate():
-                    refreshed[0] = True  # the cached token may have been revoked: fetch a new one, once
+                    raise RetryableStatus(f"GET {shown}: {status}", parse_retry_after(response.headers.get("retry-after")))
+                if status == 401 and self.rest.auth.type == "oauth2" and not self._token_refreshed \
+                        and self.auth.invalidate():
+                    self._token_refreshed = True  # the cached token may have been revoked: fetch a new one, once
                     raise RetryableStatus(f"GET {shown}: 401 with a cached token", 0.0)
                 if not 200 <= status < 300:
                     raise FetchError(f"GET {shown}: {status}")
@@ -568,7 +578,6 @@ class Poller:
                 log.debug("GET %s: %d, %d bytes", shown, status, size)
                 return response, b"".join(chunks)
         except httpx.TransportError as exc:  # connect/read timeouts, refused or reset connections
-            log.info("GET %s: %s, retrying", shown, type(exc).__name__)
             raise RetryableStatus(f"GET {shown}: {type(exc).__name__}") from None
         except httpx.HTTPError as exc:  # too many redirects, an undecodable body: retrying will not help
             raise FetchError(f"GET {shown}: {type(exc).__name__}") from None

@@ -74,7 +74,7 @@ class FakeApi:
 
     def inject(self, status: int, *, times: int = 1, headers: dict[str, str] | None = None,
                when: Callable[[Seen], bool] | None = None) -> None:
-        """Answer the next ``times`` data requests matching ``when`` (default: any) with ``status``."""
+        """Answer the next ``times`` requests matching ``when`` (default: any) with ``status``."""
         with self.lock:
             self.injections.append(_Injection(when or (lambda _: True), status, headers or {}, times))
 
@@ -91,13 +91,13 @@ class FakeApi:
         return [r for r in self.records if since is None or r["updated_at"] >= since]
 
     def handle(self, seen: Seen, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        if seen.path == "/token":
-            return self._token(seen, body)
         with self.lock:
             for injection in self.injections:
                 if injection.times > 0 and injection.match(seen):
                     injection.times -= 1
                     return injection.status, injection.headers, b'{"error": "injected"}'
+        if seen.path == "/token":
+            return self._token(seen, body)
         if not self._authorized(seen):
             return 401, {}, b'{"error": "unauthorized"}'
         records, query, size = self._selected(seen.query), seen.query, self.page_size

@@ -287,6 +287,14 @@ def test_the_oauth2_token_is_refreshed_before_it_expires_and_after_a_401(api, pu
     api.inject(401, when=lambda seen: seen.path == "/none")  # revoked early
     assert poller.poll_once().outcome == "complete"
     assert len(api.issued_tokens) == 3
+    # The token endpoint's own 5xx are retried like the API's; its too-long Retry-After ends the poll.
+    poller.auth.invalidate()
+    api.inject(503, times=2, when=lambda seen: seen.path == "/token")
+    assert poller.poll_once().outcome == "complete" and len(api.issued_tokens) == 4
+    poller.auth.invalidate()
+    api.inject(429, headers={"Retry-After": "600"}, when=lambda seen: seen.path == "/token")
+    result = poller.poll_once()
+    assert (result.outcome, result.retry_after) == ("partial", 600.0) and "token endpoint" in result.error
 
 
 @pytest.mark.parametrize(("auth", "expect", "secret"), AUTH_CASES)
