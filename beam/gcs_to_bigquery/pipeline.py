@@ -89,8 +89,10 @@ from beam.gcs_to_bigquery.readers import ReadRecords
 
 SUBSCRIPTION_REGEX = r"^projects/[^/]+/subscriptions/[^/]+$"
 # Streaming: files are released to the move in fixed windows of this many seconds (of the
-# processing-time stamp their claim gave them), once the sinks' watermark has passed.
-RELEASE_WINDOW_S = 1
+# processing-time stamp their claim gave them), once the sinks' watermark has passed. Short, so
+# that the first watermark update after the sinks are done is past the window; each window that
+# holds a file costs one firing of a tiny GroupByKey.
+RELEASE_WINDOW_S = 0.1
 # A release that arrives after its window fired (it should not: see the module docstring) is
 # still released, on arrival, rather than left unmoved with its claim ageing into a takeover.
 RELEASE_LATENESS = Duration(seconds=7 * 24 * 3600)
@@ -256,22 +258,24 @@ def build_streaming(pipeline: beam.Pipeline, spec: PipelineSpec, input_pattern: 
     return out
 
 
+def _release_windows() -> beam.WindowInto:
+    return beam.WindowInto(window.FixedWindows(RELEASE_WINDOW_S), allowed_lateness=RELEASE_LATENESS)
+
+
 def after_sinks(claimed: beam.PCollection, sink_outputs: Sequence[beam.PCollection]) -> beam.PCollection:
     """Streaming: each claimed file, once the sinks have processed every element up to its
     timestamp (their watermark has passed its ``RELEASE_WINDOW_S`` window). The sinks' outputs
     contribute only their watermark: their elements are dropped before the grouping."""
-    windowed = beam.WindowInto(window.FixedWindows(RELEASE_WINDOW_S), allowed_lateness=RELEASE_LATENESS)
     held = (
         claimed
-        | "FilesByWindow" >> windowed
+        | "FilesByWindow" >> _release_windows()
         | "KeyFiles" >> beam.Map(lambda file: ("files", file))
     )
     sinks = (
         sink_outputs
         | "SinkOutputs" >> beam.Flatten()
         | "WatermarkOnly" >> beam.FlatMap(lambda _: ()).with_output_types(Tuple[str, files.FileInfo])  # noqa: UP006
-        | "SinksByWindow" >> beam.WindowInto(window.FixedWindows(RELEASE_WINDOW_S),
-                                             allowed_lateness=RELEASE_LATENESS)
+        | "SinksByWindow" >> _release_windows()
     )
     return (
         (held, sinks)
