@@ -87,7 +87,6 @@ from beam.common.transforms import counter
 from beam.gcs_to_bigquery.events import FileEvent, ParseFileEvents
 from beam.gcs_to_bigquery.readers import ReadRecords
 
-SUBSCRIPTION_REGEX = r"^projects/[^/]+/subscriptions/[^/]+$"
 # Streaming: files are released to the move in fixed windows of this many seconds (of the
 # processing-time stamp their claim gave them), once the sinks' watermark has passed. Short, so
 # that the first watermark update after the sinks are done is past the window; each window that
