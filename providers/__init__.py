@@ -48,6 +48,16 @@ def build_providers(
     from providers.storage import StorageProvider
 
     runner = runner or default_runner()
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # EMULATOR DEPARTURE (gcp-storage-emulator has no notifications): watcher processes.
+        from providers.local_notifications import LocalNotificationProvider
+
+        notifications: Provider = LocalNotificationProvider(
+            project, Path(state_dir or os.environ.get("HEADWATER_STATE_DIR") or ".headwater"))
+    else:
+        from providers.storage_notifications import StorageNotificationProvider
+
+        notifications = StorageNotificationProvider(project)
     if runner == "local":
         from providers.localrunner import LocalRunnerProvider
 
@@ -65,8 +75,17 @@ def build_providers(
         StorageProvider(project),
         BigQueryProvider(project, region),
         PubSubProvider(project),
+        notifications,
         *runtimes,
     ]
+
+
+def stop_local(state_dir: Path | str, project: str | None = None) -> list[str]:
+    """Stop every stand-in process recorded in ``state_dir`` (of ``project``, or all): the file
+    watchers first (they publish), then the connectors and jobs. The names stopped."""
+    from providers import local_notifications, localrunner
+
+    return local_notifications.stop_all(Path(state_dir), project) + localrunner.stop_all(Path(state_dir), project)
 
 
 def build_secret_store(project: str, *, runner: str | None = None, state_dir: Path | str | None = None):

@@ -137,12 +137,12 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
 
 def cmd_local_down(args: argparse.Namespace) -> int:
-    from providers.localrunner import stop_all
+    from providers import stop_local
 
     # Jobs first: a streaming job stopped after its emulator would fail its last pulls.
-    jobs = stop_all(args.state_dir)
+    jobs = stop_local(args.state_dir)
     if jobs:
-        _err(f"Local jobs stopped: {', '.join(jobs)}.")
+        _err(f"Local jobs, connectors and file watchers stopped: {', '.join(jobs)}.")
     stopped = local.stop(args.state_dir)
     _err("Emulators stopped." if stopped else "No emulators were running.")
     return EXIT_OK
@@ -156,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     goes through them, and the counts of what reached Silver, Gold and the dead letters are
     printed (`reconciler.demo`).
     """
-    from providers.localrunner import stop_all
+    from providers import stop_local
     from reconciler.demo import prepare_repo
 
     state = load_repo(args.repo)  # invalid example → stop before starting anything
@@ -176,7 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         connectors.stop()
         if not args.keep and not already_running:
-            stop_all(args.state_dir)
+            stop_local(args.state_dir)
             local.stop(args.state_dir)
             _err("Local jobs and emulators stopped.")
 

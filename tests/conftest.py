@@ -37,7 +37,7 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.Emulat
     job records in the session's directory, not the repo's .headwater; whatever a test left
     running is stopped with the emulators.
     """
-    from providers.localrunner import stop_all
+    from providers import stop_local as stop_all
 
     state_dir = tmp_path_factory.mktemp("emulators")
     emu = local.start(state_dir, project="hw-test-session")

@@ -18,7 +18,7 @@ from google.cloud import pubsub_v1, storage
 from google.protobuf import field_mask_pb2
 from helpers import copy_example, edit_yaml, isolate_platform
 
-from providers.localrunner import stop_all
+from providers import stop_local as stop_all
 from reconciler import cli
 
 
