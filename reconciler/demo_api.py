@@ -12,7 +12,8 @@ connector runtime polls it exactly as it would poll the real one. It serves one 
 Records are sorted by ``cursor_field``; ``cursor_param`` is an inclusive lower bound on it;
 pages hold ``page_size`` records and ``next_key`` is the opaque token of the next page (null on
 the last). ``faults`` injects what real APIs do under load: ``{"429_every": n}`` answers every
-n-th request with 429 and ``Retry-After: 1``, ``{"500_every": m}`` every m-th with a 500.
+n-th request with 429 and ``Retry-After: 1``, ``{"500_every": m}`` every m-th with a 500, and
+``{"delay_ms": d}`` answers each request after ``d`` milliseconds (a slow API: a poll in progress).
 `add` appends records while it runs (an API that keeps receiving data).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -81,6 +83,8 @@ class SampleApi:
             self._server.server_close()
 
     def _answer(self, raw_path: str, authorization: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if self.faults.get("delay_ms"):
+            time.sleep(self.faults["delay_ms"] / 1000)
         url = urlsplit(raw_path)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         with self._lock:

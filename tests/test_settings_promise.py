@@ -27,10 +27,9 @@ from reconciler.engine import plan_options
 from reconciler.load import load_repo
 from reconciler.yamlsrc import load_yaml
 
-# Fields that describe and do nothing else, by design.
-DOCUMENTATION_ONLY = {
-    "connector.display_name": "shown in the Bronze table's description only when description is empty",
-}
+# Fields that describe and do nothing else, by design (none today: display_name and description
+# become the tables' descriptions).
+DOCUMENTATION_ONLY: dict[str, str] = {}
 
 # Fields an open issue realizes; until then they are parsed and documented as such.
 PENDING = {
@@ -115,6 +114,7 @@ CHANGES: dict[str, tuple[str, Any]] = {
     "platform.connectors.service_account": ("platform", "connectors@p.iam.gserviceaccount.com"),
     "connector.source_id": ("orders", "orders"),  # special-cased: renaming moves the file too
     "connector.description": ("orders", "Something else"),
+    "connector.display_name": ("orders", "Shop orders"),
     "connector.labels": ("orders", {"domain": "sales"}),
     "connector.deletion_protection": ("orders", False),
     "connector.ingestion[batch_file].location": ("orders", "gs://landing-headwater-demo-europe-west1/other/"),

@@ -90,6 +90,9 @@ def test_plan_with_base_prints_the_summary_then_the_plan_with_blocked_changes_ca
     engine = Engine(emulator_providers(base.platform))
     assert engine.apply(engine.plan(base)).ok
     monkeypatch.setenv("HEADWATER_STATE_DIR", str(tmp_path / "state"))  # no shared local-runner state
+    (tmp_path / "state" / "secrets").mkdir(parents=True)  # the connectors' secrets, as files locally
+    for secret in ("payments-api-key", "shipments-webhook-key"):
+        (tmp_path / "state" / "secrets" / secret).write_text("not-a-real-token")
     two_sources.repo.git.checkout("-b", "feature")
     schema = json.loads(two_sources.read("schemas/orders.json"))
     amount = next(f for f in schema["fields"] if f["name"] == "amount")
