@@ -6,6 +6,10 @@
 * ``webhook``: the receiver (connector.webhook) on uvicorn at ``$PORT`` (default 8080, Cloud
   Run's); uvicorn handles SIGTERM (graceful shutdown).
 
+Both listen on ``$HEADWATER_CONNECTOR_HOST``, default ``0.0.0.0`` (every interface, as Cloud Run
+needs); the local runner sets ``127.0.0.1``, so a local receiver - possibly unsigned - is not
+reachable from the network. (Not ``$HOST``: tcsh exports that as the machine's host name.)
+
 Exit status: 0 after a clean stop, 2 when the spec or a secret is invalid (the message names
 the JSON path or variable, never a secret's value), 1 on an unexpected error.
 """
@@ -25,6 +29,14 @@ from connector.spec import ConnectorSpec, SpecError, connector_secret, load_spec
 log = logging.getLogger("connector")
 
 DEFAULT_PORT = 8080
+HOST_ENV = "HEADWATER_CONNECTOR_HOST"
+
+
+def listen_host(environ: Mapping[str, str]) -> str:
+    """The address to listen on: ``$HEADWATER_CONNECTOR_HOST``, else every interface."""
+    from connector.server import DEFAULT_HOST
+
+    return environ.get(HOST_ENV, "").strip() or DEFAULT_HOST
 
 
 def main(environ: Mapping[str, str] | None = None) -> int:
@@ -68,7 +80,7 @@ def run_rest_api(spec: ConnectorSpec, secret: str | None, environ: Mapping[str, 
         stop=stop, crash_after_pages=int(crash_after) if crash_after else None)
     server = None
     if environ.get("PORT"):
-        server, _ = start_health_server(poller.health, int(environ["PORT"]))
+        server, _ = start_health_server(poller.health, int(environ["PORT"]), listen_host(environ))
     first_page = PageRequest(spec.rest_api.endpoint, dict(spec.rest_api.params)).full_url()
     log.info("polling %s every %g s for %s", poller.sanitize_url(first_page), spec.rest_api.poll_interval_seconds,
              spec.source_id)
@@ -93,14 +105,14 @@ def run_webhook(spec: ConnectorSpec, key: bytes | None, environ: Mapping[str, st
     transport = pubsub_transport()
     publisher = RecordPublisher(transport, source_id=spec.source_id, topic=spec.topic,
                                 dead_letter_topic=spec.dead_letter_topic)
-    port = int(environ.get("PORT") or DEFAULT_PORT)
-    log.info("receiving webhooks for %s at POST %s on port %d", spec.source_id, spec.webhook.path, port)
+    port, host = int(environ.get("PORT") or DEFAULT_PORT), listen_host(environ)
+    log.info("receiving webhooks for %s at POST %s on %s port %d", spec.source_id, spec.webhook.path, host, port)
     # uvicorn handles SIGTERM/SIGINT (graceful shutdown), then re-raises the signal to the handler
     # installed before it: this one, so the process finishes below and exits 0 after a clean stop.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
     try:
-        uvicorn.Server(uvicorn_config(create_app(spec, key, publisher), port)).run()
+        uvicorn.Server(uvicorn_config(create_app(spec, key, publisher), port, host)).run()
     finally:
         transport.stop()
     return 0

@@ -3,8 +3,15 @@
 One **poll** reads the checkpoint (connector.checkpoint), then walks the API from where the last
 one stopped: the first page not read of an unfinished walk, or else a fresh walk from the
 endpoint, with the incremental cursor (the greatest ``cursor_field`` value of the completed walks)
-sent as ``cursor_param``. That bound is **inclusive**: the records at the boundary are read and
-published again, and the pipeline's dedup removes them - none is ever skipped.
+sent as ``cursor_param``. That bound is **inclusive**: the records at the boundary are read again,
+so none is ever skipped. They are not published again: the checkpoint remembers the fingerprints
+of the records published at the cursor value (its ``boundary``, connector.checkpoint), and a
+record read at that value whose fingerprint is remembered is left out (counted ``unchanged``). A
+record changed in place at the same value, or a new one at it, has a new fingerprint and is
+published. When a walk completes the boundary is replaced by the fingerprints the walk read at the
+new cursor value - at most ``BOUNDARY_MAX_FINGERPRINTS``; beyond that bound the records not
+remembered are published again by every poll (and the pipeline's dedup absorbs the repeats within
+its window), with a warning.
 
 For each page: request it (within the request budget, retrying 429 and 5xx), take its records
 (the ``records`` selector), hand them to the publisher, and find the next page (``pagination``).
@@ -17,8 +24,8 @@ not read.
 
 How a poll ends (:class:`PollResult` ``outcome``):
 
-* ``complete`` - the last page was read: the cursor advances to the greatest value seen and the
-  resume position is cleared.
+* ``complete`` - the last page was read: the cursor advances to the greatest value seen, the
+  boundary becomes the fingerprints read at it, and the resume position is cleared.
 * ``partial`` - the request budget (``max_requests_per_minute``) or the retries
   (``max_retries``, or a ``Retry-After`` longer than ``retry_max_seconds``) ran out: a partial
   success. The checkpoint keeps the first page not read; the next poll resumes there (as soon
@@ -63,7 +70,14 @@ from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from connector.checkpoint import CheckpointConflict, CheckpointStore, PollState, Resume
+from connector.checkpoint import (
+    BOUNDARY_MAX_FINGERPRINTS,
+    CheckpointConflict,
+    CheckpointStore,
+    PollState,
+    Resume,
+    record_fingerprint,
+)
 from connector.logs import redact, redact_secret, secret_forms
 from connector.publish import RECORDS_NOT_FOUND, UNPARSEABLE, PublishError, RecordPublisher, now_rfc3339
 from connector.records import cursor_text, dig, greater, select_records
@@ -187,12 +201,14 @@ class PageRequest:
 
 @dataclass
 class PollResult:
-    """What one poll did. ``error``: a sanitised message (never a secret); ``retry_after``:
-    seconds the server asked to wait before the next request."""
+    """What one poll did. ``records``: published; ``unchanged``: read at the cursor value and left
+    out, already published (the checkpoint's boundary). ``error``: a sanitised message (never a
+    secret); ``retry_after``: seconds the server asked to wait before the next request."""
 
     outcome: str
     pages: int = 0
     records: int = 0
+    unchanged: int = 0
     dead_letters: int = 0
     error: str | None = None
     retry_after: float | None = None
@@ -308,6 +324,7 @@ class Poller:
         self.auth = Authenticator(self.rest, secret, self.http, on_new_secret=self._new_secret)
         self.budget = RequestBudget(self.rest.max_requests_per_minute)
         self.fingerprint = _fingerprint(self.rest)
+        self.boundary_limit = BOUNDARY_MAX_FINGERPRINTS  # fingerprints kept at the cursor value (checkpoint.py)
         self._token_refreshed = False  # within one page's tries: a 401 refetches the OAuth2 token once
         # What /healthz reports.
         self.started_at = time.time()
@@ -345,7 +362,9 @@ class Poller:
             generation, state = self.store.read()
         except Exception as exc:
             return self._finish(PollResult("failed", error=f"checkpoint read: {type(exc).__name__}: {exc}"), started)
-        walk = _Walk.resume_or_start(state, self.fingerprint, self._first_request(state.cursor))
+        walk = _Walk.resume_or_start(state, self.fingerprint, self._first_request(state.cursor), self.boundary_limit)
+        # Records already published at the cursor value, unchanged: not published again.
+        already = _Boundary(state.cursor, state.boundary, self.rest.cursor_field)
         result = PollResult("complete")
         in_flight: list[_Published] = []
         last_save = time.monotonic()
@@ -371,8 +390,9 @@ class Poller:
             if records is None:
                 self._dead_letter(body, reason, origin, fetched_at, result)
                 break
-            in_flight.append(_Published(request, records, self.publisher.publish_records(
-                records, origin=origin, fetched_at=fetched_at)))
+            fresh = already.without_published(records)
+            in_flight.append(_Published(request, records, len(fresh), self.publisher.publish_records(
+                fresh, origin=origin, fetched_at=fetched_at)))
             next_request = self._next_request(request, response, parsed, records)
             if next_request is None:
                 break
@@ -381,7 +401,7 @@ class Poller:
             if (checkpoint_due or len(in_flight) >= MAX_PAGES_IN_FLIGHT) and not self._confirm(in_flight, walk, result):
                 break
             if checkpoint_due:
-                mid_walk = walk.state(state.cursor, finished=False)
+                mid_walk = walk.state(state, finished=False)
                 try:
                     generation = self._save(mid_walk, state, generation)
                 except CheckpointConflict as exc:
@@ -393,7 +413,7 @@ class Poller:
         # Whatever ended the walk, the last checkpoint comes after every acknowledgement.
         self._confirm(in_flight, walk, result)
         try:
-            self._save(walk.state(state.cursor, finished=result.outcome == "complete"), state, generation)
+            self._save(walk.state(state, finished=result.outcome == "complete"), state, generation)
         except CheckpointConflict as exc:
             return self._finish(self._yield(result, exc), started)
         except Exception as exc:
@@ -413,9 +433,10 @@ class Poller:
                     result.outcome, result.error = "failed", redact(str(exc))
                     return False
                 result.pages += 1
-                result.records += len(page.records)
+                result.records += page.published
+                result.unchanged += len(page.records) - page.published
                 self.pages_published += 1
-                self.records_published += len(page.records)
+                self.records_published += page.published
                 walk.page_read(page.records, self.rest.cursor_field)
                 if self.crash_after_pages is not None and self.pages_published >= self.crash_after_pages:
                     log.warning("%s: SIGKILL after publishing, before the checkpoint (test-only hook)",
@@ -620,52 +641,124 @@ class Poller:
             self.last_success_at = time.time()
         self.last_result = result
         level = logging.INFO if result.outcome in ("complete", "partial", "stopped") else logging.WARNING
-        log.log(level, "poll %s: %d pages, %d records in %.2f s%s", result.outcome, result.pages,
-                result.records, result.seconds, f" ({result.error})" if result.error else "")
+        log.log(level, "poll %s: %d pages, %d records in %.2f s%s%s", result.outcome, result.pages,
+                result.records, result.seconds,
+                f", {result.unchanged} unchanged at the cursor not published again" if result.unchanged else "",
+                f" ({result.error})" if result.error else "")
         return result
 
 
 @dataclass
 class _Published:
-    """A page whose records were handed to the publisher, not yet known to be acknowledged."""
+    """A page whose records were handed to the publisher, not yet known to be acknowledged:
+    ``records`` all of the page's, ``published`` how many of them went out (the others were
+    unchanged at the cursor value)."""
 
     request: PageRequest
     records: list[Any]
+    published: int
     futures: list[Future]
+
+
+def same_cursor(a: Any, b: Any) -> bool:
+    """Whether two cursor values are the same value, as :func:`connector.records.greater` orders
+    them (numbers numerically, anything else by its string form); None and objects are no value."""
+    if a is None or b is None or isinstance(a, dict | list) or isinstance(b, dict | list):
+        return False
+    if _is_number(a) and _is_number(b):
+        return a == b
+    return str(a) == str(b)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class _Boundary:
+    """The checkpoint's boundary as one poll uses it: the fingerprints of the records published
+    at the cursor value ``at``."""
+
+    at: Any
+    fingerprints: frozenset[str]
+    cursor_field: str | None
+
+    def without_published(self, records: list[Any]) -> list[Any]:
+        """``records`` but those at the cursor value whose fingerprint is remembered."""
+        if not self.fingerprints or self.cursor_field is None:
+            return records
+        field_ = self.cursor_field
+        return [record for record in records
+                if not (isinstance(record, dict) and same_cursor(dig(record, field_), self.at)
+                        and record_fingerprint(record) in self.fingerprints)]
 
 
 @dataclass
 class _Walk:
-    """Progress through the pages of one walk: the next request and the greatest cursor seen."""
+    """Progress through the pages of one walk: the next request, the greatest cursor seen and the
+    fingerprints of the records read at it (at most ``limit``, the smallest: see checkpoint.py)."""
 
     request: PageRequest
     max_seen: Any = None
     pages_read: int = 0
     walk_of: str = ""
+    at_max: set[str] = field(default_factory=set)
+    limit: int = BOUNDARY_MAX_FINGERPRINTS
+    warned: bool = False  # about the bound, at the current max_seen
 
     @classmethod
-    def resume_or_start(cls, state: PollState, fingerprint: str, first: PageRequest) -> _Walk:
+    def resume_or_start(cls, state: PollState, fingerprint: str, first: PageRequest,
+                        limit: int = BOUNDARY_MAX_FINGERPRINTS) -> _Walk:
         resume = state.resume
         if resume is not None and resume.walk_of == fingerprint:
-            return cls(PageRequest(resume.url, dict(resume.params)), resume.max_seen, resume.pages_read, fingerprint)
+            return cls(PageRequest(resume.url, dict(resume.params)), resume.max_seen, resume.pages_read, fingerprint,
+                       set(resume.boundary), limit)
         if resume is not None:
             log.info("the checkpoint's unfinished walk was started with other settings: starting afresh")
-        return cls(first, walk_of=fingerprint)
+        return cls(first, walk_of=fingerprint, limit=limit)
 
     def page_read(self, records: list[Any], cursor_field: str | None) -> None:
+        """A page's records (published or unchanged) were all acknowledged: they count."""
         self.pages_read += 1
         if cursor_field is None:
             return
-        for record in records:
-            if isinstance(record, dict):
-                self.max_seen = greater(self.max_seen, dig(record, cursor_field))
+        valued = [(record, dig(record, cursor_field)) for record in records if isinstance(record, dict)]
+        page_max = None
+        for _, value in valued:
+            page_max = greater(page_max, value)
+        new_max = greater(self.max_seen, page_max)
+        if page_max is None or not same_cursor(new_max, page_max):
+            return  # nothing on this page reaches the walk's greatest value
+        if not same_cursor(new_max, self.max_seen):  # a greater value: a new boundary
+            self.max_seen, self.at_max, self.warned = new_max, set(), False
+        # Only the records at the greatest value are fingerprinted: usually a few a page.
+        self.at_max.update(record_fingerprint(record) for record, value in valued if same_cursor(value, new_max))
+        if len(self.at_max) > 2 * self.limit:  # amortised trim; the smallest are kept (order-independent)
+            self.boundary()  # warns, once a walk
+            self.at_max = set(sorted(self.at_max)[:self.limit])
 
-    def state(self, cursor: Any, finished: bool) -> PollState:
+    def boundary(self) -> frozenset[str]:
+        if len(self.at_max) > self.limit and not self.warned:
+            self.warned = True
+            log.warning("more than %d records share the cursor value %r: the checkpoint remembers %d of them; "
+                        "the others are published again by every poll while the cursor stays there",
+                        self.limit, self.max_seen, self.limit)
+        return frozenset(sorted(self.at_max)[:self.limit])
+
+    def state(self, previous: PollState, finished: bool) -> PollState:
+        """The checkpoint after this walk's acknowledged pages. Unfinished: the cursor and its
+        boundary stay (they decide what the rest of the walk leaves out) and the walk's own go into
+        ``resume``. Finished: the cursor advances to the greatest value seen and the boundary is
+        the fingerprints read at it; a walk that read nothing at the cursor keeps the boundary."""
         if finished:
-            return PollState(cursor=greater(cursor, self.max_seen))
-        return PollState(cursor=cursor, resume=Resume(url=self.request.url, params=dict(self.request.params),
-                                                      max_seen=self.max_seen, pages_read=self.pages_read,
-                                                      walk_of=self.walk_of))
+            cursor = greater(previous.cursor, self.max_seen)
+            if same_cursor(cursor, self.max_seen):
+                return PollState(cursor=cursor, boundary=self.boundary())
+            return PollState(cursor=cursor, boundary=previous.boundary)
+        return PollState(cursor=previous.cursor, boundary=previous.boundary,
+                         resume=Resume(url=self.request.url, params=dict(self.request.params),
+                                       max_seen=self.max_seen, pages_read=self.pages_read, walk_of=self.walk_of,
+                                       boundary=self.boundary()))
 
 
 def _fingerprint(spec: RestApi) -> str:

@@ -35,11 +35,14 @@ MAX_HEADER_BYTES = 16 * 1024
 # Cloud Run's default per-instance concurrency is 80: the server refuses what it would not send.
 MAX_CONCURRENCY = 100
 GRACEFUL_SHUTDOWN_S = 8  # Cloud Run kills the container 10 s after SIGTERM
+# Every interface: what Cloud Run needs. ``python -m connector`` takes another from
+# $HEADWATER_CONNECTOR_HOST (the local runner: loopback only).
+DEFAULT_HOST = "0.0.0.0"
 
 HealthReport = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-def uvicorn_config(app: Any, port: int, host: str = "0.0.0.0") -> uvicorn.Config:
+def uvicorn_config(app: Any, port: int, host: str = DEFAULT_HOST) -> uvicorn.Config:
     """The one uvicorn configuration of the connector (see the module docstring)."""
     return uvicorn.Config(
         app, host=host, port=port, http="h11", loop="asyncio", lifespan="on",
@@ -59,12 +62,13 @@ def health_endpoint(report: HealthReport) -> Route:
     return Route(HEALTH_PATH, healthz, methods=["GET"])
 
 
-def start_health_server(report: HealthReport, port: int, host: str = "0.0.0.0") -> tuple[uvicorn.Server, threading.Thread]:
+def start_health_server(report: HealthReport, port: int,
+                        host: str = DEFAULT_HOST) -> tuple[uvicorn.Server, threading.Thread]:
     """Serve /healthz on a daemon thread (signals stay with the main thread); stop it with
     ``server.should_exit = True``."""
     app = Starlette(routes=[health_endpoint(report)])
     server = uvicorn.Server(uvicorn_config(app, port, host))
     thread = threading.Thread(target=server.run, name="healthz", daemon=True)
     thread.start()
-    logging.getLogger(__name__).info("serving %s on port %d", HEALTH_PATH, port)
+    logging.getLogger(__name__).info("serving %s on %s port %d", HEALTH_PATH, host, port)
     return server, thread

@@ -197,7 +197,10 @@ def service_argv(spec: Mapping[str, Any], python: str = sys.executable) -> list[
 def service_env(project: str, name: str, spec: Mapping[str, Any], port: int, secret_values: Mapping[str, str],
                 base: Mapping[str, str] | None = None) -> dict[str, str]:
     """A connector's environment: the children's (`child_env`), then what Cloud Run would set:
-    ``HEADWATER_CONNECTOR_SPEC``, ``PORT``, ``K_SERVICE`` and the secrets (values, by env var)."""
+    ``HEADWATER_CONNECTOR_SPEC``, ``PORT``, ``K_SERVICE`` and the secrets (values, by env var);
+    last ``HEADWATER_CONNECTOR_HOST=127.0.0.1``, which nothing overrides: a local connector (a
+    webhook receiver, possibly unsigned) listens on loopback only, where Cloud Run's listens on
+    every interface (docs/connector-contract.md)."""
     env = child_env(project, base)
     for variable in (*SERVICE_ENV_NOT_INHERITED, *(spec.get("secrets") or {})):
         env.pop(variable, None)
@@ -206,6 +209,7 @@ def service_env(project: str, name: str, spec: Mapping[str, Any], port: int, sec
     env["K_SERVICE"] = name
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SOURCE_ROOT), env.get("PYTHONPATH")]))
     env.update(secret_values)
+    env["HEADWATER_CONNECTOR_HOST"] = LOOPBACK
     return env
 
 

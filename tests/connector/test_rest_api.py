@@ -60,9 +60,11 @@ def test_the_incremental_cursor_is_an_inclusive_lower_bound(api, pubsub, bucket,
 
     api.records.extend(make_records(40)[35:])  # five new records
     api.requests.clear()
-    assert poller.poll_once().outcome == "complete"
-    # The boundary record (35) is read again - the dedup removes it - and none is skipped.
-    assert ids_of(pubsub.records()) == [35, 36, 37, 38, 39, 40]
+    result = poller.poll_once()
+    assert (result.outcome, result.records, result.unchanged) == ("complete", 5, 1)
+    # The boundary record (35) is read again - none is skipped - but, unchanged, not published
+    # again (the checkpoint's boundary; tests/connector/test_boundary.py).
+    assert ids_of(pubsub.records()) == [36, 37, 38, 39, 40]
     assert api.data_requests()[0].query == {"updated_since": last}
     assert read_checkpoint(bucket)["cursor"] == api.records[-1]["updated_at"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import email.utils
+import hashlib
 import json
 import logging
 import time
@@ -15,10 +16,10 @@ import httpx
 import pytest
 
 from connector import logs
-from connector.checkpoint import PollState, Resume
+from connector.checkpoint import PollState, Resume, record_fingerprint
 from connector.publish import DEAD_LETTER_MAX_BYTES, NullTransport, RecordPublisher
 from connector.records import cursor_text, greater, select_records
-from connector.rest_api import Poller, RequestBudget, parse_retry_after
+from connector.rest_api import Poller, RequestBudget, parse_retry_after, same_cursor
 from connector.spec import SpecError, connector_secret, parse_spec, webhook_secret
 
 REST = {
@@ -223,12 +224,39 @@ def test_the_budget_refuses_the_request_past_its_minute_and_says_when_to_resume(
 
 
 def test_checkpoint_documents_round_trip() -> None:
-    state = PollState(cursor="2024-01-01T00:00:35Z",
-                      resume=Resume(url="https://x/y?page=3", params={"a": "b"}, max_seen=7, pages_read=2, walk_of="f"))
+    state = PollState(cursor="2024-01-01T00:00:35Z", boundary=frozenset({"aa", "bb"}),
+                      resume=Resume(url="https://x/y?page=3", params={"a": "b"}, max_seen=7, pages_read=2, walk_of="f",
+                                    boundary=frozenset({"cc"})))
     assert PollState.from_json(state.to_json("payments")) == state
+    assert json.loads(state.to_json("payments"))["boundary"] == ["aa", "bb"], "sorted: a stable document"
     assert PollState.from_json(PollState().to_json("payments")) == PollState()
     with pytest.raises(ValueError):
         PollState.from_json(b'{"version": 9}')
+
+
+def test_a_checkpoint_without_a_boundary_or_with_a_damaged_one_loads_with_an_empty_one() -> None:
+    old = {"version": 1, "source_id": "payments", "written_at": "2024-01-01T00:00:00.000Z", "cursor": 5,
+           "resume": {"url": "https://x/y", "params": {}, "max_seen": 9, "pages_read": 1, "walk_of": "f"}}
+    assert PollState.from_json(json.dumps(old).encode()) == PollState(
+        cursor=5, resume=Resume(url="https://x/y", max_seen=9, pages_read=1, walk_of="f"))
+    damaged = {**old, "boundary": {"not": "a list"}, "resume": None}
+    assert PollState.from_json(json.dumps(damaged).encode()) == PollState(cursor=5)
+
+
+def test_a_record_fingerprint_is_the_hash_of_its_canonical_json() -> None:
+    record = {"b": [1, 2.5, None], "a": "é", "updated_at": "2024-01-01T00:00:00Z"}
+    canonical = '{"a":"\\u00e9","b":[1,2.5,null],"updated_at":"2024-01-01T00:00:00Z"}'
+    assert record_fingerprint(record) == hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    assert record_fingerprint(dict(reversed(list(record.items())))) == record_fingerprint(record), "key order"
+    assert record_fingerprint({**record, "a": "e"}) != record_fingerprint(record)
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ("2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z", True), (5, 5.0, True), (5, 6, False), ("5", 5, True),
+    (None, None, False), (None, 1, False), ({"x": 1}, {"x": 1}, False), (True, True, True), (True, 1, False),
+])
+def test_cursor_values_are_the_same_as_greater_orders_them(a: Any, b: Any, same: bool) -> None:
+    assert same_cursor(a, b) is same
 
 
 # --------------------------------------------------------------------------- secrets stay in
