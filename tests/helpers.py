@@ -50,3 +50,14 @@ def isolate_platform(repo: Path, project: str, prefix: str) -> None:
             data["ingestion"].pop("location", None)
 
         edit_yaml(connector, drop_location)
+
+
+def write_local_secrets(*secret_ids: str, value: str = "not-a-real-credential") -> None:
+    """Create the connectors' secrets where the local runner reads them (the session's state dir,
+    see tests/conftest.py): with the emulators, a plan checks that every named secret exists."""
+    import os
+
+    directory = Path(os.environ.get("HEADWATER_SECRETS_DIR") or Path(os.environ["HEADWATER_STATE_DIR"]) / "secrets")
+    directory.mkdir(parents=True, exist_ok=True)
+    for secret_id in secret_ids:
+        (directory / secret_id).write_text(value)

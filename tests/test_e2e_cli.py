@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from google.cloud import pubsub_v1, storage
 from google.protobuf import field_mask_pb2
-from helpers import copy_example, edit_yaml, isolate_platform
+from helpers import copy_example, edit_yaml, isolate_platform, write_local_secrets
 
 from providers import stop_local as stop_all
 from reconciler import cli
@@ -26,6 +26,7 @@ from reconciler import cli
 def repo(tmp_path, emulators, project_id, unique):
     repo = copy_example(tmp_path, sources=["orders", "payments"])
     isolate_platform(repo, project_id, unique)
+    write_local_secrets("payments-api-key")
     yield repo
     # apply starts the Dataflow jobs on the local runner: stop this test's.
     stop_all(Path(os.environ["HEADWATER_STATE_DIR"]), project_id)
@@ -50,13 +51,14 @@ def test_platform_lifecycle(repo, project_id, unique, capsys):
     code, out, _ = run(capsys, "plan", "--repo", r, "--format", "json")
     assert code == 2
     doc = json.loads(out)
-    # 6 platform resources; per source 7, plus its ingest and gold Dataflow jobs.
-    assert doc["summary"]["create"] == len(doc["changes"]) == 6 + 2 * 9
+    # 6 platform resources; per source 7, plus its ingest and gold Dataflow jobs; orders (batch_file)
+    # its sweep job and file notification, payments (rest_api) its connector.
+    assert doc["summary"]["create"] == len(doc["changes"]) == 6 + 2 * 9 + 2 + 1
     assert {c["action"] for c in doc["changes"]} == {"create"}
 
     code, out, err = run(capsys, "apply", "--repo", r, "--auto-approve")
     assert code == 0, err
-    assert "Apply complete: 24 succeeded, 0 failed, 0 skipped" in out
+    assert "Apply complete: 27 succeeded, 0 failed, 0 skipped" in out
 
     code, out, _ = run(capsys, "plan", "--repo", r)
     assert code == 0, out
@@ -96,11 +98,11 @@ def test_platform_lifecycle(repo, project_id, unique, capsys):
     assert topic_exists(project_id, "payments")
 
     # ...pruned with --prune, except its tables, which need --allow-destroy. (Half the sources go:
-    # 6 of the 24 resources, more than the default max_delete_fraction of 0.2.)
+    # 7 of the 27 resources, more than the default max_delete_fraction of 0.2.)
     edit_yaml(repo / "platform.yaml", lambda d: d.setdefault("policy", {}).update(max_delete_fraction=0.3))
     code, out, err = run(capsys, "apply", "--repo", r, "--auto-approve", "--prune")
     assert code == 1, "blocked table deletions mean the platform has not converged"
-    assert "Apply complete: 6 succeeded" in out
+    assert "Apply complete: 7 succeeded" in out
     assert "- dataflow_job.payments-ingest" in out and "drained (in-flight data finished), not cancelled" in out
     assert "BLOCKED: delete would destroy the data this bigquery_table holds" in out
     assert not topic_exists(project_id, "payments")
