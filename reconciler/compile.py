@@ -487,9 +487,7 @@ def pipeline_spec(platform: Platform, names: ZoneNames, source: Source) -> dict[
     sid = connector.source_id
     project = platform.project
     spec: dict[str, Any] = {
-        "version": 1,
-        "source_id": sid,
-        "project": project,
+        **_document_header(platform, sid),
         "schema": {
             "validation": connector.schema_.validation,
             "version": source.schema.version,
@@ -509,6 +507,11 @@ def pipeline_spec(platform: Platform, names: ZoneNames, source: Source) -> dict[
     spec["silver"] = {"table": f"{project}.{names.datasets['silver']}.{sid}"}
     spec["dead_letter"] = {"topic": f"projects/{project}/topics/{sid}-dlq"}
     return spec
+
+
+def _document_header(platform: Platform, source_id: str) -> dict[str, Any]:
+    """What every runtime spec document (pipeline or connector, version 1) starts with."""
+    return {"version": 1, "source_id": source_id, "project": platform.project}
 
 
 def _pipeline_fields(fields: list[SchemaField]) -> list[dict[str, Any]]:
@@ -592,9 +595,7 @@ def connector_spec(platform: Platform, names: ZoneNames, source: Source) -> dict
     sid = connector.source_id
     project = platform.project
     spec: dict[str, Any] = {
-        "version": 1,
-        "source_id": sid,
-        "project": project,
+        **_document_header(platform, sid),
         "connector_type": ingestion.connector_type,
         "topic": f"projects/{project}/topics/{topic_id(connector)}",
         "dead_letter_topic": f"projects/{project}/topics/{sid}-dlq",
