@@ -41,16 +41,13 @@ declared: there is no IAM to grant on the emulator. ``HEADWATER_LOCAL_JOBS=recor
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -58,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from providers.errors import AlreadyExists, PermanentError
+from providers.localprocess import is_alive, process_start, spawn, stop_group, write_json_atomic
 from providers.localrunner import child_env
 from providers.storage_notifications import IMMUTABLE_FIELDS, topic_path
 from reconciler.resources import Kind, Resource
@@ -66,11 +64,8 @@ log = logging.getLogger(__name__)
 
 NOTIFICATIONS_DIR = "notifications"
 INTERVAL_S = 1.0  # how often a watcher lists its prefix
-STOP_GRACE_S = 3.0  # SIGTERM -> SIGKILL
 PUBLISH_TIMEOUT_S = 30.0
 FINALIZE, DELETE = "OBJECT_FINALIZE", "OBJECT_DELETE"
-
-_children: dict[int, subprocess.Popen[bytes]] = {}  # watchers this process started (reaped on stop)
 
 
 @dataclass
@@ -100,46 +95,18 @@ def record_key(name: str) -> str:
 # --------------------------------------------------------------------------- processes
 
 
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot; None if it is gone (or a zombie)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
+_process_start = process_start  # the name the tests import
 
 
 def _running(record: WatcherRecord) -> bool:
-    if record.recorded_only:
-        return True
-    proc = _children.get(record.pid)
-    if proc is not None and proc.poll() is not None:
-        _children.pop(record.pid, None)
-        return False
-    return _process_start(record.pid) == record.process_start
+    return is_alive(record.pid, record.process_start, recorded_only=record.recorded_only)
 
 
 def _stop(record: WatcherRecord) -> None:
     """SIGTERM to the watcher's process group (it finishes its pass), SIGKILL after a grace period."""
     if record.recorded_only or not _running(record):
         return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(record.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    while _running(record) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(record.pid, signal.SIGKILL)
-    proc = _children.pop(record.pid, None)
-    if proc is not None:
-        with contextlib.suppress(subprocess.SubprocessError):
-            proc.wait(timeout=STOP_GRACE_S)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    stop_group(record.pid, record.process_start, graceful=False)
 
 
 def load_records(state_dir: Path) -> list[WatcherRecord]:
@@ -216,7 +183,7 @@ class LocalNotificationProvider:
                 raise AlreadyExists(f"local notification {resource.name} is already watched (pid {existing.pid})")
             seen = self._paths(resource.name)[1]
             if not seen.exists():  # a first start: what is there now is not announced (see the docstring)
-                _write_json(seen, _baseline(resource.spec) if self.run_watchers else {})
+                write_json_atomic(seen, _baseline(resource.spec) if self.run_watchers else {})
             self._launch(resource)
 
     def update(self, resource: Resource, fields: Sequence[str]) -> None:
@@ -261,19 +228,13 @@ class LocalNotificationProvider:
             spec=json.loads(json.dumps(dict(resource.spec))), labels=dict(resource.labels), log=str(log_path),
             started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), recorded_only=not self.run_watchers,
         )
-        _write_json(record_path, asdict(record))  # the watcher reads it at start
+        write_json_atomic(record_path, asdict(record))  # the watcher reads it at start
         if not self.run_watchers:
             return
         argv = [self.python, "-m", "providers.local_notifications", str(record_path.resolve()), str(self.interval_s)]
-        with log_path.open("ab") as out:
-            out.write(f"--- {record.started_at} launch {' '.join(argv)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=child_env(self.project), cwd=record_path.parent, start_new_session=True)
-        _children[proc.pid] = proc
-        record.pid = proc.pid
-        record.process_start = _process_start(proc.pid) or ""
-        _write_json(record_path, asdict(record))
+        record.pid, record.process_start = spawn(argv, child_env(self.project), record_path.parent, log_path,
+                                                 f"--- {record.started_at} launch {' '.join(argv)}")
+        write_json_atomic(record_path, asdict(record))
 
 
 def _check_kind(kind: Kind) -> None:
@@ -382,7 +343,7 @@ def _watch(record_path: Path, interval_s: float) -> int:
     while not stopping.is_set():
         try:
             count = watch_once(record.spec, record.labels, record.project, seen, storage_client, publisher,
-                               save=lambda s: _write_json(seen_path, s))
+                               save=lambda s: write_json_atomic(seen_path, s))
             if count:
                 log.info("published %d event(s)", count)
         except Exception as exc:  # noqa: BLE001 - a missing topic or bucket, an emulator restart: next pass

@@ -82,6 +82,7 @@ from pathlib import Path
 from typing import Any
 
 from providers.errors import AlreadyExists, NotFound, PermanentError
+from providers.localprocess import child, is_alive, spawn, stop_group, write_json_atomic
 from providers.secretmanager import LocalSecrets, local_secrets_dir
 from reconciler.resources import Kind, Resource
 
@@ -95,14 +96,9 @@ IMMUTABLE_FIELDS: dict[Kind, frozenset[str]] = {
     Kind.CLOUD_RUN_SERVICE: frozenset(),
 }
 
-DRAIN_GRACE_S = 10.0  # streaming: time to stop after SIGINT before SIGTERM
-STOP_GRACE_S = 3.0  # then SIGTERM -> SIGKILL
 EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
 # Nothing listens on port 9 (discard) of loopback: metadata probes fail at once.
 NO_METADATA_SERVER = "127.0.0.1:9"
-
-# Popen handles of the jobs this process started, so ended ones are reaped (no zombies).
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 # Spec fields the local runner does not use: a change of only these restarts nothing.
@@ -238,61 +234,17 @@ def _listening(port: int) -> bool:
 # --------------------------------------------------------------------------- processes
 
 
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot, or None if it does not exist (or is a zombie)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    if fields[0] == "Z":
-        return None
-    return fields[19]  # field 22 of stat; fields[0] is field 3
-
-
 def _running(record: JobRecord) -> bool:
-    if record.recorded_only:
-        return True
-    proc = _children.get(record.pid)
-    if proc is not None and proc.poll() is not None:
-        _children.pop(record.pid, None)  # reaped
-        return False
-    return _process_start(record.pid) == record.process_start
-
-
-def _signal_group(pid: int, sig: int) -> bool:
-    try:
-        os.killpg(pid, sig)  # jobs start in their own session: PID = process group id
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+    return is_alive(record.pid, record.process_start, recorded_only=record.recorded_only)
 
 
 def _stop_process(record: JobRecord, *, graceful: bool) -> None:
     """SIGINT and a grace period (graceful), then SIGTERM, then SIGKILL, to the job's process group."""
-    if record.recorded_only:
-        return
-    steps = ([(signal.SIGINT, DRAIN_GRACE_S)] if graceful else []) + [(signal.SIGTERM, STOP_GRACE_S)]
-    for sig, grace in steps:
-        if not _running(record) or not _signal_group(record.pid, sig):
-            break
-        deadline = time.monotonic() + grace
-        while _running(record) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    # Whatever is left of the group (a pipeline's own children included) goes now.
-    _signal_group(record.pid, signal.SIGKILL)
-    proc = _children.pop(record.pid, None)
-    if proc is not None:
-        with contextlib.suppress(subprocess.SubprocessError):
-            proc.wait(timeout=STOP_GRACE_S)
+    if not record.recorded_only:
+        stop_group(record.pid, record.process_start, graceful=graceful)
 
 
 # --------------------------------------------------------------------------- records
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def load_records(state_dir: Path) -> list[JobRecord]:
@@ -409,7 +361,7 @@ class LocalRunnerProvider:
                 # Only Dataflow settings changed: the local process does not use them. Record the
                 # new spec (so the next plan is clean) and leave the job running.
                 existing.spec = json.loads(json.dumps(dict(resource.spec)))
-                _write_json(jobs_dir(self.state_dir, self.project) / f"{resource.name}.json", asdict(existing))
+                write_json_atomic(jobs_dir(self.state_dir, self.project) / f"{resource.name}.json", asdict(existing))
                 return
             if existing is not None and _running(existing):
                 _stop_process(existing, graceful=existing.streaming)
@@ -492,7 +444,7 @@ class LocalRunnerProvider:
                 # clean) and leave it running.
                 existing.spec = json.loads(json.dumps(dict(resource.spec)))
                 existing.labels = dict(resource.labels)
-                _write_json(services_dir(self.state_dir, self.project) / f"{resource.name}.json", asdict(existing))
+                write_json_atomic(services_dir(self.state_dir, self.project) / f"{resource.name}.json", asdict(existing))
                 return
             # Secrets first: one that is missing fails the update with the old process still up.
             secrets = self._secret_values(resource)
@@ -537,22 +489,14 @@ class LocalRunnerProvider:
         record_path = directory / f"{name}.json"
         if not self.run_jobs:
             record.recorded_only = True
-            _write_json(record_path, asdict(record))
+            write_json_atomic(record_path, asdict(record))
             return record
         env = service_env(self.project, name, resource.spec, chosen, secret_values)
-        with log_path.open("ab") as out:
-            # Names of the secret variables, never their values.
-            out.write(f"--- {record.started_at} launch {' '.join(record.argv)} (PORT={chosen}; secrets in the "
-                      f"environment: {', '.join(sorted(secret_values)) or 'none'})\n".encode())
-            out.flush()
-            proc = subprocess.Popen(
-                record.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, cwd=directory, start_new_session=True,  # own process group, as a job
-            )
-        _children[proc.pid] = proc
-        record.pid = proc.pid
-        record.process_start = _process_start(proc.pid) or ""
-        _write_json(record_path, asdict(record))
+        # Names of the secret variables, never their values.
+        banner = (f"--- {record.started_at} launch {' '.join(record.argv)} (PORT={chosen}; secrets in the "
+                  f"environment: {', '.join(sorted(secret_values)) or 'none'})")
+        record.pid, record.process_start = spawn(record.argv, env, directory, log_path, banner)
+        write_json_atomic(record_path, asdict(record))
         return record
 
     def _await_listening(self, resource: Resource, record: JobRecord) -> None:
@@ -560,7 +504,7 @@ class LocalRunnerProvider:
         exits, or does not listen within ``start_timeout`` (it is then stopped), fails the apply."""
         if record.recorded_only:
             return
-        proc = _children.get(record.pid)
+        proc = child(record.pid)
         deadline = time.monotonic() + self.start_timeout
         while not _listening(record.port or 0):
             if not _running(record):
@@ -589,7 +533,7 @@ class LocalRunnerProvider:
         directory.mkdir(parents=True, exist_ok=True)
         name = resource.name
         spec_file = directory / f"{name}.spec.json"
-        _write_json(spec_file, resource.spec["pipeline"])
+        write_json_atomic(spec_file, resource.spec["pipeline"])
         (directory / f"{name}.status.json").unlink(missing_ok=True)
         streaming = bool(resource.spec.get("streaming"))
         record_path = directory / f"{name}.json"
@@ -602,23 +546,14 @@ class LocalRunnerProvider:
         )
         if not self.run_jobs:
             record.recorded_only = True
-            _write_json(record_path, asdict(record))
+            write_json_atomic(record_path, asdict(record))
             return
         # A streaming job is the pipeline process; a batch job is its scheduler.
         argv = record.argv if streaming else [self.python, "-m", "providers.localrunner", str(record_path.resolve())]
-        _write_json(record_path, asdict(record))  # the scheduler reads it at start
-        with log_path.open("ab") as out:
-            out.write(f"--- {record.started_at} launch {' '.join(argv)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=child_env(self.project), cwd=directory,
-                start_new_session=True,  # own process group: stopping reaches the pipeline's children
-            )
-        _children[proc.pid] = proc
-        record.pid = proc.pid
-        record.process_start = _process_start(proc.pid) or ""
-        _write_json(record_path, asdict(record))
+        write_json_atomic(record_path, asdict(record))  # the scheduler reads it at start
+        record.pid, record.process_start = spawn(argv, child_env(self.project), directory, log_path,
+                                                 f"--- {record.started_at} launch {' '.join(argv)}")
+        write_json_atomic(record_path, asdict(record))
 
 
 # --------------------------------------------------------------------------- cron
@@ -711,7 +646,7 @@ def _schedule(record_path: Path) -> int:
     while not stopping.is_set():
         wake.clear()
         status.update(runs=status["runs"] + 1, running=True, last_started_at=now().isoformat(timespec="seconds"))
-        _write_json(status_path, status)
+        write_json_atomic(status_path, status)
         print(f"--- {status['last_started_at']} run {status['runs']}: {' '.join(record.argv)}", flush=True)
         proc = subprocess.Popen(record.argv, stdin=subprocess.DEVNULL)
         current.append(proc)
@@ -728,9 +663,9 @@ def _schedule(record_path: Path) -> int:
             tick = next_tick(schedule, finished)
             status["next_run_at"] = tick.isoformat(timespec="seconds")
             delay = max(0.0, (tick - now()).total_seconds())
-        _write_json(status_path, status)
+        write_json_atomic(status_path, status)
         wake.wait(timeout=delay)
-    _write_json(status_path, status)
+    write_json_atomic(status_path, status)
     return 0
 
 
