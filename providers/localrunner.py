@@ -558,61 +558,18 @@ class LocalRunnerProvider:
 
 # --------------------------------------------------------------------------- cron
 
-_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_CRON_NAMES = (
-    {}, {}, {},
-    {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
-    {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())},
-)
-
-
-def _cron_field(text: str, index: int) -> set[int]:
-    low, high = _CRON_RANGES[index]
-    names = _CRON_NAMES[index]
-    values: set[int] = set()
-    for item in text.lower().split(","):
-        base, _, step = item.partition("/")
-        if base == "*":
-            first, last = low, high
-        else:
-            bounds = [names.get(b, None) if b in names else int(b) for b in base.split("-")]
-            first, last = bounds[0], bounds[-1]
-            if step and len(bounds) == 1:
-                last = high  # "5/15" means from 5 to the end, every 15
-        values.update(range(first, last + 1, int(step or 1)))
-    if index == 4 and 7 in values:  # Sunday is 0 and 7
-        values.add(0)
-    return values
-
 
 def next_tick(expression: str, after: dt.datetime) -> dt.datetime:
     """The first minute strictly after ``after`` that the five-field cron ``expression`` names (UTC).
 
-    Standard cron semantics: when both day of month and day of week are restricted, a day
-    matching either one counts.
+    croniter evaluates it, with standard cron semantics: when both day of month and day of week
+    are restricted, a day matching either one counts (``day_or``). Validation
+    (`reconciler.naming.cron_problem`) has already kept the syntax to what Cloud Scheduler takes.
     """
-    parts = expression.split()
-    minutes, hours, days, months, weekdays = (_cron_field(p, i) for i, p in enumerate(parts))
-    any_day, any_weekday = parts[2] == "*", parts[4] == "*"
-    t = after.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-    limit = t + dt.timedelta(days=366 * 5)
-    while t < limit:
-        cron_weekday = (t.weekday() + 1) % 7  # Python: Monday 0; cron: Sunday 0
-        if any_day or any_weekday:
-            day_ok = t.day in days and cron_weekday in weekdays
-        else:
-            day_ok = t.day in days or cron_weekday in weekdays
-        if t.month not in months:
-            t = (t.replace(day=1, hour=0, minute=0) + dt.timedelta(days=32)).replace(day=1)
-        elif not day_ok:
-            t = t.replace(hour=0, minute=0) + dt.timedelta(days=1)
-        elif t.hour not in hours:
-            t = t.replace(minute=0) + dt.timedelta(hours=1)
-        elif t.minute not in minutes:
-            t += dt.timedelta(minutes=1)
-        else:
-            return t
-    raise ValueError(f"cron expression {expression!r} names no time in five years")
+    from croniter import croniter
+
+    start = after.astimezone(dt.UTC) if after.tzinfo else after.replace(tzinfo=dt.UTC)
+    return croniter(expression.lower(), start, day_or=True).get_next(dt.datetime)
 
 
 # --------------------------------------------------------------------------- batch scheduler
