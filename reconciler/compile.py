@@ -14,8 +14,8 @@ buckets (with lifecycle tiers) and datasets; for each source:
                                    partitioned by day on the record's timestamp, clustered
 ``bigquery_table.gold.<table>``    one per ``silver_to_gold`` aggregate
 ``dataflow_job.<id>-ingest``       the ingestion pipeline: streaming ``pubsub_to_bigquery`` for
-                                   event_streaming / streaming_api / database_cdc, batch
-                                   ``gcs_to_bigquery`` on the source's schedule for batch_file /
+                                   event_streaming / streaming_api / database_cdc, streaming
+                                   ``gcs_to_bigquery`` on file events for batch_file /
                                    cloud_transfer (ids map ``_`` to ``-``: Dataflow job names)
 ``dataflow_job.<id>-gold-<table>`` batch ``bigquery_to_bigquery``: one per gold aggregate, hourly
 ``cloud_run_service.<id>-connector`` streaming_api: the connector runtime (``connector/``) polling
@@ -23,6 +23,11 @@ buckets (with lifecycle tiers) and datasets; for each source:
 ``storage_notification.<bucket>/<prefix>`` batch_file: each landed file's OBJECT_FINALIZE event
                                    to the topic, read by the streaming ``<id>-ingest`` job;
                                    a ``schedule`` adds the batch sweep ``<id>-sweep``
+``storage_transfer_job.<id>-transfer`` cloud_transfer: the Storage Transfer job copying the
+                                   source's objects into its landing prefix on ``schedule``; as for
+                                   batch_file, the prefix's notification drives the streaming
+                                   ``<id>-ingest`` job (no sweep: each run's completion message
+                                   sweeps what it copied)
 =================================  ==============================================================
 
 Connectors are specified in ``docs/connector-contract.md``: `connector_spec` compiles the runtime
@@ -268,8 +273,10 @@ def _source_resources(platform: Platform, names: ZoneNames, source: Source):
     yield from _dataflow_jobs(platform, names, source, labels)
     if connector.ingestion.pattern == "streaming_api":
         yield _connector_service(platform, names, source, labels)
-    if connector.ingestion.pattern == "batch_file":
+    if connector.ingestion.pattern in ("batch_file", "cloud_transfer"):
         yield _file_notification(platform, names, source, labels)
+    if connector.ingestion.pattern == "cloud_transfer":
+        yield _transfer_job(platform, names, source, labels)
 
 
 def topic_id(connector: Connector) -> str:
@@ -417,20 +424,26 @@ def _dataflow_jobs(platform: Platform, names: ZoneNames, source: Source, labels:
                 depends_on=file_depends,
             )
     else:
-        location = ingestion.destination or f"gs://{names.buckets['landing']}/{sid}/"
+        # cloud_transfer (issue 10): as batch_file, the landing prefix's file events drive a
+        # streaming job; its files stay in the prefix (copied to Bronze, claims done), because the
+        # transfer's next run copies what the prefix lacks. Each run's completion message, on the
+        # same topic, makes the job sweep what that run copied (docs/storage-transfer.md).
+        location = landing_location(names, connector)
         yield Resource(
             Kind.DATAFLOW_JOB,
             job_name(sid, "ingest"),
             {
                 "template": "gcs_to_bigquery",
-                "streaming": False,
-                "schedule": ingestion.schedule,
-                "parameters": {INPUT_PARAMETER: location},
+                "streaming": True,
+                "schedule": None,
+                "parameters": {SUBSCRIPTION_PARAMETER: f"projects/{project}/subscriptions/{sid}-ingest",
+                               INPUT_PARAMETER: location},
                 "pipeline": {**pipeline, "input": {"compression": "auto"}},
-                "environment": batch_environment,
+                "environment": streaming_environment,
             },
             labels,
-            depends_on=(address(Kind.STORAGE_BUCKET, names.buckets["landing"]),
+            depends_on=(address(Kind.PUBSUB_SUBSCRIPTION, f"{sid}-ingest"),
+                        address(Kind.STORAGE_BUCKET, names.buckets["landing"]),
                         address(Kind.STORAGE_BUCKET, names.buckets["bronze"]), *sinks),
         )
 
@@ -504,6 +517,9 @@ def pipeline_spec(platform: Platform, names: ZoneNames, source: Source) -> dict[
         # gcs_to_bigquery moves each file it has ingested out of the landing prefix, into the
         # Bronze bucket (source=<id>/date=<day>/...), so the next scheduled run does not re-read it.
         spec["bronze"]["bucket"] = f"gs://{names.buckets['bronze']}"
+        if connector.ingestion.pattern == "cloud_transfer":
+            # The landing copies are the transfer's record of what it copied: archive a copy, keep them.
+            spec["bronze"]["keep_landing"] = True
     spec["silver"] = {"table": f"{project}.{names.datasets['silver']}.{sid}"}
     spec["dead_letter"] = {"topic": f"projects/{project}/topics/{sid}-dlq"}
     return spec
@@ -529,8 +545,11 @@ def _pipeline_fields(fields: list[SchemaField]) -> list[dict[str, Any]]:
 
 
 def landing_location(names: ZoneNames, connector: Connector) -> str:
-    """A batch_file source's landing prefix (or glob): declared, else ``gs://<landing>/<source_id>/``."""
-    return connector.ingestion.location or f"gs://{names.buckets['landing']}/{connector.source_id}/"
+    """A batch_file source's landing prefix (or glob), a cloud_transfer source's destination:
+    declared, else ``gs://<landing>/<source_id>/``."""
+    ingestion = connector.ingestion
+    declared = getattr(ingestion, "location", None) or getattr(ingestion, "destination", None)
+    return declared or f"gs://{names.buckets['landing']}/{connector.source_id}/"
 
 
 def notification_prefix(location: str) -> tuple[str, str]:
@@ -558,6 +577,62 @@ def _file_notification(platform: Platform, names: ZoneNames, source: Source, lab
         },
         {key: value for key, value in labels.items()},
         depends_on=(address(Kind.STORAGE_BUCKET, bucket), address(Kind.PUBSUB_TOPIC, topic)),
+    )
+
+
+# --------------------------------------------------------------------------- cloud transfers (issue 10)
+
+
+def landing_delete_after_days(platform: Platform) -> int | None:
+    """The landing zone's ``lifecycle.delete_after_days`` (none by default)."""
+    lifecycle = platform.zones.landing.lifecycle
+    return lifecycle.delete_after_days if lifecycle is not None else None
+
+
+def transfer_job_name(source_id: str) -> str:
+    """The ``storage_transfer_job`` resource of a cloud_transfer source: ``<id>-transfer``."""
+    return job_name(source_id, "transfer")
+
+
+def _transfer_job(platform: Platform, names: ZoneNames, source: Source, labels: dict[str, str]) -> Resource:
+    """A cloud_transfer source's Storage Transfer job (docs/storage-transfer.md): the source
+    copied into the landing prefix on the schedule, each run's completion announced on the
+    source's topic, the service agent's roles on both granted in the same apply."""
+    from reconciler.transfer import canonical_schedule
+
+    connector = source.connector
+    ingestion = connector.ingestion
+    bucket, prefix = notification_prefix(landing_location(names, connector))
+    topic = topic_id(connector)
+    return Resource(
+        Kind.STORAGE_TRANSFER_JOB,
+        transfer_job_name(connector.source_id),
+        {
+            "source": {
+                "type": ingestion.source_type,
+                "bucket": ingestion.source_bucket,
+                "path": ingestion.source_path,
+                "storage_account": ingestion.storage_account,
+                "role_arn": ingestion.role_arn,
+                "credentials_secret": ingestion.credentials_secret,
+            },
+            "sink": {"bucket": bucket, "path": prefix},
+            "schedule": canonical_schedule(ingestion.schedule),
+            "overwrite_when": ingestion.overwrite_when.upper(),
+            "delete_from_source": ingestion.delete_from_source,
+            "delete_unique_in_sink": ingestion.delete_unique_in_sink,
+            # A landing bucket that deletes objects after N days would otherwise see each deleted
+            # copy copied - and ingested - again: copy only what was modified within those N days
+            # (a copy is deleted N days after it was made, so its source is older than that by then).
+            "max_age_seconds": landing_delete_after_days(platform) and landing_delete_after_days(platform) * 86400,
+            "notification_topic": topic,
+            "enabled": True,
+            "service_agent_grants": True,
+        },
+        labels,
+        depends_on=(address(Kind.STORAGE_BUCKET, bucket), address(Kind.PUBSUB_TOPIC, topic),
+                    address(Kind.STORAGE_NOTIFICATION, f"{bucket}/{prefix}"),
+                    address(Kind.DATAFLOW_JOB, job_name(connector.source_id, "ingest"))),
     )
 
 

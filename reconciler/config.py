@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from reconciler import naming
+from reconciler import naming, transfer
 
 # --------------------------------------------------------------------------- value types
 
@@ -415,13 +415,57 @@ class DatabaseCdc(Strict):
     tables: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = Field(min_length=1)
 
 
+# --- cloud_transfer (issue 10: Storage Transfer) -------------------------------------------------
+
+def _never_always(value: str) -> str:
+    if value == "always":
+        raise ValueError("overwrite_when: always copies every object again on every run, and each copy is a new "
+                         "object generation that ingestion reads again (the whole source re-ingested each run); "
+                         "use different (the default: changed objects only) or never")
+    return value
+
+
+TransferCron = Annotated[str, _check(naming.cron_problem), _check(transfer.schedule_problem)]
+
+
 class CloudTransfer(Strict):
+    """Objects copied into the landing bucket from an S3 bucket, an Azure container or another
+    Cloud Storage bucket by a Storage Transfer job, on ``schedule``. Each copied object's arrival
+    event starts its ingestion, as for ``batch_file``; the landing prefix keeps the copies, which
+    is how the next run knows what it has copied (docs/storage-transfer.md)."""
+
     pattern: Literal["cloud_transfer"]
     source_type: Literal["s3", "azure_blob", "gcs"]
-    source_bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9]$")]
-    source_path: str = ""
-    schedule: Cron
-    destination: GcsUri | None = None
+    source_bucket: Annotated[str, Field(min_length=1)] = Field(
+        description="The S3 bucket, Azure container or Cloud Storage bucket (checked by its cloud's naming rules)")
+    source_path: Annotated[str, _check(transfer.source_path_problem)] = Field(
+        default="", description="Object name prefix to copy: empty (all) or ending with '/'")
+    storage_account: Annotated[str, _check(transfer.azure_account_problem)] | None = Field(
+        default=None, description="azure_blob only: the storage account holding the container")
+    schedule: TransferCron = Field(description=f"When the transfer runs (cron, UTC): {transfer.SUPPORTED_SCHEDULES}")
+    destination: GcsUri | None = Field(
+        default=None, description="Landing prefix the objects are copied to, ending with '/'; default "
+                                  "gs://<landing bucket>/<source_id>/; must be in the landing bucket")
+    role_arn: Annotated[str, _check(transfer.role_arn_problem)] | None = Field(
+        default=None, description="s3 only: the AWS IAM role Storage Transfer assumes (no key anywhere)")
+    credentials_secret: SecretId | None = Field(
+        default=None, description="Secret Manager secret id holding the source's credentials as JSON "
+                                  "(s3: access_key_id, secret_access_key; azure_blob: sas_token)")
+    overwrite_when: Annotated[Literal["different", "never", "always"], AfterValidator(_never_always)] = Field(
+        default="different", description="different: copy a source object again when its content changed "
+                                         "(then ingested again, as a new generation); never: copy each name once")
+    delete_from_source: bool = Field(
+        default=False, description="Delete each source object once copied (exclusive with delete_unique_in_sink)")
+    delete_unique_in_sink: bool = Field(
+        default=False, description="Delete landing copies whose source object is gone (exclusive with "
+                                   "delete_from_source); ingested data stays in Bronze and Silver")
+
+    @property
+    def secret_ids(self) -> list[str]:
+        return [self.credentials_secret] if self.credentials_secret else []
+
+
+# --- end cloud_transfer ----------------------------------------------------------------------------
 
 
 class EventStreaming(Strict):

@@ -160,7 +160,7 @@ def load_repo(root: Path | str) -> DesiredState:
     connectors_dir = root / CONNECTORS_DIR
     files = sorted([*connectors_dir.glob("*.yaml"), *connectors_dir.glob("*.yml")]) if connectors_dir.is_dir() else []
     for path in files:
-        loaded = collector.load(path, load_yaml, Connector, precheck=flat_form_problem)
+        loaded = collector.load(path, load_yaml, Connector, precheck=connector_precheck)
         if not loaded:
             continue
         connector, source_map = loaded
@@ -270,7 +270,8 @@ def _check_fields(collector: _Collector, connector: Connector, schema: SourceSch
 
 def _secret_refs(connector: Connector, rel: str, smap: SourceMap) -> tuple[SecretRef, ...]:
     refs = []
-    for loc in (("ingestion", "secret_name"), ("ingestion", "signature", "secret_name")):
+    for loc in (("ingestion", "secret_name"), ("ingestion", "signature", "secret_name"),
+                ("ingestion", "credentials_secret")):  # cloud_transfer
         value: Any = connector.ingestion
         for part in loc[1:]:
             value = getattr(value, part, None)
@@ -317,6 +318,17 @@ def flat_form_problem(data: dict, smap: SourceMap) -> tuple[tuple, str, str] | N
             "Rewrite the file as:\n" + "\n".join("    " + line for line in text.rstrip().splitlines()))
 
 
+def connector_precheck(data: dict, smap: SourceMap) -> tuple[tuple, str, str] | None:
+    """What is reported alone, before the model: the flat form; cloud key material (issue 10)."""
+    from reconciler import transfer
+
+    flat = flat_form_problem(data, smap)
+    if flat:
+        return flat
+    found = transfer.credential_problem(data)
+    return (found[0], _dotted(found[0]), found[1]) if found else None
+
+
 CLOUD_RUN_NAME_MAX = 49  # Cloud Run service ids: at most 49 characters
 
 
@@ -341,6 +353,12 @@ def _check_ingestion(collector: _Collector, connector: Connector, platform: Plat
                               f"{webhook_paths[path]}; each webhook source needs its own path")
             else:
                 webhook_paths[path] = rel
+    if ingestion.pattern == "cloud_transfer":  # issue 10: Storage Transfer (reconciler/transfer.py)
+        from reconciler import transfer
+
+        landing = zone_names(platform).buckets["landing"] if platform is not None else None
+        for loc, message in transfer.source_problems(ingestion, landing, connector.source_id):
+            collector.add(rel, smap.find(loc), _dotted(loc), message)
     if ingestion.pattern == "batch_file" and ingestion.location and platform is not None:
         landing = zone_names(platform).buckets["landing"]
         bucket, _prefix = notification_prefix(ingestion.location)

@@ -55,6 +55,8 @@ KIND_ORDER = (
     # What feeds a source's topic starts once the subscription and its job are there.
     Kind.CLOUD_RUN_SERVICE,
     Kind.STORAGE_NOTIFICATION,
+    # A transfer copies into the landing prefix once its notification and job are there.
+    Kind.STORAGE_TRANSFER_JOB,
 )
 
 

@@ -39,6 +39,7 @@ class Kind(StrEnum):
     DATAFLOW_JOB = "dataflow_job"
     CLOUD_RUN_SERVICE = "cloud_run_service"
     STORAGE_NOTIFICATION = "storage_notification"
+    STORAGE_TRANSFER_JOB = "storage_transfer_job"  # issue 10: cloud_transfer sources
 
 
 # Kinds whose resources hold data: never deleted or replaced without --allow-destroy, and never
@@ -112,6 +113,23 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
         "event_types": "[OBJECT_FINALIZE] (immutable)",
         "payload_format": "JSON_API_V1 (immutable)",
         "publisher_grant": "bool: the Cloud Storage service agent holds roles/pubsub.publisher on the topic",
+    },
+    # issue 10: a cloud_transfer source's Storage Transfer job (docs/storage-transfer.md). Holds no
+    # data: its copies are in the landing bucket, whatever happens to the job.
+    Kind.STORAGE_TRANSFER_JOB: {
+        "source": "{type: s3 | azure_blob | gcs, bucket, path, storage_account, role_arn, credentials_secret}: "
+                  "unused keys None; credentials_secret a Secret Manager secret id",
+        "sink": "{bucket: the landing bucket, path: prefix ending in /}",
+        "schedule": "canonical cron of the job's schedule (reconciler/transfer.py) (immutable: a new job)",
+        "overwrite_when": "DIFFERENT | NEVER",
+        "delete_from_source": "bool",
+        "delete_unique_in_sink": "bool",
+        "max_age_seconds": "int | None: copy only objects modified this recently (the landing zone's "
+                           "delete_after_days, so a deleted copy is not copied again)",
+        "notification_topic": "topic id: each run's completion (TRANSFER_OPERATION_SUCCESS/FAILED/ABORTED, JSON)",
+        "enabled": "bool: job status ENABLED (else DISABLED)",
+        "service_agent_grants": "bool: the Storage Transfer service agent holds roles/storage.legacyBucketWriter "
+                                "and roles/storage.objectViewer on the sink bucket, roles/pubsub.publisher on the topic",
     },
 }
 

@@ -185,12 +185,50 @@ def test_cdc_and_transfer_sources_and_job_names(tmp_path):
 
     def transfer(data):
         data["ingestion"] = {"pattern": "cloud_transfer", "source_type": "s3", "source_bucket": "legacy-exports",
-                             "schedule": "0 2 * * *"}
+                             "schedule": "0 2 * * *", "role_arn": "arn:aws:iam::123456789012:role/exports"}
 
     edit_yaml(repo / "connectors" / "shop_orders.yaml", transfer)
-    (job,) = [r for r in compile_resources(load_repo(repo)) if r.kind == Kind.DATAFLOW_JOB]
-    assert (job.spec["template"], job.spec["schedule"]) == ("gcs_to_bigquery", "0 2 * * *")
-    assert job.spec["parameters"]["input_pattern"] == "gs://landing-headwater-demo-europe-west1/shop_orders/"
+    resources = compile_resources(load_repo(repo))
+    # As batch_file: the landing prefix's file events drive a streaming job (no cron sweep: each
+    # transfer run's completion message sweeps what it copied); the files stay in landing.
+    (job,) = [r for r in resources if r.kind == Kind.DATAFLOW_JOB]
+    assert (job.spec["template"], job.spec["streaming"], job.spec["schedule"]) == ("gcs_to_bigquery", True, None)
+    landing = "landing-headwater-demo-europe-west1"
+    assert job.spec["parameters"] == {"input_subscription": "projects/headwater-demo/subscriptions/shop_orders-ingest",
+                                      "input_pattern": f"gs://{landing}/shop_orders/"}
+    assert job.spec["pipeline"]["bronze"]["keep_landing"] is True
+    (notification,) = [r for r in resources if r.kind == Kind.STORAGE_NOTIFICATION]
+    assert notification.name == f"{landing}/shop_orders/" and notification.spec["topic"] == "shop_orders"
+    (transfer_job,) = [r for r in resources if r.kind == Kind.STORAGE_TRANSFER_JOB]
+    assert transfer_job.name == "shop-orders-transfer"
+    assert transfer_job.spec == {
+        "source": {"type": "s3", "bucket": "legacy-exports", "path": "", "storage_account": None,
+                   "role_arn": "arn:aws:iam::123456789012:role/exports", "credentials_secret": None},
+        "sink": {"bucket": landing, "path": "shop_orders/"},
+        "schedule": "0 2 * * *", "overwrite_when": "DIFFERENT", "delete_from_source": False,
+        "delete_unique_in_sink": False, "max_age_seconds": None, "notification_topic": "shop_orders",
+        "enabled": True, "service_agent_grants": True}
+    assert set(transfer_job.depends_on) == {
+        f"storage_bucket.{landing}", "pubsub_topic.shop_orders", f"storage_notification.{landing}/shop_orders/",
+        "dataflow_job.shop-orders-ingest"}
+
+
+def test_transfer_schedules_map_to_storage_transfer_and_equivalent_crons_compile_alike():
+    from reconciler.transfer import TransferSchedule, canonical_schedule, parse_schedule, schedule_from_api
+
+    assert parse_schedule("15 3 * * *") == TransferSchedule(15, 3, 24)
+    assert parse_schedule("0 */6 * * *") == parse_schedule("0 0,6,12,18 * * *") == TransferSchedule(0, 0, 6)
+    assert parse_schedule("30 2/4 * * *") == TransferSchedule(30, 2, 4)
+    assert parse_schedule("45 * * * *") == TransferSchedule(45, 0, 1)
+    assert canonical_schedule("0 0,12 * * *") == "0 */12 * * *"
+    assert canonical_schedule("30 2-22/4 * * *") == "30 2/4 * * *"
+    for refused in ("0 3 * * 1", "0 3 1 * *", "0,30 * * * *", "*/15 * * * *", "0 8/6 * * *", "0 1,2 * * *",
+                    "0 * * 1 *"):
+        assert isinstance(parse_schedule(refused), str), refused
+    # What the provider reads back from a live job (start time of day, repeat interval).
+    assert schedule_from_api(14, 0, 6 * 3600) == "0 2/6 * * *"  # created at 14:00: the same 6-hourly cron
+    assert schedule_from_api(3, 15, 0) == "15 3 * * *"  # no interval: Storage Transfer's 24 h
+    assert schedule_from_api(1, 0, 5400).startswith("start 01:00 UTC, every 5400 s")  # set by hand: drift
 
 
 def test_silver_metadata_columns_match_what_the_pipelines_write():

@@ -43,9 +43,6 @@ PENDING = {
     "connector.ingestion[database_cdc].database_type": "issue 10 (Datastream)",
     "connector.ingestion[database_cdc].connection_profile": "issue 10 (Datastream)",
     "connector.ingestion[database_cdc].tables": "issue 10 (Datastream)",
-    "connector.ingestion[cloud_transfer].source_type": "issue 10 (Storage Transfer)",
-    "connector.ingestion[cloud_transfer].source_bucket": "issue 10 (Storage Transfer)",
-    "connector.ingestion[cloud_transfer].source_path": "issue 10 (Storage Transfer)",
 }
 
 # Fields that accept one value only today (others are refused at validate with the reason).
@@ -152,6 +149,16 @@ CHANGES: dict[str, tuple[str, Any]] = {
     "connector.ingestion[event_streaming].pubsub_topic": ("clickstream", "web-events"),
     "connector.ingestion[cloud_transfer].schedule": ("transfer", "0 5 * * *"),
     "connector.ingestion[cloud_transfer].destination": ("transfer", "gs://landing-headwater-demo-europe-west1/x/"),
+    # cloud_transfer (issue 10): the Storage Transfer job's spec (transfer: s3 by role; azure_transfer).
+    "connector.ingestion[cloud_transfer].source_type": ("transfer", "gcs"),
+    "connector.ingestion[cloud_transfer].source_bucket": ("transfer", "other-aws-bucket"),
+    "connector.ingestion[cloud_transfer].source_path": ("transfer", "exports/"),
+    "connector.ingestion[cloud_transfer].storage_account": ("azure_transfer", "otheraccount"),
+    "connector.ingestion[cloud_transfer].role_arn": ("transfer", "arn:aws:iam::210987654321:role/other"),
+    "connector.ingestion[cloud_transfer].credentials_secret": ("azure_transfer", "other-sas"),
+    "connector.ingestion[cloud_transfer].overwrite_when": ("transfer", "never"),
+    "connector.ingestion[cloud_transfer].delete_from_source": ("transfer", True),
+    "connector.ingestion[cloud_transfer].delete_unique_in_sink": ("transfer", True),
     "connector.schema.file": ("orders", "schemas/orders_v2.json"),
     "connector.schema.validation": ("orders", "lenient"),
     "connector.schema.evolution": ("orders", "none"),
@@ -229,14 +236,21 @@ def _repo(tmp_path: Path) -> Path:
     # A cloud_transfer source (the example has none), and a second version of a schema.
     transfer = yaml.safe_load((repo / "connectors" / "orders.yaml").read_text())
     transfer.update(source_id="transfer", ingestion={"pattern": "cloud_transfer", "source_type": "s3",
-                                                    "source_bucket": "my-aws-bucket", "schedule": "0 */6 * * *"},
+                                                    "source_bucket": "my-aws-bucket", "schedule": "0 */6 * * *",
+                                                    "role_arn": "arn:aws:iam::123456789012:role/transfer"},
                     schema={"file": "schemas/transfer.json"})
     transfer["processing"].pop("silver_to_gold", None)
     (repo / "connectors" / "transfer.yaml").write_text(yaml.safe_dump(transfer, sort_keys=False))
+    azure = {**transfer, "source_id": "azure_transfer", "schema": {"file": "schemas/azure_transfer.json"},
+             "ingestion": {"pattern": "cloud_transfer", "source_type": "azure_blob", "source_bucket": "exports",
+                           "storage_account": "myaccount", "credentials_secret": "azure-sas",
+                           "schedule": "0 2 * * *"}}
+    (repo / "connectors" / "azure_transfer.yaml").write_text(yaml.safe_dump(azure, sort_keys=False))
     orders_schema = (repo / "schemas" / "orders.json").read_text().replace(
         '"fields": [', '"fields": [\n    {"name": "shipped_at", "type": "TIMESTAMP", "mode": "NULLABLE"},', 1)
     (repo / "schemas" / "orders.json").write_text(orders_schema)
     (repo / "schemas" / "transfer.json").write_text(orders_schema.replace('"orders"', '"transfer"'))
+    (repo / "schemas" / "azure_transfer.json").write_text(orders_schema.replace('"orders"', '"azure_transfer"'))
     (repo / "schemas" / "orders_v2.json").write_text(orders_schema.replace('"version": "', '"version": "2-'))
     return repo
 
@@ -285,6 +299,10 @@ def _edit(repo: Path, target: str, path: str, value: Any) -> None:
                                     if not line.strip().startswith("location:")) + "\n")
     if path.endswith("signature.scheme"):
         data["ingestion"]["signature"].pop("timestamp_tolerance", None)
+    if path == "connector.ingestion[cloud_transfer].source_type":  # s3 by role -> gcs (no credentials)
+        data["ingestion"].pop("role_arn")
+    if path.startswith("connector.ingestion[cloud_transfer].delete_"):  # the other one off: they exclude
+        data["ingestion"]["delete_from_source" if "unique" in path else "delete_unique_in_sink"] = False
     if path == "connector.ingestion[streaming_api].connector_type":  # webhook -> rest_api
         data["ingestion"] = {"pattern": "streaming_api", "connector_type": value,
                              "api_endpoint": "https://api.example.com/events", "poll_interval": "60s"}

@@ -38,8 +38,9 @@ and ``at``. Outcomes of `claim`:
   generation, hence its own claim and event. The marker we just made is removed again.
 
 After its sinks, the claimant either moves the file to Bronze and deletes the marker (the
-object's absence is then the durable "done"), or, without a Bronze bucket, rewrites the marker
-as ``done``. Names under ``_headwater/`` are never landing files: `match` and the event filter
+object's absence is then the durable "done"), or, without a Bronze bucket or when the spec keeps
+landing files (``bronze.keep_landing``: a cloud_transfer source; the file is then copied to
+Bronze, `archive`), rewrites the marker as ``done``. Names under ``_headwater/`` are never landing files: `match` and the event filter
 skip them. Local paths have no generations and no events: claiming one always succeeds.
 
 EMULATOR DEPARTURE: gcp-storage-emulator ignores ``if_generation_match`` and reads and deletes
@@ -203,15 +204,23 @@ def move(src: FileInfo, dst: str) -> str:
     to do. On GCS the copy is server-side and both steps are pinned to the listed generation, so
     a newer upload under the same name is neither copied nor deleted.
     """
+    return archive(src, dst, keep=False)
+
+
+def archive(src: FileInfo, dst: str, *, keep: bool) -> str:
+    """`move`, or with ``keep`` only its copy (the landing file stays: a cloud_transfer source's
+    landing copies are what its transfer compares against). Same rules: nothing overwritten, a
+    retry copies nothing twice, pinned to the listed generation (one that is gone is not copied)."""
     if not _exists(src):
-        return dst  # moved by an earlier attempt of this bundle
+        return dst  # moved by an earlier attempt of this bundle (or, kept, overwritten since)
     target, n = dst, 1
     while exists(target) and not _same_content(src, target):
         n += 1
         target = _numbered(dst, n)
     if not exists(target):
         _copy(src, target)
-    _delete(src)
+    if not keep:
+        _delete(src)
     return target
 
 

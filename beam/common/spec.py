@@ -39,7 +39,8 @@ ignored::
       "bronze": {"table": "my-project.bronze.example_source",          # optional: raw rows
                  "bucket": "gs://bronze-my-project-eu"},               # optional: pubsub_to_gcs's
                                                      # archive; where gcs_to_bigquery moves the
-                                                     # files it has ingested
+                                                     # files it has ingested; "keep_landing":
+                                                     # true copies them there and leaves them
       "silver": {"table": "my-project.silver.example_source"},         # validated rows
       "dead_letter": {"topic": "projects/my-project/topics/example_source-dead-letter"},
       "gold": {                                      # optional; bigquery_to_bigquery only
@@ -188,6 +189,10 @@ class PipelineSpec:
     quality_rules: tuple[QualityRule, ...] = ()
     bronze_table: str | None = None
     bronze_bucket: str | None = None
+    # gcs_to_bigquery with bronze_bucket: copy each ingested file to the archive and leave it in
+    # the landing prefix (its claim marked done) instead of moving it - a cloud_transfer source,
+    # whose landing copies are what its transfer's next run compares against.
+    bronze_keep_landing: bool = False
     silver_table: str | None = None
     dead_letter_topic: str | None = None
     gold: Gold | None = None
@@ -288,12 +293,18 @@ def parse_spec(doc: Any) -> PipelineSpec:
     updates["quality_rules"] = tuple(_rule(spec, r, f"$.data_quality[{i}]") for i, r in enumerate(rules))
 
     if d.get("bronze") is not None:
-        b = _obj(d["bronze"], "$.bronze", optional={"table", "bucket"})
+        b = _obj(d["bronze"], "$.bronze", optional={"table", "bucket", "keep_landing"})
         updates["bronze_table"] = _table(b.get("table"), "$.bronze.table", project)
         bucket = _opt_str(b.get("bucket"), "$.bronze.bucket")
         if bucket is not None and not bucket.startswith("gs://") and not bucket.startswith("/"):
             raise SpecError(f"$.bronze.bucket: must be a gs:// URI (or an absolute local path), got {bucket!r}")
         updates["bronze_bucket"] = bucket.rstrip("/") if bucket else None
+        keep = b.get("keep_landing", False)
+        if not isinstance(keep, bool):
+            raise SpecError(f"$.bronze.keep_landing: must be true or false, got {keep!r}")
+        if keep and not bucket:
+            raise SpecError("$.bronze.keep_landing: needs $.bronze.bucket (the archive the files are copied to)")
+        updates["bronze_keep_landing"] = keep
     if d.get("silver") is not None:
         s = _obj(d["silver"], "$.silver", optional={"table"})
         updates["silver_table"] = _table(s.get("table"), "$.silver.table", project)

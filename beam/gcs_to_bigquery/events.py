@@ -20,6 +20,17 @@ to the generation the event announced, and the message id (which names the claim
 ``file_events_ignored`` - other event types, other prefixes, messages that are not object
 events at all. Size and creation time come from the data when it parses; the claim replaces
 them with the live object's anyway.
+
+**Transfer runs** (cloud_transfer sources). A Storage Transfer job announces the end of each
+run on the same topic (its ``notification_config``): attributes ``eventType``
+(``TRANSFER_OPERATION_SUCCESS``, ``_FAILED`` or ``_ABORTED``), ``payloadFormat``, ``projectId``,
+``transferJobName``, ``transferOperationName``; data the ``TransferOperation`` as JSON, whose
+``startTime`` says when the run began. Such a message becomes a :class:`TransferSweep` (a side
+output of `ParseFileEvents`, ``SWEEPS``): the job lists its pattern and claims every file created
+since the run began (`SWEEP_MARGIN_S` earlier, for clock skew), so a copied file whose own event
+was missed is still ingested - and, thanks to the claims, still once. A failed or aborted run
+may have copied some files: it is swept too. Without a ``startTime`` (payload ``NONE``) the
+whole pattern is swept.
 """
 
 from __future__ import annotations
@@ -36,6 +47,10 @@ from beam.common import files
 from beam.common.transforms import counter
 
 FINALIZE = "OBJECT_FINALIZE"
+TRANSFER_EVENTS = frozenset({"TRANSFER_OPERATION_SUCCESS", "TRANSFER_OPERATION_FAILED",
+                             "TRANSFER_OPERATION_ABORTED"})
+SWEEPS = "transfer_sweeps"  # the side output of ParseFileEvents
+SWEEP_MARGIN_S = 300
 log = logging.getLogger(__name__)
 
 
@@ -82,8 +97,38 @@ def file_event(attributes: Mapping[str, str], data: bytes | None, message_id: st
     return FileEvent(info, message_id)
 
 
+class TransferSweep(NamedTuple):
+    """A finished transfer run: sweep the files created since ``since`` (ISO UTC; "" = all)."""
+
+    operation: str
+    since: str
+    message_id: str
+
+
+def transfer_sweep(attributes: Mapping[str, str], data: bytes | None, message_id: str) -> TransferSweep | None:
+    """The :class:`TransferSweep` of a Storage Transfer completion message, or None if it is not one."""
+    if attributes.get("eventType") not in TRANSFER_EVENTS:
+        return None
+    operation = _object_resource(data)
+    since = _created(operation.get("startTime"))
+    if since:
+        since = (dt.datetime.fromisoformat(since) - dt.timedelta(seconds=SWEEP_MARGIN_S)).isoformat()
+    return TransferSweep(attributes.get("transferOperationName") or str(operation.get("name") or ""), since,
+                         message_id)
+
+
+def sweep_files(sweep: TransferSweep, input_pattern: str) -> list[files.FileInfo]:
+    """The files of ``input_pattern`` a finished transfer run may have copied (created since it began)."""
+    found = files.match(input_pattern)
+    if not sweep.since:
+        return found
+    since = dt.datetime.fromisoformat(sweep.since)
+    return [f for f in found if not f.created or dt.datetime.fromisoformat(f.created) >= since]
+
+
 class ParseFileEvents(beam.DoFn):
-    """Pub/Sub messages (``PubsubMessage``, with attributes) -> :class:`FileEvent` of landing files."""
+    """Pub/Sub messages (``PubsubMessage``, with attributes) -> :class:`FileEvent` of landing files;
+    transfer completions -> :class:`TransferSweep` on the ``SWEEPS`` output."""
 
     def __init__(self, input_pattern: str) -> None:
         self.input_pattern = input_pattern
@@ -91,12 +136,21 @@ class ParseFileEvents(beam.DoFn):
     def setup(self) -> None:
         self.events = counter("file_events")
         self.ignored = counter("file_events_ignored")
+        self.sweeps = counter("transfer_sweeps")
 
-    def process(self, message: Any) -> Iterator[FileEvent]:
+    def process(self, message: Any) -> Iterator[Any]:
         self.events.inc()
-        found = file_event(message.attributes or {}, message.data, message.message_id or "", self.input_pattern)
+        attributes = message.attributes or {}
+        found = file_event(attributes, message.data, message.message_id or "", self.input_pattern)
         if isinstance(found, FileEvent):
             yield found
+            return
+        sweep = transfer_sweep(attributes, message.data, message.message_id or "")
+        if sweep is not None:
+            self.sweeps.inc()
+            log.info("transfer run %s ended (%s): sweeping %s for files created since %s", sweep.operation,
+                     attributes.get("eventType"), self.input_pattern, sweep.since or "ever")
+            yield beam.pvalue.TaggedOutput(SWEEPS, sweep)
             return
         self.ignored.inc()
         log.debug("ignoring message %s: %s", message.message_id, found)

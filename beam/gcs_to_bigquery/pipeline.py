@@ -47,7 +47,15 @@ one whose records were all rejected, or that could not be read at all: its recor
 letters by then (see ``readers.py``), and the file itself is kept in Bronze for inspection or
 replay. A file moved into a name already taken by other content gets a ``-<n>`` suffix
 (``beam.common.files.move``). Without ``bronze.bucket`` the files stay and their claims are
-rewritten as ``done``, so no later run or event ingests them again.
+rewritten as ``done``, so no later run or event ingests them again. With ``bronze.keep_landing``
+(a cloud_transfer source) the file is copied to the same archive path and *stays* in the landing
+prefix, its claim rewritten ``done``: the landing copies are what the source's Storage Transfer
+job compares against, and a moved file would be copied - and ingested - again on its next run.
+
+**Transfer runs** (streaming, cloud_transfer): the completion message a Storage Transfer job
+publishes to the same topic after each run makes the job list its pattern and claim the files
+created since that run began (``events.py``), so a copied file whose event was missed is ingested
+anyway, once.
 
 "Once every sink has finished": the move is a stage of the pipeline, not code after ``run()``
 (on Dataflow ``run()`` returns once the job is submitted).
@@ -84,7 +92,7 @@ from beam.common.ingest import ingest, require_ingest_targets
 from beam.common.runner import make_pipeline, parse, run_pipeline
 from beam.common.spec import INPUT_FORMATS, PipelineSpec, load_spec
 from beam.common.transforms import counter
-from beam.gcs_to_bigquery.events import FileEvent, ParseFileEvents
+from beam.gcs_to_bigquery.events import SWEEPS, FileEvent, ParseFileEvents, sweep_files
 from beam.gcs_to_bigquery.readers import ReadRecords
 
 # Streaming: files are released to the move in fixed windows of this many seconds (of the
@@ -194,6 +202,27 @@ class MoveToBronze(beam.DoFn):
         yield target
 
 
+class CopyToBronze(beam.DoFn):
+    """``bronze.keep_landing``: a landing file -> copied into the Bronze archive and left in place,
+    its claim marked done (a cloud_transfer source's landing copies are what its transfer compares
+    against: a moved file would be copied again). Outputs the archive path."""
+
+    def __init__(self, landing_base: str, bronze_bucket: str, source_id: str) -> None:
+        self.landing_base = landing_base
+        self.bronze_bucket = bronze_bucket.rstrip("/")
+        self.source_id = source_id
+
+    def setup(self) -> None:
+        self.copied = counter("files_archived_kept")
+
+    def process(self, file: files.FileInfo) -> Iterator[str]:
+        target = files.archive(file, archive_path(file, self.landing_base, self.bronze_bucket, self.source_id),
+                               keep=True)
+        files.finish_claim(file, kept=True)  # after the copy: a crash in between leaves a claim that ages out
+        self.copied.inc()
+        yield target
+
+
 class KeepIngested(beam.DoFn):
     """Without a Bronze bucket: the file stays, its claim is marked done for good."""
 
@@ -204,10 +233,21 @@ class KeepIngested(beam.DoFn):
 
 def _finish(released: beam.PCollection, spec: PipelineSpec, input_pattern: str) -> beam.PCollection:
     spread = released | "SpreadMoves" >> beam.Reshuffle()
+    if spec.bronze_bucket and spec.bronze_keep_landing:
+        return spread | "CopyToBronze" >> beam.ParDo(CopyToBronze(files.base_of(input_pattern), spec.bronze_bucket,
+                                                                  spec.source_id))
     if spec.bronze_bucket:
         return spread | "MoveToBronze" >> beam.ParDo(MoveToBronze(files.base_of(input_pattern), spec.bronze_bucket,
                                                                   spec.source_id))
     return spread | "KeepIngested" >> beam.ParDo(KeepIngested())
+
+
+def finished_key(spec: PipelineSpec) -> str:
+    """The output of `build` / `build_streaming` that holds the finished files: ``moved`` (to
+    Bronze), ``copied`` (to Bronze, kept in landing) or ``kept`` (no Bronze bucket)."""
+    if spec.bronze_bucket:
+        return "copied" if spec.bronze_keep_landing else "moved"
+    return "kept"
 
 
 def build(pipeline: beam.Pipeline, spec: PipelineSpec, input_pattern: str, input_format: str | None = None,
@@ -228,7 +268,7 @@ def build(pipeline: beam.Pipeline, spec: PipelineSpec, input_pattern: str, input
     released = out["sinks_done"] | "ReleaseFiles" >> beam.FlatMap(lambda _done, read: read,
                                                                   read=beam.pvalue.AsList(claimed))
     out["claimed"] = claimed
-    out["moved" if spec.bronze_bucket else "kept"] = _finish(released, spec, input_pattern)
+    out[finished_key(spec)] = _finish(released, spec, input_pattern)
     return out
 
 
@@ -243,17 +283,21 @@ def build_streaming(pipeline: beam.Pipeline, spec: PipelineSpec, input_pattern: 
     if messages is None:
         messages = pipeline | "ReadFileEvents" >> beam.io.ReadFromPubSub(subscription=input_subscription,
                                                                          with_attributes=True)
+    parsed = messages | "ParseFileEvents" >> beam.ParDo(ParseFileEvents(input_pattern)).with_outputs(
+        SWEEPS, main="events")
+    # A transfer run's completion (cloud_transfer): the files it copied, whether or not their
+    # own events arrive; the claims keep each generation to one ingestion.
+    swept = parsed[SWEEPS] | "SweepTransferRun" >> beam.FlatMap(sweep_files, input_pattern)
     claimed = (
-        messages
-        | "ParseFileEvents" >> beam.ParDo(ParseFileEvents(input_pattern))
+        (parsed.events, swept)
+        | "EventsAndSweeps" >> beam.Flatten()
         | "ClaimFiles" >> beam.ParDo(ClaimFiles(run_id or new_run_id(), stamp=True, ttl_s=claim_ttl_s))
         | "SpreadFiles" >> beam.Reshuffle()
     )
     raw = claimed | "ReadRecords" >> beam.ParDo(ReadFileRecords(fmt, compression))
     out = ingest(raw, spec, streaming=True)
     out["claimed"] = claimed
-    out["moved" if spec.bronze_bucket else "kept"] = _finish(after_sinks(claimed, out["sink_outputs"]), spec,
-                                                             input_pattern)
+    out[finished_key(spec)] = _finish(after_sinks(claimed, out["sink_outputs"]), spec, input_pattern)
     return out
 
 
