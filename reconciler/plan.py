@@ -4,14 +4,33 @@
 matches desired resources to live ones by address, diffs only the fields the desired side
 declares, and decides one `Action` per resource. The result is a `Plan`; apply consumes a
 plan and nothing else, and every output format (text, JSON, Markdown) renders the same plan.
+The actions use Terraform's words: create, update, replace, delete, import (take over an
+existing resource), read (a reference to another project's resource).
+
+What is compared (`reconciler.resources`, module docstring): only the spec keys the desired side
+declares; inside a `PARTIAL_FIELDS` settings object only its declared sub-keys; a provider's
+`immutable_fields` are paths (``time_partitioning.type``), so only a change at or under one of
+them forces a replacement. A Dataflow job's pipeline is compared by what it means
+(`reconciler.semantic`): schema fields by name, nested ones too, never by their order.
 
 Safety rules decided here, so that every caller gets them:
 
 * resources no longer declared are deleted only when pruning is on; otherwise they are kept
   and listed;
-* a resource that holds data (bucket, dataset, table) is deleted or replaced only with
-  ``allow_destroy`` and when it is not deletion-protected; otherwise the change is ``blocked``,
-  with the reason;
+* a resource that holds data (`reconciler.resources.DATA_KINDS`: bucket, dataset, table,
+  subscription, topic) is deleted or replaced only with ``allow_destroy`` and when it is not
+  deletion-protected; otherwise the change is ``blocked``, with the reason and, when its provider
+  observed it, what would be lost (a subscription's backlog);
+* a declared resource that exists but is not this platform's (no ``managed-by=headwater``
+  label, or another platform's) is never touched: it is shown as an ``import``, blocked until
+  adopted explicitly (``PlanOptions.adopt``: ``headwater adopt ADDRESS`` or ``--adopt``), and
+  never adopted when that would need a replacement;
+* a reference to another project's resource (``Resource.external``) is only read: missing, it
+  is a blocked ``read``;
+* a change that depends on a blocked change is blocked too, its reason naming the blocked one
+  (``Change.blocked_by``): nothing is half-applied around a change that will not happen;
+* a live resource on its way out (a draining Dataflow job, `reconciler.resources.LEAVING`) is
+  replaced: apply waits until it has gone, then creates its successor;
 * BigQuery schema changes follow the source's evolution policy (`reconciler.schema_evolution`);
 * a Dataflow job holds no data, but its plan says what each action does to the running job:
   a streaming job is updated in place or drained and relaunched, never cancelled;
@@ -22,6 +41,7 @@ Safety rules decided here, so that every caller gets them:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,12 +49,16 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from reconciler import schema_evolution
+from reconciler import schema_evolution, semantic
 from reconciler.resources import (
     DIGEST_KEY,
+    LEAVING,
+    MANAGED_BY_KEY,
+    PARTIAL_FIELDS,
     PLATFORM_KEY,
     PROTECTED_KEY,
     SOURCE_KEY,
+    WOULD_LOSE,
     Kind,
     Resource,
     digest,
@@ -66,6 +90,11 @@ class Action(StrEnum):
     UPDATE = "update"
     REPLACE = "replace"
     DELETE = "delete"
+    # Take over a resource that exists but is not this platform's (Terraform's word): apply adds
+    # headwater's labels (keeping the owner's) and updates the declared fields that differ.
+    IMPORT = "import"
+    # A reference to another project's resource: only ever read (a plan shows it when it is missing).
+    READ = "read"
 
 
 @dataclass(frozen=True)
@@ -93,6 +122,8 @@ class Change:
     blocked: str | None = None  # why this change will not be applied
     # Spec keys (or "labels") that an update sends; empty for other actions.
     update_fields: tuple[str, ...] = ()
+    # The blocked changes this one waits for (it is blocked because they are).
+    blocked_by: tuple[str, ...] = ()
 
     @property
     def replace_paths(self) -> list[str]:
@@ -114,18 +145,22 @@ class Change:
             "name": self.name,
             "action": str(self.action),
             "before": _state(self.live),
-            "after": _state(self.desired) if self.action != Action.DELETE else None,
+            "after": _state(self.desired) if self.action not in (Action.DELETE, Action.READ) else None,
             "diff": [d.to_dict() for d in self.diff],
             "replace_paths": self.replace_paths,
             "reason": self.reason,
             "blocked": self.blocked,
+            "blocked_by": list(self.blocked_by),
         }
 
 
 def _state(resource: Resource | None) -> dict[str, Any] | None:
     if resource is None:
         return None
-    return {"spec": dict(resource.spec), "labels": dict(sorted(resource.labels.items()))}
+    state: dict[str, Any] = {"spec": dict(resource.spec), "labels": dict(sorted(resource.labels.items()))}
+    if resource.status:
+        state["status"] = dict(resource.status)
+    return state
 
 
 @dataclass(frozen=True)
@@ -140,7 +175,7 @@ class Plan:
         """Changes apply will execute, in order."""
         if self.refused:
             return []
-        return [c for c in self.changes if c.action != Action.NOOP and not c.blocked]
+        return [c for c in self.changes if c.action not in (Action.NOOP, Action.READ) and not c.blocked]
 
     @property
     def blocked(self) -> list[Change]:
@@ -178,6 +213,8 @@ class PlanOptions:
     allow_destroy: bool = False
     max_delete_fraction: float = 0.2
     environment: str | None = None  # only live resources of this platform are considered
+    # Addresses of existing resources that are not this platform's, to take over (import).
+    adopt: frozenset[str] = frozenset()
 
 
 def reconcile(
@@ -190,68 +227,165 @@ def reconcile(
 ) -> Plan:
     """Match desired to live and decide each resource's action. Pure: no I/O."""
     desired_by_address = {r.address: r for r in desired}
-    live_by_address = {
-        r.address: r
-        for r in live
-        if options.environment is None or r.labels.get(PLATFORM_KEY) == options.environment
-    }
-    changes = [
-        _change_for(d, live_by_address.get(addr), immutable_fields.get(d.kind, frozenset()), options)
-        for addr, d in desired_by_address.items()
-    ]
-    changes += [
-        _orphan(r, options) for addr, r in live_by_address.items() if addr not in desired_by_address
-    ]
-    ordered = _order(changes)
-    refused = _refusal(ordered, live_by_address, declared_sources, options)
+    ours: dict[str, Resource] = {}
+    others: dict[str, Resource] = {}  # declared addresses that exist but are not this platform's
+    for resource in live:
+        if resource.managed and (options.environment is None
+                                 or resource.labels.get(PLATFORM_KEY) == options.environment):
+            ours[resource.address] = resource
+        elif resource.address in desired_by_address:
+            others[resource.address] = resource
+    changes = []
+    for addr, want in desired_by_address.items():
+        immutable = immutable_fields.get(want.kind, frozenset())
+        if want.external:
+            changes.append(_reference(want, ours.get(addr) or others.get(addr)))
+        elif addr in ours:
+            changes.append(_change_for(want, ours[addr], immutable, options))
+        elif addr in others:
+            changes.append(_import(want, others[addr], immutable, options))
+        else:
+            changes.append(Change(addr, want.kind, want.name, Action.CREATE, want, None,
+                                  reason="declared but does not exist"))
+    changes += [_orphan(r, options) for addr, r in ours.items()
+                if addr not in desired_by_address and not r.status.get(LEAVING)]
+    ordered = _block_dependents(_order(changes))
+    refused = _refusal(ordered, ours, declared_sources, options)
     return Plan(tuple(ordered), revision=revision, refused=refused,
-                options={"prune": options.prune, "allow_destroy": options.allow_destroy})
+                options={"prune": options.prune, "allow_destroy": options.allow_destroy,
+                         "adopt": sorted(options.adopt)})
 
 
 # --------------------------------------------------------------------------- one resource
 
 
-def _change_for(desired: Resource, live: Resource | None, immutable: frozenset[str], options: PlanOptions) -> Change:
-    common = {"address": desired.address, "kind": desired.kind, "name": desired.name, "desired": desired, "live": live}
-    if live is None:
-        return Change(action=Action.CREATE, reason="declared but does not exist", **common)
+def _common(resource: Resource, live: Resource | None, desired: Resource | None) -> dict[str, Any]:
+    return {"address": resource.address, "kind": resource.kind, "name": resource.name, "desired": desired,
+            "live": live}
 
+
+@dataclass
+class _Diff:
+    diffs: list[FieldDiff]
+    schema_problems: list[str]
+    schema_notes: list[str]
+
+    @property
+    def replace_paths(self) -> list[str]:
+        return [d.path for d in self.diffs if d.forces_replacement]
+
+    @property
+    def update_fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d.path.split(".", 1)[0].split("[", 1)[0] for d in self.diffs))
+
+
+def diff_resource(desired: Resource, live: Resource, immutable: frozenset[str]) -> _Diff:
+    """The field-level differences of ``live`` from ``desired``: the declared spec keys (and, in
+    `PARTIAL_FIELDS`, the declared sub-keys), compared by meaning, and the declared labels."""
     diffs: list[FieldDiff] = []
     schema_problems: list[str] = []
     schema_notes: list[str] = []
+    partial = PARTIAL_FIELDS.get(desired.kind, frozenset())
     for key, want in desired.spec.items():
         have = live.spec.get(key)
         if is_digest(have):
             # The provider can only fingerprint this field: compare fingerprints.
             if have[DIGEST_KEY] != digest(want):
-                diffs.append(FieldDiff(key, have, want, forces_replacement=key in immutable))
+                diffs.append(FieldDiff(key, have, want, forces_replacement=forces_replacement(key, have, want,
+                                                                                             immutable)))
         elif key == "schema" and desired.kind == Kind.BIGQUERY_TABLE:
             diffs_, problems, notes = _schema_diff(have or [], want, desired.options.get("schema_evolution"))
             diffs += diffs_
             schema_problems += problems
             schema_notes += notes
         else:
-            diffs += field_diffs(key, have, want, forces_replacement=key in immutable)
+            have = semantic.meaning(desired.kind, key, have)
+            want = semantic.meaning(desired.kind, key, want)
+            if key in partial:
+                have = declared_part(have, want)
+            diffs += [dataclasses.replace(d, forces_replacement=forces_replacement(d.path, d.before, d.after,
+                                                                                   immutable))
+                      for d in field_diffs(key, have, want)]
     for key, want in sorted(desired.labels.items()):
         if live.labels.get(key) != want:
             diffs.append(FieldDiff(f"labels.{key}", live.labels.get(key), want))
+    return _Diff(diffs, schema_problems, schema_notes)
 
+
+def _change_for(desired: Resource, live: Resource, immutable: frozenset[str], options: PlanOptions) -> Change:
+    common = _common(desired, live, desired)
+    leaving = live.status.get(LEAVING)
+    if leaving:
+        # Its name is still taken: creating now would collide (a 409) or, worse, update the
+        # leaving one. Apply's replace waits for it to go (delete is idempotent), then creates.
+        reason = (f"replacing a {leaving} {desired.kind}: the live one is {leaving}; apply waits until it has gone, "
+                  "then creates it anew")
+        return Change(action=Action.REPLACE, reason=reason,
+                      blocked=_destroy_block(desired, options, "replace", live), **common)
+
+    found = diff_resource(desired, live, immutable)
+    diffs = found.diffs
     if not diffs:
         return Change(action=Action.NOOP, **common)
-    update_fields = tuple(dict.fromkeys(d.path.split(".", 1)[0].split("[", 1)[0] for d in diffs))
-    replace_paths = [d.path for d in diffs if d.forces_replacement]
+    replace_paths = found.replace_paths
     if replace_paths:
         reason = f"{', '.join(replace_paths)} cannot change in place" + _job_consequence(desired, Action.REPLACE)
         return Change(action=Action.REPLACE, diff=tuple(diffs), reason=reason,
-                      blocked=_destroy_block(desired, options, "replace"), **common)
-    if schema_problems:
+                      blocked=_destroy_block(desired, options, "replace", live), **common)
+    if found.schema_problems:
         evolution = desired.options.get("schema_evolution", "backward_compatible")
-        return Change(action=Action.UPDATE, diff=tuple(diffs), reason="; ".join(schema_notes + schema_problems),
-                      blocked=f"schema.evolution is {evolution}: " + "; ".join(schema_problems),
-                      update_fields=update_fields, **common)
-    reason = "; ".join(schema_notes) or "declared fields differ from live: " + ", ".join(d.path for d in diffs)
+        return Change(action=Action.UPDATE, diff=tuple(diffs),
+                      reason="; ".join(found.schema_notes + found.schema_problems),
+                      blocked=f"schema.evolution is {evolution}: " + "; ".join(found.schema_problems),
+                      update_fields=found.update_fields, **common)
+    reason = "; ".join(found.schema_notes) or "declared fields differ from live: " + ", ".join(d.path for d in diffs)
     reason += _job_consequence(desired, Action.UPDATE)
-    return Change(action=Action.UPDATE, diff=tuple(diffs), reason=reason, update_fields=update_fields, **common)
+    return Change(action=Action.UPDATE, diff=tuple(diffs), reason=reason, update_fields=found.update_fields,
+                  **common)
+
+
+def owner_of(live: Resource) -> str:
+    """Who a live resource that is not this platform's belongs to, as far as its labels tell."""
+    if live.managed:
+        return f"managed by another headwater platform, {PLATFORM_KEY}={live.labels.get(PLATFORM_KEY, '?')}"
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(live.labels.items()) if k != MANAGED_BY_KEY)
+    return "not managed by headwater" + (f"; labels {shown}" if shown else "; no labels")
+
+
+def _import(desired: Resource, live: Resource, immutable: frozenset[str], options: PlanOptions) -> Change:
+    """A declared resource that exists but is not this platform's: shown, never touched unless adopted."""
+    found = diff_resource(desired, live, immutable)
+    # Adopting keeps the owner's labels and adds ours (an update sends the whole label map).
+    adopted = dataclasses.replace(desired, labels={**live.labels, **desired.labels})
+    common = _common(desired, live, adopted)
+    owner = owner_of(live)
+    changes = ", ".join(d.path for d in found.diffs if not d.path.startswith("labels.")) or "no declared field"
+    reason = f"exists, {owner}; adopting it labels it as this platform's and updates {changes}"
+    fields = tuple(dict.fromkeys((*found.update_fields, "labels")))
+    if desired.address not in options.adopt:
+        blocked = (f"{desired.kind} {desired.name} already exists and is {owner}; headwater leaves it alone "
+                   f"until it is adopted explicitly: headwater adopt {desired.address} (or --adopt {desired.address})")
+    elif found.replace_paths:
+        blocked = (f"cannot adopt: {', '.join(found.replace_paths)} differ and cannot change in place, and headwater "
+                   "never replaces a resource it does not manage; make the desired state match it, or use another name")
+    elif found.schema_problems:
+        blocked = "cannot adopt without an incompatible schema change: " + "; ".join(found.schema_problems)
+    else:
+        blocked = None
+    return Change(action=Action.IMPORT, diff=tuple(found.diffs), reason=reason, blocked=blocked,
+                  update_fields=fields, **common)
+
+
+def _reference(desired: Resource, live: Resource | None) -> Change:
+    """Another project's resource, referenced by its full name: read, never managed."""
+    common = _common(desired, live, desired)
+    if live is not None:
+        return Change(action=Action.NOOP, reason="exists (another project's; read only, never managed here)",
+                      **common)
+    return Change(action=Action.READ, reason="referenced by its full name; never created or managed here",
+                  blocked=(f"{desired.kind} {desired.name} does not exist, or this platform cannot read it; headwater "
+                           "never creates or changes another project's resources: create it there (and grant this "
+                           "platform access), or fix the reference"), **common)
 
 
 def _job_consequence(job: Resource, action: Action) -> str:
@@ -294,6 +428,39 @@ def field_diffs(key: str, before: Any, after: Any, forces_replacement: bool = Fa
     return [FieldDiff(key, before, after, forces_replacement)]
 
 
+def declared_part(live: Any, desired: Any) -> Any:
+    """``live`` restricted to the keys ``desired`` declares, recursively (for `PARTIAL_FIELDS`)."""
+    if not isinstance(live, dict) or not isinstance(desired, dict):
+        return live
+    return {key: declared_part(value, desired[key]) for key, value in live.items() if key in desired}
+
+
+def forces_replacement(path: str, before: Any, after: Any, immutable: frozenset[str]) -> bool:
+    """Whether a difference at ``path`` (``time_partitioning.field``, or a whole ``time_partitioning``
+    that appears or goes) touches an immutable path.
+
+    ``immutable`` holds spec keys or dotted paths into them. A difference at or under an immutable
+    path forces a replacement; a difference at a coarser path (a whole settings object) does
+    when the values at the immutable path differ within it.
+    """
+    for entry in immutable:
+        if path == entry or path.startswith((entry + ".", entry + "[")):
+            return True
+        if entry.startswith(path + "."):
+            rest = entry[len(path) + 1:].split(".")
+            if _dig(before, rest) != _dig(after, rest):
+                return True
+    return False
+
+
+def _dig(value: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
 def _missing(value: Any) -> Any:
     return None if type(value).__name__ == "NotPresent" else value
 
@@ -313,19 +480,23 @@ def _schema_diff(live: list, desired: list, evolution: str | None) -> tuple[list
     return diffs, [], notes
 
 
-def _destroy_block(resource: Resource, options: PlanOptions, verb: str) -> str | None:
-    """Why a delete/replace of ``resource`` must not run, or None when it may."""
+def _destroy_block(resource: Resource, options: PlanOptions, verb: str, live: Resource | None = None) -> str | None:
+    """Why a delete/replace of ``resource`` must not run, or None when it may. What the live
+    resource would lose is quoted when its provider observed it (`WOULD_LOSE`)."""
     if not resource.holds_data:
         return None
+    lost = live.status.get(WOULD_LOSE) if live is not None else None
+    what = f" ({lost})" if lost else ""
     if not options.allow_destroy:
-        return f"{verb} would destroy the data this {resource.kind} holds; rerun with --allow-destroy to permit it"
+        return (f"{verb} would destroy the data this {resource.kind} holds{what}; "
+                "rerun with --allow-destroy to permit it")
     if resource.deletion_protection:
-        return f"{verb} refused: deletion_protection is true for this {resource.kind}; set it to false first"
+        return f"{verb} refused: deletion_protection is true for this {resource.kind}{what}; set it to false first"
     return None
 
 
 def _orphan(live: Resource, options: PlanOptions) -> Change:
-    common = {"address": live.address, "kind": live.kind, "name": live.name, "desired": None, "live": live}
+    common = _common(live, live, None)
     if not options.prune:
         return Change(action=Action.NOOP, reason="no longer declared; kept (use --prune to delete)", **common)
     if live.kind == Kind.DATAFLOW_JOB:
@@ -335,7 +506,7 @@ def _orphan(live: Resource, options: PlanOptions) -> Change:
     protected = live.labels.get(PROTECTED_KEY, "true") != "false"
     probe = Resource(live.kind, live.name, deletion_protection=protected)
     return Change(action=Action.DELETE, reason="no longer declared (pruning)",
-                  blocked=_destroy_block(probe, options, "delete"), **common)
+                  blocked=_destroy_block(probe, options, "delete", live), **common)
 
 
 # --------------------------------------------------------------------------- whole plan
@@ -347,6 +518,36 @@ def _order(changes: list[Change]) -> list[Change]:
     forward = sorted((c for c in changes if c.action != Action.DELETE), key=lambda c: (rank[c.kind], c.address))
     deletes = sorted((c for c in changes if c.action == Action.DELETE), key=lambda c: (-rank[c.kind], c.address))
     return forward + deletes
+
+
+def _block_dependents(changes: list[Change]) -> list[Change]:
+    """Block every change that depends (transitively) on a blocked change, naming the one it waits
+    for: a job must not start writing a column whose table change is blocked, a subscription must
+    not be created on a topic that cannot be read."""
+    blocked = {c.address: c for c in changes if c.blocked}
+    result = list(changes)
+    progress = True
+    while progress:  # dependencies come first in a plan's order, so this settles in one or two passes
+        progress = False
+        for i, change in enumerate(result):
+            if change.blocked or change.desired is None or change.action in (Action.NOOP, Action.DELETE):
+                continue
+            culprits = tuple(dep for dep in change.depends_on if dep in blocked)
+            if not culprits:
+                continue
+            first = blocked[culprits[0]]
+            cause = first.blocked if not first.blocked_by else f"it waits for {', '.join(first.blocked_by)}"
+            change = dataclasses.replace(
+                change, blocked_by=culprits,
+                blocked=f"depends on {first.address}, whose {first.action} is blocked ({_brief(cause)})")
+            result[i] = change
+            blocked[change.address] = change
+            progress = True
+    return result
+
+
+def _brief(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _refusal(changes: list[Change], live: Mapping[str, Resource], declared_sources: int | None,

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reconciler.plan import Action, Change, Plan
+from reconciler.plan import Action, Change, Plan, owner_of
 
-MARKERS = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.DELETE: "-"}
+# Terraform's markers; "<=" is its read, "=>" an import (taking over an existing resource).
+MARKERS = {Action.CREATE: "+", Action.UPDATE: "~", Action.REPLACE: "-/+", Action.DELETE: "-", Action.IMPORT: "=>",
+           Action.READ: "<="}
 
 
 def render(plan: Plan, fmt: str) -> str:
@@ -37,6 +39,8 @@ def summary_line(plan: Plan) -> str:
     else:
         line = (f"Plan: {counts['create']} to create, {counts['update']} to update, "
                 f"{counts['replace']} to replace, {counts['delete']} to delete.")
+        if counts["import"]:
+            line = line.replace("Plan: ", f"Plan: {counts['import']} to import, ", 1)
     extras = []
     if counts["blocked"]:
         extras.append(f"{counts['blocked']} blocked")
@@ -67,7 +71,12 @@ def _text_change(change: Change) -> list[str]:
         return [f"  = {change.address}  (kept: {change.reason})"]
     head = f"{MARKERS[change.action]:>3} {change.address}"
     if change.action == Action.REPLACE:
-        head += f"  (forces replacement: {', '.join(change.replace_paths)})"
+        head += (f"  (forces replacement: {', '.join(change.replace_paths)})" if change.replace_paths
+                 else f"  ({change.reason.split(':', 1)[0]})")
+    elif change.action == Action.IMPORT:
+        head += f"  (import: exists, {owner_of(change.live)})"
+    elif change.action == Action.READ:
+        head += "  (read: another project's, never managed here)"
     lines = [head]
     if change.blocked:
         lines.append(f"      ! BLOCKED: {change.blocked}")
@@ -80,13 +89,13 @@ def _text_change(change: Change) -> list[str]:
                 lines.append(f"      pipeline = {_pipeline_summary(value)}")
             else:
                 lines.append(f"      {key} = {_value(value)}")
-    elif change.action == Action.DELETE:
+    elif change.action in (Action.DELETE, Action.READ):
         lines.append(f"      # {change.reason}")
     else:
         for diff in change.diff:
             suffix = "  # forces replacement" if diff.forces_replacement else ""
             lines.append(f"      {diff.path}: {_value(diff.before)} → {_value(diff.after)}{suffix}")
-        if change.reason and change.kind in ("bigquery_table", "dataflow_job"):
+        if change.reason and (change.kind in ("bigquery_table", "dataflow_job") or not change.diff):
             lines.append(f"      # {change.reason}")
     return lines
 
@@ -121,9 +130,9 @@ def render_markdown(plan: Plan) -> str:
     if plan.refused:
         out += [f"> [!CAUTION]\n> **Plan refused:** {plan.refused}", ""]
     out += [
-        "| create | update | replace | delete | blocked | kept |",
-        "|---:|---:|---:|---:|---:|---:|",
-        f"| {counts['create']} | {counts['update']} | {counts['replace']} | {counts['delete']} "
+        "| import | create | update | replace | delete | blocked | kept |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {counts['import']} | {counts['create']} | {counts['update']} | {counts['replace']} | {counts['delete']} "
         f"| {counts['blocked']} | {counts['kept']} |",
         "",
     ]
@@ -145,5 +154,6 @@ def render_markdown(plan: Plan) -> str:
 def _diff_lines(change: Change) -> list[str]:
     # The ```diff fence colours lines by their first character: + green, - red, ! orange.
     head, *details = _text_change(change)
-    first = {Action.CREATE: "+", Action.DELETE: "-", Action.REPLACE: "!", Action.UPDATE: "!"}.get(change.action, " ")
+    first = {Action.CREATE: "+", Action.DELETE: "-", Action.REPLACE: "!", Action.UPDATE: "!",
+             Action.IMPORT: "!"}.get(change.action, " ")
     return [f"{first} {head[4:]}  [{change.action}]", *details]

@@ -18,6 +18,35 @@ and JSON output are trivial to produce. Canonical shapes per kind are documented
 A provider that cannot read a field back from the service in full (a Dataflow job's parameters,
 say) may report it as a *digest*, ``{"$digest": "<hex>"}`` (see `digest_of`): the planner then
 compares the digest of the desired value instead of the value itself.
+
+What is compared (`reconciler.plan`): the spec keys the desired side declares, and nothing else.
+Inside a `PARTIAL_FIELDS` value (a settings object such as a table's ``time_partitioning``) only
+the sub-keys the desired side declares are compared too: a partition expiration set by someone
+else is not a difference while the desired state does not declare one. Immutability is per
+path (``time_partitioning.type``), so a mutable sub-setting never forces a replacement.
+
+Data-holding resources and the destroy gate (a stable mechanism; other kinds plug into it)
+------------------------------------------------------------------------------------------
+`DATA_KINDS` is the declarative set of kinds whose resources hold data or whose loss costs
+data (a subscription's backlog, a topic's retained messages and its publishers' target, a
+table's rows, a bucket's objects). A delete or replacement of one is *gated*: the plan shows it
+``blocked`` unless ``--allow-destroy`` is given **and** the resource's ``deletion_protection``
+is false (recorded as the `PROTECTED_KEY` label, so it still counts once undeclared). To gate a
+new kind, add it to `DATA_KINDS` (one line); compile then labels it and the planner gates it.
+
+What would be lost is reported by the provider that can see it: a live `Resource.status` may
+carry `WOULD_LOSE`, a short phrase ("5 unacked messages", "12,000 rows") that the blocked reason
+quotes. Providers report it through the optional `providers.base.LossReporter` ability, which
+the engine asks only for the data-holding resources a plan deletes or replaces (no cost on a
+plan without such changes); without it, the plan says the gate's reason alone.
+
+`Resource.status` holds other observed facts beside the spec, never diffed and never sent:
+`LEAVING` marks a live resource on its way out (a draining Dataflow job): a plan replaces it,
+and apply waits until it has gone before creating its successor.
+
+`Resource.external` marks a desired resource that lives elsewhere (another project's topic,
+named in full): it is never created, changed or deleted; the engine reads it
+(`providers.base.Reader`) to check that it exists, and a missing one blocks what depends on it.
 """
 
 from __future__ import annotations
@@ -42,10 +71,27 @@ class Kind(StrEnum):
     STORAGE_TRANSFER_JOB = "storage_transfer_job"  # issue 10: cloud_transfer sources
 
 
-# Kinds whose resources hold data: never deleted or replaced without --allow-destroy, and never
-# when the resource has deletion_protection (the default). A Dataflow job holds none (what it is
-# processing stays in its subscription until acked), but its removal drains rather than cancels.
-DATA_KINDS = frozenset({Kind.STORAGE_BUCKET, Kind.BIGQUERY_DATASET, Kind.BIGQUERY_TABLE})
+# Kinds whose resources hold data (see "Data-holding resources" above): never deleted or
+# replaced without --allow-destroy, and never when the resource has deletion_protection (the
+# default). To gate another kind, add it here. A Dataflow job holds none (what it is processing
+# stays in its subscription until acked), but its removal drains rather than cancels.
+DATA_KINDS = frozenset({
+    Kind.STORAGE_BUCKET,
+    Kind.BIGQUERY_DATASET,
+    Kind.BIGQUERY_TABLE,
+    Kind.PUBSUB_SUBSCRIPTION,  # its backlog (and retained acked messages)
+    Kind.PUBSUB_TOPIC,  # its retained messages; the target its publishers send to
+})
+
+# Per kind, spec keys whose value is a settings object compared only on the sub-keys the desired
+# side declares (see the module docstring). Every other value is compared whole.
+PARTIAL_FIELDS: dict[Kind, frozenset[str]] = {
+    Kind.BIGQUERY_TABLE: frozenset({"time_partitioning"}),
+}
+
+# Keys of `Resource.status` (observed facts beside the spec; see the module docstring).
+WOULD_LOSE = "would_lose"  # str: what deleting or replacing this resource would destroy, as observed
+LEAVING = "leaving"  # str: the resource is on its way out (e.g. "draining"); its name frees up after
 
 # Labels every managed resource carries. Observe filters on MANAGED_BY_KEY.
 # Resources that hold data also carry PROTECTED_KEY, so that a resource which is no longer
@@ -167,6 +213,11 @@ class Resource:
     # Desired side only: headwater's own settings for this resource, never sent to GCP
     # (e.g. {"schema_evolution": "backward_compatible"} for tables).
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Desired side only: a resource of another project that this platform references by its full
+    # name; never created, changed or deleted here, only read (see the module docstring).
+    external: bool = False
+    # Live side only: observed facts beside the spec (`WOULD_LOSE`, `LEAVING`); never diffed or sent.
+    status: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -178,7 +229,12 @@ class Resource:
 
     @property
     def holds_data(self) -> bool:
-        return self.kind in DATA_KINDS
+        return self.kind in DATA_KINDS and not self.external
+
+    @property
+    def managed(self) -> bool:
+        """Carries ``managed-by=headwater`` (of any platform)."""
+        return is_managed(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -189,7 +245,12 @@ class Resource:
             "labels": dict(sorted(self.labels.items())),
             "depends_on": list(self.depends_on),
             "deletion_protection": self.deletion_protection,
+            **({"external": True} if self.external else {}),
         }
+
+
+def is_managed(labels: Mapping[str, str] | None) -> bool:
+    return (labels or {}).get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
 
 
 def address(kind: Kind | str, name: str) -> str:

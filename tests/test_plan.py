@@ -11,9 +11,10 @@ from reconciler.resources import Kind, Resource, digest_of
 
 LABELS = {"managed-by": "headwater", "headwater-platform": "dev"}
 IMMUTABLE = {
+    Kind.CLOUD_RUN_SERVICE: frozenset({"image"}),  # not so on Cloud Run: a stand-in for any immutable field
     Kind.PUBSUB_SUBSCRIPTION: frozenset({"topic"}),
     Kind.STORAGE_BUCKET: frozenset({"location"}),
-    Kind.BIGQUERY_TABLE: frozenset({"time_partitioning"}),
+    Kind.BIGQUERY_TABLE: frozenset({"time_partitioning.type", "time_partitioning.field"}),
     Kind.DATAFLOW_JOB: frozenset({"template", "streaming"}),
 }
 
@@ -37,6 +38,8 @@ STREAM_JOB = Resource(Kind.DATAFLOW_JOB, "clicks-ingest",
                        "parameters": {"input_subscription": "projects/p/subscriptions/clicks-ingest"},
                        "pipeline": PIPELINE},
                       {**LABELS, "headwater-source": "clicks"})
+SERVICE = Resource(Kind.CLOUD_RUN_SERVICE, "payments-connector", {"image": "img:1", "min_instances": 1},
+                   {**LABELS, "headwater-source": "payments"})
 BATCH_JOB = Resource(Kind.DATAFLOW_JOB, "orders-ingest",
                      {"template": "gcs_to_bigquery", "streaming": False, "schedule": "0 3 * * *",
                       "parameters": {"input_pattern": "gs://landing/orders/"}, "pipeline": PIPELINE},
@@ -77,7 +80,10 @@ CASES = [
      ["labels.headwater-source"]),
     ("extra-live-label-is-ignored", [SUB], [replace(live(SUB), labels={**SUB.labels, "owner": "x"})], {},
      Action.NOOP, False, []),
-    ("immutable-field-forces-replace", [SUB], [live(SUB, topic="other")], {}, Action.REPLACE, False, ["topic"]),
+    ("immutable-field-forces-replace", [SERVICE], [live(SERVICE, image="other")], {}, Action.REPLACE, False,
+     ["image"]),
+    ("subscription-replace-is-gated-like-a-table", [SUB], [live(SUB, topic="other")], {}, Action.REPLACE, True,
+     ["topic"]),
     ("bucket-replace-blocked-without-allow-destroy", [BUCKET], [live(BUCKET, location="US")], {},
      Action.REPLACE, True, ["location"]),
     ("bucket-replace-blocked-by-deletion-protection", [BUCKET], [live(BUCKET, location="US")],
@@ -85,8 +91,10 @@ CASES = [
     ("unprotected-bucket-replace-allowed", [replace(BUCKET, deletion_protection=False)],
      [live(BUCKET, location="US")], {"allow_destroy": True}, Action.REPLACE, False, ["location"]),
     ("orphan-kept-without-prune", [TOPIC], [live(TOPIC), live(SUB)], {}, Action.NOOP, False, []),
-    ("orphan-deleted-with-prune", [TOPIC], [live(TOPIC), live(SUB)], {"prune": True, "max_delete_fraction": 1},
+    ("orphan-deleted-with-prune", [TOPIC], [live(TOPIC), live(SERVICE)], {"prune": True, "max_delete_fraction": 1},
      Action.DELETE, False, []),
+    ("orphan-subscription-delete-is-gated", [TOPIC], [live(TOPIC), live(SUB)],
+     {"prune": True, "max_delete_fraction": 1}, Action.DELETE, True, []),
     ("orphan-table-blocked-without-allow-destroy", [TOPIC], [live(TOPIC), live(TABLE)],
      {"prune": True, "max_delete_fraction": 1}, Action.DELETE, True, []),
     ("orphan-protected-table-blocked-with-allow-destroy", [TOPIC], [live(TOPIC), live(TABLE)],
@@ -185,7 +193,7 @@ def test_empty_desired_state_is_refused_even_without_prune():
 
 
 def test_too_many_deletes_are_refused():
-    topics = [Resource(Kind.PUBSUB_TOPIC, f"t{i}", {}, LABELS) for i in range(10)]
+    topics = [Resource(Kind.STORAGE_NOTIFICATION, f"b/t{i}", {}, LABELS) for i in range(10)]
     plan = reconcile(topics[:7], topics, IMMUTABLE, PlanOptions(prune=True, max_delete_fraction=0.2))
     assert plan.refused and "deletes 3 of 10" in plan.refused
     assert plan.actionable == []

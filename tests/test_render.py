@@ -50,7 +50,8 @@ def test_json_output_parses_and_is_versioned():
         "bigquery_table.silver.legacy": "delete",
     }
     blocked = {c["address"] for c in doc["changes"] if c["blocked"]}
-    assert blocked == {"storage_bucket.bronze-demo", "bigquery_table.silver.legacy"}
+    # A subscription holds data (its backlog): its deletion is gated like the table's.
+    assert blocked == {"storage_bucket.bronze-demo", "bigquery_table.silver.legacy", "pubsub_subscription.legacy-ingest"}
 
 
 def test_no_changes_summary():

@@ -291,10 +291,12 @@ def test_alert_payload_is_slack_compatible():
 
 
 def _res(kind: Kind, name: str, source: str | None = None, **spec) -> Resource:
-    labels = {"managed-by": "headwater", "headwater-platform": "dev"}
+    # Unprotected, and the plans below --allow-destroy: topics and subscriptions hold data, so
+    # their replacement and deletion are gated like a table's (reconciler.resources.DATA_KINDS).
+    labels = {"managed-by": "headwater", "headwater-platform": "dev", "headwater-deletion-protection": "false"}
     if source:
         labels[SOURCE_KEY] = source
-    return Resource(kind, name, spec, labels)
+    return Resource(kind, name, spec, labels, deletion_protection=False)
 
 
 def test_heal_plan_keeps_updates_and_creates_only():
@@ -312,7 +314,8 @@ def test_heal_plan_keeps_updates_and_creates_only():
         _res(Kind.PUBSUB_TOPIC, "gone", "c"),  # orphan: delete when pruning
     ]
     desired.append(_res(Kind.DATAFLOW_JOB, "a-ingest", "a", streaming=False))  # e.g. a finished batch run
-    plan = reconcile(desired, live, provider.immutable_fields, PlanOptions(prune=True, max_delete_fraction=1.0))
+    plan = reconcile(desired, live, provider.immutable_fields,
+                     PlanOptions(prune=True, max_delete_fraction=1.0, allow_destroy=True))
     actions = {c.address: c.action for c in plan.actionable}
     assert actions == {"pubsub_topic.a": Action.CREATE, "pubsub_subscription.a-ingest": Action.UPDATE,
                        "pubsub_subscription.a-moved": Action.REPLACE,
@@ -329,7 +332,7 @@ def test_heal_plan_keeps_updates_and_creates_only():
 def test_filters_keep_the_cores_refusal():
     desired = [_res(Kind.PUBSUB_TOPIC, "a", "a")]
     live = [_res(Kind.PUBSUB_TOPIC, f"t{i}", f"s{i}") for i in range(5)]
-    plan = reconcile(desired, live, {}, PlanOptions(prune=True, max_delete_fraction=0.2))
+    plan = reconcile(desired, live, {}, PlanOptions(prune=True, max_delete_fraction=0.2, allow_destroy=True))
     assert plan.refused
     assert heal_plan(plan, set()).refused == plan.refused and heal_plan(plan, set()).actionable == []
     assert without_sources(plan, {"x"}).actionable == []
