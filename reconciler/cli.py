@@ -26,12 +26,12 @@ import os
 import sys
 from pathlib import Path
 
-from providers.errors import ProviderError
+from providers.errors import ProviderError, TemporaryError, translate
 from reconciler import local
 from reconciler.apply import FAILED, SKIPPED, ApplyResult, Outcome
 from reconciler.compile import compile_resources
 from reconciler.engine import Engine, drift_of, plan_options
-from reconciler.load import DesiredState, InvalidDesiredState, load_repo
+from reconciler.load import DesiredState, InvalidDesiredState, RepoNotFound, load_repo
 from reconciler.plan import Plan
 from reconciler.render import render, render_text, summary_line
 from reconciler.resources import Kind
@@ -51,16 +51,55 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         _err(f"error: {exc}")
         return EXIT_ERROR
+    except RepoNotFound as exc:
+        _err(f"error: {exc.problems[0]}")
+        return EXIT_ERROR
     except InvalidDesiredState as exc:
         _report_invalid(exc)
         return EXIT_ERROR
-    except (local.LocalSetupError, ProviderError) as exc:
-        # A provider error already says which call failed and why (never a request body).
+    except local.LocalSetupError as exc:
         _err(f"error: {exc}")
+        return EXIT_ERROR
+    except ProviderError as exc:
+        # A provider error already says which call failed and why (never a request body).
+        _err(f"error: {exc}{_endpoint_hint(exc)}")
         return EXIT_ERROR
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except Exception as exc:
+        # A Google client built outside the providers' error mapping (e.g. missing credentials
+        # found while a client is created): the same one line as any provider error.
+        if not _from_google(exc):
+            raise
+        error = translate(exc, "Google Cloud")
+        _err(f"error: {error}{_endpoint_hint(error, exc)}")
+        return EXIT_ERROR
+
+
+def _from_google(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("google.auth", "google.api_core", "google.cloud", "grpc", "requests", "urllib3"))
+
+
+def _endpoint_hint(error: ProviderError, original: BaseException | None = None) -> str:
+    """How to reach an endpoint, when the error says headwater could not: the local emulators."""
+    from providers import EMULATOR_VARS
+
+    cause = original or error.__cause__
+    emulators = [f"{name}={os.environ[name]}" for name in EMULATOR_VARS if os.environ.get(name)]
+    if emulators:
+        if isinstance(error, TemporaryError):
+            return (f" (the local emulators at {', '.join(emulators)} do not answer: start them with "
+                    'eval "$(headwater local up)", or unset those variables to use Google Cloud)')
+        return ""
+    text = str(error).lower()
+    auth = "credentials" in text or type(cause).__module__.startswith("google.auth") or \
+        type(cause).__name__ in ("Unauthenticated", "Unauthorized")
+    if auth or isinstance(error, TemporaryError):
+        return (" (to use Google Cloud: gcloud auth application-default login; to try headwater without a "
+                'cloud account, on the local emulators: eval "$(headwater local up)", then run this again)')
+    return ""
 
 
 # --------------------------------------------------------------------------- commands
@@ -268,9 +307,23 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _paragraphs(text: str, width: int = 88) -> str:
+    """Wrap each line of a description to ``width``; indented lines (commands to copy) stay as written."""
+    import textwrap
+
+    return "\n".join(line if line.startswith(" ") or not line else textwrap.fill(line, width)
+                     for line in text.split("\n"))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headwater", description="GitOps for a Google Cloud data platform.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="headwater", description="GitOps for a Google Cloud data platform.",
+                                     allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str, subparsers=commands) -> argparse.ArgumentParser:
+        # allow_abbrev=False: `--rep` is an error, not `--repo` (a typo must not pick an option).
+        return subparsers.add_parser(name, help=summary, description=_paragraphs(description), allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def with_repo(p: argparse.ArgumentParser, default: str = ".") -> argparse.ArgumentParser:
         p.add_argument("--repo", type=Path, default=Path(default), help=f"desired-state directory (default {default})")
@@ -287,33 +340,62 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-destroy", action="store_true",
                        help="permit deleting or replacing buckets, datasets and tables without deletion_protection")
 
-    p = with_repo(commands.add_parser("validate", help="check the desired state; no API calls"))
+    endpoints = ("Endpoints: with PUBSUB_EMULATOR_HOST, STORAGE_EMULATOR_HOST and BIGQUERY_EMULATOR_HOST set "
+                 '(eval "$(headwater local up)" sets them) headwater talks to the local emulators; without them, '
+                 "to Google Cloud with Application Default Credentials.")
+
+    p = with_repo(command("validate", "check the desired state; no API calls",
+                          "Read and validate the desired-state repo: every problem of every file, each as "
+                          "file:line:col: field: message. No API call is made.\nExit 0 valid, 1 invalid."))
     p.set_defaults(handler=cmd_validate)
 
-    p = with_repo(commands.add_parser("plan", help="show what apply would change"))
-    p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    p = with_repo(command("plan", "show what apply would change",
+                          "Validate, observe live state and print the plan: what apply would create, update, "
+                          "replace or delete, with blocked changes and why. Changes nothing.\n"
+                          f"Exit 0 no changes, 2 changes, 1 error or plan refused.\n\n{endpoints}"))
+    p.add_argument("--format", choices=("text", "json", "markdown"), default="text",
+                   help="text for people (default), json for tools (stable, versioned), markdown for a "
+                        "pull-request comment")
     p.add_argument("--base", metavar="REF",
                    help="pull-request dry run: first summarize what the desired state changed since REF")
     with_safety(p)
     with_runner(p)
     p.set_defaults(handler=cmd_plan)
 
-    p = with_repo(commands.add_parser("apply", help="plan, confirm, and converge live state"))
+    p = with_repo(command("apply", "plan, confirm, and converge live state",
+                          "Plan, ask for confirmation (only 'yes' is accepted; --auto-approve skips it), then "
+                          "apply the changes in dependency order. Blocked changes are never applied.\n"
+                          f"Exit 0 converged, 1 failed, blocked changes left, refused or cancelled.\n\n{endpoints}"))
     p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     with_safety(p)
     with_runner(p)
     p.set_defaults(handler=cmd_apply)
 
-    p = with_repo(commands.add_parser("drift", help="compare live state with the desired state"))
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p = with_repo(command("drift", "compare live state with the desired state",
+                          "Report the declared resources whose live state differs from the desired state (changed "
+                          "by hand, or missing). Changes nothing.\nExit 0 no drift, 2 drift, 1 error.\n\n"
+                          f"{endpoints}"))
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text for people (default), json for tools")
     with_runner(p)
     p.set_defaults(handler=cmd_drift)
 
-    local_parser = commands.add_parser("local", help="local emulators")
-    local_commands = local_parser.add_subparsers(dest="local_command", required=True)
-    for name, handler in (("up", cmd_local_up), ("down", cmd_local_down)):
-        p = local_commands.add_parser(name)
-        p.add_argument("--state-dir", type=Path, default=_default_state_dir())
+    local_parser = command("local", "local emulators for your own experiments",
+                           "Start or stop the Pub/Sub, Cloud Storage and BigQuery emulators on free loopback ports.")
+    local_commands = local_parser.add_subparsers(dest="local_command", required=True, metavar="up|down")
+    for name, handler, summary, description in (
+        ("up", cmd_local_up, "start the emulators; prints the variables to export",
+         "Start the three emulators (state under --state-dir) and print the environment variables that point "
+         "headwater and the Google client libraries at them, as export lines. Run it through eval, so that "
+         "your shell gets them:\n\n"
+         '    eval "$(headwater local up)"\n\n'
+         "then validate, plan and apply as usual; `headwater local down` stops everything."),
+        ("down", cmd_local_down, "stop the emulators, local jobs, connectors and file watchers",
+         "Stop the local Dataflow jobs, connectors and file watchers first, then the emulators."),
+    ):
+        p = command(name, summary, description, local_commands)
+        p.add_argument("--state-dir", type=Path, default=_default_state_dir(),
+                       help="where the emulators keep their state (default $HEADWATER_STATE_DIR or .headwater)")
         p.add_argument("--project", default="headwater-local", help="default project of the BigQuery emulator")
         p.set_defaults(handler=handler)
 
@@ -321,8 +403,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(commands)
 
-    p = with_repo(commands.add_parser("demo", help="run the example platform on the local emulators"), "desired_state")
-    p.add_argument("--state-dir", type=Path, default=_default_state_dir())
+    p = with_repo(command("demo", "run the example platform on the local emulators",
+                          "Start the emulators, validate, plan and apply the example platform, plan again "
+                          "(expecting no changes), move the sample data through the jobs and print the counts, "
+                          "then stop everything (about 20 s)."), "desired_state")
+    p.add_argument("--state-dir", type=Path, default=_default_state_dir(),
+                   help="where the emulators and local jobs keep their state (default $HEADWATER_STATE_DIR or .headwater)")
     p.add_argument("--keep", action="store_true", help="leave the emulators running afterwards")
     p.set_defaults(handler=cmd_demo)
     return parser

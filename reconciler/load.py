@@ -7,13 +7,20 @@ always happens before the first API call.
 
 Checks that fit in one file are the pydantic models' (`reconciler.config`); this module adds
 those that need several files: duplicate ``source_id``, file name vs ``source_id``, the schema
-file (missing, outside the repo, different ``source_id``), and every field that processing,
-partitioning or clustering names but the schema lacks.
+file (missing, outside the repo, different ``source_id``), every field that processing,
+partitioning or clustering names but the schema lacks, and BigQuery's limits on the tables a
+schema becomes (columns, nesting). One problem never hides another: every file is checked,
+and a file with a problem is still checked as far as it can be.
+
+Every file is read through `reconciler.yamlsrc`: it must be a regular file that resolves
+inside the repository (``within``, by default the desired-state directory itself; the daemon
+passes the root of its checkout), read with a byte bound.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from collections.abc import Iterable
@@ -47,6 +54,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.field}: " if self.field else ""
+        if self.line == 0:  # about a path, not a position in a file
+            return f"{self.file}: {where}{self.message}"
         return f"{self.file}:{self.line}:{self.column}: {where}{self.message}"
 
 
@@ -54,6 +63,10 @@ class InvalidDesiredState(Exception):
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = sorted(set(problems))
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class RepoNotFound(InvalidDesiredState):
+    """The desired-state directory itself is missing or not a directory (one problem, no position)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,7 @@ class DesiredState:
 @dataclass
 class _Collector:
     root: Path
+    within: Path | None = None  # files must resolve inside this directory (default: root)
     problems: list[Problem] = field(default_factory=list)
 
     def add(self, file: str, position: tuple[int, int], field_path: str, message: str) -> None:
@@ -108,7 +122,7 @@ class _Collector:
         """
         rel = self.rel(path)
         try:
-            data, source_map = loader(path)
+            data, source_map = loader(path, self.within or self.root)
         except LoadError as exc:
             self.add(rel, (exc.line, exc.column), "", exc.message)
             return None
@@ -140,13 +154,26 @@ class _Collector:
             return str(path)
 
 
-def load_repo(root: Path | str) -> DesiredState:
-    """Read and validate the desired state under ``root``; raise `InvalidDesiredState` on any problem."""
-    root = Path(root).resolve()
-    collector = _Collector(root)
+def load_repo(root: Path | str, within: Path | str | None = None) -> DesiredState:
+    """Read and validate the desired state under ``root``; raise `InvalidDesiredState` on any problem.
+
+    ``within``: the directory every file read must resolve inside (default ``root``); the daemon
+    passes its checkout's root when the desired state is a subdirectory of the repository.
+    """
+    given = Path(root)
+    if not given.is_dir():
+        what = "is a file, not a directory" if given.exists() else "does not exist"
+        raise RepoNotFound([Problem(str(given), 0, 0, "", f"the desired-state directory {what}; --repo names a "
+                                    f"directory with {PLATFORM_FILE} and connectors/ at its root")])
+    root = given.resolve()
+    boundary = Path(within).resolve() if within is not None else root
+    if not root.is_relative_to(boundary):
+        raise RepoNotFound([Problem(str(given), 0, 0, "", "the desired-state directory resolves outside the "
+                                    "repository (a symbolic link?); headwater reads only files inside it")])
+    collector = _Collector(root, boundary)
     platform = None
     platform_path = root / PLATFORM_FILE
-    if not platform_path.is_file():
+    if not os.path.lexists(platform_path):
         collector.add(PLATFORM_FILE, (1, 1), "", f"missing: a desired-state repo needs {PLATFORM_FILE} at its root")
     else:
         loaded = collector.load(platform_path, load_yaml, Platform)
@@ -170,17 +197,21 @@ def load_repo(root: Path | str) -> DesiredState:
             collector.add(rel, where, "source_id",
                           f"source_id {connector.source_id!r} does not match the file name {path.name!r} "
                           f"(expected connectors/{connector.source_id}.yaml)")
-        if connector.source_id in seen:
+        duplicate = connector.source_id in seen
+        if duplicate:
             collector.add(rel, where, "source_id",
                           f"duplicate source_id {connector.source_id!r}: also declared in {seen[connector.source_id]}")
-            continue
-        seen[connector.source_id] = rel
-        _check_ingestion(collector, connector, platform, rel, source_map, webhook_paths)
+        else:
+            seen[connector.source_id] = rel
+            _check_ingestion(collector, connector, platform, rel, source_map, webhook_paths)
+        # Checked even when something above is wrong: one problem must not hide the others.
         schema_result = _load_schema(collector, connector, rel, source_map)
         if schema_result:
-            schema, schema_rel = schema_result
+            schema, schema_rel, schema_map = schema_result
             _check_fields(collector, connector, schema, rel, source_map)
-            sources.append(Source(connector, schema, rel, schema_rel, _secret_refs(connector, rel, source_map)))
+            _check_table_limits(collector, schema, schema_rel, schema_map)
+            if not duplicate:
+                sources.append(Source(connector, schema, rel, schema_rel, _secret_refs(connector, rel, source_map)))
 
     if collector.problems or platform is None:
         raise InvalidDesiredState(collector.problems)
@@ -198,14 +229,19 @@ def git_revision(root: Path) -> str | None:
 
 
 def _load_schema(collector: _Collector, connector: Connector, rel: str, source_map: SourceMap):
+    """The connector's schema, its file and source map; None (reported) when it cannot be read.
+
+    A schema whose ``source_id`` differs is reported and still returned, so that the
+    connector's fields are checked against it too."""
     where = source_map.find(("schema", "file"))
     relative = connector.schema_.file
-    path = (collector.root / relative).resolve()
+    # Lexically inside the desired-state directory; symbolic links are the reader's to check.
+    path = Path(os.path.normpath(collector.root / relative))
     if Path(relative).is_absolute() or not path.is_relative_to(collector.root):
         collector.add(rel, where, "schema.file", f"{relative!r} points outside the repository; "
                       "schema files must live inside it (e.g. schemas/<source_id>.json)")
         return None
-    if not path.is_file():
+    if not os.path.lexists(path):
         collector.add(rel, where, "schema.file", f"schema file {relative!r} does not exist")
         return None
     loaded = collector.load(path, load_json, SourceSchema)
@@ -216,8 +252,40 @@ def _load_schema(collector: _Collector, connector: Connector, rel: str, source_m
     if schema.source_id != connector.source_id:
         collector.add(schema_rel, schema_map.find(("source_id",)), "source_id",
                       f"schema source_id {schema.source_id!r} does not match connector {connector.source_id!r} ({rel})")
-        return None
-    return schema, schema_rel
+    return schema, schema_rel, schema_map
+
+
+# BigQuery's limits on a table's schema (https://cloud.google.com/bigquery/quotas#standard_tables):
+# 10,000 columns, nested and repeated ones included, and RECORD fields nested 15 levels deep.
+MAX_TABLE_COLUMNS = 10_000
+MAX_RECORD_DEPTH = 15
+
+
+def _check_table_limits(collector: _Collector, schema: SourceSchema, schema_rel: str, smap: SourceMap) -> None:
+    """The Silver table is the schema's fields plus headwater's metadata columns: both count."""
+    from reconciler.compile import INGESTION_METADATA
+
+    def walk(fields, loc: tuple, depth: int) -> int:
+        count = 0
+        for index, item in enumerate(fields):
+            count += 1
+            if item.fields:
+                if depth + 1 > MAX_RECORD_DEPTH:
+                    here = (*loc, index, "fields")
+                    collector.add(schema_rel, smap.find(here), _dotted(here),
+                                  f"RECORD {item.name!r} makes {depth + 1} levels of nested RECORDs; BigQuery allows "
+                                  f"{MAX_RECORD_DEPTH}")
+                    return count
+                count += walk(item.fields, (*loc, index, "fields"), depth + 1)
+        return count
+
+    columns = walk(schema.fields, ("fields",), 0)
+    own = len(INGESTION_METADATA)
+    if columns + own > MAX_TABLE_COLUMNS:
+        collector.add(schema_rel, smap.find(("fields",)), "fields",
+                      f"{columns} columns (nested ones included) plus headwater's {own} metadata columns "
+                      f"({', '.join(c['name'] for c in INGESTION_METADATA)}) make {columns + own}; a BigQuery "
+                      f"table allows {MAX_TABLE_COLUMNS}: at most {MAX_TABLE_COLUMNS - own} of its own")
 
 
 def _check_fields(collector: _Collector, connector: Connector, schema: SourceSchema, rel: str, smap: SourceMap):

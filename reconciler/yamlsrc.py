@@ -7,14 +7,23 @@ key and item, so that a pydantic error location like ``("ingestion", "schedule")
 
 Building the values ourselves also lets us refuse hostile input before it costs anything:
 
-* files over `MAX_FILE_BYTES` are rejected unread;
+* a file is read only if it is a regular file that resolves inside the repository (`within`):
+  a symbolic link out of it (``connectors/x.yaml -> /etc/passwd``), a FIFO, a device
+  (``/dev/zero``) or ``/proc`` entry is refused unread, and nothing blocks on opening it;
+* files over `MAX_FILE_BYTES` are rejected unread, and no read ever takes more than that many
+  bytes (a file that grows, or lies about its size, is cut off and refused);
 * alias expansion ("billion laughs") is bounded by `MAX_NODES` values built in total;
+* nesting is bounded by `MAX_DEPTH` (a 10,000-level JSON array is an error with a position,
+  not a ``RecursionError``), and a scalar that cannot be built (a 5,000-digit integer, a
+  timestamp in month 99) is an error with its position too;
 * only the safe loader's tags are accepted (no Python object construction, ever).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +31,9 @@ from typing import Any
 import yaml
 
 MAX_FILE_BYTES = 1024 * 1024
+# Levels of mappings and lists in one document. A schema nests two per RECORD level, and BigQuery
+# allows 15 RECORD levels; connectors and platform.yaml need fewer than 10.
+MAX_DEPTH = 64
 
 # libyaml's composer (same safe node tree, with marks) is about 15x faster than the pure-Python
 # one: validating a thousand connectors takes a fraction of a second instead of seconds.
@@ -59,25 +71,72 @@ class SourceMap:
         return self.positions.get((), (1, 1))
 
 
-def read_limited(path: Path) -> str:
-    """The text of ``path``; files over the size limit are refused without being read."""
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise LoadError(1, 1, f"file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit; not loaded")
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_limited(path: Path, within: Path | None = None) -> str:
+    """The text of ``path``, read with a byte bound; see the module docstring.
+
+    ``within``: the repository root the file must resolve inside (symbolic links included).
+    Anything else — outside, not a regular file, over the size limit, not UTF-8 — is a
+    `LoadError` and nothing is read.
+    """
+    from reconciler.naming import shown
+
+    if within is not None and not Path(os.path.realpath(path)).is_relative_to(within.resolve()):
+        how = f"a symbolic link to {shown(os.readlink(path))}" if path.is_symlink() else "behind a symbolic link"
+        raise LoadError(1, 1, f"is {how}, outside the repository; headwater reads only regular files inside it")
     try:
-        return path.read_text(encoding="utf-8")
+        resolved = path.resolve(strict=True)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise LoadError(1, 1, f"is a symbolic link to {shown(os.readlink(path))}, which does not exist") from None
+        raise LoadError(1, 1, "file does not exist") from None
+    except RuntimeError:  # a symbolic link loop
+        raise LoadError(1, 1, "is a symbolic link loop") from None
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the path was resolved.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LoadError(1, 1, f"cannot read file: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+            raise LoadError(1, 1, f"is {kind}, not a regular file; not read")
+        if info.st_size > MAX_FILE_BYTES:
+            raise LoadError(1, 1, f"file is {info.st_size} bytes, over the {MAX_FILE_BYTES}-byte limit; not loaded")
+        chunks, size = [], 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise LoadError(1, 1, f"file is over the {MAX_FILE_BYTES}-byte limit; not loaded")
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LoadError(1, 1, f"file is not valid UTF-8: {exc.reason}") from exc
 
 
-def load_yaml(path: Path) -> tuple[Any, SourceMap]:
+def load_yaml(path: Path, within: Path | None = None) -> tuple[Any, SourceMap]:
     """Parse one YAML document safely; returns the data and where each value sits."""
-    text = read_limited(path)
+    return _parse_yaml(read_limited(path, within))
+
+
+def _parse_yaml(text: str) -> tuple[Any, SourceMap]:
     try:
         node = yaml.compose(text, Loader=_COMPOSER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        if "maximum nesting depth" in str(exc.problem):  # libyaml's own bound (1,000 levels)
+            raise LoadError(line, col, f"nested more than {MAX_DEPTH} levels deep; not loaded") from None
         raise LoadError(line, col, f"invalid YAML: {exc.problem or exc.context}") from exc
     except yaml.YAMLError as exc:
         raise LoadError(1, 1, f"invalid YAML: {exc}") from exc
@@ -88,14 +147,20 @@ def load_yaml(path: Path) -> tuple[Any, SourceMap]:
     return builder.build(node, ()), source_map
 
 
-def load_json(path: Path) -> tuple[Any, SourceMap]:
+def load_json(path: Path, within: Path | None = None) -> tuple[Any, SourceMap]:
     """Parse a JSON file. JSON is YAML, so positions come from the same composer."""
-    text = read_limited(path)
+    text = read_limited(path, within)
     try:
         json.loads(text)  # strict JSON first: YAML would accept things JSON does not
     except json.JSONDecodeError as exc:
         raise LoadError(exc.lineno, exc.colno, f"invalid JSON: {exc.msg}") from exc
-    return load_yaml(path)
+    except RecursionError:
+        # Nested deeper than Python's stack: the composer below stops at MAX_DEPTH with a position.
+        _parse_yaml(text)
+        raise LoadError(1, 1, f"nested more than {MAX_DEPTH} levels deep; not loaded") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise LoadError(1, 1, f"invalid JSON: {' '.join(str(exc).split())[:200]}") from None
+    return _parse_yaml(text)
 
 
 _PLAIN_COLLECTIONS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
@@ -117,6 +182,9 @@ class _Builder:
                 f"document expands to more than {MAX_NODES} values (YAML aliases?); not loaded",
             )
         self.source_map.positions.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if len(loc) > MAX_DEPTH:
+            raise LoadError(node.start_mark.line + 1, node.start_mark.column + 1,
+                            f"nested more than {MAX_DEPTH} levels deep; not loaded")
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_COLLECTIONS:
             # e.g. !!python/object/apply on a sequence: never constructed, whatever the tag.
             raise LoadError(node.start_mark.line + 1, node.start_mark.column + 1, f"unsupported YAML tag {node.tag!r}")
@@ -157,3 +225,6 @@ class _Builder:
             raise LoadError(
                 node.start_mark.line + 1, node.start_mark.column + 1, f"unsupported YAML value: {exc.problem}"
             ) from exc
+        except (ValueError, OverflowError) as exc:  # a 5,000-digit integer, a timestamp in month 99...
+            raise LoadError(node.start_mark.line + 1, node.start_mark.column + 1,
+                            f"invalid {node.tag.rsplit(':', 1)[-1]} value: {' '.join(str(exc).split())[:120]}") from None

@@ -263,7 +263,7 @@ def test_positions_point_at_the_offending_line(repo):
 
 def test_the_example_repo_is_valid(capsys):
     assert cli.main(["validate", "--repo", "desired_state"]) == 0
-    assert "Valid: 4 sources" in capsys.readouterr().out
+    assert "Valid: 5 sources" in capsys.readouterr().out
 
 
 def test_validate_exits_1_on_invalid(repo, capsys):
@@ -278,19 +278,6 @@ def test_yaml_booleans_do_not_eat_keys(tmp_path):
     path.write_text("join: {on: customer_id}\nflag: on\n")
     data, _ = yamlsrc.load_yaml(path)
     assert data == {"join": {"on": "customer_id"}, "flag": True}
-
-
-def test_provider_errors_end_the_command_with_a_message_not_a_traceback(monkeypatch, capsys):
-    from providers.errors import PermanentError
-
-    class NoCredentials(MemoryProvider):
-        def observe(self, kind):
-            raise PermanentError("pubsub.list_topics: Your default credentials were not found.")
-
-    monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([NoCredentials()]))
-    assert cli.main(["plan", "--repo", "desired_state"]) == 1
-    err = capsys.readouterr().err
-    assert err.strip() == "error: pubsub.list_topics: Your default credentials were not found."
 
 
 class _Secrets:

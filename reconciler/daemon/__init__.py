@@ -31,9 +31,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register the daemon's subcommands (``run``) on the CLI's subparsers."""
     parser = commands.add_parser(
         "run", help="run the GitOps daemon: converge on every commit, watch drift, serve metrics",
-        description="Every flag has an environment twin HEADWATER_<FLAG> (e.g. HEADWATER_POLL_INTERVAL). "
+        description="Track a branch of the desired-state repository and converge on every new commit; watch "
+                    "for drift in between; serve /healthz, /readyz, /status, /metrics and the GitHub push "
+                    "/webhook (docs/daemon.md). "
+                    "Every flag has an environment twin HEADWATER_<FLAG> (e.g. HEADWATER_POLL_INTERVAL). "
                     "Secrets come only from the environment: HEADWATER_WEBHOOK_SECRET, HEADWATER_GIT_TOKEN "
                     "or HEADWATER_GIT_SSH_KEY (+ HEADWATER_GIT_KNOWN_HOSTS).",
+        allow_abbrev=False,
     )
     _settings.add_arguments(parser)
     _settings.apply_env_defaults(parser)

@@ -329,7 +329,8 @@ class Daemon:
         """Check ``sha`` out and validate it; None (reported) when it is invalid."""
         try:
             root = self.git.checkout(sha)
-            state = load_repo(root / self.settings.path)
+            # Every file read must resolve inside the checkout (not just the --path directory).
+            state = load_repo(root / self.settings.path, within=root)
         except GitSourceError as exc:
             problems = [str(exc)]
         except InvalidDesiredState as exc:
@@ -360,7 +361,8 @@ class Daemon:
             return None
         for sha in ancestors:
             try:
-                state = load_repo(self.git.checkout(sha) / self.settings.path)
+                root = self.git.checkout(sha)
+                state = load_repo(root / self.settings.path, within=root)
             except Exception:  # noqa: BLE001 - invalid (or unreadable): look further back
                 continue
             log.info("sync.serving_last_good", revision=sha, head=head)
