@@ -17,6 +17,7 @@ comment by it and updates that one instead of adding a new comment on every push
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,13 @@ def _base_commit(repo: git.Repo, base_ref: str) -> git.Commit:
 
 
 def _export(commit: git.Commit, subdir: Path, dest: Path) -> bool:
-    """Write the files under ``subdir`` at ``commit`` into ``dest``; False if ``subdir`` is absent."""
+    """Write the files under ``subdir`` at ``commit`` into ``dest``; False if ``subdir`` is absent.
+
+    What the loader must refuse stays refusable: a symbolic link is written as a symbolic link
+    (so one pointing out of the repository is refused, not read), and a blob over the loader's
+    size limit as a sparse file of its size, without reading the blob."""
+    from reconciler.yamlsrc import MAX_FILE_BYTES
+
     try:
         tree = commit.tree if str(subdir) in ("", ".") else commit.tree / subdir.as_posix()
     except KeyError:
@@ -173,8 +180,17 @@ def _export(commit: git.Commit, subdir: Path, dest: Path) -> bool:
             continue
         target = dest / Path(item.path).relative_to(subdir) if str(subdir) not in ("", ".") else dest / item.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(item.data_stream.read())
+        if item.mode == SYMLINK_MODE:
+            os.symlink(item.data_stream.read(4096).decode("utf-8", "replace"), target)
+        elif item.size > MAX_FILE_BYTES:
+            with open(target, "wb") as handle:
+                handle.truncate(item.size)
+        else:
+            target.write_bytes(item.data_stream.read())
     return True
+
+
+SYMLINK_MODE = 0o120000
 
 
 def _first_line(exc: BaseException) -> str:

@@ -135,7 +135,8 @@ def test_every_job_spec_is_one_the_templates_accept(resources):
     jobs = [r for r in resources if r.kind == Kind.DATAFLOW_JOB]
     assert {r.name for r in jobs} == {"orders-ingest", "orders-sweep", "orders-gold-orders-daily",
                                       "clickstream-ingest", "clickstream-gold-clickstream-daily", "payments-ingest",
-                                      "payments-gold-payments-daily", "shipments-ingest"}
+                                      "payments-gold-payments-daily", "shipments-ingest",
+                                      "aws-data-lake-ingest"}
     for job in jobs:
         spec = parse_spec(job.spec["pipeline"])
         assert spec.source_id == job.source_id

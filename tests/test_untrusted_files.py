@@ -326,3 +326,41 @@ def test_a_repo_path_that_is_not_a_directory_is_named_in_one_error_line(tmp_path
     err = capsys.readouterr().err.strip()
     assert err == f"error: {path}: {message}; --repo names a directory with platform.yaml and connectors/ at its root"
     assert provider.calls == {}
+
+
+# --------------------------------------------------------------------------- the pull-request dry run's base side
+
+
+def test_the_base_revision_of_a_pr_is_read_under_the_same_rules(tmp_path):
+    """`plan --base` exports the base commit to compare with: a symbolic link stays one (and is
+    refused as outside the repository), a blob over the limit is refused unread."""
+    import git
+
+    from reconciler import pr
+
+    repo = copy_example(tmp_path)
+    work = git.Repo.init(repo, initial_branch="main")
+    with work.config_writer() as config:
+        config.set_value("user", "name", "t")
+        config.set_value("user", "email", "t@example.com")
+    link(repo, "connectors/x.yaml", "/etc/passwd")
+    (repo / "connectors/huge.yaml").write_text("#" * (2 * 1024 * 1024))
+    work.git.add("-A")
+    work.index.commit("base with hostile files")
+    work.git.checkout("-b", "feature")
+    (repo / "connectors/x.yaml").unlink()
+    (repo / "connectors/huge.yaml").unlink()
+    work.git.add("-A")
+    work.index.commit("feature")
+
+    exported = tmp_path / "exported"
+    assert pr._export(work.commit("main"), Path("."), exported)
+    assert os.readlink(exported / "connectors/x.yaml") == "/etc/passwd"
+    with pytest.raises(InvalidDesiredState) as raised:
+        load_repo(exported)
+    messages = [str(p) for p in raised.value.problems]
+    assert "connectors/x.yaml:1:1: is a symbolic link to '/etc/passwd', outside the repository; headwater reads " \
+           "only regular files inside it" in messages
+    assert "connectors/huge.yaml:1:1: file is 2097152 bytes, over the 1048576-byte limit; not loaded" in messages
+    summary = pr.summarize(load_repo(repo), "main")
+    assert summary.base_error and "the base revision is not valid (2 problems)" in summary.base_error
