@@ -30,6 +30,23 @@ Contract (after crossplane-runtime's ExternalClient). Every method is idempotent
 
 Errors: every ``google.api_core`` exception is translated by `providers.errors.translate`
 into `TemporaryError` (retried with backoff) or `PermanentError` (reported).
+
+Optional abilities (a provider has them or not; `reconciler.engine` asks through `read_with`
+and `losses_with`, which tolerate their absence):
+
+``read(kind, names) -> list[Resource]`` (`Reader`)
+    The named resources of ``kind`` that exist, *whoever manages them*, in the same canonical
+    shape as ``observe`` (labels whole, so the planner can tell they are not headwater's). A name
+    may be a full resource name in another project (``projects/p/topics/t``): a reference,
+    read to check that it exists. The engine calls it only for declared resources that observe
+    did not find (none once a platform has converged) and for references, so it may cost one
+    get per name. Also used by apply when a create meets ``AlreadyExists``: a resource that is
+    not headwater's is then refused, never converged.
+
+``would_lose(resources) -> {address: phrase}`` (`LossReporter`)
+    For live data-holding resources a plan deletes or replaces, what that would destroy, as a
+    short phrase ("5 unacked messages"); addresses it cannot observe are left out. Called only
+    when a plan has such changes.
 """
 
 from __future__ import annotations
@@ -75,3 +92,29 @@ class SecretStore(Protocol):
     def missing(self, secret_ids: Collection[str]) -> set[str]:
         """The ids among ``secret_ids`` that do not exist (one list call for all of them)."""
         ...
+
+
+@runtime_checkable
+class Reader(Protocol):
+    """Optional ability: read named resources whoever manages them (contract in the module docstring)."""
+
+    def read(self, kind: Kind, names: Collection[str]) -> list[Resource]: ...
+
+
+@runtime_checkable
+class LossReporter(Protocol):
+    """Optional ability: what deleting or replacing live data-holding resources would destroy."""
+
+    def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]: ...
+
+
+def read_with(provider: Provider, kind: Kind, names: Collection[str]) -> list[Resource]:
+    """``provider.read(kind, names)``, or nothing when the provider cannot read (or nothing is asked)."""
+    reader = getattr(provider, "read", None)
+    return list(reader(kind, sorted(set(names)))) if reader is not None and names else []
+
+
+def losses_with(provider: Provider, resources: Sequence[Resource]) -> Mapping[str, str]:
+    """``provider.would_lose(resources)``, or nothing when the provider cannot tell."""
+    reporter = getattr(provider, "would_lose", None)
+    return dict(reporter(resources)) if reporter is not None and resources else {}

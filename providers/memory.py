@@ -1,7 +1,8 @@
 """An in-memory provider for the reconciler's own unit tests.
 
 It keeps the provider contract (idempotent create/update/delete, `AlreadyExists`, managed-label
-filtering, one "list" per observe) over a dict, so tests of plan and apply logic run in
+filtering, one "list" per observe, `read` of named resources whoever manages them, and the
+`would_lose` of its ``losses`` map) over a dict, so tests of plan and apply logic run in
 milliseconds. It stands in for no GCP service in integration tests: those use the emulators.
 Failures can be injected per address to exercise apply's error handling.
 """
@@ -9,7 +10,7 @@ Failures can be injected per address to exercise apply's error handling.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
 from providers.errors import AlreadyExists, PermanentError
@@ -31,6 +32,7 @@ class MemoryProvider:
         }
         self.objects: dict[str, Resource] = {}
         self.fail: dict[str, str] = {}  # address -> error message
+        self.losses: dict[str, str] = {}  # address -> what deleting it would destroy (would_lose)
         self.calls: Counter[str] = Counter()
 
     def api_calls(self) -> Mapping[str, int]:
@@ -42,6 +44,13 @@ class MemoryProvider:
             r for r in self.objects.values()
             if r.kind == kind and r.labels.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
         ]
+
+    def read(self, kind: Kind, names: Collection[str]) -> list[Resource]:
+        self.calls[f"memory.read.{kind}"] += 1
+        return [r for r in self.objects.values() if r.kind == kind and r.name in set(names)]
+
+    def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]:
+        return {r.address: self.losses[r.address] for r in resources if r.address in self.losses}
 
     def create(self, resource: Resource) -> None:
         self._maybe_fail(resource)

@@ -4,9 +4,16 @@ Apply consumes a `Plan` and nothing else (plus the providers that own each kind)
 in the plan's order, one stage per kind (buckets, datasets, topics, subscriptions, tables; deletes
 in reverse), the changes of a stage in parallel up to ``max_workers``.
 
-* A create that finds the resource already there (someone else made it, or an earlier apply
-  died after the call) converges it with an update of every declared mutable field.
-* A replace deletes, then creates.
+* A create that finds the resource already there is looked at (`providers.base.Reader`): if it
+  is this platform's (an earlier apply died after the call), it is converged with an update of
+  the declared fields that differ; if it is not (someone made it between plan and apply), the
+  change fails and nothing is sent: the next plan shows it as an ``import`` to adopt explicitly.
+  A provider that cannot read converges as before (only the local runner, whose records are
+  its own).
+* An import (an adopted resource) is an update of the declared fields that differ, with
+  headwater's labels added to the owner's.
+* A replace deletes, then creates; deleting a resource that is already leaving (a draining job)
+  waits until it has gone.
 * A failure does not stop independent work: changes that depend on a failed one are skipped,
   the rest go on, and the result says which is which. Providers are idempotent, so running
   apply again after a failure or a crash converges.
@@ -20,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from providers.base import Provider
-from providers.errors import AlreadyExists, ProviderError
-from reconciler.plan import Action, Change, Plan
-from reconciler.resources import Kind
+from providers.base import Provider, read_with
+from providers.errors import AlreadyExists, PermanentError, ProviderError
+from reconciler.plan import Action, Change, Plan, diff_resource, owner_of
+from reconciler.resources import PLATFORM_KEY, Kind
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
@@ -99,7 +106,7 @@ def _execute(change: Change, provider: Provider) -> Outcome:
     try:
         if change.action == Action.CREATE:
             _create(change, provider)
-        elif change.action == Action.UPDATE:
+        elif change.action in (Action.UPDATE, Action.IMPORT):
             provider.update(change.desired, list(change.update_fields))
         elif change.action == Action.REPLACE:
             provider.delete(change.live)
@@ -118,8 +125,28 @@ def _create(change: Change, provider: Provider) -> None:
     resource = change.desired
     try:
         provider.create(resource)
-    except AlreadyExists:
-        # Converge instead of failing: set every declared field that can change in place.
+    except AlreadyExists as exc:
         immutable = provider.immutable_fields.get(resource.kind, frozenset())
-        fields = [key for key in resource.spec if key not in immutable] + ["labels"]
+        found = [r for r in read_with(provider, resource.kind, [resource.name]) if r.address == resource.address]
+        if not found and getattr(provider, "read", None) is not None:
+            raise  # it exists but cannot be read (another project's bucket name, say): not ours to touch
+        if found:
+            live = found[0]
+            if not live.managed or live.labels.get(PLATFORM_KEY) != resource.labels.get(PLATFORM_KEY):
+                raise PermanentError(
+                    f"{resource.address} already exists and is {owner_of(live)}: left untouched (the plan said "
+                    f"create; plan again to see it, and adopt it explicitly: headwater adopt {resource.address})"
+                ) from exc
+            # Ours (an earlier apply died after the create): converge what differs.
+            diff = diff_resource(resource, live, immutable)
+            if diff.replace_paths:
+                raise PermanentError(f"{resource.address} already exists with {', '.join(diff.replace_paths)} "
+                                     "different, which cannot change in place; plan again") from exc
+            if diff.update_fields:
+                provider.update(resource, list(diff.update_fields))
+            return
+        # A provider that cannot read (the local runner: its records are its own): converge every
+        # declared field that can change in place.
+        fields = [key for key in resource.spec
+                  if not any(entry == key or entry.startswith(key + ".") for entry in immutable)] + ["labels"]
         provider.update(resource, fields)

@@ -4,6 +4,13 @@
 It is what the CLI and the daemon call; each step is also usable on its own.
 
 Observing costs one list call per kind (tables: per dataset), whatever the number of sources.
+Then, only for what that did not find: declared resources that observe missed are read by name
+(`providers.base.Reader`), so that one that exists but is not headwater's is shown as such (an
+``import``, blocked until adopted) instead of planned as a create that would take it over; and
+references to other projects' resources are read to check they exist. A platform that has
+converged reads nothing. Last, when the plan deletes or replaces data-holding resources, their
+providers are asked what that would destroy (`providers.base.LossReporter`: a subscription's
+backlog...) and the plan quotes it in the blocked reason.
 
 Before observing, a plan checks that every Secret Manager secret a connector names exists
 (metadata only, one list call; `providers.base.SecretStore`): a missing one is a problem with
@@ -13,15 +20,15 @@ the file, line and field that names it, and nothing is planned.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from providers.base import Provider
+from providers.base import Provider, losses_with, read_with
 from reconciler.apply import ApplyResult, Listener, apply_plan
 from reconciler.compile import compile_resources
 from reconciler.load import DesiredState, InvalidDesiredState, Problem
 from reconciler.plan import Action, Plan, PlanOptions, reconcile
-from reconciler.resources import Kind, Resource
+from reconciler.resources import DATA_KINDS, WOULD_LOSE, Kind, Resource
 
 
 class Engine:
@@ -51,16 +58,45 @@ class Engine:
             if problems:
                 raise InvalidDesiredState(problems)
         options = options or plan_options(state)
-        desired = compile_resources(state)
-        kinds = {r.kind for r in desired} | set(self.providers)
-        return reconcile(
-            desired,
-            self.observe(kinds),
-            self.immutable_fields,
-            options,
-            revision=state.revision,
-            declared_sources=len(state.sources),
-        )
+        return self.plan_resources(compile_resources(state), options, revision=state.revision,
+                                   declared_sources=len(state.sources))
+
+    def plan_resources(self, desired: list[Resource], options: PlanOptions, *, revision: str | None = None,
+                       declared_sources: int | None = None) -> Plan:
+        """The plan of compiled resources: observe, read what observe did not find, reconcile, and
+        quote what gated deletes and replacements would destroy (module docstring)."""
+        kinds = {r.kind for r in desired if r.kind in self.providers} | set(self.providers)
+        live = self.observe(kinds)
+        live += self.read_unobserved(desired, live)
+
+        def plan_of(resources: list[Resource]) -> Plan:
+            return reconcile(desired, resources, self.immutable_fields, options, revision=revision,
+                             declared_sources=declared_sources)
+
+        plan = plan_of(live)
+        gated = [c.live for c in plan.changes
+                 if c.action in (Action.DELETE, Action.REPLACE) and c.live is not None and c.kind in DATA_KINDS]
+        losses: dict[str, str] = {}
+        for kind in {r.kind for r in gated}:
+            losses.update(losses_with(self.providers[kind], [r for r in gated if r.kind == kind]))
+        if not losses:
+            return plan
+        live = [replace(r, status={**r.status, WOULD_LOSE: losses[r.address]}) if r.address in losses else r
+                for r in live]
+        return plan_of(live)
+
+    def read_unobserved(self, desired: Iterable[Resource], live: Iterable[Resource]) -> list[Resource]:
+        """Declared resources that observe did not find, and references to other projects'
+        resources, read by name from their providers (whoever manages them)."""
+        seen = {r.address for r in live}
+        wanted: dict[Kind, list[str]] = {}
+        for resource in desired:
+            if (resource.external or resource.address not in seen) and resource.kind in self.providers:
+                wanted.setdefault(resource.kind, []).append(resource.name)
+        found: list[Resource] = []
+        for kind, names in wanted.items():
+            found += [r for r in read_with(self.providers[kind], kind, names) if r.address not in seen]
+        return found
 
     def apply(self, plan: Plan, on_outcome: Listener | None = None, max_workers: int = 8) -> ApplyResult:
         return apply_plan(plan, self.providers, max_workers=max_workers, on_outcome=on_outcome)
@@ -79,14 +115,17 @@ def missing_secrets(state: DesiredState, store: Any) -> list[Problem]:
             for ref in refs if ref.secret_id in missing]
 
 
-def plan_options(state: DesiredState, *, prune: bool = False, allow_destroy: bool = False) -> PlanOptions:
-    """Plan options from the platform's policy and the command line (the command line can only add)."""
+def plan_options(state: DesiredState, *, prune: bool = False, allow_destroy: bool = False,
+                 adopt: Iterable[str] = ()) -> PlanOptions:
+    """Plan options from the platform's policy and the command line (the command line can only add).
+    ``adopt``: addresses of existing resources that are not this platform's, to take over."""
     policy = state.platform.policy
     return PlanOptions(
         prune=prune or policy.prune,
         allow_destroy=allow_destroy,
         max_delete_fraction=policy.max_delete_fraction,
         environment=state.platform.environment,
+        adopt=frozenset(adopt),
     )
 
 
@@ -94,7 +133,7 @@ def plan_options(state: DesiredState, *, prune: bool = False, allow_destroy: boo
 class Drift:
     address: str
     kind: Kind
-    state: str  # "missing" or "drifted"
+    state: str  # "missing", "drifted" or "unmanaged" (exists, not this platform's: adopt it)
     fields: tuple[tuple[str, object, object], ...]  # (path, live, desired)
 
 
@@ -104,8 +143,11 @@ def drift_of(plan: Plan) -> list[Drift]:
     for change in plan.changes:
         if change.desired is None or change.action == Action.NOOP:
             continue
-        if change.action == Action.CREATE:
+        if change.action in (Action.CREATE, Action.READ):  # READ: a missing reference
             result.append(Drift(change.address, change.kind, "missing", ()))
+        elif change.action == Action.IMPORT:
+            fields = tuple((d.path, d.before, d.after) for d in change.diff)
+            result.append(Drift(change.address, change.kind, "unmanaged", fields))
         else:
             fields = tuple((d.path, d.before, d.after) for d in change.diff)
             result.append(Drift(change.address, change.kind, "drifted", fields))

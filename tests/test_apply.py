@@ -57,16 +57,31 @@ def test_failure_skips_dependents_and_continues_independent_work():
     assert not engine.plan(state).has_changes
 
 
-def test_create_that_finds_the_resource_converges_it():
+def test_create_that_finds_its_own_resource_converges_it():
     engine, provider, state = engine_and_state()
     plan = engine.plan(state)
-    # Someone created the subscription meanwhile, with other settings and no labels.
+    # An earlier apply died after creating the subscription (with our labels), before it was set up.
     sub = next(c.desired for c in plan.changes if c.address == "pubsub_subscription.orders-ingest")
-    provider.objects[sub.address] = replace(sub, spec={**sub.spec, "ack_deadline_seconds": 10}, labels={})
+    provider.objects[sub.address] = replace(sub, spec={**sub.spec, "ack_deadline_seconds": 10})
     result = engine.apply(plan)
     assert result.ok
     assert provider.objects[sub.address].spec["ack_deadline_seconds"] == 60
     assert provider.objects[sub.address].labels == sub.labels
+
+
+def test_create_that_finds_someone_elses_resource_refuses_and_the_next_plan_shows_an_import():
+    engine, provider, state = engine_and_state()
+    plan = engine.plan(state)
+    # Someone created the subscription between plan and apply, with other settings and their labels.
+    sub = next(c.desired for c in plan.changes if c.address == "pubsub_subscription.orders-ingest")
+    theirs = replace(sub, spec={**sub.spec, "ack_deadline_seconds": 10}, labels={"owner": "finance-team"})
+    provider.objects[sub.address] = theirs
+    result = engine.apply(plan)
+    outcome = next(o for o in result.outcomes if o.address == sub.address)
+    assert outcome.status == FAILED and "already exists and is not managed by headwater" in outcome.error
+    assert provider.objects[sub.address] == theirs, "nothing was sent to a resource that is not ours"
+    (again,) = [c for c in engine.plan(state).changes if c.address == sub.address]
+    assert again.action == Action.IMPORT and again.blocked and "headwater adopt" in again.blocked
 
 
 def test_memory_provider_keeps_the_contract():

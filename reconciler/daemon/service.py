@@ -42,14 +42,14 @@ import dataclasses
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import structlog
 
 from providers import errors as provider_errors
-from providers.base import Provider
+from providers.base import Provider, losses_with, read_with
 from providers.errors import ProviderError
 from reconciler.apply import OK, ApplyResult, Outcome
 from reconciler.config import Platform
@@ -708,6 +708,13 @@ class _Interruptible:
     def delete(self, resource: Resource) -> None:
         self._check(resource)
         self._inner.delete(resource)
+
+    # Reads, like observe, always work: the optional abilities of providers.base, passed through.
+    def read(self, kind: Kind, names: Collection[str]) -> list[Resource]:
+        return read_with(self._inner, kind, names)
+
+    def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]:
+        return losses_with(self._inner, resources)
 
     def _check(self, resource: Resource) -> None:
         if self._stop.is_set():
