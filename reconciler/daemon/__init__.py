@@ -55,9 +55,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def run(settings: _settings.Settings, **daemon_options: Any) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; the process's exit code."""
+    from reconciler.daemon.gitsource import GitSourceError
     from reconciler.daemon.service import Daemon
 
-    daemon = Daemon(settings, **daemon_options)
+    try:
+        daemon = Daemon(settings, **daemon_options)
+    except GitSourceError as exc:  # e.g. credentials for a plain http:// remote; the message is redacted
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     def on_signal(signum: int, _frame: object) -> None:
         daemon.request_stop(signal.Signals(signum).name)

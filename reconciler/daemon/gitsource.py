@@ -7,8 +7,15 @@ to load the desired state from it. Revisions are always full commit SHAs.
 Credentials come from the environment, never from flags or the URL:
 
 * a token (``HEADWATER_GIT_TOKEN``) for HTTPS remotes is handed to git as an
-  ``http.extraHeader`` through ``GIT_CONFIG_*`` environment variables of the git process, so it
-  appears neither in the command line (visible in ``ps``), nor in ``.git/config``, nor in the URL;
+  ``http.<remote>.extraHeader`` through ``GIT_CONFIG_*`` environment variables of the git
+  process, so it appears neither in the command line (visible in ``ps``), nor in
+  ``.git/config``, nor in the URL; scoped to the remote's URL, git sends it to that remote only
+  (not to another host a redirect or a submodule points at);
+* credentials written into the URL (``https://user:token@host/repo.git``) are taken out of it
+  before git ever sees the URL, and handed over the same way: the clone's ``.git/config`` and
+  every git command line hold the bare URL;
+* a token is never sent over plain ``http://``, except to a loopback host (a local test
+  server): such a remote is refused (`GitSourceError`) before anything is sent;
 * an SSH private key path (``HEADWATER_GIT_SSH_KEY``) goes into ``GIT_SSH_COMMAND``, with
   ``HEADWATER_GIT_KNOWN_HOSTS`` to pin host keys (without it, a host key is trusted on first use).
 
@@ -21,8 +28,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import shlex
 import shutil
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,16 +58,25 @@ class GitSource:
         known_hosts: str | None = None,
         redactor: Redactor | None = None,
     ) -> None:
-        # A local path is made absolute: git records it so in the clone, and restarts compare them.
-        self.url = str(Path(url).resolve()) if "://" not in url and Path(url).exists() else url
-        self.branch = branch
         self.redact = redactor or Redactor([token])
         self.redact.add(token)
-        # One work tree per (remote, branch); the key uses the redacted URL, so no secret lands
-        # in a directory name.
+        # A local path is made absolute: git records it so in the clone, and restarts compare them.
+        url = str(Path(url).resolve()) if "://" not in url and Path(url).exists() else url
+        # Credentials in the URL leave it here: git only ever sees the bare URL.
+        url, user, url_secret = split_credentials(url)
+        self.redact.add(url_secret)
+        token = token or url_secret
+        self.url = url
+        self.branch = branch
+        if token and insecure_remote(url):
+            raise GitSourceError(self.redact(
+                f"refusing to send the git token to {url} over plain http:// (only loopback hosts may use "
+                "http://); use an https:// URL"))
+        # One work tree per (remote, branch); the key uses the bare URL, so no secret lands in a
+        # directory name.
         key = hashlib.sha256(f"{self.redact(self.url)}#{branch}".encode()).hexdigest()[:16]
         self.workdir = Path(cache_dir) / key
-        self._env = _git_env(token, ssh_key, known_hosts)
+        self._env = _git_env(token, ssh_key, known_hosts, remote=url if "://" in url else None, user=user)
         if token:  # the encoded token, too
             self.redact.add(self._env["GIT_CONFIG_VALUE_0"].rsplit(" ", 1)[-1])
         self._repo: git.Repo | None = None
@@ -125,12 +143,48 @@ class GitSource:
         return self.redact(f"git {step} of {self.url} (branch {self.branch}) failed: {detail}")
 
 
-def _git_env(token: str | None, ssh_key: str | None, known_hosts: str | None) -> Mapping[str, str]:
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without its user info, the user name, and the secret (password, or a lone token).
+
+    ``https://x-access-token:T@host/r.git`` → (``https://host/r.git``, ``x-access-token``, ``T``);
+    ``https://T@host/r.git`` → (``https://host/r.git``, None, ``T``). SSH URLs keep their user
+    (``ssh://git@host/r``: a user name, not a secret); paths and scp-like URLs are left alone.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    user, password = urllib.parse.unquote(user), urllib.parse.unquote(password)
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
+    if colon:
+        return bare, user or None, password or None
+    return bare, None, user or None
+
+
+def insecure_remote(url: str) -> bool:
+    """Plain ``http://`` to a host that is not loopback: credentials must never go there."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = (parts.hostname or "").strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def _git_env(token: str | None, ssh_key: str | None, known_hosts: str | None, *, remote: str | None = None,
+             user: str | None = None) -> Mapping[str, str]:
     env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
     if token:
         # GitHub (and most hosts) accept any user name with a token as the password.
-        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        env |= {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+        basic = base64.b64encode(f"{user or 'x-access-token'}:{token}".encode()).decode()
+        # Scoped to the remote (git matches http.<url>.* by URL prefix): never sent elsewhere.
+        key = f"http.{remote}.extraHeader" if remote else "http.extraHeader"
+        env |= {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": key,
                 "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
     if ssh_key:
         options = ["-i", ssh_key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]

@@ -54,7 +54,7 @@ from providers.errors import ProviderError
 from reconciler.apply import OK, ApplyResult, Outcome
 from reconciler.config import Platform
 from reconciler.daemon.alerts import Alerter, AlertTarget, PubSubTarget, WebhookTarget
-from reconciler.daemon.gitsource import GitSource, GitSourceError
+from reconciler.daemon.gitsource import GitSource, GitSourceError, split_credentials
 from reconciler.daemon.lease import Lease, LeaseStore, SoloLease
 from reconciler.daemon.logs import Redactor, correlation_id, make_logger
 from reconciler.daemon.metrics import Metrics
@@ -152,6 +152,10 @@ class Daemon:
         provider_errors.listeners.append(self.metrics.api_request)
         self.log.info("daemon.started", repo=self.git.display_url, listen=self.address,
                       settings=self.settings.public())
+        if split_credentials(self.settings.repo)[0] != self.settings.repo:
+            self.log.warning("daemon.credentials_in_url",
+                             advice="set HEADWATER_GIT_TOKEN instead: a --repo flag shows in ps; the credentials "
+                                    "were taken out of the URL, git never sees them")
         for name, target in (("http", self.server.serve_forever), ("lease", self._lease_loop),
                              ("worker", self._work)):
             thread = threading.Thread(target=target, name=f"headwater-{name}", daemon=True)

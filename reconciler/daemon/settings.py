@@ -61,8 +61,11 @@ class Settings:
         return host or "0.0.0.0", int(port)
 
     def secrets(self) -> list[str]:
-        """Everything the logs, status and errors must never show."""
-        return [s for s in (self.webhook_secret, self.git_token, self.notify_webhook) if s]
+        """Everything the logs, status and errors must never show (a token in the --repo URL too)."""
+        from reconciler.daemon.gitsource import split_credentials
+
+        in_url = split_credentials(self.repo)[2]
+        return [s for s in (self.webhook_secret, self.git_token, self.notify_webhook, in_url) if s]
 
     def public(self) -> dict[str, object]:
         """The settings for /status and the startup log: no secrets, only whether they are set."""
@@ -131,6 +134,12 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         raise ValueError("; ".join(args.env_errors))
     if not args.repo:
         raise ValueError("--repo (or HEADWATER_REPO) is required: the URL or path of the desired-state repository")
+    from reconciler.daemon.gitsource import insecure_remote, split_credentials
+
+    bare, _user, url_secret = split_credentials(args.repo)
+    if (environ.get("HEADWATER_GIT_TOKEN") or url_secret) and insecure_remote(bare):
+        raise ValueError(f"refusing to send git credentials to {bare} over plain http:// (only loopback hosts may "
+                         "use http://); use an https:// URL")
     listen = args.listen or f"0.0.0.0:{environ.get('PORT', '8080')}"
     extra = {}
     if args.cache_dir is not None:
