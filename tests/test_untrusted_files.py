@@ -364,3 +364,54 @@ def test_the_base_revision_of_a_pr_is_read_under_the_same_rules(tmp_path):
     assert "connectors/huge.yaml:1:1: file is 2097152 bytes, over the 1048576-byte limit; not loaded" in messages
     summary = pr.summarize(load_repo(repo), "main")
     assert summary.base_error and "the base revision is not valid (2 problems)" in summary.base_error
+
+
+# --------------------------------------------------------------------------- values that look like secrets (kind 14)
+
+STRIPE_KEY = "sk_live_51H8xQzLkqFjv0Zr2sXb7pA"
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+
+
+def set_in(relative: str, *keys, value):
+    def mutate(repo: Path) -> None:
+        def change(data):
+            target = data
+            for key in keys[:-1]:
+                target = target[key]
+            target[keys[-1]] = value
+
+        edit_yaml(repo / relative, change)
+
+    return mutate
+
+
+SECRET_VALUES = [
+    # (id, mutation, secret that must not be shown, the message with what is shown instead)
+    ("label-value", set_in("connectors/orders.yaml", "labels", value={"team": STRIPE_KEY}), STRIPE_KEY,
+     "labels: 'sk_l…' (31 characters, not shown) is not a valid label value"),
+    ("platform-label-key", set_in("platform.yaml", "labels", value={AWS_KEY: "x"}), AWS_KEY,
+     "labels: 'AKIA…' (20 characters, not shown) is not a valid label key"),
+    ("secret-value-instead-of-its-id",
+     set_in("connectors/payments.yaml", "ingestion", "secret_name", value=STRIPE_KEY + "/x"), STRIPE_KEY,
+     "ingestion.secret_name: 'sk_l…' (33 characters, not shown) is not a valid Secret Manager secret id"),
+    ("api-key-in-a-plain-http-url",
+     set_in("connectors/payments.yaml", "ingestion", "api_endpoint",
+            value=f"http://api.example.com/v1/charges?api_key={STRIPE_KEY}"), STRIPE_KEY,
+     "ingestion.api_endpoint: 'http://api.example.com/v1/charges?…': plain http:// is allowed only for loopback"),
+    ("password-in-a-plain-http-url",
+     set_in("connectors/payments.yaml", "ingestion", "api_endpoint",
+            value="http://svc:correct-horse-battery@api.example.com/v1"), "correct-horse-battery",
+     "ingestion.api_endpoint: 'http://api.example.com/v1': plain http://"),
+    ("short-ordinary-value-is-shown-whole", set_in("connectors/orders.yaml", "labels", value={"team": "Data Team"}),
+     None, "labels: 'Data Team' is not a valid label value"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "secret", "message"), [c[1:] for c in SECRET_VALUES],
+                         ids=[c[0] for c in SECRET_VALUES])
+def test_errors_quote_at_most_a_redacted_prefix_of_a_secret_looking_value(repo, mutate, secret, message,
+                                                                         monkeypatch, capsys):
+    mutate(repo)
+    err = _apply_touches_nothing(repo, monkeypatch, capsys, message)
+    if secret:
+        assert secret not in err and secret[:8] not in err
