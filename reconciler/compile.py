@@ -5,9 +5,12 @@ buckets (with lifecycle tiers) and datasets; for each source:
 
 =================================  ==============================================================
 ``pubsub_topic.<id>``              where the connector (or publishers) send the source's records
+                                   (event_streaming may name its topic; another project's, named
+                                   ``projects/<p>/topics/<t>``, is a reference: read, never managed)
 ``pubsub_topic.<id>-dlq``          dead letters: records the pipeline could not process
 ``pubsub_subscription.<id>-ingest`` the pipeline's subscription: ack deadline, exponential retry,
-                                   dead-letter policy pointing at the DLQ topic, retention
+                                   dead-letter policy pointing at the DLQ topic, retention, and
+                                   the declared filter / ordering / exactly-once settings
 ``pubsub_subscription.<id>-dlq-hold`` keeps dead letters (acked ones too) for replay
 ``bigquery_table.bronze.<id>_raw`` raw payload + attributes, partitioned by ingestion time
 ``bigquery_table.silver.<id>``     the schema file's fields + ingestion metadata columns,
@@ -48,6 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from reconciler import semantic
 from reconciler.config import (
     DEFAULT_LIFECYCLES,
     Connector,
@@ -124,6 +128,10 @@ def compile_resources(state: DesiredState) -> list[Resource]:
     resources = list(_platform_resources(platform, names))
     for source in state.sources:
         resources.extend(_source_resources(platform, names, source))
+    # A reference to another project's resource may be named by several sources: one entry.
+    references: set[str] = set()
+    resources = [r for r in resources
+                 if not r.external or not (r.address in references or references.add(r.address))]
     return sorted((_with_protection_label(r) for r in resources), key=lambda r: r.address)
 
 
@@ -158,13 +166,26 @@ def _platform_resources(platform: Platform, names: ZoneNames):
             deletion_protection=settings.deletion_protection,
         )
     for zone in DATASET_ZONES:
+        settings = getattr(platform.zones, zone)
+        spec: dict[str, Any] = {"location": platform.region,
+                                "description": f"headwater {zone} zone ({platform.environment})"}
+        # Declared only: an expiration left out is not compared (whatever the dataset has stays).
+        if settings.default_table_expiration is not None:
+            spec["default_table_expiration_ms"] = expiration_ms(settings.default_table_expiration)
+        if settings.default_partition_expiration is not None:
+            spec["default_partition_expiration_ms"] = expiration_ms(settings.default_partition_expiration)
         yield Resource(
             kind=Kind.BIGQUERY_DATASET,
             name=names.datasets[zone],
-            spec={"location": platform.region, "description": f"headwater {zone} zone ({platform.environment})"},
+            spec=spec,
             labels={**labels, "headwater-zone": zone},
-            deletion_protection=getattr(platform.zones, zone).deletion_protection,
+            deletion_protection=settings.deletion_protection,
         )
+
+
+def expiration_ms(seconds: int) -> int | None:
+    """A declared expiration in BigQuery's milliseconds; ``never`` (0) is None: no expiration."""
+    return seconds * 1000 if seconds else None
 
 
 def lifecycle_rules(lifecycle: Lifecycle) -> list[dict[str, Any]]:
@@ -193,9 +214,12 @@ def _source_resources(platform: Platform, names: ZoneNames, source: Source):
     protect = connector.deletion_protection
     pubsub = platform.pubsub
 
-    topic = topic_id(connector)
+    topic = topic_id(connector, platform.project)
     dlq = f"{sid}-dlq"
-    yield Resource(Kind.PUBSUB_TOPIC, topic, {}, labels)
+    # Another project's topic (pubsub_topic: projects/<other>/topics/<id>) is a reference: read to
+    # check that it exists, subscribed to by its full name, never created or managed here.
+    yield (Resource(Kind.PUBSUB_TOPIC, topic, external=True) if is_foreign(topic)
+           else Resource(Kind.PUBSUB_TOPIC, topic, {}, labels))
     yield Resource(Kind.PUBSUB_TOPIC, dlq, {}, labels)
     yield Resource(
         Kind.PUBSUB_SUBSCRIPTION,
@@ -204,13 +228,13 @@ def _source_resources(platform: Platform, names: ZoneNames, source: Source):
             "topic": topic,
             "ack_deadline_seconds": pubsub.ack_deadline_seconds,
             "message_retention_duration": pubsub.message_retention,
-            "retain_acked_messages": False,
             "retry_policy": {
                 "minimum_backoff": pubsub.retry_backoff.minimum,
                 "maximum_backoff": pubsub.retry_backoff.maximum,
             },
             "dead_letter_policy": {"dead_letter_topic": dlq, "max_delivery_attempts": pubsub.max_delivery_attempts},
             "expiration_ttl": 0,
+            **ingest_subscription_settings(platform, connector),
         },
         labels,
         depends_on=(address(Kind.PUBSUB_TOPIC, topic), address(Kind.PUBSUB_TOPIC, dlq)),
@@ -245,15 +269,22 @@ def _source_resources(platform: Platform, names: ZoneNames, source: Source):
         deletion_protection=protect,
     )
     partition = partition_field(connector, source.schema)
+    silver_settings = connector.silver
+    time_partitioning: dict[str, Any] = {"type": "DAY", "field": partition}
+    if silver_settings.partition_expiration is not None:  # declared only (a partial settings object)
+        time_partitioning["expiration_ms"] = expiration_ms(silver_settings.partition_expiration)
+    silver_spec: dict[str, Any] = {
+        "schema": [*canonical_schema(source.schema.fields), *INGESTION_METADATA],
+        "time_partitioning": time_partitioning,
+        "clustering_fields": list(silver_settings.cluster_by) or None,
+        "description": connector.description or f"Validated records of {sid}",
+    }
+    if silver_settings.require_partition_filter is not None:
+        silver_spec["require_partition_filter"] = silver_settings.require_partition_filter
     yield Resource(
         Kind.BIGQUERY_TABLE,
         f"{silver}.{sid}",
-        {
-            "schema": [*canonical_schema(source.schema.fields), *INGESTION_METADATA],
-            "time_partitioning": {"type": "DAY", "field": partition},
-            "clustering_fields": list(connector.silver.cluster_by) or None,
-            "description": connector.description or f"Validated records of {sid}",
-        },
+        silver_spec,
         labels,
         depends_on=(address(Kind.BIGQUERY_DATASET, silver),),
         deletion_protection=protect,
@@ -279,10 +310,37 @@ def _source_resources(platform: Platform, names: ZoneNames, source: Source):
         yield _transfer_job(platform, names, source, labels)
 
 
-def topic_id(connector: Connector) -> str:
-    """The source's ingest topic: ``<source_id>``, or the event_streaming pattern's own topic."""
+def topic_id(connector: Connector, project: str | None = None) -> str:
+    """The source's ingest topic: ``<source_id>``, or the event_streaming pattern's own topic. A
+    topic named in full keeps its full name when it is in another project than ``project`` (a
+    reference, `is_foreign`); in this project it is its short id."""
     declared = getattr(connector.ingestion, "pubsub_topic", None)
-    return declared.rsplit("/", 1)[-1] if declared else connector.source_id
+    if not declared:
+        return connector.source_id
+    if project is not None and declared.startswith("projects/") and not declared.startswith(f"projects/{project}/"):
+        return declared
+    return declared.rsplit("/", 1)[-1]
+
+
+def is_foreign(topic: str) -> bool:
+    """A topic reference by full name (another project's: `topic_id` keeps only those in full)."""
+    return topic.startswith("projects/")
+
+
+def ingest_subscription_settings(platform: Platform, connector: Connector) -> dict[str, Any]:
+    """The ingest subscription's optional settings: the source's ``subscription:`` block over
+    platform.yaml's ``pubsub:`` defaults. Only declared ones are emitted (and so compared);
+    ``retain_acked_messages`` always is (headwater's default: false)."""
+    own, defaults = connector.subscription, platform.pubsub
+    spec: dict[str, Any] = {"retain_acked_messages": own.retain_acked_messages
+                            if own.retain_acked_messages is not None else defaults.retain_acked_messages}
+    for key in ("enable_message_ordering", "enable_exactly_once_delivery"):
+        value = getattr(own, key) if getattr(own, key) is not None else getattr(defaults, key)
+        if value is not None:
+            spec[key] = value
+    if own.filter is not None:
+        spec["filter"] = own.filter
+    return spec
 
 
 def partition_field(connector: Connector, schema: SourceSchema) -> str:
@@ -522,7 +580,9 @@ def pipeline_spec(platform: Platform, names: ZoneNames, source: Source) -> dict[
             spec["bronze"]["keep_landing"] = True
     spec["silver"] = {"table": f"{project}.{names.datasets['silver']}.{sid}"}
     spec["dead_letter"] = {"topic": f"projects/{project}/topics/{sid}-dlq"}
-    return spec
+    # What the pipeline means, in one canonical order (fields by name): reordering a schema file's
+    # fields changes nothing the job does, so it must not change its spec or fingerprint.
+    return semantic.canonical_pipeline(spec)
 
 
 def _document_header(platform: Platform, source_id: str) -> dict[str, Any]:

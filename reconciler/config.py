@@ -50,6 +50,26 @@ def parse_duration(value: Any) -> int:
     raise ValueError(f"invalid duration {value!r}: expected a duration like '60s', '10m', '2h' or '7d'")
 
 
+NEVER = "never"
+
+
+def parse_expiration(value: Any) -> int:
+    """An expiration setting: a duration (``"90d"``, or seconds), or ``never`` (no expiration,
+    declared: a live expiration set elsewhere is removed), which is 0."""
+    if isinstance(value, str) and value.strip() == NEVER:
+        return 0
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("an expiration must be positive; write 'never' for no expiration")
+    return seconds
+
+
+def _at_least_an_hour(value: int) -> int:
+    if 0 < value < 3600:
+        raise ValueError("BigQuery's default table expiration is at least one hour (3600s)")
+    return value
+
+
 def _check(rule):
     """Adapt a `naming` rule (returns an error message or None) to a pydantic validator."""
 
@@ -79,6 +99,9 @@ def _not_supported(message: str):
 
 
 Duration = Annotated[int, BeforeValidator(parse_duration), Field(ge=0)]
+# A duration or "never" (0): declared, it is managed (with "never" removing one set elsewhere);
+# left out, whatever the resource has is left alone.
+Expiration = Annotated[int, BeforeValidator(parse_expiration)]
 Cron = Annotated[str, _check(naming.cron_problem)]
 GcsUri = Annotated[str, _check(naming.gcs_uri_problem)]
 SourceId = Annotated[str, _check(naming.source_id_problem)]
@@ -137,13 +160,25 @@ class BucketZone(Strict):
     deletion_protection: bool = True
 
 
+_TABLE_EXPIRATION = ("The dataset's default expiration of new tables (a duration of at least 1h, or never); "
+                     "updated in place. Unset: whatever the dataset has is left alone")
+_PARTITION_EXPIRATION = ("The dataset's default partition expiration for new partitioned tables (a duration, or "
+                         "never); updated in place. Unset: whatever the dataset has is left alone")
+
+
 class DataZone(BucketZone):
     dataset: str | None = Field(default=None, description="BigQuery dataset id; default the zone name")
+    default_table_expiration: Annotated[Expiration, AfterValidator(_at_least_an_hour)] | None = Field(
+        default=None, description=_TABLE_EXPIRATION)
+    default_partition_expiration: Expiration | None = Field(default=None, description=_PARTITION_EXPIRATION)
 
 
 class GoldZone(Strict):
     dataset: str | None = None
     deletion_protection: bool = True
+    default_table_expiration: Annotated[Expiration, AfterValidator(_at_least_an_hour)] | None = Field(
+        default=None, description=_TABLE_EXPIRATION)
+    default_partition_expiration: Expiration | None = Field(default=None, description=_PARTITION_EXPIRATION)
 
 
 class Zones(Strict):
@@ -166,12 +201,23 @@ class RetryBackoff(Strict):
         return self
 
 
+_ORDERING = ("Deliver messages with the same ordering key in order. Immutable: changing it replaces the "
+             "subscription, which holds data (gated: --allow-destroy). Unset: left as the subscription has it")
+_EXACTLY_ONCE = ("Pub/Sub's exactly-once delivery (acknowledgements are confirmed); updated in place. Unset: left as "
+                 "the subscription has it")
+_RETAIN_ACKED = "Keep acknowledged messages for the retention period (seek/replay); updated in place"
+
+
 class PubSubDefaults(Strict):
     ack_deadline_seconds: int = Field(default=60, ge=10, le=600)
     max_delivery_attempts: int = Field(default=5, ge=5, le=100)
     retry_backoff: RetryBackoff = Field(default_factory=RetryBackoff)
     message_retention: Duration = Field(default=7 * 86400, ge=600, le=31 * 86400)
     dead_letter_retention: Duration = Field(default=7 * 86400, ge=600, le=31 * 86400)
+    # Defaults of every source's ingest subscription (<id>-ingest); a source's subscription: block overrides them.
+    retain_acked_messages: bool = Field(default=False, description=_RETAIN_ACKED + " (default false)")
+    enable_message_ordering: bool | None = Field(default=None, description=_ORDERING)
+    enable_exactly_once_delivery: bool | None = Field(default=None, description=_EXACTLY_ONCE)
 
 
 class Policy(Strict):
@@ -471,7 +517,9 @@ class CloudTransfer(Strict):
 class EventStreaming(Strict):
     pattern: Literal["event_streaming"]
     pubsub_topic: Annotated[str, _check(naming.topic_reference_problem)] | None = Field(
-        default=None, description="Topic id (or projects/<project>/topics/<id>) to manage; default <source_id>"
+        default=None, description="Topic id to manage (default <source_id>), or projects/<project>/topics/<id>: "
+                                  "in another project, a topic that is only read (checked to exist) and subscribed "
+                                  "to by its full name, never created or managed here"
     )
     message_format: Annotated[Literal["json", "avro", "protobuf"], AfterValidator(_json_messages_only)] = Field(
         default="json", description="Encoding of the topic's messages; the ingestion pipeline reads JSON "
@@ -605,6 +653,36 @@ class SilverTable(Strict):
         default=None, description="TIMESTAMP/DATE field to partition by day; default the first such field"
     )
     cluster_by: list[str] = Field(default_factory=list, max_length=4)
+    partition_expiration: Expiration | None = Field(
+        default=None, description="Delete partitions older than this (a duration, or never); updated in place, "
+                                  "never a replacement. Unset: whatever the table has is left alone")
+    require_partition_filter: bool | None = Field(
+        default=None, description="Queries must filter on the partition field; updated in place. Unset: left as the "
+                                  "table has it. Refused with gold aggregates (their hourly query reads all of Silver)")
+
+
+PUBSUB_FILTER_MAX_BYTES = 256
+
+
+def _filter_size(value: str) -> str:
+    if len(value.encode()) > PUBSUB_FILTER_MAX_BYTES:
+        raise ValueError(f"a subscription filter is at most {PUBSUB_FILTER_MAX_BYTES} bytes; this one is "
+                         f"{len(value.encode())}")
+    return value
+
+
+class SubscriptionSettings(Strict):
+    """The source's ingest subscription (``<source_id>-ingest``), over platform.yaml's ``pubsub:``
+    defaults. Each setting has Pub/Sub's mutability; a setting left out is left as the
+    subscription has it (never compared)."""
+
+    filter: Annotated[str, AfterValidator(_filter_size)] | None = Field(
+        default=None, description="Pub/Sub filter on message attributes (e.g. attributes.type = \"order\"); "
+                                  "\"\" for none. Immutable: changing it replaces the subscription (gated: it holds "
+                                  "data). Unset: left as the subscription has it")
+    enable_message_ordering: bool | None = Field(default=None, description=_ORDERING)
+    enable_exactly_once_delivery: bool | None = Field(default=None, description=_EXACTLY_ONCE)
+    retain_acked_messages: bool | None = Field(default=None, description=_RETAIN_ACKED + "; default platform's")
 
 
 class Serving(Strict):
@@ -630,9 +708,12 @@ class Connector(Strict):
     schema_: SchemaRef = Field(alias="schema")
     processing: Processing = Field(default_factory=Processing)
     silver: SilverTable = Field(default_factory=SilverTable)
+    subscription: SubscriptionSettings = Field(default_factory=SubscriptionSettings)
     serving: Serving = Field(default_factory=Serving)
     monitoring: Monitoring = Field(default_factory=Monitoring)
-    deletion_protection: bool = Field(default=True, description="Refuse to delete or replace this source's tables")
+    deletion_protection: bool = Field(
+        default=True, description="Refuse to delete or replace this source's data-holding resources (tables, topics, "
+                                  "subscriptions), even with --allow-destroy")
     suspend: bool = Field(default=False, description="Observe only: the daemon never applies this source")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

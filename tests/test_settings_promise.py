@@ -102,6 +102,15 @@ CHANGES: dict[str, tuple[str, Any]] = {
     "platform.pubsub.retry_backoff.maximum": ("platform", "300s"),
     "platform.pubsub.message_retention": ("platform", "3d"),
     "platform.pubsub.dead_letter_retention": ("platform", "14d"),
+    "platform.pubsub.retain_acked_messages": ("platform", True),
+    "platform.pubsub.enable_message_ordering": ("platform", True),
+    "platform.pubsub.enable_exactly_once_delivery": ("platform", True),
+    "platform.zones.bronze.default_table_expiration": ("platform", "30d"),
+    "platform.zones.bronze.default_partition_expiration": ("platform", "never"),
+    "platform.zones.silver.default_table_expiration": ("platform", "never"),
+    "platform.zones.silver.default_partition_expiration": ("platform", "400d"),
+    "platform.zones.gold.default_table_expiration": ("platform", "2h"),
+    "platform.zones.gold.default_partition_expiration": ("platform", "90d"),
     "platform.dataflow.template_bucket": ("platform", "gs://templates-bucket/flex"),
     "platform.dataflow.temp_location": ("platform", "gs://temp-bucket/tmp"),
     "platform.dataflow.service_account": ("platform", "workers@p.iam.gserviceaccount.com"),
@@ -177,6 +186,13 @@ CHANGES: dict[str, tuple[str, Any]] = {
     "connector.processing.silver_to_gold[].aggregate.table": ("orders", "orders_by_day"),
     "connector.silver.partition_field": ("orders", "shipped_at"),
     "connector.silver.cluster_by": ("orders", ["currency"]),
+    "connector.silver.partition_expiration": ("orders", "365d"),
+    # A source without gold aggregates: their hourly query reads all of Silver (refused with them).
+    "connector.silver.require_partition_filter": ("shipments", True),
+    "connector.subscription.filter": ("clickstream", 'attributes.kind = "web"'),
+    "connector.subscription.enable_message_ordering": ("clickstream", False),
+    "connector.subscription.enable_exactly_once_delivery": ("clickstream", True),
+    "connector.subscription.retain_acked_messages": ("clickstream", True),
 }
 
 
