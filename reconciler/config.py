@@ -70,6 +70,15 @@ def _at_least_an_hour(value: int) -> int:
     return value
 
 
+class FieldError(ValueError):
+    """A model-level check's error that belongs to one of the model's fields: the loader reports it
+    at that field's line and path (``ingestion.poll_interval``), not at the model's."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def _check(rule):
     """Adapt a `naming` rule (returns an error message or None) to a pydantic validator."""
 
@@ -319,10 +328,10 @@ class Pagination(Strict):
         for name in ("path", "param", "start"):
             value = getattr(self, name)
             if name in needs and value is None:
-                raise ValueError(f"pagination type {self.type} needs {name}")
+                raise FieldError("type", f"pagination type {self.type} needs {name}")
             if name not in allowed and value is not None:
-                raise ValueError(f"pagination type {self.type} takes no {name} (it takes: "
-                                 f"{', '.join(sorted(allowed)) or 'nothing else'})")
+                raise FieldError(name, f"pagination type {self.type} takes no {name} (it takes: "
+                                       f"{', '.join(sorted(allowed)) or 'nothing else'})")
         return self
 
 
@@ -335,7 +344,7 @@ class ApiKey(Strict):
     @model_validator(mode="after")
     def _one_place(self) -> ApiKey:
         if self.header is not None and self.query is not None:
-            raise ValueError("api_key takes header or query, not both")
+            raise FieldError("query", "api_key takes header or query, not both")
         return self
 
 
@@ -364,9 +373,9 @@ class Signature(Strict):
     @model_validator(mode="after")
     def _tolerance(self) -> Signature:
         if self.timestamp_tolerance is not None and self.scheme != "timestamped":
-            raise ValueError("timestamp_tolerance applies to scheme: timestamped only")
+            raise FieldError("timestamp_tolerance", "timestamp_tolerance applies to scheme: timestamped only")
         if self.timestamp_tolerance is not None and not 1 <= self.timestamp_tolerance <= 3600:
-            raise ValueError("timestamp_tolerance must be between 1s and 1h")
+            raise FieldError("timestamp_tolerance", "timestamp_tolerance must be between 1s and 1h")
         return self
 
 
@@ -375,6 +384,8 @@ class Signature(Strict):
 REST_API_ONLY = ("api_endpoint", "poll_interval", "records", "pagination", "cursor_field", "cursor_param",
                  "params", "request_timeout", "max_requests_per_minute", "api_key", "oauth2", "auth_type",
                  "secret_name")
+# Paths the connector runtime serves itself (connector/spec.py HEALTH_PATH), and the root.
+RESERVED_WEBHOOK_PATHS = frozenset({"", "/healthz"})
 WEBHOOK_ONLY = ("webhook_path", "signature", "max_body_bytes", "delivery_id_header", "max_instances")
 
 
@@ -415,31 +426,38 @@ class StreamingApi(Strict):
         foreign = WEBHOOK_ONLY if self.connector_type == "rest_api" else REST_API_ONLY
         for name in foreign:
             if name in declared:
-                raise ValueError(f"{name} applies to {'webhook' if name in WEBHOOK_ONLY else 'rest_api'} "
-                                 f"connectors only, not connector_type {self.connector_type}")
+                raise FieldError(name, f"{name} applies to {'webhook' if name in WEBHOOK_ONLY else 'rest_api'} "
+                                       f"connectors only, not connector_type {self.connector_type}")
         if self.connector_type == "rest_api":
             if self.api_endpoint is None or self.poll_interval is None:
-                raise ValueError("a rest_api connector needs api_endpoint and poll_interval")
+                raise FieldError("api_endpoint" if self.api_endpoint is None else "poll_interval",
+                                 "a rest_api connector needs api_endpoint and poll_interval")
             if self.poll_interval < MIN_POLL_INTERVAL_S:
-                raise ValueError(f"poll_interval {self.poll_interval}s is under the minimum of "
-                                 f"{MIN_POLL_INTERVAL_S}s")
+                raise FieldError("poll_interval", f"poll_interval {self.poll_interval}s is under the minimum of "
+                                                  f"{MIN_POLL_INTERVAL_S}s")
             if self.auth_type != "none" and self.secret_name is None:
-                raise ValueError(f"auth_type {self.auth_type} needs secret_name (a Secret Manager secret id)")
+                raise FieldError("secret_name", f"auth_type {self.auth_type} needs secret_name "
+                                                "(a Secret Manager secret id)")
             if self.auth_type == "none" and self.secret_name is not None:
-                raise ValueError("secret_name is set but auth_type is none: say which auth_type uses it")
+                raise FieldError("secret_name", "secret_name is set but auth_type is none: say which auth_type uses it")
             if self.api_key is not None and self.auth_type != "api_key":
-                raise ValueError("api_key applies to auth_type api_key only")
+                raise FieldError("api_key", "api_key applies to auth_type api_key only")
             if (self.oauth2 is not None) != (self.auth_type == "oauth2"):
-                raise ValueError("auth_type oauth2 needs oauth2.token_url" if self.oauth2 is None
+                raise FieldError("auth_type" if self.oauth2 is None else "oauth2",
+                                 "auth_type oauth2 needs oauth2.token_url" if self.oauth2 is None
                                  else "oauth2 applies to auth_type oauth2 only")
             if (self.cursor_field is None) != (self.cursor_param is None):
-                raise ValueError("incremental polling needs both cursor_field and cursor_param")
+                raise FieldError("cursor_field" if self.cursor_field is not None else "cursor_param",
+                                 "incremental polling needs both cursor_field and cursor_param")
         else:
             if self.webhook_path is None:
-                raise ValueError("a webhook connector needs webhook_path")
+                raise FieldError("connector_type", "a webhook connector needs webhook_path")
+            if self.webhook_path.rstrip("/") in RESERVED_WEBHOOK_PATHS:
+                raise FieldError("webhook_path", f"webhook_path {self.webhook_path!r} is reserved: the connector "
+                                                 "answers its health checks there; use e.g. /hooks/<name>")
             if self.signature is None:
-                raise ValueError("a webhook connector needs signature (header, secret_name, ...), "
-                                 "or signature: none to accept unsigned deliveries")
+                raise FieldError("connector_type", "a webhook connector needs signature (header, secret_name, ...), "
+                                                   "or signature: none to accept unsigned deliveries")
         return self
 
     @property

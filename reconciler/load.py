@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from reconciler import naming
-from reconciler.config import INGESTION_PATTERNS, Connector, Platform, SourceSchema, parse_metric
+from reconciler.config import INGESTION_PATTERNS, Connector, FieldError, Platform, SourceSchema, parse_metric
 from reconciler.yamlsrc import LoadError, SourceMap, load_json, load_yaml
 
 PLATFORM_FILE = "platform.yaml"
@@ -141,7 +141,12 @@ class _Collector:
             return model.model_validate(data), source_map
         except ValidationError as exc:
             for error in exc.errors():
-                loc = _data_loc(data, error["loc"])
+                if _other_union_member(error, data):
+                    continue
+                cause = (error.get("ctx") or {}).get("error")
+                # A model check that names the field at fault is reported at that field.
+                raw = (*error["loc"], cause.field) if isinstance(cause, FieldError) else error["loc"]
+                loc = _data_loc(data, raw)
                 if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
                     loc = (*loc, "pattern")  # the discriminator is what is wrong
                 self.add(rel, source_map.find(loc), _dotted(loc), _message(error, model, data, loc))
@@ -459,6 +464,19 @@ def _check_platform_names(collector: _Collector, platform: Platform, smap: Sourc
 # --------------------------------------------------------------------------- error formatting
 
 
+def _other_union_member(error: dict, data: Any) -> bool:
+    """An error of a union member the value is plainly not: ``signature: {header: ...}`` also fails
+    the ``'none'`` member of ``Signature | Literal['none']``, which says nothing useful. Such an
+    error is dropped when the value is a mapping (the mapping's member reports what is wrong)."""
+    if error["type"] != "literal_error":
+        return False
+    value: Any = data
+    for part in _data_loc(data, error["loc"]):
+        value = value.get(part) if isinstance(value, dict) else (
+            value[part] if isinstance(value, list) and isinstance(part, int) and part < len(value) else None)
+    return isinstance(value, dict)
+
+
 def _data_loc(data: Any, loc: tuple) -> tuple:
     """Pydantic's error location, minus the parts that are not in the document.
 
@@ -475,10 +493,16 @@ def _data_loc(data: Any, loc: tuple) -> tuple:
         elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
             current = current[part]
             result.append(part)
-        elif last and isinstance(current, dict):
+        elif last and isinstance(current, dict) and not _is_member_tag(part):
             result.append(part)  # a missing or unknown key: name it
         # else: a tag or union member name that the document does not contain
     return tuple(result)
+
+
+def _is_member_tag(part: Any) -> bool:
+    """Pydantic's names for union members and validators (``literal['none']``,
+    ``function-after[_tolerance(), Signature]``): never keys of the user's document."""
+    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
 
 
 def _dotted(loc: tuple) -> str:

@@ -163,6 +163,10 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 def api_url_problem(value: str) -> str | None:
     """An API endpoint: ``https://`` anywhere, ``http://`` only on a loopback host (local testing:
     credentials must never travel in clear over a network)."""
+    if re.match(r"https?://[^/@]*@", value):
+        # Credentials in a URL end up in logs and plans: refuse them without quoting them.
+        return ("an API URL must not carry a user or password (user:password@host): put the "
+                "credential in Secret Manager and name it with secret_name and auth_type")
     match = re.fullmatch(r"http://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?(/[^\s]*)?", value)
     if match:
         return None

@@ -168,14 +168,14 @@ CASES = [
          "oauth2": {"token_url": "http://auth.example.com/token"}}),
      "connectors/payments.yaml:", "ingestion.oauth2.token_url: 'http://auth.example.com/token': plain http://"),
     ("auth-without-secret", set_in("connectors/payments.yaml", "ingestion", "secret_name", delete=True),
-     "connectors/payments.yaml:", "auth_type bearer_token needs secret_name"),
+     "connectors/payments.yaml:", "ingestion.secret_name: auth_type bearer_token needs secret_name"),
     ("secret-without-auth", set_in("connectors/payments.yaml", "ingestion", "auth_type", value="none"),
      "connectors/payments.yaml:", "secret_name is set but auth_type is none"),
     ("secret-value-not-an-id",
      set_in("connectors/payments.yaml", "ingestion", "secret_name", value="sk_live 123/abc"),
      "connectors/payments.yaml:", "is not a valid Secret Manager secret id"),
     ("poll-interval-under-10s", set_in("connectors/payments.yaml", "ingestion", "poll_interval", value="5s"),
-     "connectors/payments.yaml:", "poll_interval 5s is under the minimum of 10s"),
+     "connectors/payments.yaml:10:3", "ingestion.poll_interval: poll_interval 5s is under the minimum of 10s"),
     ("oauth2-without-token-url", set_in("connectors/payments.yaml", "ingestion", "auth_type", value="oauth2"),
      "connectors/payments.yaml:", "auth_type oauth2 needs oauth2.token_url"),
     ("pagination-without-its-param",
@@ -185,12 +185,17 @@ CASES = [
      set_in("connectors/payments.yaml", "ingestion", "pagination", value={"type": "link_header", "path": "next"}),
      "connectors/payments.yaml:", "pagination type link_header takes no path"),
     ("cursor-field-without-param", set_in("connectors/payments.yaml", "ingestion", "cursor_param", delete=True),
-     "connectors/payments.yaml:", "incremental polling needs both cursor_field and cursor_param"),
+     "connectors/payments.yaml:16:3", "ingestion.cursor_field: incremental polling needs both cursor_field and cursor_param"),
     ("cursor-field-not-in-schema",
      set_in("connectors/payments.yaml", "ingestion", "cursor_field", value="updated"),
      "connectors/payments.yaml:", "ingestion.cursor_field: cursor_field 'updated' is not a field of schemas/payments.json"),
     ("webhook-key-on-a-poller", set_in("connectors/payments.yaml", "ingestion", "webhook_path", value="/hooks/x"),
-     "connectors/payments.yaml:", "webhook_path applies to webhook connectors only"),
+     "connectors/payments.yaml:", "ingestion.webhook_path: webhook_path applies to webhook connectors only"),
+    ("webhook-path-reserved", set_in("connectors/shipments.yaml", "ingestion", "webhook_path", value="/healthz"),
+     "connectors/shipments.yaml:7:3", "ingestion.webhook_path: webhook_path '/healthz' is reserved"),
+    ("credentials-in-endpoint-url",
+     set_in("connectors/payments.yaml", "ingestion", "api_endpoint", value="https://bob:hunter2@api.example.com/v1"),
+     "connectors/payments.yaml:7:3", "ingestion.api_endpoint: an API URL must not carry a user or password"),
     ("poller-key-on-a-webhook", set_in("connectors/shipments.yaml", "ingestion", "poll_interval", value="60s"),
      "connectors/shipments.yaml:", "poll_interval applies to rest_api connectors only"),
     ("webhook-without-signature", set_in("connectors/shipments.yaml", "ingestion", "signature", delete=True),
@@ -311,3 +316,18 @@ def test_when_every_secret_exists_the_plan_goes_ahead(repo, monkeypatch):
     secrets = _Secrets({"payments-api-key", "shipments-webhook-key"})
     monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([provider], secrets=secrets))
     assert cli.main(["plan", "--repo", str(repo)]) == 2  # changes: everything is to create
+
+
+@pytest.mark.parametrize(("signature", "field", "message"), [
+    ({"header": "X-Sig", "secret_name": "k", "schema": "hex"}, "ingestion.signature.schema", "unknown key 'schema'"),
+    ({"header": "X-Sig", "secret_name": "k", "scheme": "hmac"}, "ingestion.signature.scheme", "Input should be"),
+    ({"header": "X-Sig"}, "ingestion.signature.secret_name", "required field is missing"),
+    ({"header": "X-Sig", "secret_name": "k", "scheme": "hex", "timestamp_tolerance": "60s"},
+     "ingestion.signature.timestamp_tolerance", "applies to scheme: timestamped only"),
+], ids=["typo", "bad-scheme", "missing-secret", "tolerance-without-timestamps"])
+def test_a_mistake_in_a_signature_block_is_one_problem_at_its_field(repo, signature, field, message):
+    set_in("connectors/shipments.yaml", "ingestion", "signature", value=signature)(repo)
+    with pytest.raises(InvalidDesiredState) as raised:
+        load_repo(repo)
+    (problem,) = raised.value.problems  # not also "Input should be 'none'" for the other union member
+    assert problem.field == field and message in problem.message, str(problem)
