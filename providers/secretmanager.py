@@ -63,6 +63,11 @@ class SecretManagerSecrets:
         self._lock = threading.Lock()
         self._counter = CallCounter("secretmanager")
 
+    @property
+    def location(self) -> str:
+        """Where a missing secret was looked for, for the plan's error."""
+        return f"Secret Manager (project {self.project})"
+
     def missing(self, secret_ids: Collection[str]) -> set[str]:
         """The ids among ``secret_ids`` with no secret in the project. One paged list call (none
         when ``secret_ids`` is empty). Errors: `providers.errors` (e.g. PermanentError on 403)."""
@@ -117,6 +122,11 @@ class LocalSecrets:
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
+
+    @property
+    def location(self) -> str:
+        """Where a missing secret was looked for, for the plan's error."""
+        return f"the local secrets directory {self.directory.resolve()} (a file per secret id)"
 
     @classmethod
     def for_state_dir(cls, state_dir: Path | str) -> LocalSecrets:

@@ -21,6 +21,7 @@ stderr, so ``--format json`` output stays parseable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -140,7 +141,20 @@ def cmd_apply(args: argparse.Namespace) -> int:
     result = engine.apply(plan, on_outcome=_print_outcome)
     print(result.summary())
     _print_failures(result)
+    _print_local_services(engine)
     return EXIT_ERROR if not result.ok else _blocked_exit(plan)
+
+
+def _print_local_services(engine: Engine) -> None:
+    """Where the connectors run on the local stand-in for Cloud Run (a webhook's URL is its
+    path there); nothing on Cloud Run, where the console and ``gcloud run services`` tell."""
+    runner = engine.providers.get(Kind.CLOUD_RUN_SERVICE)
+    if not hasattr(runner, "service_url"):
+        return
+    for service in sorted(engine.observe([Kind.CLOUD_RUN_SERVICE]), key=lambda r: r.name):
+        with contextlib.suppress(Exception):  # recorded-only services have no process, hence no URL
+            webhook = (service.spec.get("connector") or {}).get("webhook") or {}
+            _err(f"local connector {service.name}: {runner.service_url(service.name)}{webhook.get('path', '')}")
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
@@ -171,7 +185,11 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     emulators = local.start(args.state_dir, project=args.project)
     for name, value in emulators.env().items():
         print(f"export {name}={value}")
-    _err(f"Emulators running (state in {args.state_dir}). Stop them with: headwater local down")
+    # Later commands (and `local down`) then find the same state: local jobs, connectors, secrets.
+    state_dir = Path(args.state_dir).resolve()
+    print(f"export HEADWATER_STATE_DIR={state_dir}")
+    _err(f"Emulators running (state in {state_dir}; connectors' secrets go in {state_dir / 'secrets'}). "
+         f"Stop them with: headwater local down --state-dir {state_dir}")
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import urllib.error
@@ -112,7 +113,10 @@ def test_api_records_reach_silver_once_through_429s_500s_and_a_killed_connector(
 
     # The next apply finds the service gone (a crashed instance) and starts it again.
     assert cli.main(["apply", "--repo", str(platform["repo"]), "--auto-approve"]) == 0
-    assert "cloud_run_service.payments-connector" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "cloud_run_service.payments-connector" in captured.out
+    # apply says where the local connectors listen: a webhook's URL is there.
+    assert re.search(r"local connector shipments-connector: http://127\.0\.0\.1:\d+/hooks/shipments", captured.err)
     expected |= {f"ch_{n:03d}" for n in range(24, 40)}
     ids = wait_for(lambda: (lambda got: got if set(got) == expected else None)(
         silver_ids(project, "payments", "charge_id")), "all 39 charges in Silver")
