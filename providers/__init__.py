@@ -58,6 +58,17 @@ def build_providers(
         from providers.storage_notifications import StorageNotificationProvider
 
         notifications = StorageNotificationProvider(project)
+    # cloud_transfer (issue 10): Storage Transfer, or on the emulators its stand-in (EMULATOR
+    # DEPARTURE: no Storage Transfer emulator; transfer processes copying from the local S3).
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from providers.local_transfer import LocalTransferProvider
+
+        transfers: Provider = LocalTransferProvider(
+            project, Path(state_dir or os.environ.get("HEADWATER_STATE_DIR") or ".headwater"))
+    else:
+        from providers.transfer import StorageTransferProvider
+
+        transfers = StorageTransferProvider(project)
     if runner == "local":
         from providers.localrunner import LocalRunnerProvider
 
@@ -76,16 +87,19 @@ def build_providers(
         BigQueryProvider(project, region),
         PubSubProvider(project),
         notifications,
+        transfers,
         *runtimes,
     ]
 
 
 def stop_local(state_dir: Path | str, project: str | None = None) -> list[str]:
     """Stop every stand-in process recorded in ``state_dir`` (of ``project``, or all): the file
-    watchers first (they publish), then the connectors and jobs. The names stopped."""
-    from providers import local_notifications, localrunner
+    watchers and transfers first (they publish or land files), then the connectors and jobs. The
+    names stopped."""
+    from providers import local_notifications, local_transfer, localrunner
 
-    return local_notifications.stop_all(Path(state_dir), project) + localrunner.stop_all(Path(state_dir), project)
+    return (local_notifications.stop_all(Path(state_dir), project) + local_transfer.stop_all(Path(state_dir), project)
+            + localrunner.stop_all(Path(state_dir), project))
 
 
 def build_secret_store(project: str, *, runner: str | None = None, state_dir: Path | str | None = None):

@@ -12,8 +12,15 @@ instead of a real project. Each runs as a child process bound to 127.0.0.1 on a 
   ``spatial`` extension at start and would download it; offline, the extension must have been
   installed beforehand from the ``duckdb-extension-spatial`` package (``scripts/setup`` does it).
 
+Beside them, a real source for the local stand-in of Storage Transfer (issue 10):
+
+* **S3** - moto's standalone server (``moto_server``, PyPI ``moto[server]``), in memory, speaking
+  the S3 API: a ``cloud_transfer`` source's bucket lives there, and `providers.local_transfer`
+  copies from it. Not a GCP emulator: it plays the other cloud.
+
 Clients find the emulators through the usual environment variables (``PUBSUB_EMULATOR_HOST``,
-``STORAGE_EMULATOR_HOST``, ``BIGQUERY_EMULATOR_HOST``), see :meth:`Emulators.env`.
+``STORAGE_EMULATOR_HOST``, ``BIGQUERY_EMULATOR_HOST``; AWS SDKs ``AWS_ENDPOINT_URL_S3``), see
+:meth:`Emulators.env`.
 
 ``start`` records what it launched (addresses and PIDs) in ``<state_dir>/emulators.json`` so a
 later command - another CLI invocation, a test session - can find or ``stop`` them. Every child
@@ -90,15 +97,19 @@ class Emulators:
     bigquery_host: str  # "http://127.0.0.1:PORT"
     project: str
     pids: dict[str, int] = field(default_factory=dict)
+    s3_host: str = ""  # "http://127.0.0.1:PORT": moto's S3 server (cloud_transfer sources), AWS_ENDPOINT_URL_S3
 
     def env(self) -> dict[str, str]:
         """Environment variables that point the official clients at the emulators."""
-        return {
+        env = {
             "PUBSUB_EMULATOR_HOST": self.pubsub_host,
             "STORAGE_EMULATOR_HOST": self.storage_host,
             "BIGQUERY_EMULATOR_HOST": self.bigquery_host,
             "GOOGLE_CLOUD_PROJECT": self.project,
         }
+        if self.s3_host:  # AWS SDKs (boto3 >= 1.28) take the S3 endpoint from it
+            env["AWS_ENDPOINT_URL_S3"] = self.s3_host
+        return env
 
 
 @dataclass
@@ -170,7 +181,8 @@ def check_prerequisites() -> list[str]:
         problems.append(INSTALL_GCLOUD)
     elif not (sdk_root / PUBSUB_LAUNCHER).exists():
         problems.append(INSTALL_PUBSUB)
-    for exe, package in (("gcp-storage-emulator", "gcp-storage-emulator"), ("bqemulator", "bqemulator")):
+    for exe, package in (("gcp-storage-emulator", "gcp-storage-emulator"), ("bqemulator", "bqemulator"),
+                         ("moto_server", "moto[server]")):
         if not (_venv_bin() / exe).exists():
             problems.append(f"{package} is missing from {_venv_bin().parent}: {INSTALL_PYTHON_EXTRAS}")
     missing = _missing_duckdb_extensions()
@@ -246,7 +258,7 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 def _specs(project: str) -> tuple[list[_Spec], Emulators]:
     sdk_root = _gcloud_sdk_root()
     assert sdk_root is not None  # check_prerequisites ran first
-    ps, gcs, bq, bq_grpc = (_free_port() for _ in range(4))
+    ps, gcs, bq, bq_grpc, s3 = (_free_port() for _ in range(5))
     specs = [
         _Spec(
             "pubsub",
@@ -271,12 +283,19 @@ def _specs(project: str) -> tuple[list[_Spec], Emulators]:
             f"http://127.0.0.1:{bq}/readyz",
             lambda body: '"ok"' in body,
         ),
+        _Spec(  # cloud_transfer's source (issue 10): moto's S3 server, in memory
+            "s3",
+            [str(_venv_bin() / "moto_server"), "-H", "127.0.0.1", "-p", str(s3)],
+            f"http://127.0.0.1:{s3}/",
+            lambda body: "ListAllMyBucketsResult" in body,
+        ),
     ]
     emulators = Emulators(
         pubsub_host=f"127.0.0.1:{ps}",
         storage_host=f"http://127.0.0.1:{gcs}",
         bigquery_host=f"http://127.0.0.1:{bq}",
         project=project,
+        s3_host=f"http://127.0.0.1:{s3}",
     )
     return specs, emulators
 

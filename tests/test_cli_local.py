@@ -18,8 +18,10 @@ def test_local_up_prints_the_environment_and_down_stops(tmp_path, capsys):
     out = capsys.readouterr().out
     exports = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
     assert set(exports) == {"PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST",
-                            "GOOGLE_CLOUD_PROJECT", "HEADWATER_STATE_DIR"}
+                            "GOOGLE_CLOUD_PROJECT", "HEADWATER_STATE_DIR", "AWS_ENDPOINT_URL_S3"}
     assert exports["HEADWATER_STATE_DIR"] == str(state_dir.resolve())
+    with urllib.request.urlopen(exports["AWS_ENDPOINT_URL_S3"] + "/", timeout=5) as resp:
+        assert b"ListAllMyBucketsResult" in resp.read(), "moto's S3 server: cloud_transfer's source"
     with urllib.request.urlopen(f"http://{exports['PUBSUB_EMULATOR_HOST']}/", timeout=5) as resp:
         assert resp.read().strip() == b"Ok"
     running = local.load(state_dir)
