@@ -14,7 +14,9 @@ Canonical spec (what `observe` returns and what `create`/`update` accept)
 --------------------------------------------------------------------------
 Dataset::
 
-    {"location": "EU" | "europe-west1", "description": str}   # description only when non-empty
+    {"location": "EU" | "europe-west1", "description": str,   # description only when non-empty
+     "default_table_expiration_ms": int | None,               # None: no default expiration
+     "default_partition_expiration_ms": int | None}
 
 Table::
 
@@ -25,11 +27,18 @@ Table::
              "fields": [...]},                       # only for RECORD, same shape, nested
         ],
         "time_partitioning": {"type": "DAY", "field": str | None,   # None = ingestion time
-                              "expiration_ms": int}                 # only when set
+                              "expiration_ms": int | None}          # None = partitions never expire
                              | None,                                # not partitioned
         "clustering_fields": [str] | None,
+        "require_partition_filter": bool,
         "description": str,                          # only when non-empty
     }
+
+Mutability (`IMMUTABLE_FIELDS` holds paths): a dataset's location, and a table's partitioning
+*type and field*, cannot change in place; a partition expiration, the partition filter
+requirement, clustering, descriptions and the datasets' default expirations can. The planner
+compares ``time_partitioning`` only on the sub-keys the desired side declares
+(`reconciler.resources.PARTIAL_FIELDS`): an expiration set outside headwater is no difference.
 
 Normalization rules, and why:
 
@@ -46,6 +55,10 @@ Normalization rules, and why:
   (``europe-west1``), which is how BigQuery reports them; the match is case-insensitive.
 * Labels are returned whole. Only datasets and tables labelled ``managed-by=headwater`` are
   observed, and tables only inside managed datasets (headwater creates its tables there).
+  `BigQueryProvider.read` gets datasets and tables by name whatever their labels (one get each,
+  only for declared ones observe did not find), so the planner can tell one that exists but is
+  not headwater's.
+* ``would_lose``: a table's row count (``numRows`` of a get), a dataset's table count (a list).
 
 Observe: API calls
 ------------------
@@ -92,6 +105,9 @@ EMULATOR DEPARTURES (bqemulator 1.4.0)
 * Schema evolution is metadata-only on bqemulator: after ``update_table(["schema"])`` adds a
   column, observe shows it, but SELECT or insert on it fails. Nothing to do here; the real-API
   path is the same ``update_table`` call.
+* ``requirePartitionFilter`` is dropped by bqemulator (accepted, never stored): on the emulator,
+  observe reports it as not observable (`reconciler.resources.unobservable`), so a declared
+  value is not replanned forever; on GCP it is read from ``INFORMATION_SCHEMA.TABLE_OPTIONS``.
 """
 
 from __future__ import annotations
@@ -100,7 +116,7 @@ import os
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -110,7 +126,7 @@ from google.cloud import bigquery
 
 from providers.calls import CallCounter
 from providers.errors import NotFound, PermanentError, call
-from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, Kind, Resource
+from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, Kind, Resource, unobservable
 
 T = TypeVar("T")
 
@@ -130,17 +146,25 @@ TYPE_ALIASES = {
 }
 MULTI_REGIONS = frozenset({"US", "EU"})
 
-# A dataset cannot move; a table's partitioning cannot change in place (the real API rejects
-# it). Both force a replacement, which the planner shows.
+# A dataset cannot move; a table's partitioning type and column cannot change in place (the real
+# API rejects it): those paths force a replacement, which the planner shows. A partition
+# expiration (time_partitioning.expiration_ms) is updated in place.
 IMMUTABLE_FIELDS: dict[Kind, frozenset[str]] = {
     Kind.BIGQUERY_DATASET: frozenset({"location"}),
-    Kind.BIGQUERY_TABLE: frozenset({"time_partitioning"}),
+    Kind.BIGQUERY_TABLE: frozenset({"time_partitioning.type", "time_partitioning.field"}),
 }
 # Our keys -> the client's property names, as passed in ``update_dataset/update_table(fields=)``.
 UPDATE_FIELDS: dict[Kind, dict[str, str]] = {
-    Kind.BIGQUERY_DATASET: {"description": "description", "labels": "labels"},
+    Kind.BIGQUERY_DATASET: {
+        "description": "description",
+        "default_table_expiration_ms": "default_table_expiration_ms",
+        "default_partition_expiration_ms": "default_partition_expiration_ms",
+        "labels": "labels",
+    },
     Kind.BIGQUERY_TABLE: {
         "schema": "schema",
+        "time_partitioning": "time_partitioning",  # its expiration only: type and field are immutable
+        "require_partition_filter": "require_partition_filter",
         "clustering_fields": "clustering_fields",
         "description": "description",
         "labels": "labels",
@@ -226,13 +250,11 @@ def canonical_location(location: str | None) -> str:
 def partitioning_spec(partitioning: bigquery.TimePartitioning | None) -> dict[str, Any] | None:
     if partitioning is None:
         return None
-    spec: dict[str, Any] = {
+    return {
         "type": (partitioning.type_ or "DAY").upper(),
         "field": partitioning.field or None,
+        "expiration_ms": int(partitioning.expiration_ms) if partitioning.expiration_ms else None,
     }
-    if partitioning.expiration_ms:
-        spec["expiration_ms"] = int(partitioning.expiration_ms)
-    return spec
 
 
 def table_spec(
@@ -240,11 +262,14 @@ def table_spec(
     partitioning: bigquery.TimePartitioning | None,
     clustering_fields: Sequence[str] | None,
     description: str | None,
+    require_partition_filter: bool | dict[str, str] | None = False,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "schema": schema,
         "time_partitioning": partitioning_spec(partitioning),
         "clustering_fields": list(clustering_fields) if clustering_fields else None,
+        "require_partition_filter": (require_partition_filter if isinstance(require_partition_filter, dict)
+                                     else bool(require_partition_filter)),
     }
     if description:
         spec["description"] = description
@@ -255,6 +280,8 @@ def dataset_spec(dataset: bigquery.Dataset) -> dict[str, Any]:
     spec: dict[str, Any] = {"location": canonical_location(dataset.location)}
     if dataset.description:
         spec["description"] = dataset.description
+    spec["default_table_expiration_ms"] = int(dataset.default_table_expiration_ms or 0) or None
+    spec["default_partition_expiration_ms"] = int(dataset.default_partition_expiration_ms or 0) or None
     return spec
 
 
@@ -414,7 +441,8 @@ def information_schema_query(project: str, dataset: str) -> str:
     * ``column``: a top-level column (``path`` = its name) with its position, nullability and
       full type. Hidden pseudo-columns (``_PARTITIONTIME``...) are not part of the schema.
     * ``field``: a non-empty description of a column or nested field, by field path.
-    * ``table``: a table's description (a string literal, see `option_string`).
+    * ``table``: a table option (``path`` = its name): the description (a string literal, see
+      `option_string`) and ``require_partition_filter`` (``true`` / ``false``).
     """
     views = f"`{project}.{dataset}`.INFORMATION_SCHEMA"
     return f"""
@@ -428,10 +456,10 @@ SELECT 'field', table_name, field_path, CAST(NULL AS INT64), CAST(NULL AS STRING
 FROM {views}.COLUMN_FIELD_PATHS
 WHERE description IS NOT NULL AND description != ''
 UNION ALL
-SELECT 'table', table_name, CAST(NULL AS STRING), CAST(NULL AS INT64), CAST(NULL AS STRING),
+SELECT 'table', table_name, option_name, CAST(NULL AS INT64), CAST(NULL AS STRING),
        CAST(NULL AS STRING), option_value
 FROM {views}.TABLE_OPTIONS
-WHERE option_name = 'description'
+WHERE option_name IN ('description', 'require_partition_filter')
 """
 
 
@@ -446,6 +474,7 @@ def table_specs_from_information_schema(
     columns: dict[str, list[tuple[int, str, str, str]]] = defaultdict(list)
     descriptions: dict[str, dict[str, str]] = defaultdict(dict)
     table_descriptions: dict[str, str | None] = {}
+    partition_filters: dict[str, bool] = {}
     for row in rows:
         table = row["table_name"]
         if row["row_kind"] == "column":
@@ -454,6 +483,8 @@ def table_specs_from_information_schema(
             )
         elif row["row_kind"] == "field":
             descriptions[table][row["path"]] = row["text"]
+        elif row["row_kind"] == "table" and row.get("path") == "require_partition_filter":
+            partition_filters[table] = str(row["text"]).strip().lower() == "true"
         elif row["row_kind"] == "table":
             table_descriptions[table] = option_string(row["text"])
     specs = {}
@@ -464,7 +495,8 @@ def table_specs_from_information_schema(
             for _, name, data_type, nullable in sorted(columns[table])
         ]
         specs[table] = table_spec(
-            schema, item.time_partitioning, item.clustering_fields, table_descriptions.get(table)
+            schema, item.time_partitioning, item.clustering_fields, table_descriptions.get(table),
+            partition_filters.get(table, False),
         )
     return specs
 
@@ -559,6 +591,8 @@ class BigQueryProvider:
             dataset = bigquery.Dataset(self._dataset_ref(resource.name))
             dataset.location = resource.spec.get("location") or self.location
             dataset.description = resource.spec.get("description") or None
+            dataset.default_table_expiration_ms = resource.spec.get("default_table_expiration_ms")
+            dataset.default_partition_expiration_ms = resource.spec.get("default_partition_expiration_ms")
             dataset.labels = dict(resource.labels)
             self._rpc("create_dataset", resource.name, lambda: client.create_dataset(dataset, **_OPTS))
         elif resource.kind == Kind.BIGQUERY_TABLE:
@@ -568,6 +602,8 @@ class BigQueryProvider:
             table.time_partitioning = time_partitioning(resource.spec.get("time_partitioning"))
             table.clustering_fields = resource.spec.get("clustering_fields") or None
             table.description = resource.spec.get("description") or None
+            if resource.spec.get("require_partition_filter") is not None:
+                table.require_partition_filter = bool(resource.spec["require_partition_filter"])
             table.labels = dict(resource.labels)
             self._rpc("create_table", resource.name, lambda: client.create_table(table, **_OPTS))
         else:
@@ -589,6 +625,9 @@ class BigQueryProvider:
             dataset = self._update_target(resource, fields)
             if "description" in fields:
                 dataset.description = spec.get("description") or None
+            for key in ("default_table_expiration_ms", "default_partition_expiration_ms"):
+                if key in fields:  # None removes the default
+                    setattr(dataset, key, spec.get(key))
             self._rpc(
                 "update_dataset", resource.name, lambda: client.update_dataset(dataset, api_fields, **_OPTS)
             )
@@ -598,6 +637,15 @@ class BigQueryProvider:
                 table.schema = schema_fields(spec.get("schema", ()))
             if "clustering_fields" in fields:
                 table.clustering_fields = spec.get("clustering_fields") or None  # None removes clustering
+            if "time_partitioning" in fields:
+                # Only the expiration can change (type and field are immutable paths); a None
+                # expiration is sent as null, which removes it.
+                partitioning = time_partitioning(spec.get("time_partitioning"))
+                if partitioning is not None and (spec.get("time_partitioning") or {}).get("expiration_ms") is None:
+                    partitioning.expiration_ms = None
+                table.time_partitioning = partitioning
+            if "require_partition_filter" in fields:
+                table.require_partition_filter = bool(spec.get("require_partition_filter"))
             if "description" in fields:
                 table.description = spec.get("description") or None
             self._rpc("update_table", resource.name, lambda: client.update_table(table, api_fields, **_OPTS))
@@ -630,6 +678,49 @@ class BigQueryProvider:
             )
         else:
             raise PermanentError(f"bigquery: unsupported kind {resource.kind!r}")
+
+    # -- optional abilities (providers.base) --
+
+    def read(self, kind: Kind, names: Collection[str]) -> list[Resource]:
+        """Datasets or tables by name, whoever manages them: one get each (only for declared ones
+        that observe did not find). Missing ones are left out."""
+        found: list[Resource] = []
+        for name in names:
+            try:
+                if kind == Kind.BIGQUERY_DATASET:
+                    found.append(self._observe_dataset(name))
+                elif kind == Kind.BIGQUERY_TABLE:
+                    ref = self._table_ref(name)
+                    table = self._rpc("get_table", name, lambda ref=ref: self._bq().get_table(ref, **_OPTS))
+                    found.append(Resource(Kind.BIGQUERY_TABLE, name, self._table_spec_of(table), dict(table.labels)))
+            except NotFound:
+                continue
+        return found
+
+    def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]:
+        """A table's rows (``numRows``: streamed rows not yet in storage may be missing from it), a
+        dataset's tables."""
+        losses: dict[str, str] = {}
+        for resource in resources:
+            try:
+                if resource.kind == Kind.BIGQUERY_TABLE:
+                    ref = self._table_ref(resource.name)
+                    table = self._rpc("get_table", resource.name, lambda ref=ref: self._bq().get_table(ref, **_OPTS))
+                    losses[resource.address] = f"{int(table.num_rows or 0):,} rows"
+                elif resource.kind == Kind.BIGQUERY_DATASET:
+                    ref = self._dataset_ref(resource.name)
+                    tables = self._list("list_tables", lambda ref=ref: self._bq().list_tables(
+                        ref, page_size=LIST_PAGE_SIZE, **_OPTS))
+                    losses[resource.address] = f"{len(tables)} tables"
+            except NotFound:
+                continue
+        return losses
+
+    def _table_spec_of(self, table: bigquery.Table) -> dict[str, Any]:
+        return table_spec(
+            canonical_schema(table.schema), table.time_partitioning, table.clustering_fields, table.description,
+            unobservable("bqemulator does not keep require_partition_filter") if on_emulator()
+            else table.require_partition_filter)
 
     # -- ApiCallCounter --
 
@@ -732,6 +823,8 @@ class BigQueryProvider:
                 table.time_partitioning,
                 table.clustering_fields,
                 table.description,
+                # EMULATOR DEPARTURE: bqemulator drops requirePartitionFilter (module docstring).
+                unobservable("bqemulator does not keep require_partition_filter"),
             )
             return Resource(Kind.BIGQUERY_TABLE, name, spec, dict(table.labels))
 

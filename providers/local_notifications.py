@@ -33,7 +33,9 @@ resource (its name quoted to one path segment):
 
 `create` takes the first listing itself, before the watcher starts: like a real config, it
 announces only objects written after it exists (the sweep is for the others). ``observe``
-returns the watchers whose process runs; `delete` stops one and removes its files except the
+returns the watchers whose process runs against the emulators in effect now (a watcher left
+running against emulators that are gone is missing, and `create` replaces it:
+`providers.localprocess.stale_endpoints`); `delete` stops one and removes its files except the
 log; `stop_all` stops them all (``headwater local down``). ``publisher_grant`` is recorded as
 declared: there is no IAM to grant on the emulator. ``HEADWATER_LOCAL_JOBS=record`` (or
 ``run_watchers=False``) tracks watchers without starting processes, as it does jobs.
@@ -55,7 +57,15 @@ from pathlib import Path
 from typing import Any
 
 from providers.errors import AlreadyExists, PermanentError
-from providers.localprocess import is_alive, process_start, spawn, stop_group, write_json_atomic
+from providers.localprocess import (
+    endpoints_in_effect,
+    is_alive,
+    process_start,
+    spawn,
+    stale_endpoints,
+    stop_group,
+    write_json_atomic,
+)
 from providers.localrunner import child_env
 from providers.storage_notifications import IMMUTABLE_FIELDS, topic_path
 from reconciler.resources import Kind, Resource
@@ -81,6 +91,7 @@ class WatcherRecord:
     log: str
     started_at: str
     recorded_only: bool = False  # HEADWATER_LOCAL_JOBS=record: tracked, no process
+    endpoints: dict[str, str] | None = None  # the emulators in effect at launch (None: an older record)
 
 
 def watchers_dir(state_dir: Path, project: str) -> Path:
@@ -169,8 +180,11 @@ class LocalNotificationProvider:
         for record in load_records(self.state_dir):
             if record.project != self.project:
                 continue
-            if _running(record):
+            stale = stale_endpoints(record.endpoints)
+            if _running(record) and stale is None:
                 live.append(Resource(Kind.STORAGE_NOTIFICATION, record.name, record.spec, record.labels))
+            elif _running(record):
+                log.warning("notification watcher %s is missing: %s; apply launches it anew", record.name, stale)
             else:
                 log.warning("notification watcher %s has ended; its log: %s", record.name, record.log)
         return live
@@ -179,8 +193,10 @@ class LocalNotificationProvider:
         _check_kind(resource.kind)
         with self._lock:
             existing = self._record(resource.name)
-            if existing is not None and _running(existing):
+            if existing is not None and _running(existing) and stale_endpoints(existing.endpoints) is None:
                 raise AlreadyExists(f"local notification {resource.name} is already watched (pid {existing.pid})")
+            if existing is not None:
+                _stop(existing)  # watching through emulators that are gone
             seen = self._paths(resource.name)[1]
             if not seen.exists():  # a first start: what is there now is not announced (see the docstring)
                 write_json_atomic(seen, _baseline(resource.spec) if self.run_watchers else {})
@@ -227,6 +243,7 @@ class LocalNotificationProvider:
             name=resource.name, project=self.project, pid=0, process_start="",
             spec=json.loads(json.dumps(dict(resource.spec))), labels=dict(resource.labels), log=str(log_path),
             started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), recorded_only=not self.run_watchers,
+            endpoints=endpoints_in_effect(),
         )
         write_json_atomic(record_path, asdict(record))  # the watcher reads it at start
         if not self.run_watchers:

@@ -13,6 +13,12 @@ pipeline's workers, say). The processes that *this* process started are kept in 
 their ``Popen`` handles, so an ended one is reaped (no zombies) and its exit code can be read
 (`child`). Records are written atomically (`write_json_atomic`): another process (a batch job's
 scheduler, a watcher) reads them at start.
+
+A stand-in works only against the emulators it was launched with: records keep the endpoints in
+effect at launch (`endpoints_in_effect`), and a process whose endpoints are not the ones in
+effect now (another ``headwater local up``, emulators restarted on new ports) is not running as
+far as observe is concerned (`stale_endpoints`): it is missing, and the next apply stops it and
+launches it anew against the emulators now in effect.
 """
 
 from __future__ import annotations
@@ -115,3 +121,26 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+# The endpoints a stand-in talks to: the emulators' (the same variables the client libraries read).
+EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
+
+
+def endpoints_in_effect(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The emulator endpoints set in ``env`` (default: this process's environment)."""
+    env = os.environ if env is None else env
+    return {var: env[var] for var in EMULATOR_VARS if env.get(var)}
+
+
+def stale_endpoints(recorded: Mapping[str, str] | None, env: Mapping[str, str] | None = None) -> str | None:
+    """Why a stand-in launched against ``recorded`` endpoints cannot work now, or None when they are
+    the ones in effect."""
+    current = endpoints_in_effect(env)
+    if recorded is None:
+        return "its record does not say which emulators it was launched against (an older headwater)"
+    if dict(recorded) == current:
+        return None
+    changed = [f"{var} was {recorded.get(var) or 'unset'}, now {current.get(var) or 'unset'}"
+               for var in EMULATOR_VARS if recorded.get(var) != current.get(var)]
+    return "it runs against emulators that are no longer in effect (" + "; ".join(changed) + ")"

@@ -16,7 +16,11 @@ Jobs are tracked in ``<state_dir>/jobs/<project>/``, one set of files per job na
 * ``<name>.status.json`` - batch jobs only: their runs (count, last start, end, exit code).
 
 ``observe`` returns running jobs only: a job whose process has ended is history, and the next
-plan launches it again. Everything else mirrors Dataflow:
+plan launches it again. Running means running against the emulators in effect now: each record
+keeps the endpoints it was launched with (``endpoints``), and a job or connector whose process
+lives on against emulators that are gone (another ``headwater local up``, a restart on new
+ports) is missing, not running (`providers.localprocess.stale_endpoints`); the next apply's
+create stops that process and launches it anew. Everything else mirrors Dataflow:
 
 * streaming job: the pipeline process itself (``BundleBasedDirectRunner``, never ends);
 * batch job: a small scheduler process (``python -m providers.localrunner <record>``, below)
@@ -82,7 +86,15 @@ from pathlib import Path
 from typing import Any
 
 from providers.errors import AlreadyExists, NotFound, PermanentError
-from providers.localprocess import child, is_alive, spawn, stop_group, write_json_atomic
+from providers.localprocess import (
+    child,
+    endpoints_in_effect,
+    is_alive,
+    spawn,
+    stale_endpoints,
+    stop_group,
+    write_json_atomic,
+)
 from providers.secretmanager import LocalSecrets, local_secrets_dir
 from reconciler.resources import Kind, Resource
 
@@ -137,6 +149,8 @@ class JobRecord:
     recorded_only: bool = False  # HEADWATER_LOCAL_JOBS=record: tracked, no process
     kind: str = Kind.DATAFLOW_JOB.value  # or cloud_run_service
     port: int | None = None  # a service's PORT (loopback)
+    # The emulator endpoints in effect at launch (None: recorded by an older headwater).
+    endpoints: dict[str, str] | None = None
 
 
 def jobs_dir(state_dir: Path, project: str) -> Path:
@@ -238,6 +252,11 @@ def _running(record: JobRecord) -> bool:
     return is_alive(record.pid, record.process_start, recorded_only=record.recorded_only)
 
 
+def _running_here(record: JobRecord) -> bool:
+    """Running, and against the emulators in effect now (module docstring)."""
+    return _running(record) and stale_endpoints(record.endpoints) is None
+
+
 def _stop_process(record: JobRecord, *, graceful: bool) -> None:
     """SIGINT and a grace period (graceful), then SIGTERM, then SIGKILL, to the job's process group."""
     if not record.recorded_only:
@@ -332,8 +351,12 @@ class LocalRunnerProvider:
         for record in load_records(self.state_dir):
             if record.project != self.project or record.kind != kind:
                 continue
-            if _running(record):
+            stale = stale_endpoints(record.endpoints)
+            if _running(record) and stale is None:
                 live.append(Resource(kind, record.name, record.spec, record.labels))
+            elif _running(record):
+                log.warning("local %s %s is missing: %s; apply launches it anew against the emulators in effect",
+                            what, record.name, stale)
             else:
                 log.warning("local %s %s has ended (history, not drift); its log: %s", what, record.name, record.log)
         return live
@@ -344,8 +367,10 @@ class LocalRunnerProvider:
             return
         with self._lock:
             existing = self._record(resource.name)
-            if existing is not None and _running(existing):
+            if existing is not None and _running_here(existing):
                 raise AlreadyExists(f"local job {resource.name} is already running (pid {existing.pid})")
+            if existing is not None and _running(existing):  # against emulators that are gone: stop it
+                _stop_process(existing, graceful=existing.streaming)
             self._launch(resource)
 
     def update(self, resource: Resource, fields: Sequence[str]) -> None:
@@ -357,7 +382,7 @@ class LocalRunnerProvider:
                 raise PermanentError(f"{resource.address}: {name!r} cannot change in place (stop and relaunch)")
         with self._lock:
             existing = self._record(resource.name)
-            if existing is not None and _running(existing) and set(fields) <= NOT_USED_LOCALLY:
+            if existing is not None and _running_here(existing) and set(fields) <= NOT_USED_LOCALLY:
                 # Only Dataflow settings changed: the local process does not use them. Record the
                 # new spec (so the next plan is clean) and leave the job running.
                 existing.spec = json.loads(json.dumps(dict(resource.spec)))
@@ -428,9 +453,11 @@ class LocalRunnerProvider:
     def _create_service(self, resource: Resource) -> None:
         with self._lock:
             existing = self._record(resource.name, Kind.CLOUD_RUN_SERVICE)
-            if existing is not None and _running(existing):
+            if existing is not None and _running_here(existing):
                 raise AlreadyExists(f"local service {resource.name} is already running (pid {existing.pid})")
             secrets = self._secret_values(resource)
+            if existing is not None and _running(existing):  # against emulators that are gone: stop it
+                _stop_process(existing, graceful=False)
             # Launched again after it ended: the same port when it is free (the same URL).
             record = self._launch_service(resource, secrets, existing.port if existing else None)
         self._await_listening(resource, record)
@@ -439,7 +466,7 @@ class LocalRunnerProvider:
         with self._lock:
             existing = self._record(resource.name, Kind.CLOUD_RUN_SERVICE)
             running = existing is not None and _running(existing)
-            if existing is not None and running and set(fields) <= SERVICE_FIELDS_NOT_USED_LOCALLY:
+            if existing is not None and _running_here(existing) and set(fields) <= SERVICE_FIELDS_NOT_USED_LOCALLY:
                 # Nothing the local process uses changed: record the new spec (the next plan is
                 # clean) and leave it running.
                 existing.spec = json.loads(json.dumps(dict(resource.spec)))
@@ -484,7 +511,7 @@ class LocalRunnerProvider:
             argv=service_argv(resource.spec, self.python), log=str(log_path),
             started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             env={"PORT": str(chosen)},  # the secrets' values are in the process's environment only
-            kind=Kind.CLOUD_RUN_SERVICE.value, port=chosen,
+            kind=Kind.CLOUD_RUN_SERVICE.value, port=chosen, endpoints=endpoints_in_effect(),
         )
         record_path = directory / f"{name}.json"
         if not self.run_jobs:
@@ -542,7 +569,7 @@ class LocalRunnerProvider:
             name=name, project=self.project, pid=0, process_start="", streaming=streaming,
             spec=json.loads(json.dumps(dict(resource.spec))), labels=dict(resource.labels),
             argv=pipeline_argv(resource, spec_file.resolve(), self.python), log=str(log_path),
-            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), endpoints=endpoints_in_effect(),
         )
         if not self.run_jobs:
             record.recorded_only = True

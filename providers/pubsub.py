@@ -28,7 +28,16 @@ Subscription (always exactly these keys)::
         "retry_policy": {"minimum_backoff": int, "maximum_backoff": int} | None,
         "dead_letter_policy": {"dead_letter_topic": str, "max_delivery_attempts": int} | None,
         "expiration_ttl": int,               # 0 = never expires
+        "filter": str,                       # "" = no filter (immutable)
+        "enable_message_ordering": bool,     # (immutable)
+        "enable_exactly_once_delivery": bool,
     }
+
+Mutability, the real API's: a subscription's ``topic``, ``filter`` and ``enable_message_ordering``
+cannot change (`IMMUTABLE_FIELDS`: the plan shows a replacement, gated because a subscription
+holds data); everything else here is updated in place. The planner compares only what the desired
+state declares, so a filter or ordering set on a subscription outside headwater is not a
+difference until the desired state declares one.
 
 Normalization rules, and why:
 
@@ -43,7 +52,17 @@ Normalization rules, and why:
 * Labels are returned whole (``managed-by`` and the other headwater labels included).
 
 Only resources labelled ``managed-by=headwater`` are observed: anything else in the project is
-not ours and stays invisible to the reconciler.
+not ours and stays invisible to the reconciler - except through `PubSubProvider.read` (one get
+per name, only for declared resources observe did not find, and for references to another
+project's topic by full name), which returns them with their labels, so the planner shows them
+as existing and not headwater's instead of planning a create that would take them over.
+
+What deleting or replacing one would lose (`PubSubProvider.would_lose`): a subscription's
+backlog, ``subscription/num_undelivered_messages`` (plus ``num_retained_acked_messages``) from
+Cloud Monitoring (`providers.monitoring`, one ``timeSeries.list`` per metric for all of them;
+sampled every minute, so "about"); a topic's configured retention. EMULATOR DEPARTURE: the
+emulator has no Cloud Monitoring, and nothing else counts a backlog without pulling (which
+would change delivery attempts): there, the backlog is reported as not observable.
 
 Retries: every RPC goes through `providers.errors.call` (one retry layer, with our backoff) and is
 sent with ``retry=None`` so the client library does not retry underneath it; that also makes
@@ -56,7 +75,7 @@ import datetime as dt
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.cloud import pubsub_v1
@@ -79,6 +98,10 @@ DEFAULT_MINIMUM_BACKOFF_SECONDS = 10
 DEFAULT_MAXIMUM_BACKOFF_SECONDS = 600
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
 
+# Cloud Monitoring metrics of what a subscription holds (what deleting it would lose).
+BACKLOG_METRIC = "pubsub.googleapis.com/subscription/num_undelivered_messages"
+RETAINED_METRIC = "pubsub.googleapis.com/subscription/num_retained_acked_messages"
+
 # The real API caps list pages by itself; ask for large pages to keep observe at one RPC in practice.
 LIST_PAGE_SIZE = 1000
 # Per-RPC deadline (seconds). Admin calls are small; a stuck call becomes a TemporaryError.
@@ -98,16 +121,16 @@ UPDATE_PATHS: dict[Kind, dict[str, str]] = {
         "retry_policy": "retry_policy",
         "dead_letter_policy": "dead_letter_policy",
         "expiration_ttl": "expiration_policy",
+        "enable_exactly_once_delivery": "enable_exactly_once_delivery",
         "labels": "labels",
     },
 }
 
-# A subscription's topic cannot be changed in the real API (UpdateSubscription rejects it). The
-# other immutable subscription fields (enable_message_ordering, filter...) are not managed here;
-# every topic field we manage is updatable.
+# What the real API cannot change on a subscription (UpdateSubscription rejects them): its topic,
+# its filter and message ordering. Every topic field we manage is updatable.
 IMMUTABLE_FIELDS: dict[Kind, frozenset[str]] = {
     Kind.PUBSUB_TOPIC: frozenset(),
-    Kind.PUBSUB_SUBSCRIPTION: frozenset({"topic"}),
+    Kind.PUBSUB_SUBSCRIPTION: frozenset({"topic", "filter", "enable_message_ordering"}),
 }
 
 
@@ -181,7 +204,7 @@ def expiration_ttl(sub: types.Subscription) -> int:
 
 
 def subscription_spec(sub: types.Subscription, project: str) -> dict[str, Any]:
-    """The canonical spec of a live subscription (always the same seven keys)."""
+    """The canonical spec of a live subscription (always the same ten keys)."""
     retention = (
         seconds(sub.message_retention_duration)
         if "message_retention_duration" in sub
@@ -195,6 +218,9 @@ def subscription_spec(sub: types.Subscription, project: str) -> dict[str, Any]:
         "retry_policy": retry_policy_spec(sub),
         "dead_letter_policy": dead_letter_spec(sub, project),
         "expiration_ttl": expiration_ttl(sub),
+        "filter": sub.filter or "",
+        "enable_message_ordering": bool(sub.enable_message_ordering),
+        "enable_exactly_once_delivery": bool(sub.enable_exactly_once_delivery),
     }
 
 
@@ -236,6 +262,12 @@ def build_subscription(resource: Resource, project: str) -> types.Subscription:
         sub.retry_policy = _retry_policy(spec["retry_policy"])
     if spec.get("dead_letter_policy") is not None:
         sub.dead_letter_policy = _dead_letter_policy(spec["dead_letter_policy"], project)
+    if spec.get("filter"):
+        sub.filter = str(spec["filter"])
+    if spec.get("enable_message_ordering") is not None:
+        sub.enable_message_ordering = bool(spec["enable_message_ordering"])
+    if spec.get("enable_exactly_once_delivery") is not None:
+        sub.enable_exactly_once_delivery = bool(spec["enable_exactly_once_delivery"])
     if spec.get("expiration_ttl") is not None:
         ttl = int(spec["expiration_ttl"])
         # An empty ExpirationPolicy is the API's "never expires"; our encoding of it is 0.
@@ -340,10 +372,14 @@ class PubSubProvider:
         *,
         publisher: pubsub_v1.PublisherClient | None = None,
         subscriber: pubsub_v1.SubscriberClient | None = None,
+        monitoring: Any = None,
     ) -> None:
+        """``monitoring``: where backlogs are read (`providers.monitoring.CloudMonitoring` for
+        the project by default, not on the emulator)."""
         self.project = project
         self._publisher = publisher
         self._subscriber = subscriber
+        self._monitoring = monitoring
         self._lock = threading.Lock()
         self._counter = CallCounter("pubsub")
 
@@ -407,6 +443,73 @@ class PubSubProvider:
             self._rpc(method, name, lambda: getattr(client(), method)(request=request, **_OPTS))
         except NotFound:
             pass  # already gone: deleting is idempotent
+
+    # -- optional abilities (providers.base) --
+
+    def read(self, kind: Kind, names: Collection[str]) -> list[Resource]:
+        """Topics or subscriptions by name, whoever manages them: one get each. A topic may be named
+        in full in another project (a reference); one this platform may not read is left out, as
+        a missing one is (the plan says "does not exist, or cannot be read")."""
+        kind = Kind(kind)
+        found: list[Resource] = []
+        for name in names:
+            try:
+                if kind == Kind.PUBSUB_TOPIC:
+                    path = topic_path(name, self.project)
+                    topic = self._rpc("get_topic", path, lambda path=path: self._publisher_client().get_topic(
+                        request={"topic": path}, **_OPTS))
+                    found.append(Resource(kind, name, topic_spec(topic), dict(topic.labels)))
+                elif kind == Kind.PUBSUB_SUBSCRIPTION:
+                    path = f"projects/{self.project}/subscriptions/{name}"
+                    sub = self._rpc("get_subscription", path, lambda path=path: self._subscriber_client()
+                                    .get_subscription(request={"subscription": path}, **_OPTS))
+                    found.append(Resource(kind, name, subscription_spec(sub, self.project), dict(sub.labels)))
+            except NotFound:
+                continue
+            except PermanentError as exc:
+                if not name.startswith("projects/"):
+                    raise
+                log.warning("pubsub: cannot read %s (%s); treated as missing", name, exc)
+        return found
+
+    def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]:
+        """A subscription's backlog (Cloud Monitoring; not observable on the emulator), a topic's
+        retention (see the module docstring)."""
+        losses: dict[str, str] = {}
+        subs = [r for r in resources if r.kind == Kind.PUBSUB_SUBSCRIPTION]
+        if subs and on_emulator():
+            # EMULATOR DEPARTURE: no Cloud Monitoring; counting by pulling would change the messages.
+            for sub in subs:
+                losses[sub.address] = "its unacked messages; the backlog is not observable on the Pub/Sub emulator"
+        elif subs:
+            monitoring = self._monitoring_client()
+            names = [s.name for s in subs]
+            backlog = monitoring.latest(BACKLOG_METRIC, "pubsub_subscription", "subscription_id", names)
+            retained_names = [s.name for s in subs if s.spec.get("retain_acked_messages")]
+            retained = (monitoring.latest(RETAINED_METRIC, "pubsub_subscription", "subscription_id", retained_names)
+                        if retained_names else {})
+            for sub in subs:
+                if sub.name not in backlog:
+                    losses[sub.address] = "its unacked messages; Cloud Monitoring gave no recent backlog count"
+                    continue
+                text = f"about {backlog[sub.name]:,} unacked messages"
+                if retained.get(sub.name):
+                    text += f" and {retained[sub.name]:,} retained acknowledged ones"
+                losses[sub.address] = text + " (Cloud Monitoring, last minutes)"
+        for topic in (r for r in resources if r.kind == Kind.PUBSUB_TOPIC):
+            retention = topic.spec.get("message_retention_duration")
+            if retention:
+                losses[topic.address] = (f"the messages it retains, up to {retention // 86400 or 1} days' worth "
+                                         "(Pub/Sub does not count them)")
+        return losses
+
+    def _monitoring_client(self) -> Any:
+        with self._lock:
+            if self._monitoring is None:
+                from providers.monitoring import CloudMonitoring
+
+                self._monitoring = CloudMonitoring(self.project)
+            return self._monitoring
 
     # -- ApiCallCounter --
 

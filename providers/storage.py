@@ -38,7 +38,12 @@ Lifecycle rules, normalization (`canonical_lifecycle_rules`):
   desired side can use it too.
 
 Labels are returned whole (``managed-by`` and the other headwater labels included). Only buckets
-labelled ``managed-by=headwater`` are observed.
+labelled ``managed-by=headwater`` are observed. Bucket names are global: `StorageProvider.read`
+gets declared buckets that observe did not find, by name (one get each), wherever they are, so a
+bucket someone else owns under a declared name is shown as theirs (an ``import`` to adopt, or a
+name to change) instead of planned as a create that would take it over. One this project may not
+read (403: another project's) is reported with no spec and no labels.
+``would_lose``: how many objects a bucket holds (a list of up to 1,000).
 
 Retries: every request goes through `providers.errors.call` (the one retry layer) and is sent
 with ``retry=None`` so the client library does not retry underneath it; `api_calls` therefore
@@ -51,7 +56,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.cloud import storage
@@ -70,6 +75,7 @@ LIST_PAGE_SIZE = 1000
 # A bucket's location is fixed at creation (the real API rejects a change); a new location
 # means a new bucket, which the planner shows as a replacement.
 IMMUTABLE_FIELDS: dict[Kind, frozenset[str]] = {Kind.STORAGE_BUCKET: frozenset({"location"})}
+LOSS_COUNT_LIMIT = 1000  # would_lose counts a bucket's objects up to this many (one list page)
 # The spec keys `update` can change in place, plus "labels".
 UPDATABLE_FIELDS = frozenset({"storage_class", "lifecycle_rules", "uniform_bucket_level_access", "labels"})
 
@@ -265,6 +271,37 @@ class StorageProvider:
             # The API answers 409 Conflict, which call() maps to AlreadyExists; for a delete it
             # means "the bucket still holds objects".
             raise PermanentError(f"storage.delete_bucket {resource.name}: bucket is not empty") from exc
+
+    # -- optional abilities (providers.base) --
+
+    def read(self, kind: Kind, names: Collection[str]) -> list[Resource]:
+        _check_kind(kind)
+        found: list[Resource] = []
+        for name in names:
+            try:
+                bucket = self._rpc("get_bucket", name, lambda name=name: self._storage().get_bucket(name, **_OPTS))
+            except NotFound:
+                continue
+            except PermanentError:
+                # Taken by someone this project may not see (a 403): it exists, and it is not ours.
+                found.append(Resource(kind, name, {}, {}))
+                continue
+            found.append(Resource(kind, bucket.name, bucket_spec(bucket), bucket_labels(bucket)))
+        return found
+
+    def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]:
+        losses: dict[str, str] = {}
+        for resource in resources:
+            def count(name: str = resource.name) -> int:
+                return sum(1 for _ in self._storage().list_blobs(name, max_results=LOSS_COUNT_LIMIT + 1, **_OPTS))
+
+            try:
+                n = self._rpc("list_blobs", resource.name, count)
+            except NotFound:
+                continue
+            losses[resource.address] = (f"more than {LOSS_COUNT_LIMIT:,} objects" if n > LOSS_COUNT_LIMIT
+                                        else f"{n:,} objects")
+        return losses
 
     # -- ApiCallCounter --
 

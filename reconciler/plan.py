@@ -63,6 +63,7 @@ from reconciler.resources import (
     Resource,
     digest,
     is_digest,
+    is_unobservable,
 )
 
 FORMAT_VERSION = "1"
@@ -288,6 +289,8 @@ def diff_resource(desired: Resource, live: Resource, immutable: frozenset[str]) 
     partial = PARTIAL_FIELDS.get(desired.kind, frozenset())
     for key, want in desired.spec.items():
         have = live.spec.get(key)
+        if is_unobservable(have):
+            continue  # the provider cannot read it back here (an emulator's departure): not compared
         if is_digest(have):
             # The provider can only fingerprint this field: compare fingerprints.
             if have[DIGEST_KEY] != digest(want):

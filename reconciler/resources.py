@@ -199,6 +199,19 @@ def is_digest(value: object) -> bool:
     return isinstance(value, dict) and set(value) == {DIGEST_KEY}
 
 
+# A live field the provider cannot read back where it runs (an emulator that drops it): the
+# planner does not compare it. Never used against the real services, where every field is read.
+UNOBSERVABLE_KEY = "$unobservable"
+
+
+def unobservable(reason: str) -> dict[str, str]:
+    return {UNOBSERVABLE_KEY: reason}
+
+
+def is_unobservable(value: object) -> bool:
+    return isinstance(value, dict) and set(value) == {UNOBSERVABLE_KEY}
+
+
 @dataclass(frozen=True)
 class Resource:
     """One GCP object, desired or live. See the module docstring."""

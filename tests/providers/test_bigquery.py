@@ -32,7 +32,7 @@ from providers.bigquery import (
     table_specs_from_information_schema,
 )
 from providers.errors import AlreadyExists, NotFound, PermanentError
-from reconciler.resources import Kind, Resource
+from reconciler.resources import Kind, Resource, unobservable
 
 # --- pure: types, modes, fields ----------------------------------------------------------------
 
@@ -250,7 +250,8 @@ def test_emulator_endpoint(host: str, endpoint: str) -> None:
     [
         pytest.param(None, None, id="not-partitioned"),
         pytest.param(
-            bigquery.TimePartitioning(type_="DAY"), {"type": "DAY", "field": None}, id="ingestion-time"
+            bigquery.TimePartitioning(type_="DAY"), {"type": "DAY", "field": None, "expiration_ms": None},
+            id="ingestion-time"
         ),
         pytest.param(
             bigquery.TimePartitioning(type_="DAY", field="ts", expiration_ms=86400000),
@@ -353,7 +354,16 @@ def test_table_specs_from_information_schema_rows() -> None:
         {
             "row_kind": "table",
             "table_name": "orders",
-            "path": None,
+            "path": "require_partition_filter",
+            "ordinal_position": None,
+            "is_nullable": None,
+            "data_type": None,
+            "text": "true",
+        },
+        {
+            "row_kind": "table",
+            "table_name": "orders",
+            "path": "description",
             "ordinal_position": None,
             "is_nullable": None,
             "data_type": None,
@@ -387,9 +397,11 @@ def test_table_specs_from_information_schema_rows() -> None:
             ],
             "time_partitioning": {"type": "DAY", "field": "ts", "expiration_ms": 7776000000},
             "clustering_fields": ["customer"],
+            "require_partition_filter": True,
             "description": "Orders, validated",
         },
-        "bare": {"schema": [_f("x", "STRING")], "time_partitioning": None, "clustering_fields": None},
+        "bare": {"schema": [_f("x", "STRING")], "time_partitioning": None, "clustering_fields": None,
+                 "require_partition_filter": False},
     }
 
 
@@ -400,9 +412,10 @@ def test_information_schema_query_reads_the_three_views() -> None:
 
 
 def test_immutable_fields() -> None:
+    # Paths: a partition's type and column are immutable; its expiration is not.
     assert BigQueryProvider("p", "EU").immutable_fields == {
         Kind.BIGQUERY_DATASET: frozenset({"location"}),
-        Kind.BIGQUERY_TABLE: frozenset({"time_partitioning"}),
+        Kind.BIGQUERY_TABLE: frozenset({"time_partitioning.type", "time_partitioning.field"}),
     }
 
 
@@ -491,6 +504,20 @@ RAW_SPEC = {  # ingestion-time partitioning, no clustering, no description
 }
 
 
+# What observe adds to a created resource's spec: the datasets' unset default expirations, and
+# for tables an unset partition expiration and (on bqemulator, which drops it) an unobservable
+# require_partition_filter.
+DS_UNSET = {"default_table_expiration_ms": None, "default_partition_expiration_ms": None}
+RPF_ON_EMULATOR = unobservable("bqemulator does not keep require_partition_filter")
+
+
+def observed_table(spec: dict[str, Any]) -> dict[str, Any]:
+    out = {**spec, "require_partition_filter": RPF_ON_EMULATOR}
+    if spec.get("time_partitioning") is not None:
+        out["time_partitioning"] = {"expiration_ms": None, **spec["time_partitioning"]}
+    return out
+
+
 def dataset(name: str = "silver", labels: dict[str, str] | None = None, **spec: Any) -> Resource:
     return Resource(Kind.BIGQUERY_DATASET, name, {**DATASET_SPEC, **spec}, labels or dict(LABELS))
 
@@ -517,14 +544,14 @@ def test_dataset_create_then_observe_equals_desired(provider: BigQueryProvider) 
     provider.create(desired)
 
     live = observed(provider, Kind.BIGQUERY_DATASET)["silver"]
-    assert (live.spec, live.labels) == (desired.spec, desired.labels)
+    assert (live.spec, live.labels) == ({**DS_UNSET, **desired.spec}, desired.labels)
 
 
 def test_dataset_without_description_and_default_location(provider: BigQueryProvider) -> None:
     desired = Resource(Kind.BIGQUERY_DATASET, "bronze", {}, dict(LABELS))
     provider.create(desired)
 
-    assert observed(provider, Kind.BIGQUERY_DATASET)["bronze"].spec == {"location": "EU"}
+    assert observed(provider, Kind.BIGQUERY_DATASET)["bronze"].spec == {"location": "EU", **DS_UNSET}
 
 
 def test_unmanaged_datasets_are_not_observed(provider: BigQueryProvider, client: bigquery.Client) -> None:
@@ -564,7 +591,7 @@ def test_dataset_update_description_sends_only_it(
 
     assert session.methods() == ["PATCH"]
     assert session.bodies("PATCH") == [{"description": "renamed"}]
-    assert observed(provider, Kind.BIGQUERY_DATASET)["silver"].spec == desired.spec
+    assert observed(provider, Kind.BIGQUERY_DATASET)["silver"].spec == {**DS_UNSET, **desired.spec}
 
 
 def test_dataset_update_labels_adds_and_removes(
@@ -581,7 +608,7 @@ def test_dataset_update_labels_adds_and_removes(
     assert session.methods() == ["GET", "PATCH"]
     assert session.bodies("PATCH") == [{"labels": {"managed-by": "headwater", "team": "platform"}}]
     live = observed(provider, Kind.BIGQUERY_DATASET)["silver"]
-    assert (live.spec, live.labels) == (DATASET_SPEC, desired.labels)
+    assert (live.spec, live.labels) == ({**DS_UNSET, **DATASET_SPEC}, desired.labels)
 
 
 def test_dataset_observe_is_one_list_and_one_get_per_managed_dataset(
@@ -620,7 +647,7 @@ def test_table_create_then_observe_equals_desired(provider: BigQueryProvider) ->
     live = observed(provider, Kind.BIGQUERY_TABLE)
     assert set(live) == {"silver.orders", "bronze.raw_orders"}
     for desired in (orders, raw):
-        assert live[desired.name].spec == desired.spec
+        assert live[desired.name].spec == observed_table(desired.spec)
         assert live[desired.name].labels == desired.labels
 
 
@@ -703,7 +730,7 @@ def test_table_update_sends_only_the_changed_field(
     else:
         assert patch == body
     live = observed(provider, Kind.BIGQUERY_TABLE)["silver.orders"]
-    assert live.spec == desired.spec
+    assert live.spec == observed_table(desired.spec)
 
 
 def test_table_clustering_removal_sends_null(provider: BigQueryProvider, session: RecordingSession) -> None:
@@ -732,7 +759,7 @@ def test_table_description_can_be_removed(provider: BigQueryProvider, session: R
     provider.update(desired, ["description"])
 
     assert session.bodies("PATCH") == [{"description": None}]
-    assert observed(provider, Kind.BIGQUERY_TABLE)["silver.orders"].spec == desired.spec
+    assert observed(provider, Kind.BIGQUERY_TABLE)["silver.orders"].spec == observed_table(desired.spec)
 
 
 def test_table_update_labels_adds_and_removes(provider: BigQueryProvider, session: RecordingSession) -> None:
@@ -747,12 +774,12 @@ def test_table_update_labels_adds_and_removes(provider: BigQueryProvider, sessio
     assert session.bodies("PATCH") == [{"labels": {"managed-by": "headwater", "owner": "sales"}}]
     assert "If-Match" in session.headers_of("PATCH")[0]  # the etag read by the GET guards the PATCH
     live = observed(provider, Kind.BIGQUERY_TABLE)["silver.orders"]
-    assert (live.spec, live.labels) == (TABLE_SPEC, desired.labels)
+    assert (live.spec, live.labels) == (observed_table(TABLE_SPEC), desired.labels)
 
 
 def test_update_rejects_immutable_and_unknown_fields(provider: BigQueryProvider) -> None:
-    with pytest.raises(PermanentError, match="time_partitioning"):
-        provider.update(table(), ["time_partitioning"])
+    with pytest.raises(PermanentError, match="table_type"):
+        provider.update(table(), ["table_type"])
     with pytest.raises(PermanentError, match="location"):
         provider.update(dataset(), ["location"])
 
@@ -787,3 +814,73 @@ def test_table_observe_on_the_real_api_path_is_per_dataset_not_per_table(
 
     calls = calls_during(provider, lambda: provider.observe(Kind.BIGQUERY_TABLE))
     assert calls == {"bigquery.list_datasets": 1, "bigquery.list_tables": 2, "bigquery.query": 2}
+
+
+# --- settings with their real mutability, reading by name, what a delete loses ------------------
+
+
+def test_partition_expiration_is_updated_in_place_and_removed_with_never(
+    provider: BigQueryProvider, session: RecordingSession
+) -> None:
+    from reconciler.plan import Action, reconcile
+
+    provider.create(dataset())
+    provider.create(table())  # 90-day partition expiration
+    live = observed(provider, Kind.BIGQUERY_TABLE)["silver.orders"]
+    shorter = table(time_partitioning={"type": "DAY", "field": "ts", "expiration_ms": 30 * 86400000})
+    (change,) = reconcile([shorter], [live], provider.immutable_fields).changes
+    assert (change.action, change.update_fields) == (Action.UPDATE, ("time_partitioning",))
+    session.sent.clear()
+    provider.update(shorter, ["time_partitioning"])
+    assert session.bodies("PATCH") == [{"timePartitioning": {"type": "DAY", "field": "ts",
+                                                             "expirationMs": str(30 * 86400000)}}]
+    never = table(time_partitioning={"type": "DAY", "field": "ts", "expiration_ms": None})
+    provider.update(never, ["time_partitioning"])
+    live = observed(provider, Kind.BIGQUERY_TABLE)["silver.orders"]
+    assert live.spec["time_partitioning"] == {"type": "DAY", "field": "ts", "expiration_ms": None}
+
+
+def test_dataset_default_expirations_round_trip_and_update_in_place(provider: BigQueryProvider) -> None:
+    desired = dataset(default_table_expiration_ms=7 * 86400000, default_partition_expiration_ms=None)
+    provider.create(desired)
+    assert observed(provider, Kind.BIGQUERY_DATASET)["silver"].spec == {**DS_UNSET, **desired.spec}
+    changed = dataset(default_table_expiration_ms=None, default_partition_expiration_ms=86400000)
+    provider.update(changed, ["default_table_expiration_ms", "default_partition_expiration_ms"])
+    assert observed(provider, Kind.BIGQUERY_DATASET)["silver"].spec == changed.spec
+
+
+def test_require_partition_filter_is_not_observable_on_the_emulator(provider: BigQueryProvider) -> None:
+    from reconciler.plan import Action, reconcile
+
+    provider.create(dataset())
+    desired = table(require_partition_filter=True)
+    provider.create(desired)
+    live = observed(provider, Kind.BIGQUERY_TABLE)["silver.orders"]
+    assert live.spec["require_partition_filter"] == RPF_ON_EMULATOR  # bqemulator drops it
+    assert reconcile([desired], [live], provider.immutable_fields).changes[0].action == Action.NOOP, \
+        "not replanned forever on the emulator"
+
+
+def test_read_finds_datasets_and_tables_whoever_manages_them(
+    provider: BigQueryProvider, client: bigquery.Client, project_id: str
+) -> None:
+    theirs = bigquery.Dataset(f"{project_id}.finance")
+    theirs.labels = {"owner": "finance-team"}
+    client.create_dataset(theirs, retry=None)
+    client.create_table(bigquery.Table(f"{project_id}.finance.ledger", schema=[bigquery.SchemaField("x", "STRING")]),
+                        retry=None)
+    assert "finance" not in observed(provider, Kind.BIGQUERY_DATASET)
+    (found,) = provider.read(Kind.BIGQUERY_DATASET, ["finance", "absent"])
+    assert (found.name, found.labels, found.managed) == ("finance", {"owner": "finance-team"}, False)
+    (ledger,) = provider.read(Kind.BIGQUERY_TABLE, ["finance.ledger", "finance.absent"])
+    assert ledger.spec["schema"] == [_f("x", "STRING")] and not ledger.managed
+
+
+def test_would_lose_counts_a_tables_rows_and_a_datasets_tables(provider: BigQueryProvider, client: bigquery.Client,
+                                                                project_id: str) -> None:
+    provider.create(dataset())
+    provider.create(table())
+    client.insert_rows_json(f"{project_id}.silver.orders", [{"order_id": i, "ts": "2026-01-01T00:00:00Z"}
+                                                            for i in range(3)])
+    assert provider.would_lose([table(), dataset()]) == {"bigquery_table.silver.orders": "3 rows",
+                                                         "bigquery_dataset.silver": "1 tables"}

@@ -180,7 +180,8 @@ def test_a_local_streaming_job_runs_updates_and_stops(platform, project_id):
     plan = engine.plan(state, plan_options(state))
     (change,) = [c for c in plan.changes if c.action != Action.NOOP]
     assert (change.address, change.action) == ("dataflow_job.payments-ingest", Action.UPDATE)
-    assert [d.path for d in change.diff] == ["pipeline.data_quality[1].values[3]"]
+    # allowed_values is a set: compared (and diffed) in its canonical, sorted order (reconciler.semantic)
+    assert [(d.path, d.after) for d in change.diff] == [("pipeline.data_quality[1].values[2]", "refunded")]
     assert engine.apply(plan).ok
     after = runner.record("payments-ingest")
     assert after.pid != before and "refunded" in json.dumps(after.spec)

@@ -36,6 +36,9 @@ FULL_SPEC: dict[str, Any] = {
     "retry_policy": {"minimum_backoff": 5, "maximum_backoff": 300},
     "dead_letter_policy": {"dead_letter_topic": "orders-dlq", "max_delivery_attempts": 7},
     "expiration_ttl": 0,
+    "filter": 'attributes.kind = "order"',
+    "enable_message_ordering": True,
+    "enable_exactly_once_delivery": True,
 }
 MINIMAL_SPEC: dict[str, Any] = {
     "topic": "orders",
@@ -45,6 +48,9 @@ MINIMAL_SPEC: dict[str, Any] = {
     "retry_policy": None,
     "dead_letter_policy": None,
     "expiration_ttl": 2 * 86400,
+    "filter": "",
+    "enable_message_ordering": False,
+    "enable_exactly_once_delivery": False,
 }
 
 
@@ -181,6 +187,9 @@ def test_subscription_spec_normalization(server: types.Subscription, overrides: 
         "retry_policy": None,
         "dead_letter_policy": None,
         "expiration_ttl": 2678400,
+        "filter": "",
+        "enable_message_ordering": False,
+        "enable_exactly_once_delivery": False,
     }
     assert pubsub.subscription_spec(server, PROJECT) == {**defaults, **overrides}
 
@@ -275,7 +284,7 @@ def test_provider_satisfies_the_contract() -> None:
     counter: ApiCallCounter = provider  # ApiCallCounter is not runtime-checkable: type checkers verify this
     assert counter.api_calls() == {}
     assert provider.kinds == (Kind.PUBSUB_TOPIC, Kind.PUBSUB_SUBSCRIPTION)
-    assert provider.immutable_fields[Kind.PUBSUB_SUBSCRIPTION] == frozenset({"topic"})
+    assert provider.immutable_fields[Kind.PUBSUB_SUBSCRIPTION] == frozenset({"topic", "filter", "enable_message_ordering"})
 
 
 def test_emulator_fallback_is_never_taken_against_the_real_api(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -477,3 +486,104 @@ def test_observe_makes_one_list_call_per_kind(provider: PubSubProvider, count: i
     assert (len(topics), len(subs)) == (count, count)
     made = {k: v - before.get(k, 0) for k, v in provider.api_calls().items() if v != before.get(k, 0)}
     assert made == {"pubsub.list_topics": 1, "pubsub.list_subscriptions": 1}
+
+
+# --- integration: settings with their real mutability, reading by name, what a delete loses ------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "immutable"),
+    [
+        pytest.param("filter", 'attributes.kind = "web"', True, id="filter-immutable"),
+        pytest.param("enable_message_ordering", True, True, id="message-ordering-immutable"),
+        pytest.param("enable_exactly_once_delivery", True, False, id="exactly-once-in-place"),
+        pytest.param("retain_acked_messages", True, False, id="retain-acked-in-place"),
+    ],
+)
+def test_subscription_settings_round_trip_with_their_mutability(
+    provider: PubSubProvider, field: str, value: Any, immutable: bool
+) -> None:
+    from reconciler.plan import Action, reconcile
+
+    provider.create(topic("orders"))
+    provider.create(topic("orders-dlq"))
+    minimal = {k: v for k, v in MINIMAL_SPEC.items() if k not in ("filter", "enable_message_ordering",
+                                                                   "enable_exactly_once_delivery")}
+    provider.create(subscription("orders-ingest", {**minimal, field: value}))
+    live = observed(provider, Kind.PUBSUB_SUBSCRIPTION)["orders-ingest"]
+    assert live.spec[field] == value, "created with the declared setting, read back as declared"
+
+    other = "" if field == "filter" else not value
+    plan = reconcile([subscription("orders-ingest", {**minimal, field: other})], [live], provider.immutable_fields)
+    (change,) = plan.changes
+    assert change.action == (Action.REPLACE if immutable else Action.UPDATE)
+    if immutable:
+        assert change.replace_paths == [field] and change.blocked, "a subscription holds data: gated"
+        return
+    provider.update(subscription("orders-ingest", {**minimal, field: other}), [field])
+    assert observed(provider, Kind.PUBSUB_SUBSCRIPTION)["orders-ingest"].spec[field] == other
+
+
+def test_undeclared_subscription_settings_set_elsewhere_are_not_compared(
+    provider: PubSubProvider, subscriber: pubsub_v1.SubscriberClient, project_id: str
+) -> None:
+    from reconciler.plan import Action, reconcile
+
+    provider.create(topic("orders"))
+    # Someone sets a filter and ordering on the subscription outside headwater.
+    subscriber.create_subscription(request={
+        "name": f"projects/{project_id}/subscriptions/orders-ingest", "topic": f"projects/{project_id}/topics/orders",
+        "filter": 'attributes.kind = "web"', "enable_message_ordering": True, "labels": MANAGED,
+        "ack_deadline_seconds": 10})
+    live = observed(provider, Kind.PUBSUB_SUBSCRIPTION)["orders-ingest"]
+    declared = {"topic": "orders", "ack_deadline_seconds": 10}  # declares neither
+    (change,) = reconcile([subscription("orders-ingest", declared)], [live], provider.immutable_fields).changes
+    assert change.action == Action.NOOP
+
+
+def test_read_finds_unmanaged_resources_and_other_projects_topics(
+    provider: PubSubProvider, publisher: pubsub_v1.PublisherClient, project_id: str
+) -> None:
+    other_project = f"{project_id}-shared"
+    publisher.create_topic(request={"name": f"projects/{project_id}/topics/theirs", "labels": {"owner": "finance"}})
+    publisher.create_topic(request={"name": f"projects/{other_project}/topics/web-events"})
+    assert observed(provider, Kind.PUBSUB_TOPIC) == {}, "observe sees only managed resources"
+
+    found = provider.read(Kind.PUBSUB_TOPIC, ["theirs", "missing", f"projects/{other_project}/topics/web-events"])
+    assert {(r.name, tuple(r.labels.items())) for r in found} == {
+        ("theirs", (("owner", "finance"),)), (f"projects/{other_project}/topics/web-events", ())}
+    assert provider.read(Kind.PUBSUB_SUBSCRIPTION, ["nope"]) == []
+
+
+def test_would_lose_on_the_emulator_says_the_backlog_is_not_observable(provider: PubSubProvider) -> None:
+    sub = subscription("orders-ingest", MINIMAL_SPEC)
+    (text,) = provider.would_lose([sub]).values()
+    assert "not observable on the Pub/Sub emulator" in text
+
+
+def test_would_lose_reads_the_backlog_from_cloud_monitoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+
+    class Backlogs:
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, list[str]]] = []
+
+        def latest(self, metric: str, resource_type: str, label: str, ids: list[str]) -> dict[str, int]:
+            self.asked.append((metric.rsplit("/", 1)[1], sorted(ids)))
+            return {"orders-ingest": 5, "orders-dlq-hold": 2} if "undelivered" in metric else {"orders-dlq-hold": 40}
+
+    monitoring = Backlogs()
+    provider = PubSubProvider(PROJECT, monitoring=monitoring)
+    subs = [subscription("orders-ingest", MINIMAL_SPEC),
+            subscription("orders-dlq-hold", {**MINIMAL_SPEC, "retain_acked_messages": True}),
+            subscription("unseen", MINIMAL_SPEC)]
+    losses = provider.would_lose([*subs, topic("orders", {"message_retention_duration": 7 * 86400}), topic("bare")])
+    assert losses == {
+        "pubsub_subscription.orders-ingest": "about 5 unacked messages (Cloud Monitoring, last minutes)",
+        "pubsub_subscription.orders-dlq-hold":
+            "about 2 unacked messages and 40 retained acknowledged ones (Cloud Monitoring, last minutes)",
+        "pubsub_subscription.unseen": "its unacked messages; Cloud Monitoring gave no recent backlog count",
+        "pubsub_topic.orders": "the messages it retains, up to 7 days' worth (Pub/Sub does not count them)",
+    }
+    assert monitoring.asked == [("num_undelivered_messages", ["orders-dlq-hold", "orders-ingest", "unseen"]),
+                                ("num_retained_acked_messages", ["orders-dlq-hold"])], "one request per metric"

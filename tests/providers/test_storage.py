@@ -382,3 +382,33 @@ def test_observe_is_one_list_request(provider: StorageProvider, unique: str) -> 
     assert len(observed(provider, unique)) == 5
     calls = {k: v - before.get(k, 0) for k, v in provider.api_calls().items() if v != before.get(k, 0)}
     assert calls == {"storage.list_buckets": 1}
+
+
+# --- reading by name (bucket names are global), what a delete loses ------------------------------
+
+
+def test_read_finds_a_bucket_under_a_declared_name_whoever_owns_it(
+    provider: StorageProvider, unique: str, project_id: str
+) -> None:
+    from google.cloud import storage as gcs
+
+    client = gcs.Client(project=project_id)
+    theirs = client.bucket(f"{unique}-finance")
+    theirs.labels = {"owner": "finance-team"}
+    client.create_bucket(theirs)
+    theirs.labels = {"owner": "finance-team"}
+    theirs.patch()  # the emulator keeps only the name on create
+    assert f"{unique}-finance" not in observed(provider, unique), "observe sees only managed buckets"
+    (found,) = provider.read(Kind.STORAGE_BUCKET, [f"{unique}-finance", f"{unique}-absent"])
+    assert (found.name, found.labels, found.managed) == (f"{unique}-finance", {"owner": "finance-team"}, False)
+
+
+def test_would_lose_counts_a_buckets_objects(provider: StorageProvider, unique: str, project_id: str) -> None:
+    from google.cloud import storage as gcs
+
+    provider.create(bucket(f"{unique}-raw"))
+    blobs = gcs.Client(project=project_id).bucket(f"{unique}-raw")
+    for i in range(3):
+        blobs.blob(f"f{i}.json").upload_from_string("{}")
+    assert provider.would_lose([bucket(f"{unique}-raw"), bucket(f"{unique}-absent")]) == {
+        f"storage_bucket.{unique}-raw": "3 objects"}
