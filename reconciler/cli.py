@@ -27,6 +27,7 @@ import os
 import sys
 from pathlib import Path
 
+from providers import errors as provider_errors
 from providers.errors import ProviderError, TemporaryError, translate
 from reconciler import local
 from reconciler.apply import FAILED, SKIPPED, ApplyResult, Outcome
@@ -47,6 +48,14 @@ class CommandError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        # Retry deadlines and API budgets: HEADWATER_CALL_DEADLINE, HEADWATER_APPLY_DEADLINE,
+        # HEADWATER_API_RATES (providers/errors.py).
+        provider_errors.configure_from_env()
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        return EXIT_ERROR
+    args.apply_budget = provider_errors.Budget()
     try:
         return args.handler(args)
     except CommandError as exc:
@@ -138,6 +147,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if not args.auto_approve and not _confirm(len(plan.actionable)):
         _err("Apply cancelled; nothing was changed.")
         return EXIT_ERROR
+    args.apply_budget.start()  # every call of the apply stops retrying at HEADWATER_APPLY_DEADLINE
     result = engine.apply(plan, on_outcome=_print_outcome)
     print(result.summary())
     _print_failures(result)
@@ -280,8 +290,10 @@ def _engine(state: DesiredState, args: argparse.Namespace) -> Engine:
     from providers import build_providers, build_secret_store
 
     secrets = build_secret_store(state.platform.project, runner=args.runner, state_dir=args.state_dir)
-    return Engine(build_providers(state.platform.project, state.platform.region, runner=args.runner,
-                                  state_dir=args.state_dir, platform=state.platform), secrets=secrets)
+    providers = build_providers(state.platform.project, state.platform.region, runner=args.runner,
+                                state_dir=args.state_dir, platform=state.platform)
+    budget = getattr(args, "apply_budget", None) or provider_errors.Budget()
+    return Engine([provider_errors.bounded(p, budget) for p in providers], secrets=secrets)
 
 
 def _default_state_dir() -> Path:

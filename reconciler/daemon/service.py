@@ -87,11 +87,21 @@ class Daemon:
         log_stream: IO[str] | None = None,
         alert_memory: LeaseStore | None = None,
         secrets_factory: Callable[[Platform], Any] | None = None,
+        http_routes: Sequence[Any] = (),
     ) -> None:
         """``secrets_factory(platform)``: the `providers.base.SecretStore` a plan checks the
         connectors' secret references against; default Secret Manager (or the local secrets
-        directory on the emulators) when the providers are the default ones, else none."""
+        directory on the emulators) when the providers are the default ones, else none.
+        ``http_routes``: more Starlette routes for the HTTP server (`reconciler.daemon.server`,
+        "Adding routes"), e.g. a read-only status page."""
         self.settings = settings
+        # Retries against deadlines, per-API budgets and circuits (providers/errors.py); an
+        # apply's deadline is its Budget, started by each apply.
+        provider_errors.configure(
+            provider_errors.RetryPolicy(call_deadline=settings.call_deadline, apply_deadline=settings.apply_deadline),
+            provider_errors.parse_rates(settings.api_rates))
+        self._apply_budget = provider_errors.Budget(settings.apply_deadline)
+        self._http_routes = tuple(http_routes)
         self.redactor = Redactor(settings.secrets())
         self.log = make_logger(log_stream, self.redactor)
         self.metrics = Metrics()
@@ -114,6 +124,10 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self.server = None
         self.ready = False
+        # Liveness: what the worker is doing, since when, and its last sign of progress.
+        self._busy_since: float | None = None
+        self._busy_step: str | None = None
+        self._progress_at = time.monotonic()
 
         # Revision bookkeeping; the worker thread alone writes these.
         self._head: str | None = None  # branch head last fetched
@@ -148,8 +162,10 @@ class Daemon:
         from reconciler.daemon.server import make_server
 
         host, port = self.settings.host_port
-        self.server = make_server(self, host, port)
+        self.server = make_server(self, host, port, self._http_routes)
         provider_errors.listeners.append(self.metrics.api_request)
+        provider_errors.listeners.append(self._api_progress)
+        provider_errors.circuit_listeners.append(self._circuit_changed)
         self.log.info("daemon.started", repo=self.git.display_url, listen=self.address,
                       settings=self.settings.public())
         if split_credentials(self.settings.repo)[0] != self.settings.repo:
@@ -206,15 +222,38 @@ class Daemon:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
-        if self.metrics.api_request in provider_errors.listeners:
-            provider_errors.listeners.remove(self.metrics.api_request)
+        for listener, registry in ((self.metrics.api_request, provider_errors.listeners),
+                                   (self._api_progress, provider_errors.listeners),
+                                   (self._circuit_changed, provider_errors.circuit_listeners)):
+            if listener in registry:
+                registry.remove(listener)
         self.log.info("shutdown.complete", seconds=round(time.monotonic() - started, 2))
 
     # ------------------------------------------------------------------ used by the HTTP server
 
-    def alive(self) -> bool:
+    def health(self) -> dict[str, Any]:
+        """The liveness verdict: "ok", "worker stopped", or "worker stalled" (busy in one step for
+        longer than ``--stall-timeout`` with no API call answered, no change applied meanwhile)."""
         worker = next((t for t in self._threads if t.name == "headwater-worker"), None)
-        return worker is not None and (worker.is_alive() or self._stop.is_set())
+        if worker is None or not (worker.is_alive() or self._stop.is_set()):
+            return {"status": "worker stopped"}
+        busy_since, step = self._busy_since, self._busy_step
+        if busy_since is not None and not self._stop.is_set():
+            now = time.monotonic()
+            quiet = now - max(busy_since, self._progress_at)
+            if quiet > self.settings.stall_timeout:
+                return {"status": "worker stalled", "step": step, "busy_seconds": round(now - busy_since, 1),
+                        "seconds_without_progress": round(quiet, 1), "stall_timeout": self.settings.stall_timeout}
+        return {"status": "ok"}
+
+    def alive(self) -> bool:
+        return self.health()["status"] == "ok"
+
+    def _api_progress(self, _service: str, _method: str, _code: str) -> None:
+        self._progress_at = time.monotonic()  # an API answered (or failed): the worker is not stuck
+
+    def _circuit_changed(self, service: str, state: str) -> None:
+        (self.log.warning if state == "open" else self.log.info)("api.circuit", service=service, state=state)
 
     def request_sync(self, trigger: str) -> None:
         """Fetch and sync as soon as the worker is free (the push webhook calls this)."""
@@ -262,12 +301,16 @@ class Daemon:
             self._wake.wait(max(0.0, deadline - time.monotonic()))
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> None:
-        """A bug in one pass is logged and counted; the loop goes on."""
+        """A bug in one pass is logged and counted; the loop goes on. The pass is what /healthz
+        watches for progress."""
+        self._busy_step, self._busy_since = step.__name__.strip("_"), time.monotonic()
         try:
             step(*args)
         except Exception as exc:  # noqa: BLE001
             self.log.exception("daemon.pass_crashed", step=step.__name__, error=f"{type(exc).__name__}: {exc}")
             self.metrics.reconcile.labels("error").inc()
+        finally:
+            self._busy_since = self._busy_step = None
 
     def _lease_loop(self) -> None:
         was_held = False
@@ -450,12 +493,17 @@ class Daemon:
 
     def _apply(self, engine: Engine, plan: Plan, log: Any) -> ApplyResult:
         def on_outcome(outcome: Outcome) -> None:
+            self._progress_at = time.monotonic()
             self.metrics.apply_operations.labels(str(outcome.kind), str(outcome.action), outcome.status).inc()
             event = log.info if outcome.status == OK else log.error
             event("apply.change", address=outcome.address, kind=str(outcome.kind), action=str(outcome.action),
                   result=outcome.status, duration_seconds=round(outcome.seconds, 3), error=outcome.error)
 
-        return engine.apply(plan, on_outcome=on_outcome, max_workers=self.settings.max_workers)
+        self._apply_budget.start()  # every call of this apply stops retrying at --apply-deadline
+        try:
+            return engine.apply(plan, on_outcome=on_outcome, max_workers=self.settings.max_workers)
+        finally:
+            self._apply_budget.stop()
 
     def _record_sync(self, revision: str | None, result: str, log: Any, *, error: str | None = None,
                      started: float | None = None, plan: Plan | None = None, after: Plan | None = None,
@@ -611,7 +659,8 @@ class Daemon:
             self._engines.clear()
             providers = self._providers_factory(state.platform)
             secrets = self._secrets_factory(state.platform) if self._secrets_factory else None
-            self._engines[key] = Engine([_Interruptible(p, self._stop) for p in providers], secrets=secrets)
+            self._engines[key] = Engine([_Interruptible(provider_errors.bounded(p, self._apply_budget), self._stop)
+                                         for p in providers], secrets=secrets)
         return self._engines[key]
 
     def _default_targets(self) -> list[AlertTarget]:

@@ -44,6 +44,12 @@ class Settings:
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     shutdown_grace: float = 8.0
     max_workers: int = 8
+    # Retries (providers/errors.py): a call's and an apply's deadlines, per-API request budgets.
+    call_deadline: float = 120.0
+    apply_deadline: float = 1800.0
+    api_rates: str = ""
+    # Liveness: /healthz fails when the worker has been busy this long without progress.
+    stall_timeout: float = 600.0
     # Environment only (see the module docstring); repr=False keeps them out of any dump.
     webhook_secret: str | None = field(default=None, repr=False)
     git_token: str | None = field(default=None, repr=False)
@@ -76,7 +82,8 @@ class Settings:
             "lease_seconds": self.lease_seconds, "notify_topic": self.notify_topic,
             "notify_webhook": bool(self.notify_webhook), "webhook_secret": bool(self.webhook_secret),
             "git_auth": "token" if self.git_token else ("ssh-key" if self.git_ssh_key else None),
-            "identity": self.identity,
+            "identity": self.identity, "call_deadline": self.call_deadline, "apply_deadline": self.apply_deadline,
+            "api_rates": self.api_rates or None, "stall_timeout": self.stall_timeout,
         }
 
 
@@ -101,6 +108,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--shutdown-grace", type=float, default=8.0,
       help="seconds to let an apply in flight finish after SIGTERM (Cloud Run allows 10)")
     a("--max-workers", type=int, default=8, help="parallel API calls per apply stage (default 8)")
+    a("--call-deadline", type=float, default=120.0,
+      help="seconds one API call may spend retrying 429/5xx answers (default 120)")
+    a("--apply-deadline", type=float, default=1800.0,
+      help="seconds one apply may take; every call in it stops retrying then (default 1800)")
+    a("--api-rates", default="",
+      help="request budgets per API in this process, e.g. 'pubsub=100/second,run=60/minute' "
+           "(defaults in providers/errors.py; with N daemons sharing a project, give each 1/N)")
+    a("--stall-timeout", type=float, default=600.0,
+      help="/healthz fails when the worker has been busy this long without progress (default 600)")
 
 
 def apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ) -> None:
@@ -152,13 +168,31 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         listen=listen, lock_bucket=args.lock_bucket or None, lock_object=args.lock_object,
         lease_seconds=args.lease_seconds, notify_webhook=args.notify_webhook or None,
         notify_topic=args.notify_topic or None, shutdown_grace=args.shutdown_grace,
-        max_workers=args.max_workers,
+        max_workers=args.max_workers, call_deadline=_positive("--call-deadline", args.call_deadline),
+        apply_deadline=_positive("--apply-deadline", args.apply_deadline), api_rates=_rates(args.api_rates),
+        stall_timeout=_positive("--stall-timeout", args.stall_timeout),
         webhook_secret=environ.get("HEADWATER_WEBHOOK_SECRET") or None,
         git_token=environ.get("HEADWATER_GIT_TOKEN") or None,
         git_ssh_key=environ.get("HEADWATER_GIT_SSH_KEY") or None,
         git_known_hosts=environ.get("HEADWATER_GIT_KNOWN_HOSTS") or None,
         **extra,
     )
+
+
+def _positive(flag: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{flag} must be a positive number of seconds, not {value}")
+    return value
+
+
+def _rates(text: str) -> str:
+    from providers.errors import parse_rates
+
+    try:
+        parse_rates(text or "")
+    except ValueError as exc:
+        raise ValueError(f"--api-rates: {exc}") from None
+    return text or ""
 
 
 def _boolean(raw: str) -> bool:
