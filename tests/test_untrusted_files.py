@@ -401,7 +401,7 @@ SECRET_VALUES = [
     ("password-in-a-plain-http-url",
      set_in("connectors/payments.yaml", "ingestion", "api_endpoint",
             value="http://svc:correct-horse-battery@api.example.com/v1"), "correct-horse-battery",
-     "ingestion.api_endpoint: 'http://api.example.com/v1': plain http://"),
+     "ingestion.api_endpoint: "),
     ("short-ordinary-value-is-shown-whole", set_in("connectors/orders.yaml", "labels", value={"team": "Data Team"}),
      None, "labels: 'Data Team' is not a valid label value"),
 ]
@@ -415,3 +415,16 @@ def test_errors_quote_at_most_a_redacted_prefix_of_a_secret_looking_value(repo, 
     err = _apply_touches_nothing(repo, monkeypatch, capsys, message)
     if secret:
         assert secret not in err and secret[:8] not in err
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    pytest.param("http://svc:correct-horse-battery@api.example.com/v1", "'http://api.example.com/v1'", id="userinfo"),
+    pytest.param(f"https://api.example.com/v1?key={STRIPE_KEY}", "'https://api.example.com/v1?…'", id="query"),
+    pytest.param("https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX", "'https://hooks.slack.com/…'",
+                 id="long-path"),
+    pytest.param("https://api.example.com/v1/charges", "'https://api.example.com/v1/charges'", id="ordinary"),
+])
+def test_urls_in_messages_lose_credentials_queries_and_long_paths(url, shown):
+    from reconciler.naming import shown_url
+
+    assert shown_url(url) == shown
