@@ -12,6 +12,10 @@ data in ``<repo>/sample-data/``:
   cron tick; the job moves the files on to the Bronze bucket once ingested;
 * ``<source_id>/*`` of an ``event_streaming`` source - each line published as one message to
   its topic, where the running streaming job picks it up;
+* ``<source_id>/*`` of a ``cloud_transfer`` source - put into its S3 bucket on the local S3 server
+  (moto), then a run of its transfer job (the local stand-in for Storage Transfer) copies them into
+  the landing prefix, where their file events start the streaming ``<id>-ingest`` job as for a
+  ``batch_file`` source; a second run shows that nothing already copied is copied again;
 * ``<source_id>/*`` of a ``streaming_api`` ``rest_api`` source - served by a local REST API
   (`reconciler.demo_api`, started by `prepare_repo` before the plan, which points the source's
   ``api_endpoint`` at it): the source's connector, running on the local stand-in for Cloud Run,
@@ -178,6 +182,8 @@ def move_sample_data(state: DesiredState, runner: Any, say: Callable[[str], None
                 storage_data.upload(project, prefix.rstrip("/") + "/" + name, gzip.compress(body) if gz else body)
             say(f"  {sid}: dropped {len(files)} files ({data.sent} records) in {prefix}; their arrival "
                 f"events start {job.name} (no cron tick)")
+        elif ingestion.pattern == "cloud_transfer":  # issue 10: via the local S3 and Storage Transfer's stand-in
+            say("  " + _transfer_samples(state, runner, sid, ingestion, files, data))
         elif ingestion.pattern == "streaming_api" and ingestion.connector_type == "rest_api":
             api = (connectors.apis if connectors else {}).get(sid)
             data.sent = len(api.records) if api else 0
@@ -238,6 +244,32 @@ def _jobs_by_source(resources: list[Resource]) -> dict[str, _Jobs]:
         elif r.name == job_name(r.source_id, "ingest"):
             ingest[r.source_id] = r
     return {sid: _Jobs(job, tuple(gold.get(sid, ()))) for sid, job in ingest.items()}
+
+
+def _transfer_samples(state: DesiredState, runner: Any, sid: str, ingestion: Any, files: list[Path],
+                      data: SourceData) -> str:
+    """A cloud_transfer source's sample files: put into its bucket in the local S3 (moto), then
+    one run of its transfer job now and a second one (which finds nothing new to copy)."""
+    from providers.local_transfer import LocalTransferProvider, local_s3
+    from reconciler.compile import transfer_job_name
+
+    s3 = local_s3()
+    bucket, prefix = ingestion.source_bucket, ingestion.source_path
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    for p in files:
+        body = p.read_bytes()
+        data.sent += sum(1 for line in body.splitlines() if line.strip())
+        s3.put_object(Bucket=bucket, Key=prefix + p.name, Body=body)
+    transfers = LocalTransferProvider(state.platform.project, runner.state_dir)
+    name = transfer_job_name(sid)
+    runs = [transfers.wait_for_run(name, transfers.run_now(name), RUN_WAIT_S)["last"]["counters"] for _ in range(2)]
+    return (f"{sid}: put {len(files)} objects ({data.sent} records) into s3://{bucket}/{prefix} (the local S3); "
+            f"a transfer run copied {runs[0]['objectsCopiedToSink']} to the landing prefix and announced it on "
+            f"topic {sid}, their file events start the ingestion; a second run copied "
+            f"{runs[1]['objectsCopiedToSink']} ({runs[1]['objectsFromSourceSkippedBySync']} already there)")
 
 
 def _wait_until_idle(runner: Any, name: str) -> None:

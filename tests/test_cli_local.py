@@ -34,15 +34,19 @@ def test_demo_converges_and_cleans_up(tmp_path, capsys):
     before = {name: os.environ.get(name) for name in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")}
     state_dir = tmp_path / "state"
     assert cli.main(["demo", "--state-dir", str(state_dir)]) == 0
-    out = capsys.readouterr().out
-    assert "Plan: 44 to create" in out
-    assert "Apply complete: 44 succeeded, 0 failed, 0 skipped" in out
+    out, err = capsys.readouterr()
+    assert "Plan: 53 to create" in out
+    assert "Apply complete: 53 succeeded, 0 failed, 0 skipped" in out
     assert "No changes. Live state matches the desired state." in out
     # The sample data went through the local jobs: bad and duplicate records included.
     assert ("orders: 23 records sent -> Silver 16 rows, dead letters 5 (1 dq_allowed_values, 1 dq_positive_number, "
             "1 dq_valid_email, 1 missing_required, 1 unparseable), Gold: orders_daily 10 rows") in out
     assert "clickstream: 20 records sent -> Silver 15 rows, dead letters 3" in out
     assert "payments: 12 records sent -> Silver 9 rows, dead letters 2 (1 dq_allowed_values, 1 dq_range)" in out
+    assert "aws_data_lake: put 2 objects (9 records) into s3://acme-data-lake-exports/inventory/" in err
+    assert "a second run copied 0 (2 already there)" in err
+    assert ("aws_data_lake: 9 records sent -> Silver 6 rows, dead letters 2 (1 dq_allowed_values, 1 dq_range), "
+            "Gold: none") in out
     assert "Demo complete: the platform converged and moved the sample data." in out
     assert "ended with exit code" not in out, "every run succeeded (batch runs also move their files to Bronze)"
     assert local.load(state_dir) is None, "the demo stops the emulators it started"
