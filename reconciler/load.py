@@ -87,6 +87,9 @@ class Source:
     connector_file: str
     schema_file: str
     secrets: tuple[SecretRef, ...] = ()
+    # Where each value is in the files (for problems found on what compile builds: reconciler.limits).
+    connector_map: SourceMap | None = field(default=None, compare=False, repr=False)
+    schema_map: SourceMap | None = field(default=None, compare=False, repr=False)
 
     @property
     def source_id(self) -> str:
@@ -99,6 +102,7 @@ class DesiredState:
     platform: Platform
     sources: tuple[Source, ...]
     revision: str | None = None
+    platform_map: SourceMap | None = field(default=None, compare=False, repr=False)
 
     @property
     def source_ids(self) -> list[str]:
@@ -216,11 +220,24 @@ def load_repo(root: Path | str, within: Path | str | None = None) -> DesiredStat
             _check_fields(collector, connector, schema, rel, source_map)
             _check_table_limits(collector, schema, schema_rel, schema_map)
             if not duplicate:
-                sources.append(Source(connector, schema, rel, schema_rel, _secret_refs(connector, rel, source_map)))
+                sources.append(Source(connector, schema, rel, schema_rel, _secret_refs(connector, rel, source_map),
+                                      connector_map=source_map, schema_map=schema_map))
 
+    if platform is not None:
+        # GCP's limits on what compile builds, with the file and line of the setting that exceeds them.
+        from reconciler.limits import compiled_problems
+
+        try:
+            collector.problems += compiled_problems(DesiredState(root, platform, tuple(sources),
+                                                                 platform_map=platform_map))
+        except Exception:
+            if not collector.problems:
+                raise
+            # What compile needs is among the problems already found: those come first.
     if collector.problems or platform is None:
         raise InvalidDesiredState(collector.problems)
-    return DesiredState(root=root, platform=platform, sources=tuple(sources), revision=git_revision(root))
+    return DesiredState(root=root, platform=platform, sources=tuple(sources), revision=git_revision(root),
+                        platform_map=platform_map)
 
 
 def git_revision(root: Path) -> str | None:

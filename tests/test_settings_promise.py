@@ -125,7 +125,7 @@ CHANGES: dict[str, tuple[str, Any]] = {
     "connector.deletion_protection": ("orders", False),
     "connector.ingestion[batch_file].location": ("orders", "gs://landing-headwater-demo-europe-west1/other/"),
     "connector.ingestion[batch_file].schedule": ("orders", "0 4 * * *"),
-    "connector.ingestion[batch_file].format": ("orders", "csv"),
+    "connector.ingestion[batch_file].format": ("orders", "parquet"),  # not csv: orders has RECORD fields
     "connector.ingestion[batch_file].compression": ("orders", "none"),
     "connector.ingestion[streaming_api].connector_type": ("shipments", "rest_api"),
     "connector.ingestion[streaming_api].api_endpoint": ("payments", "https://api.other.example.com/v2/charges"),

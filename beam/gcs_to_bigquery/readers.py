@@ -1,5 +1,13 @@
 """Landing-file readers: JSON lines, CSV, Parquet and Avro, optionally gzip-compressed.
 
+Compression is read from the content, not trusted from the setting: a file that starts with
+gzip's magic bytes (``1f 8b``) is decompressed, any other is read as it is, whatever
+``compression`` (``gzip``, ``none``, ``auto``) or the name's ``.gz`` says. So a plain ``.csv``
+landed under ``compression: gzip`` is read, not turned into a ``BadGzipFile`` dead letter per
+file; each such mismatch is counted (``compression_mismatches``) and logged with the file's
+name. (No text, Parquet or Avro file starts with those bytes: ``1f`` is a control character, and
+Parquet and Avro have magic numbers of their own.)
+
 ``ReadRecords`` turns one listed file (a ``beam.common.files.FileInfo``) into batches of ``Raw``
 records (see ``beam.common.records``), so the validation that follows runs batch by batch.
 What becomes the *payload* - the bytes a dead letter and the Bronze table carry:
@@ -69,8 +77,41 @@ def detect_format(path: str, fmt: str | None) -> str:
     raise ValueError(f"cannot tell the format of {path!r}: set input_format (json, csv, parquet or avro)")
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def is_gzip(path: str, compression: str) -> bool:
+    """What the setting (and, for ``auto``, the name) says; the content decides (`sniff_gzip`)."""
     return compression == "gzip" or (compression == "auto" and path.endswith(".gz"))
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream that was read from, with what was read put back in front (for unseekable streams)."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head, self._rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def sniff_gzip(stream: IO[bytes]) -> tuple[IO[bytes], bool]:
+    """``(stream to read from, whether its content is gzip)``, by the magic bytes."""
+    head = stream.read(len(GZIP_MAGIC))
+    if stream.seekable():
+        stream.seek(0)
+        return stream, head == GZIP_MAGIC
+    return io.BufferedReader(_Prefixed(head, stream)), head == GZIP_MAGIC  # type: ignore[arg-type]
 
 
 def file_attributes(file: files.FileInfo) -> Attributes:
@@ -93,6 +134,7 @@ class ReadRecords(beam.DoFn):
         self.blank_lines = counter("blank_lines")
         self.unreadable = counter("unreadable_files")
         self.vanished = counter("vanished_files")
+        self.mismatches = counter("compression_mismatches")
 
     def infer_output_type(self, input_type: Any) -> Any:
         return Tuple[bytes, Any, str, Tuple[Tuple[str, str], ...]]  # noqa: UP006
@@ -106,9 +148,16 @@ class ReadRecords(beam.DoFn):
         try:
             fmt = detect_format(path, self.fmt)  # a file of unknown format is unreadable too
             with files.open_read(path, file.generation) as raw_stream:
-                stream: IO[bytes] = raw_stream
-                if is_gzip(path, self.compression):
-                    stream = gzip.GzipFile(fileobj=raw_stream)  # type: ignore[assignment]
+                stream, gzipped = sniff_gzip(raw_stream)
+                if gzipped != is_gzip(path, self.compression):  # the content decides (module docstring)
+                    self.mismatches.inc()
+                    logging.getLogger(__name__).warning(
+                        "%s is %s although compression is %s%s: read as %s", path,
+                        "gzip-compressed" if gzipped else "not gzip-compressed", self.compression,
+                        " (by its .gz suffix)" if self.compression == "auto" else "",
+                        "gzip" if gzipped else "it is")
+                if gzipped:
+                    stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
                 if fmt == "json":
                     batches = self._json_lines(stream, path, attrs)
                 elif fmt == "csv":

@@ -104,7 +104,7 @@ def test_avro_rows_keep_their_types_and_become_json_payloads(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("name", "data", "fmt", "error"), [
-    ("bad.json.gz", b"not gzip at all", None, "BadGzipFile"),
+    ("bad.json.gz", b"\x1f\x8b but not really gzip", None, "BadGzipFile"),
     ("bad.parquet", b"PAR1 but not really", None, "ArrowInvalid"),
     ("bad.avro", b"Obj\x01 not really", None, "ValueError"),
     ("bad.csv", b"id,amount\n\xff\xfe,1\n", None, "UnicodeDecodeError"),
@@ -138,3 +138,42 @@ def test_bronze_rows_carry_the_attributes() -> None:
     (rows,) = BronzeRows("src").process_batch([raw])
     assert rows[0]["attributes"] == [{"key": "a", "value": "1"}, {"key": "b", "value": "2"}]
     assert rows[0]["payload"] == '{"id": 1}' and rows[0]["origin"] == "pubsub:m1"
+
+
+@pytest.mark.parametrize(("name", "compression", "gzipped"), [
+    pytest.param("orders.csv", "gzip", False, id="plain-csv-under-compression-gzip"),
+    pytest.param("orders.csv.gz", "auto", False, id="plain-file-with-a-gz-suffix"),
+    pytest.param("orders.csv", "none", True, id="gzip-file-under-compression-none"),
+    pytest.param("orders.csv", "auto", True, id="gzip-file-without-a-gz-suffix"),
+    pytest.param("orders.csv.gz", "gzip", True, id="as-declared"),
+])
+def test_compression_is_read_from_the_content(tmp_path: Path, name: str, compression: str, gzipped: bool) -> None:
+    text = b"order_id,amount\nA-1,10\nA-2,20\n"
+    (tmp_path / name).write_bytes(gzip.compress(text) if gzipped else text)
+    records = _read(tmp_path / name, "csv", compression)
+    assert [parsed for _, parsed, _, _ in records] == [{"order_id": "A-1", "amount": "10"},
+                                                     {"order_id": "A-2", "amount": "20"}]
+
+
+def test_sniffing_keeps_an_unseekable_stream_whole() -> None:
+    from beam.gcs_to_bigquery.readers import sniff_gzip
+
+    class Pipe(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def readable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return False
+
+        def readinto(self, buffer) -> int:
+            n = min(len(buffer), len(self.data))
+            buffer[:n], self.data = self.data[:n], self.data[n:]
+            return n
+
+    stream, gzipped = sniff_gzip(io.BufferedReader(Pipe(gzip.compress(b"hello\n"))))
+    assert gzipped and gzip.GzipFile(fileobj=stream).read() == b"hello\n"
+    stream, gzipped = sniff_gzip(io.BufferedReader(Pipe(b"plain\n")))
+    assert not gzipped and stream.read() == b"plain\n"
