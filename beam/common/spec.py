@@ -196,6 +196,7 @@ class PipelineSpec:
     silver_table: str | None = None
     dead_letter_topic: str | None = None
     gold: Gold | None = None
+    cdc: Cdc | None = None  # datastream_to_bigquery only (see "database_cdc" below)
 
     def field_at(self, path: str) -> Field | None:
         """The schema field a dotted path names, or None. Paths do not descend into REPEATED."""
@@ -242,8 +243,10 @@ def load_spec(value: str) -> PipelineSpec:
 
 def parse_spec(doc: Any) -> PipelineSpec:
     """Check a decoded spec document and build the immutable :class:`PipelineSpec`."""
-    d = _obj(doc, "$", required={"source_id", "schema"},
-             optional={"version", "project", "input", "deduplication", "data_quality", "bronze",
+    # A CDC spec (datastream_to_bigquery) has one schema per table, under cdc.tables[].
+    cdc_doc = isinstance(doc, Mapping) and "cdc" in doc
+    d = _obj(doc, "$", required={"source_id"} | (set() if cdc_doc else {"schema"}),
+             optional={"version", "project", "input", "deduplication", "data_quality", "bronze", "cdc", "schema",
                        "silver", "dead_letter", "gold"})
     if d.get("version", SPEC_VERSION) != SPEC_VERSION:
         raise SpecError(f"$.version: only version {SPEC_VERSION} is understood, got {d['version']!r}")
@@ -252,14 +255,9 @@ def parse_spec(doc: Any) -> PipelineSpec:
         raise SpecError(f"$.source_id: {source_id!r} must match {_SOURCE_ID.pattern}")
     project = _opt_str(d.get("project"), "$.project")
 
-    schema = _obj(d["schema"], "$.schema", required={"fields"}, optional={"validation", "source_id", "version"})
-    validation = schema.get("validation", "strict")
-    if validation not in VALIDATION_MODES:
-        raise SpecError(f"$.schema.validation: must be one of {sorted(VALIDATION_MODES)}, got {validation!r}")
-    fields = _fields(schema["fields"], "$.schema.fields")
-    version = schema.get("version")
-    if version is not None and (not isinstance(version, (str, int, float)) or isinstance(version, bool)):
-        raise SpecError(f"$.schema.version: must be a string or a number, got {version!r}")
+    if cdc_doc and "schema" in d:
+        raise SpecError("$.schema: a cdc spec has one schema per table (cdc.tables[].schema), none at the top level")
+    validation, fields, version = _schema(d["schema"], "$.schema") if "schema" in d else ("strict", (), None)
 
     spec = PipelineSpec(source_id=source_id, fields=fields, validation=validation, project=project,
                         schema_version=None if version is None else str(version))
@@ -316,8 +314,144 @@ def parse_spec(doc: Any) -> PipelineSpec:
         updates["dead_letter_topic"] = topic
     if d.get("gold") is not None:
         updates["gold"] = _gold(d["gold"], project)
+    if cdc_doc:
+        updates["cdc"] = _cdc(d["cdc"], project)
 
     return replace(spec, **updates)
+
+
+def _schema(value: Any, where: str) -> tuple[str, tuple[Field, ...], Any]:
+    """A ``schema`` object: its validation mode, fields and version."""
+    schema = _obj(value, where, required={"fields"}, optional={"validation", "source_id", "version"})
+    validation = schema.get("validation", "strict")
+    if validation not in VALIDATION_MODES:
+        raise SpecError(f"{where}.validation: must be one of {sorted(VALIDATION_MODES)}, got {validation!r}")
+    fields = _fields(schema["fields"], f"{where}.fields")
+    version = schema.get("version")
+    if version is not None and (not isinstance(version, (str, int, float)) or isinstance(version, bool)):
+        raise SpecError(f"{where}.version: must be a string or a number, got {version!r}")
+    return validation, fields, version
+
+
+# --- database_cdc (issue 10: Datastream) ---------------------------------------------------------
+#
+# "cdc": {                                         # datastream_to_bigquery only
+#   "source_type": "postgresql",                   # postgresql | mysql: what a change's log
+#                                                  # position is (LSN; binlog file and offset)
+#   "tables": [{
+#     "object": "public.orders",                   # <schema>.<table> (MySQL: <database>.<table>)
+#     "primary_key": ["order_id"],                 # what Silver is kept by
+#     "schema": {"version": "1", "validation": "strict", "fields": [...]},  # no RECORD fields
+#     "bronze": {"table": "p.bronze.src_orders_changes"},   # every change event (CDC_BRONZE_FIELDS)
+#     "silver": {"table": "p.silver.src_orders"}            # the table's current state
+#   }]
+# }
+
+CDC_SOURCE_TYPES = frozenset({"postgresql", "mysql"})
+
+# Columns of a table's Bronze change log besides the table's own fields (all NULLABLE there):
+# one row per change event read, valid or not. The reconciler creates the table with the
+# table's fields relaxed to NULLABLE plus exactly these (tests/test_cdc.py holds the two equal).
+CDC_BRONZE_FIELDS: list[dict[str, Any]] = [
+    {"name": "_event_id", "type": "STRING", "mode": "REQUIRED",
+     "description": "Datastream's uuid of the change event (replays insert nothing twice)"},
+    {"name": "_change_type", "type": "STRING", "mode": "NULLABLE",
+     "description": "INSERT, UPDATE-INSERT, UPDATE-DELETE or DELETE, as Datastream wrote it"},
+    {"name": "_deleted", "type": "BOOL", "mode": "NULLABLE", "description": "The change removes the row"},
+    {"name": "_valid", "type": "BOOL", "mode": "REQUIRED",
+     "description": "The event fit the table's schema (only valid events move Silver)"},
+    {"name": "_invalid_reason", "type": "STRING", "mode": "NULLABLE", "description": "Why not, when not valid"},
+    {"name": "_source_timestamp", "type": "TIMESTAMP", "mode": "NULLABLE",
+     "description": "When the change was committed in the source database"},
+    {"name": "_change_position", "type": "STRING", "mode": "NULLABLE",
+     "description": "Source order: source timestamp, then log position, as one sortable string"},
+    {"name": "_primary_key", "type": "STRING", "mode": "NULLABLE",
+     "description": "The row's primary key values as a JSON array"},
+    {"name": "_payload", "type": "STRING", "mode": "REQUIRED", "description": "The event as received (JSON)"},
+    {"name": "_origin", "type": "STRING", "mode": "NULLABLE", "description": "gs://bucket/object#line"},
+    {"name": "_ingested_at", "type": "TIMESTAMP", "mode": "REQUIRED",
+     "description": "When headwater's pipeline wrote the row (UTC)"},
+]
+
+# Columns every CDC Silver row gets besides the table's fields: SILVER_METADATA_FIELDS, and
+# where the row's current version comes from in source order.
+CDC_SILVER_FIELDS: list[dict[str, str]] = [
+    *SILVER_METADATA_FIELDS,
+    {"name": "_source_timestamp", "type": "TIMESTAMP", "mode": "NULLABLE",
+     "description": "When the change that made this version was committed in the source database"},
+    {"name": "_change_position", "type": "STRING", "mode": "REQUIRED",
+     "description": "That change's position in source order (source timestamp, then log position)"},
+    {"name": "_change_type", "type": "STRING", "mode": "NULLABLE", "description": "That change's type"},
+]
+
+
+@dataclass(frozen=True)
+class CdcTable:
+    object: str  # "<schema>.<table>" as the source names it
+    primary_key: tuple[str, ...]
+    fields: tuple[Field, ...]
+    validation: str
+    schema_version: str | None
+    bronze_table: str
+    silver_table: str
+
+    @property
+    def schema_name(self) -> str:
+        return self.object.rsplit(".", 1)[0] if "." in self.object else ""
+
+    @property
+    def table_name(self) -> str:
+        return self.object.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Cdc:
+    source_type: str
+    tables: tuple[CdcTable, ...]
+
+
+def _cdc(raw: Any, project: str | None) -> Cdc:
+    c = _obj(raw, "$.cdc", required={"source_type", "tables"})
+    source_type = c["source_type"]
+    if source_type not in CDC_SOURCE_TYPES:
+        raise SpecError(f"$.cdc.source_type: must be one of {sorted(CDC_SOURCE_TYPES)}, got {source_type!r}")
+    if not isinstance(c["tables"], list) or not c["tables"]:
+        raise SpecError("$.cdc.tables: must be a non-empty list of tables")
+    tables: list[CdcTable] = []
+    seen: set[str] = set()
+    for i, item in enumerate(c["tables"]):
+        where = f"$.cdc.tables[{i}]"
+        t = _obj(item, where, required={"object", "primary_key", "schema", "bronze", "silver"})
+        obj = _str(t["object"], f"{where}.object")
+        if obj.lower() in seen:
+            raise SpecError(f"{where}.object: {obj!r} is listed twice")
+        seen.add(obj.lower())
+        validation, fields, version = _schema(t["schema"], f"{where}.schema")
+        for j, f in enumerate(fields):
+            if f.type == "RECORD":
+                raise SpecError(f"{where}.schema.fields[{j}]: a database table has no RECORD columns ({f.name!r})")
+            if f.name.startswith("_") and f.name in {m["name"] for m in (*CDC_BRONZE_FIELDS, *CDC_SILVER_FIELDS)}:
+                raise SpecError(f"{where}.schema.fields[{j}]: {f.name!r} is one of headwater's own columns")
+        key = _str_list(t["primary_key"], f"{where}.primary_key", allow_single=True)
+        if not key:
+            raise SpecError(f"{where}.primary_key: needs at least one column")
+        names = {f.name: f for f in fields}
+        for j, name in enumerate(key):
+            if name not in names:
+                raise SpecError(f"{where}.primary_key[{j}]: {name!r} is not a field of the table's schema")
+            if names[name].mode == "REPEATED":
+                raise SpecError(f"{where}.primary_key[{j}]: {name!r} is REPEATED")
+        bronze = _table(_obj(t["bronze"], f"{where}.bronze", required={"table"})["table"], f"{where}.bronze.table",
+                        project)
+        silver = _table(_obj(t["silver"], f"{where}.silver", required={"table"})["table"], f"{where}.silver.table",
+                        project)
+        assert bronze is not None and silver is not None
+        tables.append(CdcTable(obj, tuple(key), fields, validation, None if version is None else str(version),
+                               bronze, silver))
+    return Cdc(source_type, tuple(tables))
+
+
+# --- end database_cdc ----------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------- pieces

@@ -17,7 +17,7 @@ from beam.common.runner import SDK_IMAGE_ENV, with_worker_image
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "flex" / "Dockerfile"
-TEMPLATES = ["gcs_to_bigquery", "pubsub_to_bigquery", "bigquery_to_bigquery", "pubsub_to_gcs"]
+TEMPLATES = ["gcs_to_bigquery", "pubsub_to_bigquery", "bigquery_to_bigquery", "pubsub_to_gcs", "datastream_to_bigquery"]
 
 
 def _instructions() -> list[tuple[str, str]]:

@@ -17,8 +17,8 @@ import pytest
 from google.cloud import dataflow_v1beta3 as dataflow
 
 BEAM_DIR = Path(__file__).resolve().parents[2] / "beam"
-TEMPLATES = ["gcs_to_bigquery", "pubsub_to_bigquery", "bigquery_to_bigquery", "pubsub_to_gcs"]
-STREAMING = {"pubsub_to_bigquery", "pubsub_to_gcs"}
+TEMPLATES = ["gcs_to_bigquery", "pubsub_to_bigquery", "bigquery_to_bigquery", "pubsub_to_gcs", "datastream_to_bigquery"]
+STREAMING = {"pubsub_to_bigquery", "pubsub_to_gcs", "datastream_to_bigquery"}
 
 # A plausible value for every parameter any template declares.
 SAMPLES = {
