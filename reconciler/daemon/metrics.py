@@ -22,7 +22,8 @@ design is ``headwater_revision_info{revision}``, which has exactly one series at
 ``headwater_lock_held``                      1 while this daemon holds the applier lease
 ``headwater_ready``                          1 after the first successful observe
 ``headwater_alerts_total{target,result}``    alert deliveries
-``headwater_webhook_requests_total{result}`` accepted, ignored, unauthorized, bad_request
+``headwater_webhook_requests_total{result}`` accepted, ignored, replayed, unauthorized,
+                                             bad_request, too_large, timeout, busy
 ==========================================  ==============================================
 """
 

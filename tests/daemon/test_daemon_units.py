@@ -133,6 +133,31 @@ def test_secrets_cannot_be_flags_and_bad_env_values_are_reported_when_run_starts
         _parse([], {})
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    pytest.param(["--api-rates", "pubsub=fast"], "--api-rates: 'pubsub=fast' is not service=N/second", id="rates"),
+    pytest.param(["--call-deadline", "0"], "--call-deadline must be a positive number of seconds", id="call-deadline"),
+    pytest.param(["--stall-timeout", "-1"], "--stall-timeout must be a positive number of seconds", id="stall"),
+])
+def test_retry_and_liveness_settings_are_checked_when_run_starts(argv, message):
+    with pytest.raises(ValueError, match=message):
+        _parse(argv, {"HEADWATER_REPO": "r"})
+
+
+def test_retry_settings_have_environment_twins_and_reach_the_retry_policy(tmp_path):
+    from providers import errors
+    from reconciler.daemon.service import Daemon
+
+    s = _parse(["--apply-deadline", "600"], {"HEADWATER_REPO": str(tmp_path), "HEADWATER_CALL_DEADLINE": "30",
+                                             "HEADWATER_API_RATES": "pubsub=5/second", "HEADWATER_STALL_TIMEOUT": "90"})
+    assert (s.call_deadline, s.apply_deadline, s.api_rates, s.stall_timeout) == (30.0, 600.0, "pubsub=5/second", 90.0)
+    try:
+        Daemon(s, providers_factory=lambda platform: [], log_stream=LogBuffer())
+        assert (errors.policy().call_deadline, errors.policy().apply_deadline) == (30.0, 600.0)
+        assert str(errors._rates["pubsub"]) == "5 per 1 second"
+    finally:
+        errors.configure(errors.RetryPolicy(), {})
+
+
 # ---------------------------------------------------------------------- webhook signature, redaction
 
 
