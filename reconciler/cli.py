@@ -124,7 +124,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     state = load_repo(args.repo)
-    plan = _engine(state, args).plan(state, plan_options(state, prune=args.prune, allow_destroy=args.allow_destroy))
+    plan = _engine(state, args).plan(state, plan_options(state, prune=args.prune, allow_destroy=args.allow_destroy,
+                                                         adopt=args.adopt))
     if args.base:  # a pull request's dry run: what the PR changes, then the plan
         from reconciler import pr
 
@@ -138,7 +139,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     state = load_repo(args.repo)
     engine = _engine(state, args)
-    plan = engine.plan(state, plan_options(state, prune=args.prune, allow_destroy=args.allow_destroy))
+    plan = engine.plan(state, plan_options(state, prune=args.prune, allow_destroy=args.allow_destroy,
+                                           adopt=args.adopt))
     sys.stdout.write(render_text(plan))
     if plan.refused:
         return EXIT_ERROR
@@ -153,6 +155,43 @@ def cmd_apply(args: argparse.Namespace) -> int:
     _print_failures(result)
     _print_local_services(engine)
     return EXIT_ERROR if not result.ok else _blocked_exit(plan)
+
+
+# --- adopt (issue 9, kind 8) ---------------------------------------------------------------------
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    """Import only the named resources (see the parser's description)."""
+    import dataclasses
+
+    from reconciler.plan import Action
+
+    state = load_repo(args.repo)
+    engine = _engine(state, args)
+    plan = engine.plan(state, plan_options(state, adopt=args.addresses))
+    imports = {c.address: c for c in plan.changes if c.action == Action.IMPORT}
+    unknown = [a for a in args.addresses if a not in imports]
+    if unknown:
+        states = {c.address: c for c in plan.changes}
+        detail = "; ".join(f"{a}: " + (f"its plan is {states[a].action}, not an import" if a in states
+                                       else "not a declared resource") for a in unknown)
+        raise CommandError(f"nothing to adopt there ({detail}); only an existing resource that headwater does not "
+                           "manage can be adopted")
+    plan = dataclasses.replace(plan, changes=tuple(imports[a] for a in args.addresses))
+    sys.stdout.write(render_text(plan))
+    if plan.blocked:
+        return _blocked_exit(plan)
+    if not args.auto_approve and not _confirm(len(plan.actionable)):
+        _err("Adopt cancelled; nothing was changed.")
+        return EXIT_ERROR
+    args.apply_budget.start()  # as apply: every call stops retrying at HEADWATER_APPLY_DEADLINE
+    result = engine.apply(plan, on_outcome=_print_outcome)
+    print(result.summary())
+    _print_failures(result)
+    return EXIT_OK if result.ok else EXIT_ERROR
+
+
+# --- end adopt ------------------------------------------------------------------------------------
 
 
 def _print_local_services(engine: Engine) -> None:
@@ -368,7 +407,11 @@ def _parser() -> argparse.ArgumentParser:
     def with_safety(p: argparse.ArgumentParser) -> None:
         p.add_argument("--prune", action="store_true", help="delete managed resources that are no longer declared")
         p.add_argument("--allow-destroy", action="store_true",
-                       help="permit deleting or replacing buckets, datasets and tables without deletion_protection")
+                       help="permit deleting or replacing data-holding resources (buckets, datasets, tables, "
+                            "topics, subscriptions) without deletion_protection")
+        p.add_argument("--adopt", action="append", default=[], metavar="ADDRESS",
+                       help="take over this existing resource that headwater does not manage (repeatable); "
+                            "the plan shows it as an import")
 
     endpoints = ("Endpoints: with PUBSUB_EMULATOR_HOST, STORAGE_EMULATOR_HOST and BIGQUERY_EMULATOR_HOST set "
                  '(eval "$(headwater local up)" sets them) headwater talks to the local emulators; without them, '
@@ -400,6 +443,20 @@ def _parser() -> argparse.ArgumentParser:
     with_safety(p)
     with_runner(p)
     p.set_defaults(handler=cmd_apply)
+
+    # --- adopt (issue 9, kind 8): take over existing resources headwater does not manage --------
+    p = with_repo(command("adopt", "take over existing resources that headwater does not manage",
+                          "A declared resource that already exists but is not this platform's (no managed-by="
+                          "headwater label, or another platform's) is never touched: plans show it as an import, "
+                          "blocked. adopt imports the given addresses only: it labels each as this platform's "
+                          "(keeping its other labels) and updates its declared fields that differ; from then on it "
+                          "is managed like any other. A resource that would need a replacement is never adopted.\n"
+                          f"Exit 0 adopted, 1 failed, refused or cancelled.\n\n{endpoints}"))
+    p.add_argument("addresses", nargs="+", metavar="ADDRESS", help="e.g. storage_bucket.landing-acme-europe-west1")
+    p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
+    with_runner(p)
+    p.set_defaults(handler=cmd_adopt)
+    # --- end adopt ---------------------------------------------------------------------------
 
     p = with_repo(command("drift", "compare live state with the desired state",
                           "Report the declared resources whose live state differs from the desired state (changed "

@@ -254,3 +254,232 @@ def test_jobs_are_launched_after_tables_and_deleted_first():
         (Action.CREATE, Kind.BIGQUERY_TABLE), (Action.CREATE, Kind.DATAFLOW_JOB), (Action.DELETE, Kind.PUBSUB_SUBSCRIPTION)]
     plan = reconcile([], [live(SUB), live(STREAM_JOB)], IMMUTABLE, PlanOptions(prune=True, max_delete_fraction=1))
     assert [c.kind for c in plan.changes] == [Kind.DATAFLOW_JOB, Kind.PUBSUB_SUBSCRIPTION]
+
+
+# --------------------------------------------------------------------------- issue 9, by kind
+# Each kind of fault, as pure cases: the peers' reports with their values, and variants.
+
+TP = {"type": "DAY", "field": "ordered_at"}
+PARTITIONED = replace(TABLE, spec={**TABLE.spec, "time_partitioning": TP})
+BQ_IMMUTABLE = {**IMMUTABLE, Kind.BIGQUERY_DATASET: frozenset({"location"}),
+                Kind.PUBSUB_SUBSCRIPTION: frozenset({"topic", "filter", "enable_message_ordering"})}
+DATASET = Resource(Kind.BIGQUERY_DATASET, "silver", {"location": "europe-west1", "description": "d"},
+                   {**LABELS, "headwater-deletion-protection": "true"})
+
+
+def tp(**fields):
+    return {**TP, **fields}
+
+
+KIND_1 = [
+    # id, desired, live, expected action, diff paths, replace paths
+    ("undeclared-partition-expiration-set-elsewhere-is-no-change", PARTITIONED,
+     live(PARTITIONED, time_partitioning=tp(expiration_ms=7_776_000_000)), Action.NOOP, [], []),
+    ("declared-partition-expiration-is-updated-in-place",
+     replace(PARTITIONED, spec={**PARTITIONED.spec, "time_partitioning": tp(expiration_ms=86_400_000)}),
+     live(PARTITIONED, time_partitioning=tp(expiration_ms=7_776_000_000)), Action.UPDATE,
+     ["time_partitioning.expiration_ms"], []),
+    ("never-removes-an-expiration-in-place",
+     replace(PARTITIONED, spec={**PARTITIONED.spec, "time_partitioning": tp(expiration_ms=None)}),
+     live(PARTITIONED, time_partitioning=tp(expiration_ms=7_776_000_000)), Action.UPDATE,
+     ["time_partitioning.expiration_ms"], []),
+    ("partition-field-change-forces-replacement",
+     replace(PARTITIONED, spec={**PARTITIONED.spec, "time_partitioning": tp(field="shipped_at")}),
+     live(PARTITIONED, time_partitioning=tp(expiration_ms=1)), Action.REPLACE, ["time_partitioning.field"],
+     ["time_partitioning.field"]),
+    ("partition-type-change-forces-replacement",
+     replace(PARTITIONED, spec={**PARTITIONED.spec, "time_partitioning": tp(type="MONTH")}),
+     live(PARTITIONED), Action.REPLACE, ["time_partitioning.type"], ["time_partitioning.type"]),
+    ("partitioning-added-forces-replacement", PARTITIONED, live(PARTITIONED, time_partitioning=None),
+     Action.REPLACE, ["time_partitioning"], ["time_partitioning"]),
+    ("undeclared-require-partition-filter-set-elsewhere-is-no-change", PARTITIONED,
+     live(PARTITIONED, require_partition_filter=True), Action.NOOP, [], []),
+    ("declared-require-partition-filter-is-updated-in-place",
+     replace(PARTITIONED, spec={**PARTITIONED.spec, "require_partition_filter": True}),
+     live(PARTITIONED, require_partition_filter=False), Action.UPDATE, ["require_partition_filter"], []),
+    ("undeclared-dataset-default-expiration-set-elsewhere-is-no-change", DATASET,
+     live(DATASET, default_table_expiration_ms=86_400_000, default_partition_expiration_ms=None), Action.NOOP, [], []),
+    ("declared-dataset-default-expiration-is-updated-in-place",
+     replace(DATASET, spec={**DATASET.spec, "default_partition_expiration_ms": 86_400_000}),
+     live(DATASET, default_partition_expiration_ms=None), Action.UPDATE, ["default_partition_expiration_ms"], []),
+    ("undeclared-subscription-filter-set-elsewhere-is-no-change", SUB,
+     live(SUB, filter='attributes.kind = "x"', enable_message_ordering=True), Action.NOOP, [], []),
+    ("declared-subscription-filter-change-forces-replacement", replace(SUB, spec={**SUB.spec, "filter": ""}),
+     live(SUB, filter='attributes.kind = "x"'), Action.REPLACE, ["filter"], ["filter"]),
+    ("declared-message-ordering-change-forces-replacement",
+     replace(SUB, spec={**SUB.spec, "enable_message_ordering": True}), live(SUB, enable_message_ordering=False),
+     Action.REPLACE, ["enable_message_ordering"], ["enable_message_ordering"]),
+    ("declared-exactly-once-is-updated-in-place",
+     replace(SUB, spec={**SUB.spec, "enable_exactly_once_delivery": True}),
+     live(SUB, enable_exactly_once_delivery=False), Action.UPDATE, ["enable_exactly_once_delivery"], []),
+    ("declared-retain-acked-is-updated-in-place", replace(SUB, spec={**SUB.spec, "retain_acked_messages": True}),
+     live(SUB, retain_acked_messages=False), Action.UPDATE, ["retain_acked_messages"], []),
+]
+
+
+@pytest.mark.parametrize(("desired", "live_resource", "action", "paths", "replace_paths"),
+                         [c[1:] for c in KIND_1], ids=[c[0] for c in KIND_1])
+def test_only_declared_fields_are_compared_and_only_immutable_paths_replace(desired, live_resource, action, paths,
+                                                                            replace_paths):
+    (change,) = reconcile([desired], [live_resource], BQ_IMMUTABLE, PlanOptions(environment="dev")).changes
+    assert change.action == action, change.reason
+    assert [d.path for d in change.diff] == paths
+    assert change.replace_paths == replace_paths
+
+
+WITH_BACKLOG = replace(live(SUB, topic="old-topic"), status={"would_lose": "about 5 unacked messages"})
+KIND_2 = [
+    # id, desired, live, options, blocked substring (None: not blocked)
+    ("subscription-replacement-needs-allow-destroy-and-says-the-backlog", SUB, WITH_BACKLOG, {},
+     "replace would destroy the data this pubsub_subscription holds (about 5 unacked messages); rerun with "
+     "--allow-destroy"),
+    ("subscription-replacement-refused-while-deletion-protected", SUB, WITH_BACKLOG, {"allow_destroy": True},
+     "deletion_protection is true for this pubsub_subscription (about 5 unacked messages)"),
+    ("unprotected-subscription-replacement-allowed-with-allow-destroy", replace(SUB, deletion_protection=False),
+     WITH_BACKLOG, {"allow_destroy": True}, None),
+    ("backlog-not-observable-is-still-gated", SUB, live(SUB, topic="old-topic"), {},
+     "replace would destroy the data this pubsub_subscription holds; rerun with --allow-destroy"),
+    ("topic-delete-is-gated", None, replace(live(TOPIC), labels={**TOPIC.labels,
+                                                                 "headwater-deletion-protection": "true"}),
+     {"prune": True, "max_delete_fraction": 1}, "delete would destroy the data this pubsub_topic holds"),
+    ("unprotected-topic-delete-with-allow-destroy", None,
+     replace(live(TOPIC), labels={**TOPIC.labels, "headwater-deletion-protection": "false"}),
+     {"prune": True, "max_delete_fraction": 1, "allow_destroy": True}, None),
+]
+
+
+@pytest.mark.parametrize(("desired", "live_resource", "options", "blocked"), [c[1:] for c in KIND_2],
+                         ids=[c[0] for c in KIND_2])
+def test_data_holding_resources_are_gated_and_say_what_would_be_lost(desired, live_resource, options, blocked):
+    plan = plan_one([desired] if desired else [], [live_resource], **options)
+    (change,) = [c for c in plan.changes if c.address == live_resource.address]
+    assert change.action in (Action.REPLACE, Action.DELETE)
+    if blocked is None:
+        assert change.blocked is None and change in plan.actionable
+    else:
+        assert blocked in change.blocked and change not in plan.actionable
+
+
+FOREIGN = Resource(Kind.PUBSUB_TOPIC, "projects/shared-events-prod/topics/web-events", external=True)
+ON_FOREIGN = replace(SUB, spec={**SUB.spec, "topic": FOREIGN.name}, depends_on=(FOREIGN.address,))
+
+
+@pytest.mark.parametrize(("live_resources", "topic_action", "sub_action", "sub_blocked"), [
+    pytest.param([], Action.READ, Action.CREATE, True, id="missing-reference-blocks-its-subscription"),
+    pytest.param([Resource(Kind.PUBSUB_TOPIC, FOREIGN.name, {}, {"owner": "events-team"})], Action.NOOP,
+                 Action.CREATE, False, id="existing-reference-is-read-and-subscribed-to-by-full-name"),
+])
+def test_another_projects_topic_is_a_reference_never_managed(live_resources, topic_action, sub_action, sub_blocked):
+    plan = plan_one([FOREIGN, ON_FOREIGN], live_resources, prune=True, max_delete_fraction=1)
+    changes = {c.address: c for c in plan.changes}
+    assert changes[FOREIGN.address].action == topic_action
+    assert all(c.action not in (Action.CREATE, Action.UPDATE, Action.DELETE) for c in plan.changes
+               if c.kind == Kind.PUBSUB_TOPIC), "never created, changed or deleted"
+    sub = changes[ON_FOREIGN.address]
+    assert (sub.action, bool(sub.blocked)) == (sub_action, sub_blocked)
+    if sub_blocked:
+        assert sub.blocked_by == (FOREIGN.address,) and FOREIGN.address in sub.blocked
+    else:
+        assert sub.desired.spec["topic"] == "projects/shared-events-prod/topics/web-events"
+
+
+SILVER_JOB = replace(STREAM_JOB, depends_on=("bigquery_table.silver.orders",))
+GOLD_JOB = replace(BATCH_JOB, name="orders-gold-daily", depends_on=("bigquery_table.silver.orders",))
+NOTE = {"name": "note", "type": "STRING", "mode": "NULLABLE"}
+
+
+@pytest.mark.parametrize(("table", "jobs_blocked"), [
+    pytest.param(with_schema(TABLE, [*SCHEMA, NOTE], "none"), True, id="evolution-none-blocks-the-jobs-writing-it"),
+    pytest.param(with_schema(TABLE, SCHEMA[:1]), True, id="blocked-column-removal-blocks-its-jobs"),
+    pytest.param(with_schema(TABLE, [*SCHEMA, NOTE]), False, id="allowed-addition-lets-the-jobs-go"),
+])
+def test_a_change_that_depends_on_a_blocked_change_is_blocked_too(table, jobs_blocked):
+    pipeline = {**PIPELINE, "schema": {"fields": [*PIPELINE["schema"]["fields"], {"name": "note", "type": "STRING"}]}}
+    jobs = [replace(j, spec={**j.spec, "pipeline": pipeline}) for j in (SILVER_JOB, GOLD_JOB)]
+    plan = plan_one([table, *jobs], [live(TABLE), live(SILVER_JOB), live(GOLD_JOB)])
+    changes = {c.address: c for c in plan.changes}
+    for job in jobs:
+        change = changes[job.address]
+        assert change.action == Action.UPDATE
+        assert bool(change.blocked) == jobs_blocked
+        if jobs_blocked:
+            assert change.blocked_by == ("bigquery_table.silver.orders",)
+            assert change.blocked.startswith("depends on bigquery_table.silver.orders, whose update is blocked")
+
+
+def test_blocking_is_transitive_and_names_the_first_blocked_change():
+    a = replace(TABLE, name="silver.a")
+    b = Resource(Kind.DATAFLOW_JOB, "b", {"template": "t", "streaming": True}, LABELS, depends_on=(a.address,))
+    c = Resource(Kind.CLOUD_RUN_SERVICE, "c", {"image": "i"}, LABELS, depends_on=(b.address,))
+    plan = plan_one([with_schema(a, SCHEMA[:1]), b, c], [live(a, schema=SCHEMA)])
+    changes = {x.address: x for x in plan.changes}
+    assert changes[b.address].blocked_by == (a.address,) and changes[c.address].blocked_by == (b.address,)
+    assert f"it waits for {a.address}" in changes[c.address].blocked
+
+
+NESTED = {"name": "customer", "type": "RECORD", "fields": [{"name": "id", "type": "STRING"},
+                                                            {"name": "email", "type": "STRING"}]}
+
+
+@pytest.mark.parametrize("reorder", [
+    pytest.param(lambda fields: list(reversed(fields)), id="top-level-fields-reversed"),
+    pytest.param(lambda fields: [f if f["name"] != "customer" else {**f, "fields": list(reversed(f["fields"]))}
+                                 for f in fields], id="nested-fields-reversed"),
+])
+def test_reordered_schema_fields_change_no_job(reorder):
+    fields = [{"name": "id", "type": "STRING"}, {"name": "amount", "type": "FLOAT64"}, NESTED]
+    launched = replace(STREAM_JOB, spec={**STREAM_JOB.spec, "pipeline": {**PIPELINE, "schema": {"fields": fields}}})
+    desired = replace(launched, spec={**launched.spec,
+                                      "pipeline": {**PIPELINE, "schema": {"fields": reorder(fields)}}})
+    assert plan_one([desired], [live(launched)]).changes[0].action == Action.NOOP
+
+
+def test_a_changed_field_type_is_still_a_change_whatever_the_order():
+    fields = [{"name": "id", "type": "STRING"}, {"name": "amount", "type": "FLOAT64"}]
+    launched = replace(STREAM_JOB, spec={**STREAM_JOB.spec, "pipeline": {**PIPELINE, "schema": {"fields": fields}}})
+    changed = [{"name": "amount", "type": "NUMERIC"}, {"name": "id", "type": "STRING"}]
+    desired = replace(launched, spec={**launched.spec, "pipeline": {**PIPELINE, "schema": {"fields": changed}}})
+    (change,) = plan_one([desired], [live(launched)]).changes
+    assert change.action == Action.UPDATE and [d.path for d in change.diff] == ["pipeline.schema.fields[0].type"]
+
+
+@pytest.mark.parametrize(("leaving", "says"), [
+    pytest.param("draining", "replacing a draining dataflow_job", id="draining-job-is-replaced-after-its-drain"),
+    pytest.param("cancelling", "replacing a cancelling dataflow_job", id="cancelling-job-too"),
+])
+def test_a_leaving_live_resource_is_replaced_never_updated(leaving, says):
+    draining = replace(live(STREAM_JOB), status={"leaving": leaving})
+    (change,) = plan_one([STREAM_JOB], [draining]).changes
+    assert change.action == Action.REPLACE and says in change.reason and not change.blocked
+    assert plan_one([], [draining], prune=True, max_delete_fraction=1).changes == (), \
+        "an undeclared job already on its way out is neither kept nor deleted again"
+
+
+THEIRS = replace(live(BUCKET, storage_class="NEARLINE"), labels={"owner": "finance-team"})
+
+
+@pytest.mark.parametrize(("live_resource", "adopt", "action", "blocked"), [
+    pytest.param(THEIRS, False, Action.IMPORT, "headwater adopt storage_bucket.bronze-x",
+                 id="unmanaged-same-name-is-shown-not-touched"),
+    pytest.param(THEIRS, True, Action.IMPORT, None, id="adopted-it-is-imported"),
+    pytest.param(replace(THEIRS, spec={**THEIRS.spec, "location": "US"}), True, Action.IMPORT,
+                 "never replaces a resource it does not manage", id="never-adopted-when-that-needs-a-replacement"),
+    pytest.param(replace(live(BUCKET), labels={**BUCKET.labels, "headwater-platform": "prod"}), False, Action.IMPORT,
+                 "managed by another headwater platform, headwater-platform=prod", id="another-platforms-resource"),
+])
+def test_an_existing_resource_that_is_not_ours_is_imported_only_when_adopted(live_resource, adopt, action, blocked):
+    options = {"adopt": frozenset({BUCKET.address})} if adopt else {}
+    (change,) = plan_one([BUCKET], [live_resource], **options).changes
+    assert change.action == action
+    if blocked:
+        assert blocked in change.blocked and change not in reconcile(
+            [BUCKET], [live_resource], IMMUTABLE, PlanOptions(environment="dev", **options)).actionable
+    else:
+        assert change.blocked is None
+        assert change.desired.labels == {**live_resource.labels, **BUCKET.labels}, "the owner's labels are kept"
+        assert change.update_fields == ("storage_class", "labels")
+
+
+def test_an_unmanaged_resource_is_never_an_orphan():
+    theirs = replace(live(SUB), labels={"owner": "someone"})
+    assert plan_one([], [theirs], prune=True, max_delete_fraction=1).changes == ()
