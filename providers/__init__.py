@@ -7,7 +7,10 @@ set, otherwise Google Cloud with Application Default Credentials): one code path
 Dataflow and Cloud Run have no emulator: ``dataflow_job`` and ``cloud_run_service`` resources go to
 Dataflow and Cloud Run (`providers.dataflow`, `providers.cloudrun`) or to the local runner
 (`providers.localrunner`), which runs the same pipelines and connectors on this machine. The
-local runner is the default when an emulator host is set; ``runner`` overrides it.
+local runner is the default when an emulator host is set; ``runner`` overrides it. Storage
+Transfer has none either: ``storage_transfer_job`` resources go to Storage Transfer
+(`providers.transfer`), or, with the Storage emulator, to its stand-in (`providers.local_transfer`),
+which copies from the local S3 server.
 """
 
 from __future__ import annotations
