@@ -47,6 +47,14 @@ and `losses_with`, which tolerate their absence):
     For live data-holding resources a plan deletes or replaces, what that would destroy, as a
     short phrase ("5 unacked messages"); addresses it cannot observe are left out. Called only
     when a plan has such changes.
+
+``health(resources) -> {address: reconciler.health.Observation}`` (`HealthReporter`, issue 11)
+    For declared resources of the provider's kinds, what it sees of their health: a verdict
+    (Healthy, Progressing, Degraded...) with its reason, the last error, a log tail, and named
+    signals (a table's newest record, a subscription's backlog; `reconciler.health` lists them).
+    Addresses it has nothing to say about are left out. Read only, and cheap: one list call per
+    kind, or one metadata read per source at most; never a scan of data. Asked by ``headwater
+    status`` and the daemon's health checks (`reconciler.health.observe_health`).
 """
 
 from __future__ import annotations
@@ -106,6 +114,19 @@ class LossReporter(Protocol):
     """Optional ability: what deleting or replacing live data-holding resources would destroy."""
 
     def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]: ...
+
+
+@runtime_checkable
+class HealthReporter(Protocol):
+    """Optional ability: the health of declared resources (contract in the module docstring)."""
+
+    def health(self, resources: Sequence[Resource]) -> Mapping[str, object]: ...
+
+
+def health_with(provider: Provider, resources: Sequence[Resource]) -> Mapping[str, object]:
+    """``provider.health(resources)``, or nothing when the provider cannot tell."""
+    reporter = getattr(provider, "health", None)
+    return dict(reporter(list(resources))) if reporter is not None and resources else {}
 
 
 def read_with(provider: Provider, kind: Kind, names: Collection[str]) -> list[Resource]:

@@ -709,9 +709,48 @@ class Serving(Strict):
     ml_features: bool = False
 
 
+# Health (issue 11, reconciler/health.py): a freshness SLA is at least a minute and at most 30
+# days (a source silent for longer is not monitored by an SLA; absence is a bigger problem).
+MAX_SLA_MINUTES = 30 * 24 * 60
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+
+
+def _sla_minutes(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"sla_minutes {value} is not a freshness SLA: give the most minutes the newest record "
+                         "may be old, at least 1 (or leave sla_minutes out: no SLA)")
+    if value > MAX_SLA_MINUTES:
+        raise ValueError(f"sla_minutes {value} is above 30 days ({MAX_SLA_MINUTES} minutes), the longest freshness "
+                         "SLA headwater watches")
+    return value
+
+
+def _alert_email(value: str) -> str:
+    if len(value) > 254 or not _EMAIL.match(value):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        raise ValueError(f"alert_email {shown!r} is not an email address (one address: name@example.com)")
+    return value
+
+
+def _error_budget(value: float) -> float:
+    if not 0 < value <= 100:
+        raise ValueError(f"error_budget_percent {value} is not a percentage of records in (0, 100]")
+    return value
+
+
 class Monitoring(Strict):
-    sla_minutes: int | None = Field(default=None, gt=0)
-    alert_email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
+    sla_minutes: Annotated[int, AfterValidator(_sla_minutes)] | None = Field(
+        default=None, description="Freshness SLA: the source is Degraded (and alerted) when its newest ingested "
+                                  f"record is older than this; 1 to {MAX_SLA_MINUTES} (30 days)",
+        json_schema_extra={"minimum": 1, "maximum": MAX_SLA_MINUTES})
+    alert_email: Annotated[str, AfterValidator(_alert_email)] | None = Field(
+        default=None, json_schema_extra={"pattern": r"^[^@\s]+@[^@\s]+\.[^@\s]+$"})
+    error_budget_percent: Annotated[float, AfterValidator(_error_budget)] = Field(
+        default=5.0, description="Dead letters as a percentage of the records received between two health checks "
+                                 "above which the source is Degraded (and alerted); default 5, the platform "
+                                 "design's 'error_rate > 5%'",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": 100})
     metrics: list[Literal["record_count", "latency_p95", "error_rate", "freshness", "dead_letters"]] = Field(
         default_factory=list
     )

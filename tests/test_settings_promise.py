@@ -24,6 +24,7 @@ from providers import dataflow_settings
 from reconciler.compile import compile_resources
 from reconciler.config import Connector, Platform, SchemaField
 from reconciler.engine import plan_options
+from reconciler.health import DeadLetters, Observation, judge_dead_letters, judge_freshness
 from reconciler.load import load_repo
 from reconciler.yamlsrc import load_yaml
 
@@ -36,7 +37,6 @@ PENDING = {
     "connector.serving.third_party_api": "issue 12 (serving layer)",
     "connector.serving.reporting": "issue 12 (serving layer)",
     "connector.serving.ml_features": "issue 12 (serving layer)",
-    "connector.monitoring.sla_minutes": "issue 11 (health and SLAs)",
     "connector.monitoring.alert_email": "issue 11 (health and SLAs)",
     "connector.monitoring.metrics": "issue 11 (health and SLAs)",
     "connector.ingestion[database_cdc].connector_type": "issue 10 (Datastream)",
@@ -65,6 +65,14 @@ OPERATIONAL = {
     "connector.suspend": lambda state: [s.connector.suspend for s in state.sources],  # the daemon
     "platform.dataflow.region": lambda state: dataflow_settings(
         state.platform.project, state.platform.region, state.platform).location,
+    # Health (reconciler/health.py): the same observations judged against each source's settings.
+    "connector.monitoring.sla_minutes": lambda state: [
+        judge_freshness(Observation(signals={"last_record_at": 1_000_000.0 - 1800}), None,
+                        s.connector.monitoring.sla_minutes, 1_000_000.0).breached for s in state.sources],
+    "connector.monitoring.error_budget_percent": lambda state: [
+        judge_dead_letters(Observation(signals={"backlog": 10}), Observation(signals={"rows": 100}),
+                           s.connector.monitoring.error_budget_percent, DeadLetters(backlog=0, rows=0), 60.0).over_budget
+        for s in state.sources],
 }
 
 SOURCES = {  # the example source that exercises each ingestion pattern
@@ -387,7 +395,8 @@ def test_operational_fields_change_what_headwater_does(tmp_path, path):
     before = read(load_repo(repo))
     target = "platform" if path.startswith("platform.") else "orders"
     value = {"platform.policy.prune": True, "platform.policy.max_delete_fraction": 0.5, "platform.suspend": True,
-             "connector.suspend": True, "platform.dataflow.region": "us-east1"}[path]
+             "connector.suspend": True, "platform.dataflow.region": "us-east1",
+             "connector.monitoring.sla_minutes": 15, "connector.monitoring.error_budget_percent": 50}[path]
     _edit(repo, target, path, value)
     assert read(load_repo(repo)) != before
 
