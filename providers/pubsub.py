@@ -495,7 +495,7 @@ class PubSubProvider:
                 text = f"about {backlog[sub.name]:,} unacked messages"
                 if retained.get(sub.name):
                     text += f" and {retained[sub.name]:,} retained acknowledged ones"
-                losses[sub.address] = text + " (Cloud Monitoring, last minutes)"
+                losses[sub.address] = text + " (Cloud Monitoring's last count)"
         for topic in (r for r in resources if r.kind == Kind.PUBSUB_TOPIC):
             retention = topic.spec.get("message_retention_duration")
             if retention:

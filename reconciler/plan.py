@@ -351,8 +351,8 @@ def owner_of(live: Resource) -> str:
     """Who a live resource that is not this platform's belongs to, as far as its labels tell."""
     if live.managed:
         return f"managed by another headwater platform, {PLATFORM_KEY}={live.labels.get(PLATFORM_KEY, '?')}"
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(live.labels.items()) if k != MANAGED_BY_KEY)
-    return "not managed by headwater" + (f"; labels {shown}" if shown else "; no labels")
+    shown = " ".join(f"{k}={v}" for k, v in sorted(live.labels.items()) if k != MANAGED_BY_KEY)
+    return "not managed by headwater, " + (f"labelled {shown}" if shown else "with no labels")
 
 
 def _import(desired: Resource, live: Resource, immutable: frozenset[str], options: PlanOptions) -> Change:
@@ -489,12 +489,12 @@ def _destroy_block(resource: Resource, options: PlanOptions, verb: str, live: Re
     if not resource.holds_data:
         return None
     lost = live.status.get(WOULD_LOSE) if live is not None else None
-    what = f" ({lost})" if lost else ""
     if not options.allow_destroy:
-        return (f"{verb} would destroy the data this {resource.kind} holds{what}; "
+        return (f"{verb} would destroy the data this {resource.kind} holds{': ' + lost if lost else ''}; "
                 "rerun with --allow-destroy to permit it")
     if resource.deletion_protection:
-        return f"{verb} refused: deletion_protection is true for this {resource.kind}{what}; set it to false first"
+        return (f"{verb} refused: deletion_protection is true for this {resource.kind}"
+                f"{', which holds ' + lost if lost else ''}; set it to false first")
     return None
 
 

@@ -331,10 +331,10 @@ WITH_BACKLOG = replace(live(SUB, topic="old-topic"), status={"would_lose": "abou
 KIND_2 = [
     # id, desired, live, options, blocked substring (None: not blocked)
     ("subscription-replacement-needs-allow-destroy-and-says-the-backlog", SUB, WITH_BACKLOG, {},
-     "replace would destroy the data this pubsub_subscription holds (about 5 unacked messages); rerun with "
+     "replace would destroy the data this pubsub_subscription holds: about 5 unacked messages; rerun with "
      "--allow-destroy"),
     ("subscription-replacement-refused-while-deletion-protected", SUB, WITH_BACKLOG, {"allow_destroy": True},
-     "deletion_protection is true for this pubsub_subscription (about 5 unacked messages)"),
+     "deletion_protection is true for this pubsub_subscription, which holds about 5 unacked messages"),
     ("unprotected-subscription-replacement-allowed-with-allow-destroy", replace(SUB, deletion_protection=False),
      WITH_BACKLOG, {"allow_destroy": True}, None),
     ("backlog-not-observable-is-still-gated", SUB, live(SUB, topic="old-topic"), {},

@@ -579,9 +579,9 @@ def test_would_lose_reads_the_backlog_from_cloud_monitoring(monkeypatch: pytest.
             subscription("unseen", MINIMAL_SPEC)]
     losses = provider.would_lose([*subs, topic("orders", {"message_retention_duration": 7 * 86400}), topic("bare")])
     assert losses == {
-        "pubsub_subscription.orders-ingest": "about 5 unacked messages (Cloud Monitoring, last minutes)",
+        "pubsub_subscription.orders-ingest": "about 5 unacked messages (Cloud Monitoring's last count)",
         "pubsub_subscription.orders-dlq-hold":
-            "about 2 unacked messages and 40 retained acknowledged ones (Cloud Monitoring, last minutes)",
+            "about 2 unacked messages and 40 retained acknowledged ones (Cloud Monitoring's last count)",
         "pubsub_subscription.unseen": "its unacked messages; Cloud Monitoring gave no recent backlog count",
         "pubsub_topic.orders": "the messages it retains, up to 7 days' worth (Pub/Sub does not count them)",
     }
