@@ -168,3 +168,27 @@ def test_the_good_shapes_validate(repo):
     load_repo(repo)
     ingestion(source_type="gcs", credentials_secret=None, storage_account=None, source_bucket="partner-exports")(repo)
     load_repo(repo)
+
+
+class _Secrets:
+    """A secret store that holds some secret ids (`providers.base.SecretStore`)."""
+
+    location = "Secret Manager (project headwater-demo)"
+
+    def __init__(self, existing: set[str]) -> None:
+        self.existing = existing
+
+    def missing(self, secret_ids):
+        return set(secret_ids) - self.existing
+
+
+def test_a_missing_credentials_secret_fails_the_plan_with_its_position(repo, monkeypatch, capsys):
+    ingestion(role_arn=None, credentials_secret="acme-s3-keys")(repo)
+    provider = MemoryProvider()
+    secrets = _Secrets({"payments-api-key", "shipments-webhook-key"})
+    monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([provider], secrets=secrets))
+    assert cli.main(["apply", "--repo", str(repo), "--auto-approve"]) == 1
+    err = capsys.readouterr().err
+    line = next(n for n, text in enumerate((repo / FILE).read_text().splitlines(), 1) if "credentials_secret" in text)
+    assert f"{FILE}:{line}:3: ingestion.credentials_secret: secret 'acme-s3-keys' does not exist" in err
+    assert provider.calls == {} and provider.objects == {}
