@@ -87,7 +87,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from google.type import date_pb2, timeofday_pb2
 
 from providers.calls import CallCounter
-from providers.errors import AlreadyExists, NotFound, PermanentError, call
+from providers.errors import AlreadyExists, NotFound, PermanentError, ServiceDisabled, call
 from reconciler import transfer as rules
 from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, PLATFORM_KEY, Kind, Resource
 
@@ -375,8 +375,16 @@ class StorageTransferProvider:
 
     def observe(self, kind: Kind) -> list[Resource]:
         _check_kind(kind)
+        try:
+            jobs = self._list_jobs()
+        except ServiceDisabled as exc:
+            # A platform without cloud_transfer sources need not enable Storage Transfer. With the
+            # API off no job of ours can exist: none is seen, nothing is deleted; a declared one
+            # plans a create, whose apply fails with this same reason.
+            log.warning("Storage Transfer API is not enabled: no transfer jobs observed (%s)", exc)
+            return []
         newest: dict[str, tuple[storage_transfer_v1.TransferJob, dict[str, str]]] = {}
-        for job in self._list_jobs():
+        for job in jobs:
             labels = labels_of(job)
             if labels is None:
                 continue

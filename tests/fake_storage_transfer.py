@@ -56,6 +56,7 @@ class FakeStorageTransfer:
         self.topic_policies: dict[str, dict[str, Any]] = {}
         self.page_size: int | None = None
         self.runs: list[str] = []
+        self.disabled = False  # the project has not enabled storagetransfer.googleapis.com
         self._etags = 0
         self._clock = 0
         self._lock = threading.Lock()
@@ -140,6 +141,12 @@ class FakeStorageTransfer:
         path = request.path
         if path.startswith("/v1/googleServiceAccounts/"):
             return 200, {"accountEmail": AGENT, "subjectId": "112233445566778899"}
+        if self.disabled and (path.startswith("/v1/transferJobs") or path.startswith("/v1/googleServiceAccounts")):
+            return 403, {"error": {"code": 403, "status": "PERMISSION_DENIED", "message": (
+                f"Storage Transfer API has not been used in project {self.project} before or it is disabled."),
+                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED",
+                             "domain": "googleapis.com",
+                             "metadata": {"service": "storagetransfer.googleapis.com"}}]}}
         if path == "/v1/transferJobs" or path.startswith("/v1/transferJobs/"):
             return self._jobs(request, path.removeprefix("/v1/"))
         if path.startswith("/storage/v1/b/") and path.endswith("/iam"):

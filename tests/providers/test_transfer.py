@@ -264,3 +264,9 @@ def test_the_service_agent_is_asked_once(fake):
     p.observe(Kind.STORAGE_TRANSFER_JOB)
     assert len(fake.requests_to("/v1/googleServiceAccounts/")) == 1
     assert AGENT in MEMBER
+
+
+def test_a_project_without_the_storage_transfer_api_observes_no_jobs(fake):
+    # A platform without cloud_transfer sources need not enable the API: plans go on.
+    fake.disabled = True
+    assert provider(fake).observe(Kind.STORAGE_TRANSFER_JOB) == []
