@@ -24,7 +24,15 @@ import threading
 from collections.abc import Mapping
 
 from connector import logs
-from connector.spec import ConnectorSpec, SpecError, connector_secret, load_spec, webhook_secret
+from connector.spec import (
+    CONNECTOR_SECRET_ENV,
+    WEBHOOK_SECRET_ENV,
+    ConnectorSpec,
+    SpecError,
+    connector_secret,
+    load_spec,
+    webhook_secret,
+)
 
 log = logging.getLogger("connector")
 
@@ -46,10 +54,10 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         spec = load_spec(environ)
         if spec.connector_type == "rest_api":
             secret = connector_secret(spec, environ)
-            logs.redact_secret(secret)
+            logs.redact_secret(secret, f"the connector secret ({CONNECTOR_SECRET_ENV})")
             return run_rest_api(spec, secret, environ)
         key = webhook_secret(spec, environ)
-        logs.redact_secret(key.decode() if key else None)
+        logs.redact_secret(key.decode() if key else None, f"the webhook signing key ({WEBHOOK_SECRET_ENV})")
         return run_webhook(spec, key, environ)
     except SpecError as exc:
         log.error("cannot start: %s", exc)
@@ -75,7 +83,7 @@ def run_rest_api(spec: ConnectorSpec, secret: str | None, environ: Mapping[str, 
     poller = Poller(
         spec, secret,
         RecordPublisher(transport, source_id=spec.source_id, topic=spec.topic,
-                        dead_letter_topic=spec.dead_letter_topic, secrets=logs.secret_forms(secret)),
+                        dead_letter_topic=spec.dead_letter_topic, secrets=logs.record_secret_forms(secret)),
         CheckpointStore(spec.checkpoint_bucket, spec.checkpoint_object),
         stop=stop, crash_after_pages=int(crash_after) if crash_after else None)
     server = None

@@ -12,8 +12,12 @@ Publishing is asynchronous (google-cloud-pubsub batches messages in the backgrou
 "published" means here: the poller writes its checkpoint, and the webhook answers 2xx, only
 after it returns.
 
-Secrets: a message is scrubbed of the connector's secret (and its encoded forms) before it is
-sent, should the API ever echo it back in a body.
+Secrets: a record or dead-letter body is published as the API sent it, except that the forms of
+the connector's secret long enough to be nothing but the credential
+(connector.logs.record_secret_forms, :data:`connector.logs.RECORD_SCRUB_MIN_CHARS` characters and
+more) are replaced by ``[REDACTED]``, should the API echo the credential back in a body. A
+shorter secret is not scrubbed: it could be the API's own data (a date, an id), and rewriting
+that would corrupt the record (docs/connector-contract.md).
 """
 
 from __future__ import annotations
@@ -72,14 +76,17 @@ def now_rfc3339() -> str:
 
 
 def encode_record(record: Any) -> bytes:
-    """One record as compact UTF-8 JSON (non-ASCII kept as is)."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+    """One record as compact UTF-8 JSON (non-ASCII kept as is). Strict: a NaN or an infinity is a
+    ValueError rather than a message the pipeline cannot parse (bodies are parsed strictly,
+    connector.records.parse_json, so none reaches here)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 class RecordPublisher:
     """Publishes one source's records and dead letters.
 
-    ``secrets``: strings (the credential and its encoded forms) that must not leave in a message.
+    ``secrets``: strings (the credential's forms, connector.logs.record_secret_forms) replaced by
+    ``[REDACTED]`` wherever they occur in a message's data; nothing else is rewritten.
     """
 
     def __init__(self, transport: Transport, *, source_id: str, topic: str, dead_letter_topic: str,
@@ -88,8 +95,13 @@ class RecordPublisher:
         self.source_id = source_id
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
+        self._secrets: tuple[bytes, ...] = ()
+        self.scrub_also(secrets)
+
+    def scrub_also(self, secrets: Iterable[str]) -> None:
+        """Scrub these strings too (a credential derived later: an OAuth2 access token)."""
         # Longest first, so a form containing another is replaced whole.
-        self._secrets = tuple(sorted({s.encode() for s in secrets if s}, key=len, reverse=True))
+        self._secrets = tuple(sorted(set(self._secrets) | {s.encode() for s in secrets if s}, key=len, reverse=True))
 
     def publish_records(self, records: Iterable[Any], *, origin: str, fetched_at: str) -> list[Future]:
         """Start publishing each record; the futures resolve when Pub/Sub acknowledged them."""

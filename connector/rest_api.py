@@ -26,24 +26,37 @@ How a poll ends (:class:`PollResult` ``outcome``):
 
 * ``complete`` - the last page was read: the cursor advances to the greatest value seen, the
   boundary becomes the fingerprints read at it, and the resume position is cleared.
+  A poll that found nothing new (a quiet API) is ``complete`` with 0 records: a success.
 * ``partial`` - the request budget (``max_requests_per_minute``) or the retries
-  (``max_retries``, or a ``Retry-After`` longer than ``retry_max_seconds``) ran out: a partial
-  success. The checkpoint keeps the first page not read; the next poll resumes there (as soon
-  as the budget allows, or after ``Retry-After``).
-* ``dead_letter`` - a body that is not JSON, or where ``records`` matches no list, went to the
-  dead-letter topic (reasons ``unparseable``, ``records_not_found``); the poll ends there and the
-  next one tries that page again. Never a crash.
-* ``failed`` - any other error (a 4xx other than 429, a publish or checkpoint failure): logged,
+  (``max_retries``, or a ``Retry-After`` longer than ``retry_max_seconds``) ran out *after the
+  poll received at least one page*: a partial success. The checkpoint keeps the first page not
+  read; the next poll resumes there (as soon as the budget allows, or after ``Retry-After``).
+  Also ``partial``, but no success: a poll the budget stopped before it made any request.
+* ``dead_letter`` - a body that is not JSON (strictly: connector.records.parse_json), or where
+  ``records`` matches no list, went to the dead-letter topic (reasons ``unparseable``,
+  ``records_not_found``); the poll ends there and the next one tries that page again. Never a
+  crash.
+* ``failed`` - the poll received no page because every attempt failed (connection errors, 429
+  or 5xx until the retries or the budget ran out, a too-long ``Retry-After``), or any other error
+  (a 4xx other than 429, a publish or checkpoint failure): logged at WARNING with the reason,
   the position of the first page not read is kept when the checkpoint can still be written.
 * ``lost_race`` - another replica wrote the checkpoint first (HTTP 412): this one re-reads it
   and yields; what it published in between is a duplicate, absorbed downstream.
 * ``stopped`` - SIGTERM: the position reached is checkpointed.
 
+Health (:meth:`Poller.health`, ``/healthz``): ``last_success_at`` moves only on a success
+(``complete``, or ``partial`` after receiving a page). ``/healthz`` answers 503, with the reason,
+after :data:`FAILED_POLLS_UNHEALTHY` ``failed`` polls in a row, or when no poll has succeeded for
+:meth:`Poller.stale_after` (3 poll intervals + 5 minutes, counted from the end of a wait the API
+asked for): an API that is down, refuses every request, or serves a page that never goes through
+shows as an unhealthy service - Cloud Run's liveness probe restarts it, the daemon reports it.
+
 Secrets: the credential (``HEADWATER_CONNECTOR_SECRET``) is added to each request only as it is
 sent, and only to requests for the endpoint's own origin (scheme, host, port) - a next-page URL
 elsewhere gets no credential. Every URL that leaves this module (the ``origin`` attribute, the
 checkpoint, logs, errors) goes through :meth:`Poller.sanitize_url`, which drops the api_key query
-parameter and any parameter carrying the secret.
+parameter and any parameter carrying the secret (one of at least ``REDACT_MIN_CHARS`` characters:
+what is redacted, from what length, is connector.logs' docstring).
 """
 
 from __future__ import annotations
@@ -78,9 +91,9 @@ from connector.checkpoint import (
     Resume,
     record_fingerprint,
 )
-from connector.logs import redact, redact_secret, secret_forms
+from connector.logs import record_secret_forms, redact, redact_secret, secret_forms
 from connector.publish import RECORDS_NOT_FOUND, UNPARSEABLE, PublishError, RecordPublisher, now_rfc3339
-from connector.records import cursor_text, dig, greater, select_records
+from connector.records import NotJson, cursor_text, dig, greater, parse_json, select_records
 from connector.spec import ConnectorSpec, RestApi
 
 log = logging.getLogger(__name__)
@@ -96,6 +109,12 @@ MAX_PAGES_IN_FLIGHT = 20
 # Test-only hook (see connector/README.md): SIGKILL this process after the N-th page's records
 # were acknowledged, before the checkpoint that covers them - the crash the design must survive.
 CRASH_AFTER_PUBLISH_ENV = "HEADWATER_CONNECTOR_CRASH_AFTER_PUBLISH"
+# /healthz answers 503 after this many failed polls in a row (each has already retried
+# ``max_retries`` times with backoff): one or two are a blip, three are an outage - ~3 minutes at
+# the default 60 s interval. The time rule (Poller.stale_after) catches what fails no poll: a hung
+# loop, a page dead-lettered or refused with a 4xx at every poll.
+FAILED_POLLS_UNHEALTHY = 3
+STALE_GRACE_S = 300.0  # Poller.stale_after: 3 poll intervals + this
 
 
 # --------------------------------------------------------------------------- errors
@@ -119,6 +138,10 @@ class RetryableStatus(FetchError):
 
 class BudgetExhausted(FetchError):
     partial = True
+
+    def __init__(self, message: str, after: RetryableStatus | None = None) -> None:
+        # ``after``: the failure of this page's previous attempt, when the budget ran out retrying it.
+        super().__init__(f"{after}; then the {message}" if after is not None else message)
 
 
 class RetryAfterTooLong(FetchError):
@@ -203,9 +226,12 @@ class PageRequest:
 class PollResult:
     """What one poll did. ``records``: published; ``unchanged``: read at the cursor value and left
     out, already published (the checkpoint's boundary). ``error``: a sanitised message (never a
-    secret); ``retry_after``: seconds the server asked to wait before the next request."""
+    secret); ``retry_after``: seconds the server asked to wait before the next request.
+    ``reached``: at least one page was received from the API (2xx) - what tells a partial
+    success from a poll in which every attempt failed."""
 
     outcome: str
+    reached: bool = False
     pages: int = 0
     records: int = 0
     unchanged: int = 0
@@ -320,16 +346,20 @@ class Poller:
             timeout=self.rest.request_timeout_seconds, follow_redirects=True,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
         self._secret_forms = secret_forms(secret)
-        redact_secret(secret)
+        redact_secret(secret, "the connector secret (HEADWATER_CONNECTOR_SECRET)")
         self.auth = Authenticator(self.rest, secret, self.http, on_new_secret=self._new_secret)
         self.budget = RequestBudget(self.rest.max_requests_per_minute)
         self.fingerprint = _fingerprint(self.rest)
         self.boundary_limit = BOUNDARY_MAX_FINGERPRINTS  # fingerprints kept at the cursor value (checkpoint.py)
         self._token_refreshed = False  # within one page's tries: a 401 refetches the OAuth2 token once
+        self._requests = 0  # requests this poll made (budget spent): 0 = the budget stopped it before any
+        self._last_retryable: RetryableStatus | None = None  # the last retried failure of the page being read
         # What /healthz reports.
         self.started_at = time.time()
         self.last_success_at: float | None = None
         self.last_result: PollResult | None = None
+        self.consecutive_failed_polls = 0
+        self.deferred_until: float | None = None  # the end of a wait longer than the poll interval
         self.pages_published = 0
         self.records_published = 0
 
@@ -345,19 +375,22 @@ class Poller:
             started = time.monotonic()
             try:
                 result = self.poll_once()
-            except Exception:  # a bug, not an API problem: log it and keep the service up
+            except Exception as exc:  # a bug, not an API problem: log it and keep the service up
                 log.exception("poll crashed")
-                result = PollResult("failed", error="unexpected error")
+                result = self._finish(PollResult("failed", error=f"unexpected error: {type(exc).__name__}"), started)
             wait = self.rest.poll_interval_seconds - (time.monotonic() - started)
             if result.budget_exhausted:
                 wait = max(self.budget.seconds_until_available(), 0.05)
             if result.retry_after is not None:
                 wait = max(wait, result.retry_after)
+            if wait > self.rest.poll_interval_seconds:  # waiting as asked is not a hang (health)
+                self.deferred_until = time.time() + wait
             self.stop.wait(max(0.0, wait))
 
     def poll_once(self) -> PollResult:
         """One poll (see the module docstring); never raises for API, publish or storage errors."""
         started = time.monotonic()
+        self._requests = 0
         try:
             generation, state = self.store.read()
         except Exception as exc:
@@ -376,7 +409,11 @@ class Poller:
             try:
                 response, body = self._fetch(request)
             except FetchError as exc:
-                result.outcome = "partial" if exc.partial else "failed"
+                # Ran out (retries, budget, Retry-After) after receiving a page: progress, a partial
+                # success. Ran out without receiving one: every attempt failed - a failed poll -
+                # unless the budget stopped it before any request (nothing was tried: neither).
+                progress_or_untried = result.reached or self._requests == 0
+                result.outcome = "partial" if exc.partial and progress_or_untried else "failed"
                 result.error = redact(str(exc))
                 result.budget_exhausted = isinstance(exc, BudgetExhausted)
                 result.retry_after = exc.retry_after if isinstance(exc, RetryAfterTooLong) else None
@@ -386,9 +423,10 @@ class Poller:
                 break
             fetched_at = now_rfc3339()
             origin = self.sanitize_url(request.full_url())
-            parsed, records, reason = self._records(body)
+            result.reached = True
+            parsed, records, reason, detail = self._records(body)
             if records is None:
-                self._dead_letter(body, reason, origin, fetched_at, result)
+                self._dead_letter(body, reason, detail, origin, fetched_at, result)
                 break
             fresh = already.without_published(records)
             in_flight.append(_Published(request, records, len(fresh), self.publisher.publish_records(
@@ -446,10 +484,9 @@ class Poller:
         finally:
             in_flight.clear()
 
-    def _dead_letter(self, body: bytes, reason: str, origin: str, fetched_at: str, result: PollResult) -> None:
+    def _dead_letter(self, body: bytes, reason: str, detail: str, origin: str, fetched_at: str,
+                     result: PollResult) -> None:
         """Send a page without records to the dead-letter topic and wait for it; the poll ends."""
-        detail = (f"records {self.rest.records!r} matched no list in the body" if reason == RECORDS_NOT_FOUND
-                  else "the body is not JSON")
         try:
             self.publisher.wait([self.publisher.publish_dead_letter(
                 body, reason=reason, detail=detail, origin=origin, fetched_at=fetched_at)])
@@ -459,23 +496,37 @@ class Poller:
         result.outcome, result.error, result.dead_letters = "dead_letter", f"{reason}: {detail}", 1
         log.warning("dead-lettered the page %s (%s); the poll ends here", origin, reason)
 
+    def stale_after(self) -> float:
+        """Seconds without a successful poll after which the poller is unhealthy."""
+        return 3 * self.rest.poll_interval_seconds + STALE_GRACE_S
+
     def health(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
-        """(healthy, report) for /healthz: healthy while the last successful poll (complete or
-        partial) - or the start, before the first - is within 3 poll intervals + 5 minutes."""
+        """(healthy, report) for /healthz. Unhealthy, with ``reason``, after
+        :data:`FAILED_POLLS_UNHEALTHY` failed polls in a row, or when the last successful poll -
+        or the start, before the first; or the end of a wait the API asked for (Retry-After), if
+        later - is more than :meth:`stale_after` ago (a hung loop, a page dead-lettered or refused
+        at every poll)."""
         now = time.time() if now is None else now
-        reference = self.last_success_at or self.started_at
-        stale_after = 3 * self.rest.poll_interval_seconds + 300
         result = self.last_result
-        report = {
+        report: dict[str, Any] = {
             "source_id": self.spec.source_id,
             "connector_type": "rest_api",
             "last_success_at": _rfc3339(self.last_success_at),
             "last_outcome": result.outcome if result else None,
             "last_error": result.error if result else None,
+            "consecutive_failed_polls": self.consecutive_failed_polls,
             "pages_published": self.pages_published,
             "records_published": self.records_published,
         }
-        return now - reference <= stale_after, report
+        reference = max(self.last_success_at or self.started_at, self.deferred_until or 0.0)
+        if self.consecutive_failed_polls >= FAILED_POLLS_UNHEALTHY:
+            report["reason"] = (f"{self.consecutive_failed_polls} failed polls in a row; the last: "
+                                f"{result.error if result else 'unknown'}")
+        elif now - reference > self.stale_after():
+            since = _rfc3339(self.last_success_at) or f"the start ({_rfc3339(self.started_at)})"
+            report["reason"] = (f"no successful poll since {since}"
+                                + (f"; the last poll: {result.outcome} ({result.error})" if result else ""))
+        return "reason" not in report, report
 
     def close(self) -> None:
         self.http.close()
@@ -498,8 +549,9 @@ class Poller:
 
     def _new_secret(self, value: str) -> None:
         """A derived credential (an OAuth2 access token) joins the secrets kept out of everything."""
-        redact_secret(value)
+        redact_secret(value, "the OAuth2 access token")
         self._secret_forms |= secret_forms(value)
+        self.publisher.scrub_also(record_secret_forms(value))
 
     # ------------------------------------------------------------------ requests
 
@@ -554,6 +606,7 @@ class Poller:
             reraise=True,
         )
         self._token_refreshed = False
+        self._last_retryable = None
         try:
             return retrying(self._attempt, request)
         except RetryableStatus as exc:
@@ -564,13 +617,16 @@ class Poller:
         the try), GET. A wait the server asks for beyond ``retry_max_seconds`` is not slept
         through: RetryAfterTooLong ends the poll and the run loop waits instead."""
         if not self.budget.try_acquire():
-            raise BudgetExhausted(f"request budget of {self.rest.max_requests_per_minute}/min exhausted")
+            raise BudgetExhausted(f"request budget of {self.rest.max_requests_per_minute}/min exhausted",
+                                  after=self._last_retryable)
+        self._requests += 1
         try:
             url, headers = self.auth.prepare(request.full_url())
             return self._get(url, headers)
         except RetryableStatus as exc:
             if exc.retry_after is not None and exc.retry_after > self.rest.retry_max_seconds:
                 raise RetryAfterTooLong(f"{exc} with Retry-After {exc.retry_after:.0f} s", exc.retry_after) from None
+            self._last_retryable = exc
             log.info("%s, retrying", exc)
             raise
 
@@ -607,13 +663,14 @@ class Poller:
         if self.stop.wait(seconds):
             raise Stopped()
 
-    def _records(self, body: bytes) -> tuple[Any, list[Any] | None, str]:
-        """(parsed body, its records or None, why None)."""
+    def _records(self, body: bytes) -> tuple[Any, list[Any] | None, str, str]:
+        """(parsed body, its records or None, why None: the reason and its detail)."""
         try:
-            parsed = json.loads(body)
-        except ValueError:
-            return None, None, UNPARSEABLE
-        return parsed, select_records(parsed, self.rest.records), RECORDS_NOT_FOUND
+            parsed = parse_json(body)  # strictly: NaN, Infinity... are not JSON (connector.records)
+        except NotJson as exc:
+            return None, None, UNPARSEABLE, f"the body is not JSON: {exc}"
+        return (parsed, select_records(parsed, self.rest.records), RECORDS_NOT_FOUND,
+                f"records {self.rest.records!r} matched no list in the body")
 
     # ------------------------------------------------------------------ checkpoint
 
@@ -636,15 +693,28 @@ class Poller:
         return result
 
     def _finish(self, result: PollResult, started: float) -> PollResult:
+        """Record the poll's end for /healthz and log it: INFO for a success (or a stop), WARNING
+        with the reason otherwise - the error is sanitised (no credential, no secret-bearing URL)."""
         result.seconds = round(time.monotonic() - started, 3)
-        if result.outcome in ("complete", "partial"):
-            self.last_success_at = time.time()
+        failed_before = self.consecutive_failed_polls
+        succeeded = result.outcome == "complete" or (result.outcome == "partial" and result.reached)
+        if succeeded:
+            self.last_success_at = time.time()  # only a poll that reached the API
+            self.consecutive_failed_polls = 0
+        elif result.outcome == "failed":
+            self.consecutive_failed_polls += 1
         self.last_result = result
-        level = logging.INFO if result.outcome in ("complete", "partial", "stopped") else logging.WARNING
-        log.log(level, "poll %s: %d pages, %d records in %.2f s%s%s", result.outcome, result.pages,
+        level = logging.INFO if succeeded or result.outcome in ("partial", "stopped") else logging.WARNING
+        in_a_row = self.consecutive_failed_polls
+        log.log(level, "poll %s: %d pages, %d records in %.2f s%s%s%s", result.outcome, result.pages,
                 result.records, result.seconds,
                 f", {result.unchanged} unchanged at the cursor not published again" if result.unchanged else "",
-                f" ({result.error})" if result.error else "")
+                f" ({result.error})" if result.error else "",
+                f"; {in_a_row} failed polls in a row" if result.outcome == "failed" and in_a_row > 1 else "")
+        if result.outcome == "failed" and in_a_row == FAILED_POLLS_UNHEALTHY:
+            log.error("%d failed polls in a row: /healthz answers 503 until a poll succeeds", in_a_row)
+        elif succeeded and failed_before >= FAILED_POLLS_UNHEALTHY:
+            log.info("the API answers again after %d failed polls", failed_before)
         return result
 
 

@@ -9,7 +9,8 @@ A delivery to ``POST <path>`` goes through, in this order:
 2. **Signature** (unless ``signature`` is null): an HMAC of the raw body with the key in
    ``HEADWATER_WEBHOOK_SECRET``, compared in constant time (:func:`verify_signature`); a missing
    or bad signature, or a timestamp outside the tolerance (a replay), is 401.
-3. **JSON**: a body that is not JSON is 400.
+3. **JSON**: a body that is not JSON is 400 - strictly RFC 8259 (:func:`connector.records.parse_json`):
+   ``NaN``, ``Infinity``, numbers beyond a double and unpaired surrogates are not JSON either.
 4. **Records**: ``records`` null takes the body as the record (or, when it is a list, each
    element as one); a dotted path takes the list (or the single object) there. A path that
    matches nothing sends the body to the dead-letter topic (reason ``records_not_found``) and
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import time
 from typing import Any
@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from connector.publish import RECORDS_NOT_FOUND, PublishError, RecordPublisher, now_rfc3339
-from connector.records import dig
+from connector.records import NotJson, dig, parse_json
 from connector.server import health_endpoint
 from connector.spec import ConnectorSpec, Signature, Webhook
 
@@ -166,9 +166,9 @@ class WebhookReceiver:
             if problem is not None:
                 return self._refuse(401, problem)
         try:
-            parsed = json.loads(body)
-        except ValueError:
-            return self._refuse(400, "the body is not JSON")
+            parsed = parse_json(body)  # strictly (RFC 8259): NaN, Infinity... are refused too
+        except NotJson as exc:
+            return self._refuse(400, f"the body is not JSON: {exc}")
         origin = f"webhook:{delivery_id(request, hook.delivery_id_header, body)}"
         fetched_at = now_rfc3339()
         records = webhook_records(parsed, hook.records)

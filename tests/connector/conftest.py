@@ -16,7 +16,7 @@ import pytest
 from google.cloud import pubsub_v1, storage
 
 from connector.checkpoint import CheckpointStore
-from connector.logs import secret_forms
+from connector.logs import record_secret_forms
 from connector.publish import RecordPublisher, pubsub_transport
 from connector.rest_api import Poller
 from connector.spec import ConnectorSpec, parse_spec
@@ -124,7 +124,7 @@ def make_poller(emulators) -> Iterator[Callable[..., Poller]]:
         spec: ConnectorSpec = parse_spec(document)
         transport = pubsub_transport()
         publisher = RecordPublisher(transport, source_id=spec.source_id, topic=spec.topic,
-                                    dead_letter_topic=spec.dead_letter_topic, secrets=secret_forms(secret))
+                                    dead_letter_topic=spec.dead_letter_topic, secrets=record_secret_forms(secret))
         poller = Poller(spec, secret, publisher, CheckpointStore(spec.checkpoint_bucket, spec.checkpoint_object),
                         **kwargs)
         made.append((poller, transport))

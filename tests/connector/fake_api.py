@@ -10,6 +10,7 @@ pages, under one path per pagination style:
 ``/page``          ``?p=N`` (from 1) -> ``{"results": [...]}``; past the end: ``{"results": []}``
 ``/none``          -> every record, ``{"data": [...]}``
 ``/not_json``      -> an HTML page; ``/no_records`` -> ``{"unexpected": true}``
+``/raw/<name>``    -> :attr:`FakeApi.raw` ``[name]`` as it is, ``Content-Type: application/json``
 ``/token``         POST: OAuth2 client-credentials token endpoint
 =================  ==============================================================================
 
@@ -69,6 +70,7 @@ class FakeApi:
     issued_tokens: list[str] = field(default_factory=list)
     echo_secret: str | None = None  # put this string into every body (an API echoing a credential)
     injections: list[_Injection] = field(default_factory=list)
+    raw: dict[str, bytes] = field(default_factory=dict)  # /raw/<name> -> these bytes, as they are
     base_url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -123,6 +125,8 @@ class FakeApi:
             doc = {"results": records[(page - 1) * size: page * size]}
         elif seen.path == "/none":
             doc = {"data": records}
+        elif seen.path.startswith("/raw/") and seen.path[len("/raw/"):] in self.raw:
+            return 200, {"Content-Type": "application/json"}, self.raw[seen.path[len("/raw/"):]]
         elif seen.path == "/not_json":
             return 200, {"Content-Type": "text/html"}, b"<html><body>maintenance</body></html>"
         elif seen.path == "/no_records":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -142,3 +143,35 @@ def test_an_invalid_spec_or_secret_exits_2_naming_the_problem(tmp_path, spec: An
                             text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and SECRET not in result.stderr
+
+
+def test_a_poller_whose_api_is_unreachable_turns_unhealthy_and_says_why(pubsub, bucket) -> None:
+    from tests.connector.test_health import Closed
+
+    # A short key ("2026", as in the trial): warned about once, redacted nowhere - the log lines'
+    # own timestamps (this year's, too) stay intact.
+    spec = rest_spec(Closed(), pubsub, bucket, auth={"type": "api_key", "query": "api_key"}, max_retries=1,
+                     poll_interval_seconds=0.1)
+    port = _free_port()
+    process = _start(_env(spec, HEADWATER_CONNECTOR_SECRET="2026", PORT=str(port)))
+    try:
+        def unhealthy() -> httpx.Response | None:
+            response = _get(f"http://127.0.0.1:{port}/healthz")
+            return response if response is not None and response.status_code == 503 else None
+
+        health = _wait_for(unhealthy, what="/healthz to answer 503")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    body = health.json()
+    assert body["status"] == "unhealthy" and body["consecutive_failed_polls"] >= 3 and body["last_success_at"] is None
+    assert "ConnectError" in body["reason"] and "http://127.0.0.1:9/next_url" in body["reason"]
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    failed = [line for line in lines if line["message"].startswith("poll failed")]
+    assert len(failed) >= 3 and all(line["severity"] == "WARNING" and "ConnectError" in line["message"]
+                                    for line in failed)
+    assert any(line["severity"] == "ERROR" and "/healthz answers 503" in line["message"] for line in lines)
+    assert sum("too short to be redacted reliably" in line["message"] for line in lines) == 1
+    assert "[REDACTED]" not in stderr and "api_key" not in stderr
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", line["time"]) for line in lines)

@@ -169,13 +169,14 @@ def test_a_client_error_fails_the_poll_and_keeps_the_position(api, pubsub, bucke
     assert ids_of(pubsub.records()) == ALL_IDS
 
 
-def test_a_transport_error_is_retried_then_ends_the_poll_partial(pubsub, bucket, make_poller) -> None:
+def test_a_transport_error_is_retried_then_fails_the_poll(pubsub, bucket, make_poller) -> None:
     class Closed:  # a port nothing listens on
         def url(self, path: str) -> str:
             return "http://127.0.0.1:9" + path
 
+    # Nothing received: a failed poll, not a partial success (tests/connector/test_health.py).
     result = make_poller(rest_spec(Closed(), pubsub, bucket, max_retries=1)).poll_once()
-    assert result.outcome == "partial" and "ConnectError" in result.error
+    assert result.outcome == "failed" and "ConnectError" in result.error
 
 
 def test_stopping_checkpoints_the_position_reached(api, pubsub, bucket, make_poller) -> None:
@@ -295,8 +296,8 @@ def test_the_oauth2_token_is_refreshed_before_it_expires_and_after_a_401(api, pu
     assert poller.poll_once().outcome == "complete" and len(api.issued_tokens) == 4
     poller.auth.invalidate()
     api.inject(429, headers={"Retry-After": "600"}, when=lambda seen: seen.path == "/token")
-    result = poller.poll_once()
-    assert (result.outcome, result.retry_after) == ("partial", 600.0) and "token endpoint" in result.error
+    result = poller.poll_once()  # no page received: a failed poll, and the next one waits
+    assert (result.outcome, result.retry_after) == ("failed", 600.0) and "token endpoint" in result.error
 
 
 @pytest.mark.parametrize(("auth", "expect", "secret"), AUTH_CASES)
