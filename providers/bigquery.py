@@ -722,6 +722,14 @@ class BigQueryProvider:
             unobservable("bqemulator does not keep require_partition_filter") if on_emulator()
             else table.require_partition_filter)
 
+    # -- optional ability: health (providers.base.HealthReporter; providers/bigquery_health.py) --
+
+    def health(self, resources: Sequence[Resource]) -> dict[str, Any]:
+        """The Silver tables' newest record (metadata, no scan) and the Bronze tables' rows."""
+        from providers.bigquery_health import table_health
+
+        return table_health(self, resources)
+
     # -- ApiCallCounter --
 
     def api_calls(self) -> Mapping[str, int]:

@@ -403,6 +403,14 @@ class LocalRunnerProvider:
                 _stop_process(record, graceful=record.streaming)
             _remove_files(self.state_dir, record)
 
+    # -- optional ability: health (providers.base.HealthReporter; providers/localrunner_health.py) --
+
+    def health(self, resources: Sequence[Resource]) -> dict[str, Any]:
+        """Crashed, crash-looping or failing jobs and connectors, with their error and log tail."""
+        from providers.localrunner_health import local_health
+
+        return local_health(self, resources)
+
     # -- beyond the contract: what the demo and tests need --
 
     def run_now(self, name: str) -> int:

@@ -511,6 +511,14 @@ class PubSubProvider:
                 self._monitoring = CloudMonitoring(self.project)
             return self._monitoring
 
+    # -- optional ability: health (providers.base.HealthReporter; providers/pubsub_health.py) --
+
+    def health(self, resources: Sequence[Resource]) -> dict[str, Any]:
+        """Dead letters held by ``<id>-dlq-hold``; how long ``<id>-ingest``'s oldest record waits."""
+        from providers.pubsub_health import subscription_health
+
+        return subscription_health(self, resources)
+
     # -- ApiCallCounter --
 
     def api_calls(self) -> Mapping[str, int]:
