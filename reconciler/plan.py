@@ -369,8 +369,10 @@ def _import(desired: Resource, live: Resource, immutable: frozenset[str], option
         blocked = (f"{desired.kind} {desired.name} already exists and is {owner}; headwater leaves it alone "
                    f"until it is adopted explicitly: headwater adopt {desired.address} (or --adopt {desired.address})")
     elif found.replace_paths:
-        blocked = (f"cannot adopt: {', '.join(found.replace_paths)} differ and cannot change in place, and headwater "
-                   "never replaces a resource it does not manage; make the desired state match it, or use another name")
+        paths = found.replace_paths
+        blocked = (f"cannot adopt: {', '.join(paths)} {'differs' if len(paths) == 1 else 'differ'} and cannot change "
+                   "in place, and headwater never replaces a resource it does not manage; make the desired state "
+                   "match it, or use another name")
     elif found.schema_problems:
         blocked = "cannot adopt without an incompatible schema change: " + "; ".join(found.schema_problems)
     else:
