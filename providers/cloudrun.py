@@ -80,7 +80,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
@@ -414,6 +414,19 @@ class CloudRunProvider:
             live.append(self._observed(service))
         return live
 
+    def read(self, kind: Kind, names: Collection[str]) -> list[Resource]:
+        """Services by name, whoever manages them (one get each; `providers.base.Reader`): a service of
+        a declared name that is not headwater's is shown as such, never taken over by a create."""
+        if Kind(kind) != Kind.CLOUD_RUN_SERVICE:
+            raise PermanentError(f"cloudrun: unsupported kind {kind!r}")
+        found = []
+        for name in names:
+            try:
+                found.append(self._observed(self._get(name)))
+            except NotFound:
+                continue
+        return found
+
     def create(self, resource: Resource) -> None:
         request = run_v2.CreateServiceRequest(parent=self.parent, service=build_service(resource),
                                               service_id=resource.name)
@@ -448,6 +461,14 @@ class CloudRunProvider:
             self._wait(operation, resource, "delete")
         except NotFound:
             return
+
+    # -- optional ability: health (providers.base.HealthReporter; providers/cloudrun_health.py) --
+
+    def health(self, resources: Sequence[Resource]) -> dict[str, Any]:
+        """Each connector's readiness (Cloud Run's conditions) and a poller's last successful poll."""
+        from providers.cloudrun_health import service_health
+
+        return service_health(self, resources)
 
     # -- ApiCallCounter --
 

@@ -523,6 +523,14 @@ class DataflowProvider:
         wanted = set(names)
         return [r for r in self._observe_streaming(managed_only=False) if r.name in wanted]
 
+    # -- optional ability: health (providers.base.HealthReporter; providers/dataflow_health.py) --
+
+    def health(self, resources: Sequence[Resource]) -> dict[str, Any]:
+        """Each declared job's newest run: running, failed (with Dataflow's error), paused..."""
+        from providers.dataflow_health import job_health
+
+        return job_health(self, resources)
+
     # -- ApiCallCounter --
 
     def api_calls(self) -> Mapping[str, int]:

@@ -313,3 +313,14 @@ def test_delete_waits_and_is_idempotent(fake):
                                                                               ("GET", "operations")]
     assert provider.observe(Kind.CLOUD_RUN_SERVICE) == []
     provider.delete(poller())  # 404: already gone
+
+
+def test_read_finds_a_service_of_a_declared_name_whoever_manages_it(fake):
+    provider = provider_for(fake)
+    provider.create(poller())
+    fake.services[f"{PARENT[4:]}/services/not-ours"] = {"name": f"{PARENT[4:]}/services/not-ours",
+                                                       "labels": {"team": "web"}}
+    found = {r.name: r for r in provider.read(Kind.CLOUD_RUN_SERVICE, ["payments-connector", "not-ours", "absent"])}
+    assert set(found) == {"payments-connector", "not-ours"}
+    assert found["payments-connector"].managed and not found["not-ours"].managed
+    assert found["not-ours"].labels == {"team": "web"}
