@@ -109,7 +109,7 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
         "message_retention_duration": "int seconds (optional)",
     },
     Kind.PUBSUB_SUBSCRIPTION: {
-        "topic": "topic id in the same project (immutable)",
+        "topic": "topic id in the same project, or projects/<p>/topics/<id> of another (immutable)",
         "ack_deadline_seconds": "int",
         "message_retention_duration": "int seconds",
         "retain_acked_messages": "bool",
@@ -126,16 +126,23 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
     Kind.BIGQUERY_DATASET: {
         "location": "region (immutable)",
         "description": "str",
+        "filter": "str, \"\" = none (immutable; declared only)",
+        "enable_message_ordering": "bool (immutable; declared only)",
+        "enable_exactly_once_delivery": "bool (declared only)",
     },
     Kind.BIGQUERY_TABLE: {
         "schema": "[{name, type, mode, description?, fields?}] (evolution rules apply)",
-        "time_partitioning": "{type: DAY, field: str | None (ingestion time)} (immutable)",
+        "time_partitioning": "{type: DAY, field: str | None (ingestion time), expiration_ms: int | None} "
+                             "(type and field immutable; a partial settings object: only declared keys compared)",
+        "require_partition_filter": "bool (declared only)",
         "clustering_fields": "[str] (up to 4)",
         "description": "str",
     },
     Kind.DATAFLOW_JOB: {
         "template": "pubsub_to_bigquery | gcs_to_bigquery | bigquery_to_bigquery (change: drain and relaunch)",
         "streaming": "bool (change: drain and relaunch)",
+        "default_table_expiration_ms": "int | None (declared only)",
+        "default_partition_expiration_ms": "int | None (declared only)",
         "schedule": "cron of a batch job's runs | None for streaming jobs",
         "parameters": "{name: str}: template parameters other than the pipeline spec",
         "pipeline": "the pipeline spec document (beam/common/spec.py), sent as parameter source_spec",
