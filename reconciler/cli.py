@@ -254,6 +254,27 @@ def cmd_local_down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_local_run(args: argparse.Namespace) -> int:
+    """Run a local batch job now (what its next cron tick would do); where its output goes."""
+    from providers.localrunner import LocalRunnerProvider, jobs_dir
+
+    state = load_repo(args.repo)
+    state_dir = Path(args.state_dir)
+    runner = LocalRunnerProvider(state.platform.project, state_dir)
+    before = runner.run_now(args.job)  # PermanentError (one error line) unless a running batch job
+    log = jobs_dir(state_dir, state.platform.project) / f"{args.job}.log"
+    _err(f"{args.job}: run {before + 1} started; its output goes to {log}")
+    if args.wait is None:
+        return EXIT_OK
+    try:
+        status = runner.wait_for_run(args.job, before, timeout=args.wait)
+    except TimeoutError as exc:
+        raise CommandError(f"{exc}; it goes on in the background (see {log})") from None
+    code = status.get("last_exit_code")
+    _err(f"{args.job}: run {before + 1} finished with exit code {code}")
+    return EXIT_OK if code == 0 else EXIT_ERROR
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the emulators, validate/plan/apply the example, plan again, move the sample data, stop.
 
@@ -469,7 +490,7 @@ def _parser() -> argparse.ArgumentParser:
 
     local_parser = command("local", "local emulators for your own experiments",
                            "Start or stop the Pub/Sub, Cloud Storage and BigQuery emulators on free loopback ports.")
-    local_commands = local_parser.add_subparsers(dest="local_command", required=True, metavar="up|down")
+    local_commands = local_parser.add_subparsers(dest="local_command", required=True, metavar="up|down|run")
     for name, handler, summary, description in (
         ("up", cmd_local_up, "start the emulators; prints the variables to export",
          "Start the three emulators (state under --state-dir) and print the environment variables that point "
@@ -485,6 +506,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="where the emulators keep their state (default $HEADWATER_STATE_DIR or .headwater)")
         p.add_argument("--project", default="headwater-local", help="default project of the BigQuery emulator")
         p.set_defaults(handler=handler)
+    p = with_repo(command("run", "run a local batch job now, instead of at its next cron tick",
+                          "Run one of the platform's batch jobs on the local runner now (an ingestion with a "
+                          "schedule, a sweep, a gold job), as its next cron tick would; prints where its output "
+                          "goes (<state dir>/jobs/<project>/<job>.log). On Dataflow the same is:\n\n"
+                          "    gcloud scheduler jobs run headwater-<environment>-<job> --location <region>",
+                          local_commands))
+    p.add_argument("job", help="the job's name, e.g. orders-gold-orders-daily (the dataflow_job address without "
+                               "its kind)")
+    p.add_argument("--state-dir", type=Path, default=_default_state_dir(),
+                   help="where the local runner tracks its jobs (default $HEADWATER_STATE_DIR or .headwater)")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="wait up to SECONDS for the run to finish; exit 0 only if it succeeded")
+    p.set_defaults(handler=cmd_local_run)
 
     from reconciler.daemon import add_commands
 

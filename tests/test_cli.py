@@ -104,7 +104,7 @@ def test_option_abbreviations_are_errors(argv, capsys):
 
 
 SUBCOMMANDS = [["validate"], ["plan"], ["apply"], ["drift"], ["local"], ["local", "up"], ["local", "down"],
-               ["run"], ["demo"]]
+               ["local", "run"], ["run"], ["demo"]]
 
 
 @pytest.mark.parametrize("argv", SUBCOMMANDS, ids=["-".join(a) for a in SUBCOMMANDS])
@@ -128,3 +128,9 @@ def test_format_has_help_and_local_up_says_to_eval(capsys):
     with pytest.raises(SystemExit):
         cli.main(["local", "up", "--help"])
     assert '    eval "$(headwater local up)"\n' in capsys.readouterr().out
+
+
+def test_local_run_names_a_job_that_is_not_a_running_batch_job(tmp_path, capsys):
+    repo = copy_example(tmp_path)
+    assert cli.main(["local", "run", "orders-ingest", "--repo", str(repo), "--state-dir", str(tmp_path / "s")]) == 1
+    assert capsys.readouterr().err.strip() == "error: local job orders-ingest is not a running batch job"
