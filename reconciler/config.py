@@ -33,7 +33,7 @@ from reconciler import naming, transfer
 
 # --------------------------------------------------------------------------- value types
 
-_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_DURATION = re.compile(r"^([0-9]+)(s|m|h|d)$")  # ASCII digits only (not "١٠s")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

@@ -152,7 +152,7 @@ def gcs_uri_problem(value: str) -> str | None:
 
 
 def https_url_problem(value: str) -> str | None:
-    if not re.fullmatch(r"https://[A-Za-z0-9.\-]+(:\d+)?(/[^\s]*)?", value):
+    if not re.fullmatch(r"https://[A-Za-z0-9.\-]+(:[0-9]+)?(/[^\s]*)?", value):
         return f"{shown_url(value)} is not an https:// URL"
     return None
 
@@ -167,7 +167,7 @@ def api_url_problem(value: str) -> str | None:
         # Credentials in a URL end up in logs and plans: refuse them without quoting them.
         return ("an API URL must not carry a user or password (user:password@host): put the "
                 "credential in Secret Manager and name it with secret_name and auth_type")
-    match = re.fullmatch(r"http://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?(/[^\s]*)?", value)
+    match = re.fullmatch(r"http://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?(/[^\s]*)?", value)
     if match:
         return None
     if value.startswith("http://"):

@@ -428,3 +428,15 @@ def test_urls_in_messages_lose_credentials_queries_and_long_paths(url, shown):
     from reconciler.naming import shown_url
 
     assert shown_url(url) == shown
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    pytest.param(set_in("platform.yaml", "pubsub", "message_retention", value="١٠d"),
+                 "pubsub.message_retention: invalid duration '١٠d'", id="duration-in-arabic-indic-digits"),
+    pytest.param(set_in("connectors/payments.yaml", "ingestion", "api_endpoint", value="https://api.example.com:٤٤٣/v1"),
+                 "ingestion.api_endpoint: 'https://api.example.com:٤٤٣/v1' is not an https:// URL",
+                 id="url-port-in-arabic-indic-digits"),
+])
+def test_numbers_are_ascii_digits_everywhere(repo, mutate, message, monkeypatch, capsys):
+    mutate(repo)
+    _apply_touches_nothing(repo, monkeypatch, capsys, message)
