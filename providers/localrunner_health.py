@@ -85,6 +85,7 @@ def job_health(runner: Any, name: str) -> Observation | None:
     if record is None or record.recorded_only:
         return None  # never launched here (the plan says missing), or tracked without a process
     lines = read_tail(Path(record.log))
+    proc = child(record.pid)  # before _running, which reaps an ended child of ours
     alive = _running(record)
     dead_endpoints = unreachable(getattr(record, "endpoints", None)) if alive else []
     if dead_endpoints:
@@ -94,7 +95,7 @@ def job_health(runner: Any, name: str) -> Observation | None:
         if alive:
             return Observation(Health.HEALTHY, f"running (pid {record.pid}) since {record.started_at}")
         section = last_section(lines)
-        reason = "the pipeline process has ended" + _exit_code(record.pid)
+        reason = "the pipeline process has ended" + _exit_code(proc)
         launches = recent_launches(lines)
         if launches >= CRASH_LOOP_LAUNCHES:
             reason = (f"crash-looping: launched {launches} times in the last {int(CRASH_LOOP_WINDOW_S // 60)} "
@@ -106,7 +107,7 @@ def job_health(runner: Any, name: str) -> Observation | None:
     section = last_section(lines)
     if not alive:
         error = error_line(section)
-        return Observation(Health.DEGRADED, "the batch job's scheduler process has ended" + _exit_code(record.pid)
+        return Observation(Health.DEGRADED, "the batch job's scheduler process has ended" + _exit_code(proc)
                            + (f": {error}" if error else ""), error=error, log_tail=tuple(section))
     code = status.get("last_exit_code")
     if not status.get("finished"):
@@ -135,9 +136,10 @@ def service_health(runner: Any, name: str) -> Observation | None:
         return None
     lines = read_tail(Path(record.log))
     section = last_section(lines)
+    proc = child(record.pid)
     if not _running(record):
         error = error_line(section)
-        return Observation(Health.DEGRADED, "the connector process has ended" + _exit_code(record.pid)
+        return Observation(Health.DEGRADED, "the connector process has ended" + _exit_code(proc)
                            + (f": {error}" if error else ""), error=error, log_tail=tuple(section))
     dead_endpoints = unreachable(getattr(record, "endpoints", None))
     if dead_endpoints:
@@ -283,7 +285,7 @@ def _host_port(value: str) -> tuple[str, int | None]:
         return text, None
 
 
-def _exit_code(pid: int) -> str:
-    proc = child(pid)
+def _exit_code(proc: Any) -> str:
+    """`` (exit code N)`` of an ended child of this process (unknown for another's)."""
     code = proc.poll() if proc is not None else None
     return f" (exit code {code})" if code is not None else ""

@@ -73,19 +73,24 @@ def subscription_health(provider: Any, resources: Sequence[Resource]) -> dict[st
 def count_by_pulling(provider: Any, name: str, limit: int = EMULATOR_COUNT_LIMIT) -> int | None:
     """EMULATOR DEPARTURE (module docstring): the undelivered messages of ``name``, pulled and handed
     back at once. None when the subscription cannot be pulled (it does not exist)."""
+    import warnings
+
     from providers.errors import NotFound, PermanentError
 
     client = provider._subscriber_client()
     path = f"projects/{provider.project}/subscriptions/{name}"
     ack_ids: list[str] = []
     try:
-        while len(ack_ids) < limit:
-            response = provider._rpc("pull", path, lambda: client.pull(
-                request={"subscription": path, "max_messages": min(1000, limit - len(ack_ids)),
-                         "return_immediately": True}, retry=None, timeout=PULL_TIMEOUT_S))
-            if not response.received_messages:
-                break
-            ack_ids.extend(m.ack_id for m in response.received_messages)
+        with warnings.catch_warnings():
+            # return_immediately is deprecated for the real service; the emulator honours it.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            while len(ack_ids) < limit:
+                response = provider._rpc("pull", path, lambda: client.pull(
+                    request={"subscription": path, "max_messages": min(1000, limit - len(ack_ids)),
+                             "return_immediately": True}, retry=None, timeout=PULL_TIMEOUT_S))
+                if not response.received_messages:
+                    break
+                ack_ids.extend(m.ack_id for m in response.received_messages)
     except (NotFound, PermanentError):
         return None
     finally:

@@ -128,6 +128,9 @@ def compile_resources(state: DesiredState) -> list[Resource]:
     resources = list(_platform_resources(platform, names))
     for source in state.sources:
         resources.extend(_source_resources(platform, names, source))
+    from reconciler.cloud_monitoring import monitoring_resources  # issue 11: Cloud Monitoring
+
+    resources.extend(monitoring_resources(platform, names, state.sources, resources))
     # A reference to another project's resource may be named by several sources: one entry.
     references: set[str] = set()
     resources = [r for r in resources

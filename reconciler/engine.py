@@ -19,16 +19,20 @@ the file, line and field that names it, and nothing is planned.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from providers.base import Provider, losses_with, read_with
+from providers.errors import ProviderError
 from reconciler.apply import ApplyResult, Listener, apply_plan
 from reconciler.compile import compile_resources
 from reconciler.load import DesiredState, InvalidDesiredState, Problem
 from reconciler.plan import Action, Plan, PlanOptions, reconcile
 from reconciler.resources import DATA_KINDS, WOULD_LOSE, Kind, Resource
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -78,7 +82,10 @@ class Engine:
                  if c.action in (Action.DELETE, Action.REPLACE) and c.live is not None and c.kind in DATA_KINDS]
         losses: dict[str, str] = {}
         for kind in {r.kind for r in gated}:
-            losses.update(losses_with(self.providers[kind], [r for r in gated if r.kind == kind]))
+            try:
+                losses.update(losses_with(self.providers[kind], [r for r in gated if r.kind == kind]))
+            except ProviderError as exc:  # enrichment only: the gate stands without the count
+                log.warning("cannot tell what deleting or replacing %s resources would lose: %s", kind, exc)
         if not losses:
             return plan
         live = [replace(r, status={**r.status, WOULD_LOSE: losses[r.address]}) if r.address in losses else r

@@ -82,6 +82,10 @@ KIND_ORDER = (
     Kind.STORAGE_NOTIFICATION,
     # A transfer copies into the landing prefix once its notification and job are there.
     Kind.STORAGE_TRANSFER_JOB,
+    # issue 11: watching all of the above; a policy notifies channels that exist first.
+    Kind.MONITORING_NOTIFICATION_CHANNEL,
+    Kind.MONITORING_ALERT_POLICY,
+    Kind.MONITORING_DASHBOARD,
 )
 
 

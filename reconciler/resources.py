@@ -69,6 +69,10 @@ class Kind(StrEnum):
     CLOUD_RUN_SERVICE = "cloud_run_service"
     STORAGE_NOTIFICATION = "storage_notification"
     STORAGE_TRANSFER_JOB = "storage_transfer_job"  # issue 10: cloud_transfer sources
+    # issue 11: Cloud Monitoring (reconciler/cloud_monitoring.py, docs/monitoring.md)
+    MONITORING_NOTIFICATION_CHANNEL = "monitoring_notification_channel"
+    MONITORING_ALERT_POLICY = "monitoring_alert_policy"
+    MONITORING_DASHBOARD = "monitoring_dashboard"
 
 
 # Kinds whose resources hold data (see "Data-holding resources" above): never deleted or
@@ -183,6 +187,30 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
         "enabled": "bool: job status ENABLED (else DISABLED)",
         "service_agent_grants": "bool: the Storage Transfer service agent holds roles/storage.legacyBucketWriter "
                                 "and roles/storage.objectViewer on the sink bucket, roles/pubsub.publisher on the topic",
+    },
+    # issue 11: Cloud Monitoring (docs/monitoring.md). Hold no data; ids are the server's.
+    Kind.MONITORING_NOTIFICATION_CHANNEL: {
+        "type": "email (immutable)",
+        "email": "the address (labels.email_address) (immutable)",
+        "display_name": "str",
+        "enabled": "bool",
+    },
+    Kind.MONITORING_ALERT_POLICY: {
+        "display_name": "str",
+        "documentation": "markdown shown with each incident",
+        "combiner": "OR",
+        "conditions": "[{display_name, filter, comparison, threshold_value: float, duration_seconds, "
+                      "alignment_period_seconds, per_series_aligner, cross_series_reducer | None, "
+                      "evaluation_missing_data} (metric threshold) | {display_name, promql, duration_seconds, "
+                      "evaluation_interval_seconds} (PromQL)], in order",
+        "notification_emails": "[email]: the headwater email channels it notifies (by address)",
+        "enabled": "bool",
+    },
+    Kind.MONITORING_DASHBOARD: {
+        "display_name": "str",
+        "widgets": "[{title, text} | {title, chart: [{filter, per_series_aligner, cross_series_reducer, "
+                   "alignment_period_seconds, group_by} | {promql}], y_label, thresholds: [{label, value}]}], "
+                   "top to bottom, two charts a row",
     },
 }
 

@@ -37,8 +37,6 @@ PENDING = {
     "connector.serving.third_party_api": "issue 12 (serving layer)",
     "connector.serving.reporting": "issue 12 (serving layer)",
     "connector.serving.ml_features": "issue 12 (serving layer)",
-    "connector.monitoring.alert_email": "issue 11 (health and SLAs)",
-    "connector.monitoring.metrics": "issue 11 (health and SLAs)",
     "connector.ingestion[database_cdc].connector_type": "issue 10 (Datastream)",
     "connector.ingestion[database_cdc].database_type": "issue 10 (Datastream)",
     "connector.ingestion[database_cdc].connection_profile": "issue 10 (Datastream)",
@@ -201,6 +199,11 @@ CHANGES: dict[str, tuple[str, Any]] = {
     "connector.subscription.enable_message_ordering": ("clickstream", False),
     "connector.subscription.enable_exactly_once_delivery": ("clickstream", True),
     "connector.subscription.retain_acked_messages": ("clickstream", True),
+    # issue 11: Cloud Monitoring (reconciler/cloud_monitoring.py): the channel and the policy's
+    # recipients; the dashboard's charts. (sla_minutes and error_budget_percent, OPERATIONAL above
+    # for the health model, are also the alert policy's thresholds.)
+    "connector.monitoring.alert_email": ("orders", "ops@example.com"),
+    "connector.monitoring.metrics": ("orders", ["dead_letters"]),
 }
 
 
