@@ -35,6 +35,11 @@ def test_a_bucket_another_team_owns_under_a_declared_name_is_left_alone_until_ad
     assert {k: v for k, v in bucket.labels.items() if v is not None} == {"owner": "finance-team"}
     assert list(bucket.lifecycle_rules) == [], "nothing of headwater's was written to it"
 
+    # --adopt on plan shows the import it would do, no longer blocked.
+    code, out, _ = hw("plan", "--repo", repo, "--adopt", address, "--format", "json")
+    change = next(c for c in json.loads(out)["changes"] if c["address"] == address)
+    assert change["action"] == "import" and change["blocked"] is None
+
     code, out, err = hw("adopt", address, "--repo", repo, "--auto-approve")
     assert code == 0, out + err
     bucket = client.get_bucket(f"{unique}-bronze")
