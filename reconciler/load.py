@@ -260,11 +260,11 @@ def _load_schema(collector: _Collector, connector: Connector, rel: str, source_m
     # Lexically inside the desired-state directory; symbolic links are the reader's to check.
     path = Path(os.path.normpath(collector.root / relative))
     if Path(relative).is_absolute() or not path.is_relative_to(collector.root):
-        collector.add(rel, where, "schema.file", f"{relative!r} points outside the repository; "
+        collector.add(rel, where, "schema.file", f"{naming.shown(relative)} points outside the repository; "
                       "schema files must live inside it (e.g. schemas/<source_id>.json)")
         return None
     if not os.path.lexists(path):
-        collector.add(rel, where, "schema.file", f"schema file {relative!r} does not exist")
+        collector.add(rel, where, "schema.file", f"schema file {naming.shown(relative)} does not exist")
         return None
     loaded = collector.load(path, load_json, SourceSchema)
     if not loaded:
@@ -319,7 +319,7 @@ def _check_fields(collector: _Collector, connector: Connector, schema: SourceSch
             names = [f.name for f in schema.fields]
             hint = _did_you_mean(name, names)
             collector.add(rel, smap.find(loc), _dotted(loc),
-                          f"{what} {name!r} is not a field of {connector.schema_.file}{hint}")
+                          f"{what} {naming.shown(name)} is not a field of {connector.schema_.file}{hint}")
             return
         if types_allowed is not None and (found.type not in types_allowed or found.mode == "REPEATED"):
             collector.add(rel, smap.find(loc), _dotted(loc),
@@ -533,7 +533,7 @@ def _message(error: dict, model: type[BaseModel], data: Any, loc: tuple) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, data, loc[:-1])
-        return f"unknown key {loc[-1]!r}{_did_you_mean(str(loc[-1]), allowed)}"
+        return f"unknown key {naming.shown(loc[-1])}{_did_you_mean(str(loc[-1]), allowed)}"
     if kind == "missing":
         return "required field is missing"
     message = error["msg"]

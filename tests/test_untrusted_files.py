@@ -402,6 +402,10 @@ SECRET_VALUES = [
      set_in("connectors/payments.yaml", "ingestion", "api_endpoint",
             value="http://svc:correct-horse-battery@api.example.com/v1"), "correct-horse-battery",
      "ingestion.api_endpoint: "),
+    ("a-token-pasted-as-a-key", set_in("connectors/orders.yaml", STRIPE_KEY, value="x"), STRIPE_KEY,
+     "unknown key 'sk_l…' (31 characters, not shown)"),
+    ("a-token-pasted-as-the-schema-file", set_in("connectors/orders.yaml", "schema", "file", value=STRIPE_KEY),
+     STRIPE_KEY, "schema.file: schema file 'sk_l…' (31 characters, not shown) does not exist"),
     ("short-ordinary-value-is-shown-whole", set_in("connectors/orders.yaml", "labels", value={"team": "Data Team"}),
      None, "labels: 'Data Team' is not a valid label value"),
 ]
