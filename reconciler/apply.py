@@ -30,7 +30,7 @@ from itertools import groupby
 from providers.base import Provider, read_with
 from providers.errors import AlreadyExists, PermanentError, ProviderError
 from reconciler.plan import Action, Change, Plan, diff_resource, owner_of
-from reconciler.resources import PLATFORM_KEY, Kind
+from reconciler.resources import LEAVING, PLATFORM_KEY, Kind
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
@@ -137,6 +137,12 @@ def _create(change: Change, provider: Provider) -> None:
                     f"{resource.address} already exists and is {owner_of(live)}: left untouched (the plan said "
                     f"create; plan again to see it, and adopt it explicitly: headwater adopt {resource.address})"
                 ) from exc
+            if live.status.get(LEAVING):
+                # It started leaving (a drain) after the plan: wait until it has gone, then create -
+                # what the plan would have said, never an update of a job on its way out.
+                provider.delete(live)
+                provider.create(resource)
+                return
             # Ours (an earlier apply died after the create): converge what differs.
             diff = diff_resource(resource, live, immutable)
             if diff.replace_paths:

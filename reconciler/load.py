@@ -525,6 +525,8 @@ def _is_member_tag(part: Any) -> bool:
 def _dotted(loc: tuple) -> str:
     text = ""
     for part in loc:
+        if not isinstance(part, int) and (len(str(part)) > 64 or naming.looks_like_a_secret(str(part))):
+            part = str(part)[:naming.SHOWN_PREFIX_CHARS] + "…"  # a key that is a pasted credential
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 

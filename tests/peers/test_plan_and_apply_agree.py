@@ -77,3 +77,25 @@ def test_a_draining_job_is_replaced_after_the_drain_never_updated(fake):
     assert [bool(launch.get("update")) for launch in launches] == [False], "a fresh launch, never an update"
     (new,) = fake.active()
     assert new["id"] != running["id"] and running["currentState"] == int(State.JOB_STATE_DRAINED)
+
+
+def test_a_job_that_starts_draining_between_plan_and_apply_is_waited_for_not_updated(fake):
+    def drain_finishes(_seconds: float) -> None:
+        for job in fake.jobs.values():
+            if job["currentState"] == int(State.JOB_STATE_DRAINING):
+                job["currentState"] = int(State.JOB_STATE_DRAINED)
+
+    provider = DataflowProvider(SETTINGS, poll_interval=0.01, sleep=drain_finishes, **fake.client_kwargs())
+    plan = reconcile([JOB], provider.observe(Kind.DATAFLOW_JOB), provider.immutable_fields)
+    assert plan.changes[0].action == Action.CREATE  # nothing there yet
+    provider.create(JOB)  # then someone launches it, and drains it, before the apply
+    (other,) = fake.active()
+    other["currentState"] = int(State.JOB_STATE_DRAINING)
+    fake.requests.clear()
+
+    result = apply_plan(plan, {Kind.DATAFLOW_JOB: provider})
+    assert [o.status for o in result.outcomes] == [OK]
+    launches = [r.body["launchParameter"] for r in fake.requests if r.path.endswith("flexTemplates:launch")]
+    assert [bool(launch.get("update")) for launch in launches] == [False, False], \
+        "the 409, then a fresh launch after the drain - never an update of the draining job"
+    assert len(fake.active()) == 1 and fake.active()[0]["id"] != other["id"]
