@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from google.cloud import pubsub_v1
 from helpers import edit_yaml
 
@@ -41,3 +42,31 @@ def test_another_projects_topic_is_subscribed_to_by_its_full_name_and_never_crea
     publisher.publish(reference, b'{"event_id": "e1"}').result(timeout=30)
     assert [m.data for m in pubsub_data.pull_available(project_id, "clickstream-ingest")] == [b'{"event_id": "e1"}']
     assert hw("plan", "--repo", repo)[0] == 0, "converged: the reference is read, never managed"
+
+
+@pytest.mark.parametrize(("declared", "managed_topic", "reference"), [
+    pytest.param("web-events", "web-events", None, id="a-topic-id-is-managed-here"),
+    pytest.param("projects/headwater-demo/topics/web-events", "web-events", None,
+                 id="a-full-name-in-this-project-is-managed-here-by-its-id"),
+    pytest.param("projects/shared-events-prod/topics/web-events", None,
+                 "projects/shared-events-prod/topics/web-events", id="another-projects-topic-is-a-reference"),
+])
+def test_what_a_pubsub_topic_setting_compiles_to(tmp_path, declared, managed_topic, reference):
+    from helpers import copy_example
+
+    from reconciler.compile import compile_resources
+    from reconciler.load import load_repo
+    from reconciler.resources import Kind
+
+    repo = copy_example(tmp_path, ["clickstream"])
+    edit_yaml(repo / "connectors" / "clickstream.yaml", lambda d: d["ingestion"].update(pubsub_topic=declared))
+    resources = {r.address: r for r in compile_resources(load_repo(repo))}
+    topics = {r.name: r for r in resources.values() if r.kind == Kind.PUBSUB_TOPIC}
+    sub = resources["pubsub_subscription.clickstream-ingest"]
+    if reference:
+        assert topics[reference].external and not topics[reference].labels
+        assert set(topics) == {reference, "clickstream-dlq"}, "nothing created in this project for it"
+        assert sub.spec["topic"] == reference and f"pubsub_topic.{reference}" in sub.depends_on
+    else:
+        assert not topics[managed_topic].external and topics[managed_topic].labels["managed-by"] == "headwater"
+        assert sub.spec["topic"] == managed_topic
