@@ -25,7 +25,7 @@ from providers import dataflow_settings
 from providers.cloudrun import CloudRunProvider
 from providers.dataflow import DataflowProvider, job_labels
 from providers.dataflow_health import build_history_request
-from providers.localrunner import LocalRunnerProvider
+from providers.localrunner import LocalRunnerProvider, _running
 from providers.localrunner_health import (
     consecutive_failures,
     error_line,
@@ -299,6 +299,7 @@ def test_local_jobs_that_fail_and_crash_are_degraded_with_their_error_and_log(tm
         assert any("landing-nowhere" in line for line in crashed.log_tail)
 
         for _ in range(2):  # relaunched twice more: a crash loop
+            wait_for(lambda: not _running(runner.record("x-ingest")))
             runner.create(streaming)
         looping = wait_for(lambda: (o := runner.health([streaming])[streaming.address]) and
                            o.reason.startswith("crash-looping") and o)
