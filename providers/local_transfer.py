@@ -46,7 +46,6 @@ counters) and ``<name>.log``. ``observe`` returns the jobs whose process runs; `
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -464,11 +463,14 @@ def _serve(record_path: Path) -> int:
         status.update(runs=status["runs"] + 1, running=True)
         write_json_atomic(status_path, status)
         print(f"--- {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} run {status['runs']}", flush=True)
-        with contextlib.suppress(Exception):
+        try:
             operation = transfer_once(record, storage_client, publisher)
             status["last"] = {k: operation.get(k) for k in ("name", "status", "startTime", "endTime", "counters")}
             print(f"--- run {status['runs']}: {operation.get('status')} {json.dumps(operation['counters'])}",
                   flush=True)
+        except Exception as exc:  # noqa: BLE001 - the notification could not be published: the next tick
+            log.warning("run %d: the completion notification was not published: %s", status["runs"], exc)
+            status["last"] = {"status": "NOT_ANNOUNCED", "error": str(exc)[:500]}
         status.update(finished=status["finished"] + 1, running=False)
         write_json_atomic(status_path, status)
     write_json_atomic(status_path, status)

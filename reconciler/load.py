@@ -449,6 +449,24 @@ def _check_ingestion(collector: _Collector, connector: Connector, platform: Plat
         landing = zone_names(platform).buckets["landing"] if platform is not None else None
         for loc, message in transfer.source_problems(ingestion, landing, connector.source_id):
             collector.add(rel, smap.find(loc), _dotted(loc), message)
+    if ingestion.pattern in ("batch_file", "cloud_transfer") and platform is not None:
+        # Two sources on one landing prefix (or one inside the other) would ingest each other's
+        # files, and share one notification. (issue 10; the prefixes seen so far ride on the collector.)
+        from reconciler.compile import landing_location
+
+        prefix = notification_prefix(landing_location(zone_names(platform), connector))
+        seen = collector.__dict__.setdefault("landing_prefixes", {})
+        key = "destination" if ingestion.pattern == "cloud_transfer" else "location"
+        loc = ("ingestion", key) if getattr(ingestion, key) else ("ingestion", "pattern")
+        for (bucket, other), owner in seen.items():
+            if bucket == prefix[0] and (other.startswith(prefix[1]) or prefix[1].startswith(other)):
+                collector.add(rel, smap.find(loc), _dotted(loc),
+                              f"the landing prefix gs://{prefix[0]}/{prefix[1]} overlaps {owner}'s "
+                              f"gs://{bucket}/{other}: the two sources would ingest each other's files; give each "
+                              "its own prefix")
+                break
+        else:
+            seen[prefix] = rel
     if ingestion.pattern == "batch_file" and ingestion.location and platform is not None:
         landing = zone_names(platform).buckets["landing"]
         bucket, _prefix = notification_prefix(ingestion.location)

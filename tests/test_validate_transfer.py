@@ -126,6 +126,11 @@ CASES = [
     ("destination-in-headwaters-bookkeeping",
      ingestion(destination="gs://landing-headwater-demo-europe-west1/_headwater/x/"),
      f"{FILE}:", "is under _headwater/"),
+    ("destination-shared-with-another-source",
+     ingestion(destination="gs://landing-headwater-demo-europe-west1/orders/2026/"),
+     "connectors/orders.yaml:", "ingestion.location: the landing prefix gs://landing-headwater-demo-europe-west1/"
+                                "orders/ overlaps connectors/aws_data_lake.yaml's gs://landing-headwater-demo-"
+                                "europe-west1/orders/2026/: the two sources would ingest each other's files"),
     ("unknown-source-type", ingestion(source_type="ftp"),
      f"{FILE}:7:", "ingestion.source_type: Input should be 's3', 'azure_blob' or 'gcs'"),
 ]

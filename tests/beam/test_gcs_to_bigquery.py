@@ -162,7 +162,9 @@ def test_ingested_files_move_to_bronze_and_the_next_run_reads_nothing(
     half = len(payloads) // 2
     landing.blob("orders/a.json").upload_from_string(b"\n".join(payloads[:half]) + b"\n")
     landing.blob("orders/2026-11-26/b.json.gz").upload_from_string(gzip.compress(b"\n".join(payloads[half:])))
-    landing.blob("orders/broken.json.gz").upload_from_string(b"not gzip at all")  # unreadable as a whole
+    # Unreadable as a whole: gzip's magic bytes, then no gzip stream (plain bytes under a .gz name
+    # are read as plain: the content decides the compression, readers.py).
+    landing.blob("orders/broken.json.gz").upload_from_string(b"\x1f\x8b not really gzip")
     argv = ["--source_spec", json.dumps(doc), "--input_pattern", f"gs://{unique}-landing/orders/"]
 
     first = counters(run(argv))
