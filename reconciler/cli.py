@@ -207,26 +207,47 @@ def _print_local_services(engine: Engine) -> None:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
+    from reconciler.blame import drift_origins
+
     state = load_repo(args.repo)
     plan = _engine(state, args).plan(state)
     drift = drift_of(plan)
+    # Who set each desired value: git blame of the line that declares it (reconciler/blame.py).
+    origins = drift_origins(state, plan)
     if args.format == "json":
         print(json.dumps({
             "format_version": "1",
             "revision": state.revision,
             "drift": [
                 {"address": d.address, "kind": str(d.kind), "state": d.state,
-                 "fields": [{"path": p, "live": live, "desired": want} for p, live, want in d.fields]}
+                 "origin": origins[d.address][""].to_dict() if "" in origins.get(d.address, {}) else None,
+                 "fields": [{"path": p, "live": live, "desired": want,
+                             "origin": origins[d.address][p].to_dict() if p in origins.get(d.address, {}) else None}
+                            for p, live, want in d.fields]}
                 for d in drift
             ],
         }, indent=2, default=str))
     else:
         for item in drift:
-            print(f"{item.address}: {item.state}")
+            declared = origins.get(item.address, {}).get("")
+            print(f"{item.address}: {item.state}" + (f" (declared {declared.describe().removeprefix('set ')})"
+                                                     if declared else ""))
             for path, live, want in item.fields:
                 print(f"    {path}: live {json.dumps(live, default=str)}, desired {json.dumps(want, default=str)}")
+                if path in origins.get(item.address, {}):
+                    print(f"        desired value {origins[item.address][path].describe()}")
         print(f"{len(drift)} resources drifted." if drift else "No drift: live state matches the desired state.")
     return EXIT_CHANGES if drift else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Health beside sync, per source (reconciler/status.py)."""
+    from reconciler import status
+
+    state = load_repo(args.repo)
+    health, _plan = status.check(state, _engine(state, args))
+    sys.stdout.write(status.render(health, args.format))
+    return status.exit_code(health)
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
@@ -487,6 +508,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="text for people (default), json for tools")
     with_runner(p)
     p.set_defaults(handler=cmd_drift)
+
+    p = with_repo(command("status", "health beside sync, one line per source",
+                          "Per source: sync (does live state match the repo), health (Healthy, Progressing, "
+                          "Degraded, Missing, Unknown, with the reason: failed or crashed jobs and their error, "
+                          "connectors, freshness against monitoring.sla_minutes, dead letters), and the last change "
+                          "to its files. Changes nothing.\nExit 0 every source healthy (or progressing), 2 one is "
+                          f"degraded, missing or unknown, 1 error.\n\n{endpoints}"))
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text for people (default), json for tools (the health document, docs/daemon.md)")
+    with_runner(p)
+    p.set_defaults(handler=cmd_status)
 
     local_parser = command("local", "local emulators for your own experiments",
                            "Start or stop the Pub/Sub, Cloud Storage and BigQuery emulators on free loopback ports.")
