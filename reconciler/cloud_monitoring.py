@@ -33,6 +33,7 @@ table and job ids, the platform's environment and the source id.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from reconciler.compile import ZoneNames, base_labels
@@ -69,20 +70,49 @@ def display_name(platform: Platform, what: str) -> str:
     return f"headwater {platform.environment}: {what}"
 
 
+@dataclass(frozen=True)
+class Tables:
+    """Where a source's rows land, as compiled: its Bronze tables (``<id>_raw``; a database_cdc
+    source's per-table change logs) and its Silver tables."""
+
+    bronze_dataset: str
+    bronze: list[str]
+    silver_dataset: str
+    silver: list[str]
+
+
+def _one_of(values: Sequence[str]) -> str:
+    """A Cloud Monitoring filter's right-hand side: ``"x"`` or ``one_of("x", "y")``."""
+    quoted = [f'"{v}"' for v in values] or ['""']
+    return quoted[0] if len(quoted) == 1 else f"one_of({', '.join(quoted)})"
+
+
+def _promql_in(label: str, values: Sequence[str]) -> str:
+    """A PromQL matcher: ``label="x"`` or ``label=~"x|y"`` (table ids are ``[A-Za-z0-9_]``)."""
+    return f'{label}="{values[0]}"' if len(values) == 1 else f'{label}=~"{"|".join(values) or "^$"}"'
+
+
 def monitoring_resources(platform: Platform, names: ZoneNames, sources: Sequence[Source],
                          compiled: Iterable[Resource]) -> list[Resource]:
     """The Cloud Monitoring resources of the platform (``compiled``: its other resources, for the
     streaming jobs each source has)."""
     streaming_jobs: dict[str, list[str]] = {}
+    tables: dict[tuple[str, str], list[str]] = {}  # (source, dataset) -> its table ids there
     for resource in compiled:
         if resource.kind == Kind.DATAFLOW_JOB and resource.spec.get("streaming") and resource.source_id:
             streaming_jobs.setdefault(resource.source_id, []).append(resource.name)
+        if resource.kind == Kind.BIGQUERY_TABLE and resource.source_id and not resource.external:
+            dataset, _, table = resource.name.partition(".")
+            tables.setdefault((resource.source_id, dataset), []).append(table)
     emails = sorted({s.connector.monitoring.alert_email for s in sources if s.connector.monitoring.alert_email})
     result = [notification_channel(platform, email) for email in emails]
     for source in sources:
-        labels = {**base_labels(platform), **source.connector.labels, SOURCE_KEY: source.source_id}
-        result.append(alert_policy(platform, names, source, sorted(streaming_jobs.get(source.source_id, [])), labels))
-        result.append(dashboard(platform, names, source, labels))
+        sid = source.source_id
+        labels = {**base_labels(platform), **source.connector.labels, SOURCE_KEY: sid}
+        where = Tables(names.datasets["bronze"], sorted(tables.get((sid, names.datasets["bronze"]), [])),
+                       names.datasets["silver"], sorted(tables.get((sid, names.datasets["silver"]), [])))
+        result.append(alert_policy(platform, where, source, sorted(streaming_jobs.get(sid, [])), labels))
+        result.append(dashboard(platform, where, source, labels))
     return result
 
 
@@ -134,14 +164,14 @@ def condition(display: str, filter_: str, threshold: float, *, aligner: str, per
     }
 
 
-def dead_letter_condition(platform: Platform, names: ZoneNames, source_id: str, budget_percent: float) -> dict[str, Any]:
+def dead_letter_condition(platform: Platform, where: Tables, source_id: str, budget_percent: float) -> dict[str, Any]:
     """Dead letters over the error budget: the growth of ``<id>-dlq-hold``'s backlog over the last
     `BUDGET_WINDOW`, as a percentage of the records received (Bronze raw rows) in it, above
     ``error_budget_percent`` (the health model's rule, issue 11A). Two services in one ratio:
     PromQL (Cloud Monitoring's names: dots and slashes to underscores)."""
     backlog = (f'pubsub_googleapis_com:subscription_num_undelivered_messages{{monitored_resource="pubsub_subscription",'
                f'project_id="{platform.project}",subscription_id="{source_id}-dlq-hold"}}')
-    query = (f"100 * sum(delta({backlog}[{BUDGET_WINDOW}])) / sum(increase({_bronze_rows(platform, names, source_id)}"
+    query = (f"100 * sum(delta({backlog}[{BUDGET_WINDOW}])) / sum(increase({_bronze_rows(platform, where)}"
              f"[{BUDGET_WINDOW}])) > {budget_percent:g}")
     return {
         "display_name": f"{source_id}: dead letters over {budget_percent:g}% of records ({source_id}-dlq-hold)",
@@ -151,12 +181,12 @@ def dead_letter_condition(platform: Platform, names: ZoneNames, source_id: str, 
     }
 
 
-def _bronze_rows(platform: Platform, names: ZoneNames, source_id: str) -> str:
+def _bronze_rows(platform: Platform, where: Tables) -> str:
     return (f'bigquery_googleapis_com:storage_uploaded_row_count{{monitored_resource="bigquery_dataset",'
-            f'project_id="{platform.project}",dataset_id="{names.datasets["bronze"]}",table="{source_id}_raw"}}')
+            f'project_id="{platform.project}",dataset_id="{where.bronze_dataset}",{_promql_in("table", where.bronze)}}}')
 
 
-def alert_policy(platform: Platform, names: ZoneNames, source: Source, streaming_jobs: Sequence[str],
+def alert_policy(platform: Platform, where: Tables, source: Source, streaming_jobs: Sequence[str],
                  labels: dict[str, str]) -> Resource:
     monitoring: Monitoring = source.connector.monitoring
     sid = source.source_id
@@ -169,7 +199,7 @@ def alert_policy(platform: Platform, names: ZoneNames, source: Source, streaming
         conditions.append(condition(f"{sid}: data older than its SLA ({monitoring.sla_minutes} min)",
                                     freshness_filter(platform, sid), sla_s, aligner="ALIGN_MAX",
                                     period_s=FRESHNESS_PERIOD_S, missing_data="EVALUATION_MISSING_DATA_ACTIVE"))
-    conditions.append(dead_letter_condition(platform, names, sid, monitoring.error_budget_percent))
+    conditions.append(dead_letter_condition(platform, where, sid, monitoring.error_budget_percent))
     lag_s = sla_s or DEFAULT_LAG_S
     for job in streaming_jobs:
         conditions.append(condition(f"{job}: system lag over {lag_s // 60} min", system_lag_filter(platform, job),
@@ -221,15 +251,15 @@ def chart(title: str, data: Sequence[dict[str, Any]], *, y_label: str = "",
     return {"title": title, "chart": list(data), "y_label": y_label, "thresholds": list(thresholds)}
 
 
-def _record_count(platform: Platform, names: ZoneNames, sid: str, sla_s: int | None) -> dict[str, Any]:
+def _record_count(platform: Platform, where: Tables, sid: str, sla_s: int | None) -> dict[str, Any]:
     rows = _filter(f'metric.type = "{ROWS_METRIC}"', 'resource.type = "bigquery_dataset"',
                    f'resource.label.project_id = "{platform.project}"',
-                   f'resource.label.dataset_id = "{names.datasets["silver"]}"', f'metric.label.table = "{sid}"')
+                   f'resource.label.dataset_id = "{where.silver_dataset}"', f"metric.label.table = {_one_of(where.silver)}")
     return chart("record_count: rows written to Silver per minute",
                  [series(rows, "ALIGN_DELTA", reducer="REDUCE_SUM")], y_label="rows")
 
 
-def _latency_p95(platform: Platform, names: ZoneNames, sid: str, sla_s: int | None) -> dict[str, Any]:
+def _latency_p95(platform: Platform, where: Tables, sid: str, sla_s: int | None) -> dict[str, Any]:
     acks = _filter(f'metric.type = "{ACK_LATENCY_METRIC}"', 'resource.type = "pubsub_subscription"',
                    f'resource.label.project_id = "{platform.project}"',
                    f'resource.label.subscription_id = "{sid}-ingest"')
@@ -237,24 +267,24 @@ def _latency_p95(platform: Platform, names: ZoneNames, sid: str, sla_s: int | No
                  [series(acks, "ALIGN_DELTA", reducer="REDUCE_PERCENTILE_95")], y_label="ms")
 
 
-def _error_rate(platform: Platform, names: ZoneNames, sid: str, sla_s: int | None) -> dict[str, Any]:
+def _error_rate(platform: Platform, where: Tables, sid: str, sla_s: int | None) -> dict[str, Any]:
     # Two services, one ratio: PromQL (Cloud Monitoring's mapping of metric names: domain dots and
     # path slashes to underscores, a distribution's count as _count).
     dead = (f'pubsub_googleapis_com:topic_message_sizes_count{{monitored_resource="pubsub_topic",'
             f'project_id="{platform.project}",topic_id="{sid}-dlq"}}')
-    query = f"sum(rate({dead}[5m])) / sum(rate({_bronze_rows(platform, names, sid)}[5m]))"
+    query = f"sum(rate({dead}[5m])) / sum(rate({_bronze_rows(platform, where)}[5m]))"
     return chart("error_rate: dead letters per record received (Bronze raw rows)", [{"promql": query}],
                  y_label="ratio")
 
 
-def _freshness(platform: Platform, names: ZoneNames, sid: str, sla_s: int | None) -> dict[str, Any]:
+def _freshness(platform: Platform, where: Tables, sid: str, sla_s: int | None) -> dict[str, Any]:
     thresholds = [{"label": "SLA", "value": float(sla_s)}] if sla_s else []
     return chart("freshness: age of the newest record (reported by the headwater daemon)",
                  [series(freshness_filter(platform, sid), "ALIGN_MAX", reducer="REDUCE_MAX",
                          period_s=FRESHNESS_PERIOD_S)], y_label="s", thresholds=thresholds)
 
 
-def _dead_letters(platform: Platform, names: ZoneNames, sid: str, sla_s: int | None) -> dict[str, Any]:
+def _dead_letters(platform: Platform, where: Tables, sid: str, sla_s: int | None) -> dict[str, Any]:
     return chart(f"dead_letters: waiting in {sid}-dlq-hold",
                  [series(dead_letter_filter(platform, sid), "ALIGN_MAX", reducer="REDUCE_SUM")], y_label="messages")
 
@@ -269,7 +299,7 @@ METRICS = {
 }
 
 
-def dashboard(platform: Platform, names: ZoneNames, source: Source, labels: dict[str, str]) -> Resource:
+def dashboard(platform: Platform, where: Tables, source: Source, labels: dict[str, str]) -> Resource:
     monitoring = source.connector.monitoring
     sid = source.source_id
     sla_s = monitoring.sla_minutes * 60 if monitoring.sla_minutes else None
@@ -280,7 +310,7 @@ def dashboard(platform: Platform, names: ZoneNames, source: Source, labels: dict
              f"Alerts to {monitoring.alert_email}." if monitoring.alert_email else "No alert email declared.",
              "Managed by headwater: edit the repository, not this dashboard."]
     widgets: list[dict[str, Any]] = [{"title": f"{sid}", "text": " ".join(about)}]
-    widgets += [METRICS[name](platform, names, sid, sla_s) for name in wanted]
+    widgets += [METRICS[name](platform, where, sid, sla_s) for name in wanted]
     return Resource(
         Kind.MONITORING_DASHBOARD,
         sid,
