@@ -30,8 +30,12 @@ from typing import Any
 import grpc
 from google.cloud import monitoring_dashboard_v1 as dash
 from google.cloud import monitoring_v3 as mon
-from google.cloud.monitoring_dashboard_v1.services.dashboards_service.transports import DashboardsServiceGrpcTransport
-from google.cloud.monitoring_v3.services.alert_policy_service.transports import AlertPolicyServiceGrpcTransport
+from google.cloud.monitoring_dashboard_v1.services.dashboards_service.transports import (
+    DashboardsServiceGrpcTransport,
+)
+from google.cloud.monitoring_v3.services.alert_policy_service.transports import (
+    AlertPolicyServiceGrpcTransport,
+)
 from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
 from google.cloud.monitoring_v3.services.notification_channel_service.transports import (
     NotificationChannelServiceGrpcTransport,
