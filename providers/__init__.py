@@ -61,6 +61,17 @@ def build_providers(
         from providers.storage_notifications import StorageNotificationProvider
 
         notifications = StorageNotificationProvider(project)
+    # database_cdc (issue 10): Datastream, or on the emulators its stand-in (EMULATOR DEPARTURE: no
+    # Datastream emulator; readers of a local PostgreSQL's replication slots, providers/local_datastream.py).
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from providers.local_datastream import LocalDatastreamProvider
+
+        streams: Provider = LocalDatastreamProvider(
+            project, Path(state_dir or os.environ.get("HEADWATER_STATE_DIR") or ".headwater"))
+    else:
+        from providers.datastream import DatastreamProvider
+
+        streams = DatastreamProvider(project, region)
     # cloud_transfer (issue 10): Storage Transfer, or on the emulators its stand-in (EMULATOR
     # DEPARTURE: no Storage Transfer emulator; transfer processes copying from the local S3).
     if os.environ.get("STORAGE_EMULATOR_HOST"):
@@ -101,6 +112,7 @@ def build_providers(
         BigQueryProvider(project, region),
         PubSubProvider(project),
         notifications,
+        streams,
         transfers,
         monitoring,
         *runtimes,
@@ -111,9 +123,10 @@ def stop_local(state_dir: Path | str, project: str | None = None) -> list[str]:
     """Stop every stand-in process recorded in ``state_dir`` (of ``project``, or all): the file
     watchers and transfers first (they publish or land files), then the connectors and jobs. The
     names stopped."""
-    from providers import local_notifications, local_transfer, localrunner
+    from providers import local_datastream, local_notifications, local_transfer, localrunner
 
-    return (local_notifications.stop_all(Path(state_dir), project) + local_transfer.stop_all(Path(state_dir), project)
+    return (local_datastream.stop_all(Path(state_dir), project)  # they write files: first
+            + local_notifications.stop_all(Path(state_dir), project) + local_transfer.stop_all(Path(state_dir), project)
             + localrunner.stop_all(Path(state_dir), project))
 
 

@@ -260,6 +260,11 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     print(f"export HEADWATER_STATE_DIR={state_dir}")
     _err(f"Emulators running (state in {state_dir}; connectors' secrets go in {state_dir / 'secrets'}). "
          f"Stop them with: headwater local down --state-dir {state_dir}")
+    if emulators.postgres:  # database_cdc's source database (issue 10)
+        pg = emulators.postgres
+        _err(f"PostgreSQL {pg['PGHOST']}:{pg['PGPORT']} (wal_level logical, wal2json), user {pg['PGUSER']}, its password "
+             f"in {state_dir / 'postgres' / 'password'}; psql connects with the variables above. A connection "
+             f"profile pointing there reads its password from {state_dir / 'secrets'}/<password_secret>.")
     return EXIT_OK
 
 

@@ -26,6 +26,10 @@ buckets (with lifecycle tiers) and datasets; for each source:
 ``storage_notification.<bucket>/<prefix>`` batch_file: each landed file's OBJECT_FINALIZE event
                                    to the topic, read by the streaming ``<id>-ingest`` job;
                                    a ``schedule`` adds the batch sweep ``<id>-sweep``
+``datastream_stream.<id>``         database_cdc: the Datastream stream into ``cdc/<id>/`` of the
+                                   landing bucket, its notification, streaming
+                                   ``datastream_to_bigquery``, and per table a Bronze change log and
+                                   a Silver table instead of ``<id>_raw`` and ``<id>`` (reconciler/cdc.py)
 ``storage_transfer_job.<id>-transfer`` cloud_transfer: the Storage Transfer job copying the
                                    source's objects into its landing prefix on ``schedule``; as for
                                    batch_file, the prefix's notification drives the streaming
@@ -126,6 +130,9 @@ def compile_resources(state: DesiredState) -> list[Resource]:
     platform = state.platform
     names = zone_names(platform)
     resources = list(_platform_resources(platform, names))
+    from reconciler import cdc  # issue 10: Datastream's connection profiles (database_cdc sources)
+
+    resources.extend(cdc.platform_resources(platform, names.buckets["landing"], state.sources, base_labels(platform)))
     for source in state.sources:
         resources.extend(_source_resources(platform, names, source))
     from reconciler.cloud_monitoring import monitoring_resources  # issue 11: Cloud Monitoring
@@ -257,6 +264,11 @@ def _source_resources(platform: Platform, names: ZoneNames, source: Source):
         depends_on=(address(Kind.PUBSUB_TOPIC, dlq),),
     )
 
+    if connector.ingestion.pattern == "database_cdc":  # issue 10: per-table Bronze/Silver, the stream (reconciler/cdc.py)
+        from reconciler import cdc
+
+        yield from cdc.source_resources(platform, names, source, labels)
+        return
     bronze, silver, gold = names.datasets["bronze"], names.datasets["silver"], names.datasets["gold"]
     yield Resource(
         Kind.BIGQUERY_TABLE,

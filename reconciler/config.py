@@ -285,6 +285,7 @@ class Platform(Strict):
     policy: Policy = Field(default_factory=Policy)
     dataflow: DataflowSettings = Field(default_factory=DataflowSettings)
     connectors: ConnectorSettings = Field(default_factory=ConnectorSettings)
+    datastream: DatastreamSettings = Field(default_factory=lambda: DatastreamSettings())  # database_cdc (issue 10)
     suspend: bool = Field(default=False, description="Observe only: the daemon plans but never applies")
 
 
@@ -469,14 +470,119 @@ class StreamingApi(Strict):
         return ids
 
 
+# --- database_cdc (issue 10: Datastream) ----------------------------------------------------------
+
+CDC_DATABASE_TYPES = ("postgresql", "mysql")  # what headwater streams; Datastream's others are refused
+PgIdentifier = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+TableName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$")]
+ProfileRef = Annotated[str, Field(pattern=r"^([a-z][a-z0-9-]{0,59}[a-z0-9]|projects/[^/]+/locations/[^/]+/"
+                                             r"connectionProfiles/[a-z][a-z0-9-]{0,59}[a-z0-9])$")]
+
+
+def _cdc_database_type(value: str) -> str:
+    if value not in CDC_DATABASE_TYPES:
+        raise ValueError(f"database_type {value} is not supported yet: headwater streams postgresql and mysql "
+                         "(its Datastream source config and its change-event positions)")
+    return value
+
+
+CdcDatabaseType = Annotated[Literal["postgresql", "mysql", "oracle", "sqlserver"],
+                            AfterValidator(_cdc_database_type)]
+
+
+class CdcTable(Strict):
+    """One table a ``database_cdc`` source streams: its own schema, Bronze change log and Silver table."""
+
+    name: TableName = Field(description="The table as the database names it: <schema>.<table> (PostgreSQL; "
+                                        "'public.' may be left out) or <database>.<table> (MySQL; the connection "
+                                        "profile's database may be left out)")
+    schema_: str | None = Field(default=None, alias="schema", description=(
+        "Path of the table's JSON schema, relative to the repo root; default schemas/<source_id>.<table>.json "
+        "(<table> is <schema>_<table> outside the default schema)"))
+    primary_key: list[ColumnName] | None = Field(default=None, min_length=1, description=(
+        "The columns Silver keeps the current state by (the table's primary key); default the schema "
+        "file's primary_key"))
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _table_entry(value: Any) -> Any:
+    # The seed writes plain names (tables: [orders, ...]): a table whose schema file and primary key
+    # are found by convention (schemas/<source_id>.<table>.json and its primary_key).
+    return {"name": value} if isinstance(value, str) else value
+
+
 class DatabaseCdc(Strict):
+    """A database's changes, captured by a Datastream stream into the landing bucket (JSON files
+    under ``cdc/<source_id>/``), announced by the bucket's notification and applied by the
+    ``datastream_to_bigquery`` pipeline: per table, a Bronze change log and a Silver table kept
+    equal to the table's current state (docs/database-cdc.md)."""
+
     pattern: Literal["database_cdc"]
     connector_type: Literal["datastream"] = "datastream"
-    database_type: Literal["postgresql", "mysql", "oracle", "sqlserver"]
-    connection_profile: Annotated[
-        str, Field(pattern=r"^projects/[^/]+/locations/[^/]+/connectionProfiles/[A-Za-z0-9_\-]+$")
-    ]
-    tables: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = Field(min_length=1)
+    database_type: CdcDatabaseType
+    connection_profile: ProfileRef = Field(description=(
+        "The source database's connection profile, declared in platform.yaml (datastream.connection_profiles): "
+        "its id, or projects/<project>/locations/<region>/connectionProfiles/<id> of this platform"))
+    tables: list[Annotated[CdcTable, BeforeValidator(_table_entry)]] = Field(min_length=1, description=(
+        "Each table streamed: a name (its schema file and primary key found by convention) or "
+        "{name, schema, primary_key}"))
+    publication: PgIdentifier | None = Field(default=None, description=(
+        "postgresql: the publication listing the tables (created by the database's owner); default "
+        "headwater_<source_id>"))
+    replication_slot: PgIdentifier | None = Field(default=None, description=(
+        "postgresql: the logical replication slot (pgoutput) Datastream reads; default headwater_<source_id>"))
+    backfill: Literal["all", "none"] = Field(default="all", description=(
+        "all: each table's existing rows are read first (again whenever the stream is recreated); none: changes "
+        "from the stream's start only"))
+
+    @model_validator(mode="after")
+    def _postgres_only(self) -> DatabaseCdc:
+        if self.database_type != "postgresql":
+            for name in ("publication", "replication_slot"):
+                if getattr(self, name) is not None:
+                    raise FieldError(name, f"{name} applies to database_type postgresql only")
+        return self
+
+
+class ConnectionProfile(Strict):
+    """A source database Datastream connects to. The password is a Secret Manager secret, named;
+    never a value in YAML."""
+
+    database_type: CdcDatabaseType
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?$")] = Field(
+        description="Host name or IP address the database listens on (reachable from Datastream)")
+    port: int = Field(default=0, ge=0, le=65535, description="Default 5432 (postgresql) or 3306 (mysql)")
+    database: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$\-]{0,62}$")] | None = Field(
+        default=None, description="postgresql: the database to stream from (required); mysql: the default database "
+                                  "of table names written without one")
+    user: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-@]{0,62}$")] = Field(
+        description="The replication user")
+    password_secret: SecretId = Field(description="Secret Manager secret id holding the user's password")
+
+    @model_validator(mode="after")
+    def _database(self) -> ConnectionProfile:
+        if self.database_type == "postgresql" and self.database is None:
+            raise FieldError("database_type", "a postgresql connection profile needs database")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (5432 if self.database_type == "postgresql" else 3306)
+
+
+class DatastreamSettings(Strict):
+    """Datastream: the source databases' connection profiles, by id (referenced by database_cdc
+    sources' connection_profile). The landing bucket's destination profile is headwater's own."""
+
+    connection_profiles: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,59}[a-z0-9]$")], ConnectionProfile] = \
+        Field(default_factory=dict, description="Connection profile id -> the database it connects to")
+
+
+Platform.model_rebuild()  # its datastream block is defined here, after it
+
+
+# --- end database_cdc ------------------------------------------------------------------------------
 
 
 # --- cloud_transfer (issue 10: Storage Transfer) -------------------------------------------------
@@ -556,7 +662,9 @@ INGESTION_PATTERNS = ("batch_file", "streaming_api", "database_cdc", "cloud_tran
 
 
 class SchemaRef(Strict):
-    file: str = Field(description="Path of the source's JSON schema, relative to the repo root")
+    file: str | None = Field(default=None, description=(
+        "Path of the source's JSON schema, relative to the repo root (required; a database_cdc source's tables "
+        "name theirs: tables[].schema)"))
     validation: Literal["strict", "lenient"] = "strict"
     evolution: Literal["backward_compatible", "none", "recreate"] = Field(
         default="backward_compatible",
@@ -762,7 +870,9 @@ class Connector(Strict):
     description: str | None = None
     labels: LabelMap = Field(default_factory=dict)
     ingestion: Ingestion
-    schema_: SchemaRef = Field(alias="schema")
+    schema_: SchemaRef | None = Field(default=None, alias="schema", description=(
+        "The schema file and how it is applied (required; a database_cdc source's tables name their schema files, "
+        "and its schema block, optional, holds validation and evolution only)"))
     processing: Processing = Field(default_factory=Processing)
     silver: SilverTable = Field(default_factory=SilverTable)
     subscription: SubscriptionSettings = Field(default_factory=SubscriptionSettings)
@@ -823,6 +933,9 @@ class SourceSchema(Strict):
     source_id: SourceId
     version: str
     fields: list[SchemaField] = Field(min_length=1)
+    # database_cdc (issue 10): a table's schema may name the table's primary key.
+    primary_key: list[ColumnName] | None = Field(default=None, min_length=1, description=(
+        "database_cdc tables only: the table's primary key (when its tables entry names none)"))
 
     @model_validator(mode="after")
     def _unique(self) -> SourceSchema:

@@ -14,7 +14,9 @@ backlog...) and the plan quotes it in the blocked reason.
 
 Before observing, a plan checks that every Secret Manager secret a connector names exists
 (metadata only, one list call; `providers.base.SecretStore`): a missing one is a problem with
-the file, line and field that names it, and nothing is planned.
+the file, line and field that names it, and nothing is planned. Likewise each database_cdc
+table's schema file is compared with the live table's columns, as the stream's provider sees
+them (`reconciler.cdc.live_schema_problems`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ class Engine:
             problems = missing_secrets(state, self.secrets)
             if problems:
                 raise InvalidDesiredState(problems)
+        # database_cdc (issue 10): each table's schema file against the live table (reconciler/cdc.py).
+        from reconciler.cdc import live_schema_problems
+
+        problems = live_schema_problems(state, self.providers.get(Kind.DATASTREAM_STREAM))
+        if problems:
+            raise InvalidDesiredState(problems)
         options = options or plan_options(state)
         return self.plan_resources(compile_resources(state), options, revision=state.revision,
                                    declared_sources=len(state.sources))

@@ -190,6 +190,8 @@ def _source_problems(state: DesiredState, source: Source) -> Iterator[Problem]:
     connector = source.connector
     ingestion = connector.ingestion
     smap = source.schema_map
+    if source.schema is None:  # database_cdc: its tables' schemas are checked by reconciler.cdc (issue 10)
+        return
     for path, field in _walk(source.schema.fields):
         if field.description and len(field.description) > COLUMN_DESCRIPTION_MAX and smap is not None:
             loc = (*path, "description")

@@ -83,13 +83,14 @@ class SecretRef:
 @dataclass(frozen=True)
 class Source:
     connector: Connector
-    schema: SourceSchema
+    schema: SourceSchema | None  # None for a database_cdc source: each of its tables has its own
     connector_file: str
     schema_file: str
     secrets: tuple[SecretRef, ...] = ()
     # Where each value is in the files (for problems found on what compile builds: reconciler.limits).
     connector_map: SourceMap | None = field(default=None, compare=False, repr=False)
     schema_map: SourceMap | None = field(default=None, compare=False, repr=False)
+    tables: tuple[Any, ...] = ()  # database_cdc: its tables (reconciler.cdc.Table), schemas read
 
     @property
     def source_id(self) -> str:
@@ -185,7 +186,7 @@ def load_repo(root: Path | str, within: Path | str | None = None) -> DesiredStat
     if not os.path.lexists(platform_path):
         collector.add(PLATFORM_FILE, (1, 1), "", f"missing: a desired-state repo needs {PLATFORM_FILE} at its root")
     else:
-        loaded = collector.load(platform_path, load_yaml, Platform)
+        loaded = collector.load(platform_path, load_yaml, Platform, precheck=platform_precheck)
         if loaded:
             platform, platform_map = loaded
             _check_platform_names(collector, platform, platform_map)
@@ -193,6 +194,7 @@ def load_repo(root: Path | str, within: Path | str | None = None) -> DesiredStat
     sources = []
     seen: dict[str, str] = {}
     webhook_paths: dict[str, str] = {}
+    cdc_tables: dict[str, str] = {}  # database_cdc: BigQuery table names derived so far, by file
     connectors_dir = root / CONNECTORS_DIR
     files = sorted([*connectors_dir.glob("*.yaml"), *connectors_dir.glob("*.yml")]) if connectors_dir.is_dir() else []
     for path in files:
@@ -213,6 +215,14 @@ def load_repo(root: Path | str, within: Path | str | None = None) -> DesiredStat
         else:
             seen[connector.source_id] = rel
             _check_ingestion(collector, connector, platform, rel, source_map, webhook_paths)
+        if connector.ingestion.pattern == "database_cdc":  # issue 10: its tables' schemas (reconciler/cdc.py)
+            from reconciler import cdc
+
+            tables = cdc.load_tables(collector, connector, platform, rel, source_map, cdc_tables)
+            if tables is not None and not duplicate:
+                refs = _secret_refs(connector, rel, source_map) + cdc.secret_refs(connector, platform, platform_map if platform is not None else None)
+                sources.append(Source(connector, None, rel, "", refs, connector_map=source_map, tables=tables))
+            continue
         # Checked even when something above is wrong: one problem must not hide the others.
         schema_result = _load_schema(collector, connector, rel, source_map)
         if schema_result:
@@ -256,6 +266,9 @@ def _load_schema(collector: _Collector, connector: Connector, rel: str, source_m
     A schema whose ``source_id`` differs is reported and still returned, so that the
     connector's fields are checked against it too."""
     where = source_map.find(("schema", "file"))
+    if connector.schema_ is None or connector.schema_.file is None:
+        collector.add(rel, where, "schema.file" if connector.schema_ else "schema", "required field is missing")
+        return None
     relative = connector.schema_.file
     # Lexically inside the desired-state directory; symbolic links are the reader's to check.
     path = Path(os.path.normpath(collector.root / relative))
@@ -416,6 +429,17 @@ def connector_precheck(data: dict, smap: SourceMap) -> tuple[tuple, str, str] | 
     if flat:
         return flat
     found = transfer.credential_problem(data)
+    if found:
+        return found[0], _dotted(found[0]), found[1]
+    return platform_precheck(data, smap)  # a password in plain text (issue 10)
+
+
+def platform_precheck(data: dict, smap: SourceMap) -> tuple[tuple, str, str] | None:
+    """A password written in plain text (database_cdc's connection profiles live in platform.yaml):
+    reported alone, with the Secret Manager way to write it, before the model says anything."""
+    from reconciler import cdc
+
+    found = cdc.password_problem(data)
     return (found[0], _dotted(found[0]), found[1]) if found else None
 
 
@@ -467,6 +491,11 @@ def _check_ingestion(collector: _Collector, connector: Connector, platform: Plat
                 break
         else:
             seen[prefix] = rel
+    if ingestion.pattern == "database_cdc":  # issue 10: Datastream (reconciler/cdc.py)
+        from reconciler import cdc
+
+        for loc, message in cdc.source_problems(connector, platform):
+            collector.add(rel, smap.find(loc), _dotted(loc), message)
     if ingestion.pattern == "batch_file" and ingestion.location and platform is not None:
         landing = zone_names(platform).buckets["landing"]
         bucket, _prefix = notification_prefix(ingestion.location)

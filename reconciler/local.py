@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 
+from reconciler import local_postgres
+
 STATE_FILE = "emulators.json"
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 3.0
@@ -98,6 +100,9 @@ class Emulators:
     project: str
     pids: dict[str, int] = field(default_factory=dict)
     s3_host: str = ""  # "http://127.0.0.1:PORT": moto's S3 server (cloud_transfer sources), AWS_ENDPOINT_URL_S3
+    # database_cdc (issue 10): the local PostgreSQL's libpq variables (reconciler/local_postgres.py);
+    # empty when it is not installed. Its process is not in `pids`: local_postgres stops it.
+    postgres: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         """Environment variables that point the official clients at the emulators."""
@@ -109,6 +114,7 @@ class Emulators:
         }
         if self.s3_host:  # AWS SDKs (boto3 >= 1.28) take the S3 endpoint from it
             env["AWS_ENDPOINT_URL_S3"] = self.s3_host
+        env.update(self.postgres)  # PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSFILE: psql just works
         return env
 
 
@@ -334,8 +340,35 @@ def load(state_dir: Path) -> Emulators | None:
         return None
 
 
-def start(state_dir: Path, project: str = "headwater-local", log_dir: Path | None = None) -> Emulators:
+def start(state_dir: Path, project: str = "headwater-local", log_dir: Path | None = None,
+          postgres: bool | None = None) -> Emulators:
     """Start the three emulators (or return the ones already running for ``state_dir``).
+
+    ``postgres``: also start the local PostgreSQL (`reconciler.local_postgres`, the source of
+    database_cdc sources): None (the default) when it is installed, True always (LocalSetupError
+    when it is missing), False never.
+    """
+    emulators = _start_emulators(state_dir, project, log_dir)
+    if postgres is False or (postgres is None and local_postgres.binaries() is None):
+        return emulators
+    try:
+        info = local_postgres.start(Path(state_dir), log_dir)
+    except local_postgres.PostgresError as exc:
+        raise LocalSetupError(f"cannot start the local PostgreSQL: {exc}") from None
+    if emulators.postgres != info.env():
+        emulators.postgres = info.env()
+        _write_state(Path(state_dir), emulators)
+    return emulators
+
+
+def _write_state(state_dir: Path, emulators: Emulators) -> None:
+    tmp = state_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(asdict(emulators), indent=2) + "\n")
+    tmp.replace(state_dir / STATE_FILE)
+
+
+def _start_emulators(state_dir: Path, project: str, log_dir: Path | None) -> Emulators:
+    """The emulators of `start`.
 
     Waits until each answers its readiness probe, then records them in
     ``state_dir/emulators.json``. Raises LocalSetupError naming the emulator and showing the
@@ -408,5 +441,6 @@ def stop(state_dir: Path) -> bool:
     state_file = Path(state_dir) / STATE_FILE
     emulators = load(state_dir)
     stopped = _kill_groups(emulators.pids) if emulators is not None else False
+    stopped = local_postgres.stop(Path(state_dir)) or stopped  # database_cdc's source (issue 10)
     state_file.unlink(missing_ok=True)
     return stopped

@@ -80,6 +80,9 @@ KIND_ORDER = (
     # What feeds a source's topic starts once the subscription and its job are there.
     Kind.CLOUD_RUN_SERVICE,
     Kind.STORAGE_NOTIFICATION,
+    # issue 10: a stream writes into the landing prefix once its notification and job are there.
+    Kind.DATASTREAM_CONNECTION_PROFILE,
+    Kind.DATASTREAM_STREAM,
     # A transfer copies into the landing prefix once its notification and job are there.
     Kind.STORAGE_TRANSFER_JOB,
     # issue 11: watching all of the above; a policy notifies channels that exist first.
@@ -406,6 +409,8 @@ def _job_consequence(job: Resource, action: Action) -> str:
     progress finishes as launched); a run is a bounded re-read of its input, so cancelling one
     when the job goes loses nothing.
     """
+    if job.kind == Kind.DATASTREAM_STREAM:
+        return _stream_consequence(job, action)
     if job.kind != Kind.DATAFLOW_JOB:
         return ""
     streaming = bool(job.spec.get("streaming"))
@@ -420,6 +425,24 @@ def _job_consequence(job: Resource, action: Action) -> str:
                 " — the batch job is cancelled, then launched anew")
     if action == Action.DELETE:
         return " — drained (in-flight data finished), not cancelled" if streaming else " — cancelled"
+    return ""
+
+
+def _stream_consequence(stream: Resource, action: Action) -> str:
+    """What an action does to a Datastream stream (issue 10): its position is its replication
+    slot, which the database's owner created and Datastream never drops."""
+    slot = stream.spec.get("replication_slot")
+    slot_text = f"replication slot {slot}" if slot else "binlog position"
+    if action == Action.REPLACE:
+        return (f" — the stream is deleted and created anew: every table is backfilled again (backfill: "
+                f"{stream.spec.get('backfill', 'all')}) and the new stream reads the {slot_text} from where it is "
+                "(a new slot name needs that slot created first); changes are applied again, idempotently")
+    if action == Action.DELETE:
+        return (f" — the {slot_text} is NOT dropped: it keeps retaining the database's WAL until someone drops it "
+                f"(SELECT pg_drop_replication_slot('{slot}')) or a stream reads it again" if slot else
+                " — MySQL keeps its binlogs by its own retention; nothing is dropped")
+    if action == Action.UPDATE:
+        return " — updated in place (Datastream stream update); its position is kept"
     return ""
 
 
@@ -514,7 +537,7 @@ def _orphan(live: Resource, options: PlanOptions) -> Change:
     # A resource no longer declared tells us its protection through its label.
     protected = live.labels.get(PROTECTED_KEY, "true") != "false"
     probe = Resource(live.kind, live.name, deletion_protection=protected)
-    return Change(action=Action.DELETE, reason="no longer declared (pruning)",
+    return Change(action=Action.DELETE, reason="no longer declared (pruning)" + _job_consequence(live, Action.DELETE),
                   blocked=_destroy_block(probe, options, "delete", live), **common)
 
 

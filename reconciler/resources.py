@@ -68,6 +68,9 @@ class Kind(StrEnum):
     DATAFLOW_JOB = "dataflow_job"
     CLOUD_RUN_SERVICE = "cloud_run_service"
     STORAGE_NOTIFICATION = "storage_notification"
+    # issue 10: database_cdc sources (reconciler/cdc.py, docs/database-cdc.md)
+    DATASTREAM_CONNECTION_PROFILE = "datastream_connection_profile"
+    DATASTREAM_STREAM = "datastream_stream"
     STORAGE_TRANSFER_JOB = "storage_transfer_job"  # issue 10: cloud_transfer sources
     # issue 11: Cloud Monitoring (reconciler/cloud_monitoring.py, docs/monitoring.md)
     MONITORING_NOTIFICATION_CHANNEL = "monitoring_notification_channel"
@@ -85,6 +88,9 @@ DATA_KINDS = frozenset({
     Kind.BIGQUERY_TABLE,
     Kind.PUBSUB_SUBSCRIPTION,  # its backlog (and retained acked messages)
     Kind.PUBSUB_TOPIC,  # its retained messages; the target its publishers send to
+    # Its replication position: a recreated stream starts over (a new backfill of every table, read
+    # from its replication slot anew), and a deleted one leaves its slot retaining WAL.
+    Kind.DATASTREAM_STREAM,
 })
 
 # Per kind, spec keys whose value is a settings object compared only on the sub-keys the desired
@@ -162,6 +168,25 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
         "ingress": "all | internal",
         "cpu_always_allocated": "bool",
         "public": "bool: invoker IAM disabled (webhooks authenticate by signature)",
+    },
+    # issue 10: database_cdc (reconciler/cdc.py; providers/datastream.py maps them to the API)
+    Kind.DATASTREAM_CONNECTION_PROFILE: {
+        "type": "postgresql | mysql | gcs (immutable)",
+        "host": "str", "port": "int", "database": "str (optional)", "user": "str",
+        "password_secret": "Secret Manager secret id (sent as a reference, version latest)",
+        "bucket": "gcs: the landing bucket", "root_path": "gcs: /cdc",
+    },
+    Kind.DATASTREAM_STREAM: {
+        "source_connection_profile": "profile id (immutable)",
+        "destination_connection_profile": "profile id (immutable)",
+        "database_type": "postgresql | mysql (immutable)",
+        "replication_slot": "postgresql: slot name (immutable)",
+        "publication": "postgresql: publication name (immutable)",
+        "include_objects": "[{schema, table}] sorted: the tables streamed",
+        "destination": "{path (immutable), format: json, compression: gzip, file_rotation_mb, "
+                       "file_rotation_interval_s}",
+        "backfill": "all | none",
+        "state": "RUNNING (observed: Datastream's state; status carries its errors and the replication lag)",
     },
     Kind.STORAGE_NOTIFICATION: {
         "bucket": "bucket name (immutable)",

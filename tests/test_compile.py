@@ -136,7 +136,7 @@ def test_every_job_spec_is_one_the_templates_accept(resources):
     assert {r.name for r in jobs} == {"orders-ingest", "orders-sweep", "orders-gold-orders-daily",
                                       "clickstream-ingest", "clickstream-gold-clickstream-daily", "payments-ingest",
                                       "payments-gold-payments-daily", "shipments-ingest",
-                                      "aws-data-lake-ingest"}
+                                      "aws-data-lake-ingest", "postgres-orders-ingest"}
     for job in jobs:
         spec = parse_spec(job.spec["pipeline"])
         assert spec.source_id == job.source_id
@@ -173,18 +173,40 @@ def test_cdc_and_transfer_sources_and_job_names(tmp_path):
     edit_json.write_text(edit_json.read_text().replace('"source_id": "orders"', '"source_id": "shop_orders"'))
     (repo / "connectors" / "orders.yaml").rename(repo / "connectors" / "shop_orders.yaml")
 
+    # database_cdc (issue 10): each table its own schema file, Bronze change log and Silver table.
+    import json
+
+    table_schema = json.loads(edit_json.read_text())
+    table_schema["fields"] = [f for f in table_schema["fields"] if f["type"] != "RECORD"]  # scalar columns only
+    (repo / "schemas" / "shop_orders.orders.json").write_text(json.dumps(table_schema))
+    edit_yaml(repo / "platform.yaml", lambda d: d["datastream"]["connection_profiles"].update(
+        shop={"database_type": "postgresql", "host": "db.internal", "database": "shop", "user": "ds",
+              "password_secret": "shop-db-password"}))
+    original = {}
+
     def cdc(data):
-        data.update(source_id="shop_orders", schema={**data["schema"], "file": "schemas/shop_orders.json"},
-                    ingestion={"pattern": "database_cdc", "database_type": "postgresql", "tables": ["public.orders"],
-                               "connection_profile": "projects/p/locations/europe-west1/connectionProfiles/shop"})
-        data["processing"]["silver_to_gold"] = []
+        original.update(data)
+        data.update(source_id="shop_orders", schema={"validation": "strict"},
+                    ingestion={"pattern": "database_cdc", "database_type": "postgresql",
+                               "tables": [{"name": "public.orders", "primary_key": ["order_id"]}],
+                               "connection_profile": "projects/headwater-demo/locations/europe-west1/"
+                                                     "connectionProfiles/shop"})
+        for key in ("processing", "silver"):
+            data.pop(key, None)
 
     edit_yaml(repo / "connectors" / "shop_orders.yaml", cdc)
-    jobs = [r for r in compile_resources(load_repo(repo)) if r.kind == Kind.DATAFLOW_JOB]
+    resources = compile_resources(load_repo(repo))
+    jobs = [r for r in resources if r.kind == Kind.DATAFLOW_JOB]
     assert [(j.name, j.spec["template"], j.spec["streaming"]) for j in jobs] == [
-        ("shop-orders-ingest", "pubsub_to_bigquery", True)]
+        ("shop-orders-ingest", "datastream_to_bigquery", True)]
+    tables = {r.name for r in resources if r.kind == Kind.BIGQUERY_TABLE and r.source_id == "shop_orders"}
+    assert tables == {"bronze.shop_orders_orders_changes", "silver.shop_orders_orders"}
+    (stream,) = [r for r in resources if r.kind == Kind.DATASTREAM_STREAM]
+    assert (stream.name, stream.spec["source_connection_profile"]) == ("shop-orders", "shop")
 
     def transfer(data):
+        data.update(schema={"file": "schemas/shop_orders.json", "validation": "strict"},
+                    processing={**original["processing"], "silver_to_gold": []})
         data["ingestion"] = {"pattern": "cloud_transfer", "source_type": "s3", "source_bucket": "legacy-exports",
                              "schedule": "0 2 * * *", "role_arn": "arn:aws:iam::123456789012:role/exports"}
 

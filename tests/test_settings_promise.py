@@ -37,10 +37,6 @@ PENDING = {
     "connector.serving.third_party_api": "issue 12 (serving layer)",
     "connector.serving.reporting": "issue 12 (serving layer)",
     "connector.serving.ml_features": "issue 12 (serving layer)",
-    "connector.ingestion[database_cdc].connector_type": "issue 10 (Datastream)",
-    "connector.ingestion[database_cdc].database_type": "issue 10 (Datastream)",
-    "connector.ingestion[database_cdc].connection_profile": "issue 10 (Datastream)",
-    "connector.ingestion[database_cdc].tables": "issue 10 (Datastream)",
 }
 
 # Fields that accept one value only today (others are refused at validate with the reason).
@@ -51,6 +47,7 @@ SINGLE_VALUE = {
     "connector.ingestion[batch_file].pattern": "the discriminator",
     "connector.ingestion[streaming_api].pattern": "the discriminator",
     "connector.ingestion[database_cdc].pattern": "the discriminator",
+    "connector.ingestion[database_cdc].connector_type": "datastream: the one CDC service headwater drives",
     "connector.ingestion[cloud_transfer].pattern": "the discriminator",
 }
 
@@ -75,6 +72,7 @@ OPERATIONAL = {
 
 SOURCES = {  # the example source that exercises each ingestion pattern
     "batch_file": "orders", "streaming_api": "payments", "event_streaming": "clickstream",
+    "database_cdc": "postgres_orders",
 }
 
 # path -> (source file to edit, or "platform"; the edit). Paths use the walk's names.
@@ -162,6 +160,18 @@ CHANGES: dict[str, tuple[str, Any]] = {
     "connector.ingestion[streaming_api].delivery_id_header": ("shipments", "X-GitHub-Delivery"),
     "connector.ingestion[streaming_api].max_instances": ("shipments", 3),
     "connector.ingestion[event_streaming].pubsub_topic": ("clickstream", "web-events"),
+    # database_cdc (issue 10): the stream, its tables and its connection profile (reconciler/cdc.py)
+    "platform.datastream.connection_profiles": ("platform", {"shop-postgres": {
+        "database_type": "postgresql", "host": "10.20.0.9", "port": 6432, "database": "shop", "user": "datastream",
+        "password_secret": "shop-postgres-password"}}),
+    "connector.ingestion[database_cdc].database_type": ("postgres_orders", "mysql"),
+    "connector.ingestion[database_cdc].connection_profile": ("postgres_orders", "other-postgres"),
+    "connector.ingestion[database_cdc].tables[].name": ("postgres_orders", "sales.orders"),
+    "connector.ingestion[database_cdc].tables[].schema": ("postgres_orders", "schemas/postgres_orders.orders_v2.json"),
+    "connector.ingestion[database_cdc].tables[].primary_key": ("postgres_orders", ["order_id", "customer_id"]),
+    "connector.ingestion[database_cdc].publication": ("postgres_orders", "other_publication"),
+    "connector.ingestion[database_cdc].replication_slot": ("postgres_orders", "other_slot"),
+    "connector.ingestion[database_cdc].backfill": ("postgres_orders", "none"),
     "connector.ingestion[cloud_transfer].schedule": ("transfer", "0 5 * * *"),
     "connector.ingestion[cloud_transfer].destination": ("transfer", "gs://landing-headwater-demo-europe-west1/x/"),
     # cloud_transfer (issue 10): the Storage Transfer job's spec (transfer: s3 by role; azure_transfer).
@@ -279,6 +289,9 @@ def _repo(tmp_path: Path) -> Path:
     (repo / "schemas" / "transfer.json").write_text(orders_schema.replace('"orders"', '"transfer"'))
     (repo / "schemas" / "azure_transfer.json").write_text(orders_schema.replace('"orders"', '"azure_transfer"'))
     (repo / "schemas" / "orders_v2.json").write_text(orders_schema.replace('"version": "', '"version": "2-'))
+    cdc_orders = (repo / "schemas" / "postgres_orders.orders.json").read_text()
+    (repo / "schemas" / "postgres_orders.orders_v2.json").write_text(cdc_orders.replace('"version": "',
+                                                                                        '"version": "2-'))
     return repo
 
 
@@ -326,6 +339,21 @@ def _edit(repo: Path, target: str, path: str, value: Any) -> None:
                                     if not line.strip().startswith("location:")) + "\n")
     if path.endswith("signature.scheme"):
         data["ingestion"]["signature"].pop("timestamp_tolerance", None)
+    if path in ("connector.ingestion[database_cdc].database_type", "connector.ingestion[database_cdc].connection_profile"):
+        # Another database (MySQL: no publication, no slot; tables named <database>.<table>) needs
+        # its own connection profile.
+        mysql = path.endswith("database_type")
+        profile = "other-mysql" if mysql else value
+        edit_platform = repo / "platform.yaml"
+        platform, _ = load_yaml(edit_platform)
+        platform["datastream"]["connection_profiles"][profile] = {
+            "database_type": "mysql" if mysql else "postgresql", "host": "10.20.0.7", "database": "shop",
+            "user": "datastream", "password_secret": "other-password"}
+        edit_platform.write_text(yaml.safe_dump(platform, sort_keys=False))
+        if mysql:
+            data["ingestion"].update(connection_profile=profile)
+            for key in ("publication", "replication_slot"):
+                data["ingestion"].pop(key, None)
     if path == "connector.ingestion[cloud_transfer].source_type":  # s3 by role -> gcs (no credentials)
         data["ingestion"].pop("role_arn")
     if path.startswith("connector.ingestion[cloud_transfer].delete_"):  # the other one off: they exclude
