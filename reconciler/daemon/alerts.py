@@ -12,6 +12,11 @@ The daemon tracks two conditions and alerts on their transitions, never on every
 ``sync_recovered`` a sync succeeded after a ``sync_failed``
 =================  =====================================================================
 
+and, from the health checks (`reconciler.daemon.health_loop`), one alert per condition when it
+appears and one when it clears: ``sla_breached`` / ``sla_recovered`` (a source's freshness
+against ``monitoring.sla_minutes``), ``job_failed`` / ``job_recovered`` (a Dataflow job or a
+connector Degraded), ``dead_letters_over_budget`` / ``dead_letters_recovered``.
+
 What has been alerted is remembered in memory and, when the daemon has a lock bucket, in a small
 object next to the lease (`AlertMemory`, ``<lock object>.alerts.json``), written with the same
 generation preconditions. Every decision is then taken against the shared memory, and the alert
@@ -44,6 +49,11 @@ DRIFT_DETECTED, DRIFT_RESOLVED = "drift_detected", "drift_resolved"
 SYNC_FAILED, SYNC_RECOVERED = "sync_failed", "sync_recovered"
 ICONS = {DRIFT_DETECTED: ":warning:", DRIFT_RESOLVED: ":white_check_mark:",
          SYNC_FAILED: ":x:", SYNC_RECOVERED: ":white_check_mark:"}
+# Health (issue 11): per condition kind of reconciler.health, the events of its start and its end.
+HEALTH_EVENTS = {"sla": ("sla_breached", "sla_recovered"), "job": ("job_failed", "job_recovered"),
+                 "dead_letters": ("dead_letters_over_budget", "dead_letters_recovered")}
+for _start, _end in HEALTH_EVENTS.values():
+    ICONS.update({_start: ":rotating_light:", _end: ":white_check_mark:"})
 WEBHOOK_TIMEOUT_S = 5.0
 MAX_LISTED = 20  # resources listed in an alert's text; the JSON carries them all
 
@@ -123,10 +133,12 @@ class Remembered:
 
     drift: frozenset[str] = frozenset()
     sync_failure: tuple[str | None, str] | None = None
+    health: frozenset[str] = frozenset()  # the health conditions alerted (reconciler.health.Condition.key)
 
     def encode(self) -> bytes:
         return json.dumps({"drift": sorted(self.drift),
-                           "sync_failure": list(self.sync_failure) if self.sync_failure else None}).encode()
+                           "sync_failure": list(self.sync_failure) if self.sync_failure else None,
+                           "health": sorted(self.health)}).encode()
 
     @staticmethod
     def decode(body: bytes) -> Remembered:
@@ -134,7 +146,8 @@ class Remembered:
             data = json.loads(body)
             failure = data.get("sync_failure")
             return Remembered(frozenset(str(a) for a in data.get("drift") or ()),
-                              (failure[0], str(failure[1])) if failure else None)
+                              (failure[0], str(failure[1])) if failure else None,
+                              frozenset(str(k) for k in data.get("health") or ()))
         except (ValueError, TypeError, AttributeError, IndexError):
             return Remembered()  # unreadable: as if nothing had been alerted (it is rewritten)
 
@@ -156,15 +169,19 @@ class Alerter:
         self.sent: list[Alert] = []  # every alert fired, for /status (last few) and tests
         self._local = Remembered()
 
-    def drift(self, drifted: Mapping[str, str], revision: str | None) -> Alert | None:
-        """``drifted``: address → one-line description, for every drifted resource now."""
+    def drift(self, drifted: Mapping[str, str], revision: str | None,
+              origins: Mapping[str, Any] | None = None) -> Alert | None:
+        """``drifted``: address → one-line description, for every drifted resource now; ``origins``:
+        address → who set the desired values it departs from (reconciler.blame), for the JSON."""
         addresses = frozenset(drifted)
 
         def decide(before: Remembered) -> tuple[Remembered, Alert | None]:
             alert = None
             if addresses - before.drift:
                 alert = Alert(DRIFT_DETECTED, f"drift detected on {len(addresses)} resources", revision,
-                              {"resources": sorted(addresses)},
+                              {"resources": sorted(addresses),
+                               **({"origins": {a: origins[a] for a in sorted(addresses) if a in origins}}
+                                  if origins else {})},
                               tuple(f"{a}: {drifted[a]}" for a in sorted(addresses)))
             elif not addresses and before.drift:
                 alert = Alert(DRIFT_RESOLVED, "drift resolved: live state matches the desired state", revision,
@@ -194,6 +211,29 @@ class Alerter:
 
         return self._decide(decide)
 
+    def health(self, conditions: Mapping[str, tuple[str, str, Mapping[str, Any]]], undecided: Iterable[str],
+               revision: str | None) -> list[Alert]:
+        """Health conditions now (reconciler.daemon.health_loop): key -> (kind, summary, details).
+        A condition not alerted yet alerts its start; one alerted before that is gone alerts its
+        end - unless its key is ``undecided`` (not judged this time: no verdict is no recovery)."""
+        current, keep = frozenset(conditions), frozenset(undecided)
+
+        def decide(before: Remembered) -> tuple[Remembered, list[Alert]]:
+            alerts = []
+            for key in sorted(current - before.health):
+                kind, summary, details = conditions[key]
+                alerts.append(Alert(HEALTH_EVENTS[kind][0], summary, revision, {"condition": key, **details}))
+            for key in sorted(before.health - current - keep):
+                kind = key.split(":", 1)[0]
+                subject = key.split(":", 1)[1] if ":" in key else key
+                if kind in HEALTH_EVENTS:
+                    words = {"sla": "freshness SLA met again", "job": "running again",
+                             "dead_letters": "dead letters within budget again"}[kind]
+                    alerts.append(Alert(HEALTH_EVENTS[kind][1], f"{subject}: {words}", revision, {"condition": key}))
+            return dataclasses.replace(before, health=(current | (before.health & keep))), alerts
+
+        return self._decide(decide) or []  # type: ignore[return-value]
+
     def _decide(self, decide: Decision) -> Alert | None:
         """Apply ``decide`` to what was alerted; fire its alert if this daemon's write won."""
         if self.memory is not None:
@@ -220,7 +260,9 @@ class Alerter:
         self._local = after
         return self._fire(alert)
 
-    def _fire(self, alert: Alert | None) -> Alert | None:
+    def _fire(self, alert: Alert | list[Alert] | None) -> Alert | list[Alert] | None:
+        if isinstance(alert, list):  # several at once (health conditions): each delivered
+            return [fired for one in alert if (fired := self._fire(one)) is not None]  # type: ignore[misc]
         if alert is None:
             return None
         self.sent.append(alert)

@@ -24,10 +24,19 @@ design is ``headwater_revision_info{revision}``, which has exactly one series at
 ``headwater_alerts_total{target,result}``    alert deliveries
 ``headwater_webhook_requests_total{result}`` accepted, ignored, replayed, unauthorized,
                                              bad_request, too_large, timeout, busy
+``headwater_source_health{source,state}``    1 for the source's health state, 0 for the others
+                                             (healthy, progressing, degraded, missing, unknown)
+``headwater_source_freshness_seconds``       ``{source}``: age of the newest ingested record
+``headwater_source_last_record_timestamp_seconds``  ``{source}``: when it was ingested
+``headwater_source_sla_seconds{source}``     the source's freshness SLA (sources with one)
+``headwater_source_dead_letters{source}``    dead letters held by ``<source>-dlq-hold``
 ==========================================  ==============================================
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -35,6 +44,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from reconciler.resources import Kind
 
 RESOURCE_STATES = ("in_sync", "drifted", "missing", "blocked")
+HEALTH_STATES = ("healthy", "progressing", "degraded", "missing", "unknown")
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -68,6 +78,18 @@ class Metrics:
         self.alerts = Counter("headwater_alerts_total", "Alert deliveries", ["target", "result"], registry=r)
         self.webhook_requests = Counter("headwater_webhook_requests_total", "POST /webhook requests by result",
                                         ["result"], registry=r)
+        # Health (issue 11, reconciler/daemon/health_loop.py): one series per source (and state),
+        # never per resource or error text; a source that is gone loses its series.
+        self.source_health = Gauge("headwater_source_health", "1 for the source's health state (one-hot)",
+                                   ["source", "state"], registry=r)
+        self.source_freshness = Gauge("headwater_source_freshness_seconds",
+                                      "Age of the source's newest ingested record", ["source"], registry=r)
+        self.source_last_record = Gauge("headwater_source_last_record_timestamp_seconds",
+                                        "Unix time the source's newest record was ingested", ["source"], registry=r)
+        self.source_sla = Gauge("headwater_source_sla_seconds", "The source's freshness SLA", ["source"], registry=r)
+        self.source_dead_letters = Gauge("headwater_source_dead_letters",
+                                         "Dead letters held by the source's dead-letter subscription", ["source"],
+                                         registry=r)
         self.head_valid.set(1)
         for kind in Kind:
             self.drift_resources.labels(str(kind)).set(0)
@@ -80,6 +102,26 @@ class Metrics:
             self.drift_resources.labels(str(kind)).set(drift.get(str(kind), 0))
             for state in RESOURCE_STATES:
                 self.resources.labels(str(kind), state).set(counts.get((str(kind), state), 0))
+
+    def set_source_health(self, sources: Iterable[Any]) -> None:
+        """Replace the per-source gauges with one health check (`reconciler.health.SourceHealth`
+        values). A value that could not be observed has no sample."""
+        for gauge in (self.source_health, self.source_freshness, self.source_last_record, self.source_sla,
+                      self.source_dead_letters):
+            gauge.clear()
+        for source in sources:
+            sid = source.source_id
+            for state in HEALTH_STATES:
+                self.source_health.labels(sid, state).set(1 if str(source.health).lower() == state else 0)
+            freshness, dead = source.freshness, source.dead_letters
+            if freshness.age_seconds is not None:
+                self.source_freshness.labels(sid).set(freshness.age_seconds)
+            if freshness.last_record_at is not None:
+                self.source_last_record.labels(sid).set(freshness.last_record_at)
+            if freshness.sla_seconds is not None:
+                self.source_sla.labels(sid).set(freshness.sla_seconds)
+            if dead.backlog is not None:
+                self.source_dead_letters.labels(sid).set(dead.backlog)
 
     def set_revision(self, revision: str | None) -> None:
         self.revision_info.clear()

@@ -49,12 +49,13 @@ from typing import IO, Any
 import structlog
 
 from providers import errors as provider_errors
-from providers.base import Provider, losses_with, read_with
+from providers.base import Provider, health_with, losses_with, read_with
 from providers.errors import ProviderError
 from reconciler.apply import OK, ApplyResult, Outcome
 from reconciler.config import Platform
 from reconciler.daemon.alerts import Alerter, AlertTarget, PubSubTarget, WebhookTarget
 from reconciler.daemon.gitsource import GitSource, GitSourceError, split_credentials
+from reconciler.daemon.health_loop import HealthMonitor
 from reconciler.daemon.lease import Lease, LeaseStore, SoloLease
 from reconciler.daemon.logs import Redactor, correlation_id, make_logger
 from reconciler.daemon.metrics import Metrics
@@ -113,6 +114,9 @@ class Daemon:
         memory = alert_memory if alert_memory is not None else _default_alert_memory(settings)
         self.alerts = Alerter(targets, self.log, lambda target, result: self.metrics.alerts.labels(target, result).inc(),
                               memory=memory)
+        # Health beside sync (issue 11): checked on every drift pass (reconciler/daemon/health_loop.py).
+        self.source_health = HealthMonitor(self.metrics, self.alerts)
+        self._drift_origins: dict[str, Any] = {}  # address -> who set what it departs from (reconciler.blame)
         self._providers_factory = providers_factory or _build_providers
         self._secrets_factory = secrets_factory or (None if providers_factory else _build_secret_store)
         self._engines: dict[str, Engine] = {}  # by the platform settings they were built for
@@ -270,6 +274,7 @@ class Daemon:
         snapshot["alerts"] = [{"event": a.event, "summary": a.summary, "revision": a.revision,
                                "at": _iso(a.at)} for a in self.alerts.sent[-10:]]
         snapshot["settings"] = self.settings.public()
+        snapshot["health"] = self.source_health.document()  # the health document (docs/daemon.md)
         return self.redactor.value(snapshot)
 
     # ------------------------------------------------------------------ threads
@@ -459,6 +464,7 @@ class Daemon:
         if work.actionable:
             log.info("sync.apply_started", changes=len(work.actionable))
             result = self._apply(engine, work, log)
+            self.source_health.record_apply(work, result, revision)
             try:
                 after = engine.plan(state, plan_options(state))
             except Exception as exc:  # noqa: BLE001 - the apply's own result stands
@@ -556,7 +562,8 @@ class Daemon:
             return
         self._set_ready()
         drifted = self._observe_result(plan, state)
-        self.alerts.drift(drifted, state.revision)
+        self.alerts.drift(drifted, state.revision, self._drift_origins)
+        self.source_health.check(state, engine, plan, log)  # health beside sync, on the drift interval
         if not drifted:
             log.info("drift.checked", drifted=0)
             self.metrics.drift_checks.labels("in_sync").inc()
@@ -589,7 +596,7 @@ class Daemon:
             log.warning("drift.reobserve_failed", error=_describe(exc))
         else:
             remaining = self._observe_result(after, state)
-            self.alerts.drift(remaining, state.revision)
+            self.alerts.drift(remaining, state.revision, self._drift_origins)
             if not remaining and not after.blocked:
                 self._in_sync_now()
         log.info("drift.heal_finished", result="ok" if result.ok else "failed", apply=result.summary())
@@ -610,6 +617,7 @@ class Daemon:
         counts: dict[tuple[str, str], int] = {}
         per_kind: dict[str, int] = {}
         drift_entries, drifted = [], {}
+        origins = self._origins(plan, state)
         for change in plan.changes:
             if change.desired is None:
                 continue  # not declared: an orphan is not drift (see "kept" / pending deletes)
@@ -617,14 +625,22 @@ class Daemon:
             counts[(str(change.kind), state_name)] = counts.get((str(change.kind), state_name), 0) + 1
             if state_name in ("drifted", "missing"):
                 per_kind[str(change.kind)] = per_kind.get(str(change.kind), 0) + 1
-                fields = [{"path": d.path, "live": d.before, "desired": d.after} for d in change.diff]
+                mine = origins.get(change.address, {})
+                fields = [{"path": d.path, "live": d.before, "desired": d.after,
+                           "origin": mine[d.path].to_dict() if d.path in mine else None} for d in change.diff]
                 source = change.desired.labels.get(SOURCE_KEY)
                 drift_entries.append({"address": change.address, "kind": str(change.kind), "state": state_name,
                                       "source": source, "suspended": source in suspended,
-                                      "action": str(change.action), "fields": fields})
+                                      "action": str(change.action), "fields": fields,
+                                      "origin": mine[""].to_dict() if "" in mine else None})
                 drifted[change.address] = (
-                    "missing" if state_name == "missing"
-                    else ", ".join(f"{d.path}: {_short(d.before)} → {_short(d.after)}" for d in change.diff))
+                    ("missing" + (f" (declared {mine[''].describe().removeprefix('set ')})" if "" in mine else ""))
+                    if state_name == "missing"
+                    else ", ".join(f"{d.path}: {_short(d.before)} → {_short(d.after)}"
+                                   + (f" (desired value {mine[d.path].describe()})" if d.path in mine else "")
+                                   for d in change.diff))
+        self._drift_origins = {address: {path or "declared": o.to_dict() for path, o in found.items()}
+                               for address, found in origins.items()}
         self.metrics.set_resources(counts, per_kind)
         self._set_status(
             drift={"checked_at": _iso(time.time()), "revision": state.revision, "resources": drift_entries},
@@ -634,6 +650,17 @@ class Daemon:
             resources={f"{k}/{s}": n for (k, s), n in sorted(counts.items())},
         )
         return drifted
+
+    def _origins(self, plan: Plan, state: DesiredState) -> dict[str, Any]:
+        """Who set the desired values the drifted resources depart from (git blame at the served
+        revision, reconciler/blame.py); nothing when git cannot tell."""
+        from reconciler.blame import drift_origins
+
+        try:
+            return drift_origins(state, plan, state.revision)
+        except Exception as exc:  # noqa: BLE001 - drift is reported without its origin, never not at all
+            self.log.warning("drift.blame_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return {}
 
     def _in_sync_now(self) -> None:
         self.metrics.last_sync.set(time.time())
@@ -768,6 +795,9 @@ class _Interruptible:
 
     def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]:
         return losses_with(self._inner, resources)
+
+    def health(self, resources: Sequence[Resource]) -> Mapping[str, Any]:
+        return health_with(self._inner, resources)
 
     def _check(self, resource: Resource) -> None:
         if self._stop.is_set():
