@@ -38,9 +38,12 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, providers: Iterable[Provider], secrets: Any = None) -> None:
-        """``secrets``: a `providers.base.SecretStore` to check secret references against, or None."""
+    def __init__(self, providers: Iterable[Provider], secrets: Any = None, *, check_references: bool = True) -> None:
+        """``secrets``: a `providers.base.SecretStore` to check secret references against, or None.
+        ``check_references``: refuse a plan whose landing bucket or joined table is neither declared
+        nor existing (`reconciler.references`)."""
         self.secrets = secrets
+        self.check_references = check_references
         self.providers: dict[Kind, Provider] = {}
         for provider in providers:
             for kind in provider.kinds:
@@ -70,8 +73,15 @@ class Engine:
         if problems:
             raise InvalidDesiredState(problems)
         options = options or plan_options(state)
-        return self.plan_resources(compile_resources(state), options, revision=state.revision,
-                                   declared_sources=len(state.sources))
+        desired = compile_resources(state)
+        if self.check_references:
+            # A landing bucket or joined table neither declared nor existing (reconciler/references.py).
+            from reconciler.references import missing_references
+
+            problems = missing_references(state, desired, self.providers)
+            if problems:
+                raise InvalidDesiredState(problems)
+        return self.plan_resources(desired, options, revision=state.revision, declared_sources=len(state.sources))
 
     def plan_resources(self, desired: list[Resource], options: PlanOptions, *, revision: str | None = None,
                        declared_sources: int | None = None) -> Plan:
