@@ -9,6 +9,8 @@
 * ``deploy/connector/requirements.lock`` - the connector runtime's image
   (``deploy/connector/Dockerfile``): the same plus the ``connector`` extra (httpx, starlette,
   uvicorn, tenacity, limits).
+* ``deploy/api/requirements.lock`` - the data API's image (``deploy/api/Dockerfile``): the same
+  plus the ``serving`` extra (FastAPI, uvicorn, PyJWT, cryptography, limits, BigQuery, pyarrow).
 
 Each is pinned to the versions installed in the development venv, i.e. the versions the test
 suite ran with, computed from installed package metadata, offline:
@@ -37,6 +39,7 @@ LOCKS = {
     ROOT / "deploy" / "requirements.lock": (),
     ROOT / "deploy" / "flex" / "requirements.lock": ("beam",),
     ROOT / "deploy" / "connector" / "requirements.lock": ("connector",),
+    ROOT / "deploy" / "api" / "requirements.lock": ("serving",),
 }
 # The image's interpreter: markers are evaluated for it, not for the machine running this script.
 TARGET = {**default_environment(), "python_version": "3.11", "python_full_version": "3.11.0",
