@@ -400,19 +400,20 @@ def secret_refs(connector: Connector, platform: Platform | None, platform_map: A
 # --------------------------------------------------------------------------- the live tables
 
 # What a source column's type (information_schema's data_type, or Datastream's, lower case) may be
-# declared as in the schema file; a type not listed here is not checked.
+# declared as in the schema file, given the JSON values the events carry (numbers stay numbers: a
+# STRING column would reject them; text forms - timestamps, decimals, bytes - may be STRING); a
+# type not listed here is not checked.
 _COMPATIBLE: list[tuple[tuple[str, ...], set[str]]] = [
     (("smallint", "integer", "bigint", "int", "int2", "int4", "int8", "serial", "bigserial", "smallserial",
-      "tinyint", "mediumint", "year"), {"INT64", "INTEGER", "NUMERIC", "BIGNUMERIC", "FLOAT64", "FLOAT", "STRING"}),
+      "tinyint", "mediumint", "year"), {"INT64", "INTEGER", "NUMERIC", "BIGNUMERIC", "FLOAT64", "FLOAT"}),
     (("numeric", "decimal"), {"NUMERIC", "BIGNUMERIC", "FLOAT64", "FLOAT", "STRING"}),
-    (("real", "double precision", "float4", "float8", "float", "double"),
-     {"FLOAT64", "FLOAT", "NUMERIC", "BIGNUMERIC", "STRING"}),
-    (("boolean", "bool"), {"BOOL", "BOOLEAN", "STRING"}),
+    (("real", "double precision", "float4", "float8", "float", "double"), {"FLOAT64", "FLOAT", "NUMERIC", "BIGNUMERIC"}),
+    (("boolean", "bool"), {"BOOL", "BOOLEAN"}),
     (("timestamp with time zone", "timestamptz"), {"TIMESTAMP", "STRING"}),
     (("timestamp without time zone", "timestamp", "datetime"), {"DATETIME", "TIMESTAMP", "STRING"}),
     (("date",), {"DATE", "STRING"}),
     (("time without time zone", "time with time zone", "time"), {"TIME", "STRING"}),
-    (("json", "jsonb"), {"JSON", "STRING"}),
+    (("json", "jsonb"), {"JSON"}),
     (("bytea", "blob", "binary", "varbinary", "longblob"), {"BYTES", "STRING"}),
     (("text", "character varying", "varchar", "character", "char", "uuid", "citext", "user-defined", "enum",
       "longtext", "mediumtext"), {"STRING"}),
