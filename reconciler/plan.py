@@ -413,8 +413,6 @@ def _job_consequence(job: Resource, action: Action) -> str:
     """
     if job.kind == Kind.DATASTREAM_STREAM:
         return _stream_consequence(job, action)
-    if job.kind == Kind.DATASTREAM_STREAM:
-        return _stream_consequence(job, action)
     if job.kind != Kind.DATAFLOW_JOB:
         return ""
     streaming = bool(job.spec.get("streaming"))
@@ -429,24 +427,6 @@ def _job_consequence(job: Resource, action: Action) -> str:
                 " — the batch job is cancelled, then launched anew")
     if action == Action.DELETE:
         return " — drained (in-flight data finished), not cancelled" if streaming else " — cancelled"
-    return ""
-
-
-def _stream_consequence(stream: Resource, action: Action) -> str:
-    """What an action does to a Datastream stream (issue 10): its position is its replication
-    slot, which the database's owner created and Datastream never drops."""
-    slot = stream.spec.get("replication_slot")
-    slot_text = f"replication slot {slot}" if slot else "binlog position"
-    if action == Action.REPLACE:
-        return (f" — the stream is deleted and created anew: every table is backfilled again (backfill: "
-                f"{stream.spec.get('backfill', 'all')}) and the new stream reads the {slot_text} from where it is "
-                "(a new slot name needs that slot created first); changes are applied again, idempotently")
-    if action == Action.DELETE:
-        return (f" — the {slot_text} is NOT dropped: it keeps retaining the database's WAL until someone drops it "
-                f"(SELECT pg_drop_replication_slot('{slot}')) or a stream reads it again" if slot else
-                " — MySQL keeps its binlogs by its own retention; nothing is dropped")
-    if action == Action.UPDATE:
-        return " — updated in place (Datastream stream update); its position is kept"
     return ""
 
 
