@@ -164,9 +164,11 @@ class Daemon:
     def start(self) -> None:
         """Bind the HTTP server and start the threads; returns at once."""
         from reconciler.daemon.server import make_server
+        from reconciler.ui import routes as status_page
 
         host, port = self.settings.host_port
-        self.server = make_server(self, host, port, self._http_routes)
+        # The read-only status page (reconciler/ui) after the caller's routes, which may take its paths.
+        self.server = make_server(self, host, port, (*self._http_routes, *status_page()))
         provider_errors.listeners.append(self.metrics.api_request)
         provider_errors.listeners.append(self._api_progress)
         provider_errors.circuit_listeners.append(self._circuit_changed)
