@@ -4,6 +4,7 @@
     headwater plan     [--repo PATH] [--format text|json|markdown] [--prune] [--allow-destroy] [--runner R]
     headwater apply    [--repo PATH] [--auto-approve] [--prune] [--allow-destroy] [--runner R]
     headwater drift    [--repo PATH] [--format text|json] [--runner R]
+    headwater ui       [--repo PATH] [--host H] [--port N] [--refresh S] [--runner R]
     headwater local up | down
     headwater demo     [--repo PATH]
 
@@ -248,6 +249,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     health, _plan = status.check(state, _engine(state, args))
     sys.stdout.write(status.render(health, args.format))
     return status.exit_code(health)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """The status page on this machine (reconciler/ui/local.py)."""
+    from reconciler.ui import local as ui_local
+
+    repo = args.repo
+    page = ui_local.LocalStatus(lambda: ui_local.status_document(repo, lambda state: _engine(state, args)))
+    error = page.refresh()  # the first check before serving: a broken repo fails here, as `status` would
+    if error is not None and page.status().get("revision") is None:
+        raise CommandError(error)
+    return ui_local.serve(page, args.host, args.port, args.refresh, announce=_err)
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
@@ -524,6 +537,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="text for people (default), json for tools (the health document, docs/daemon.md)")
     with_runner(p)
     p.set_defaults(handler=cmd_status)
+
+    p = with_repo(command("ui", "serve the status page on this machine",
+                          "Serve the daemon's read-only status page locally: every source with its sync, health, "
+                          "freshness against its SLA, dead letters and last change, and a page per source (resources "
+                          "with Cloud Console links, drift with the commit that set each value, the plan's changes, "
+                          "errors and job logs). Computed like `headwater status`, again every --refresh seconds. "
+                          f"Changes nothing. Ctrl-C stops it.\n\n{endpoints}"))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: the page has no "
+                                                        "authentication)")
+    p.add_argument("--port", type=int, default=8081, help="port (default 8081; 0 picks a free one)")
+    p.add_argument("--refresh", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between status checks (default 60)")
+    with_runner(p)
+    p.set_defaults(handler=cmd_ui)
 
     local_parser = command("local", "local emulators for your own experiments",
                            "Start or stop the Pub/Sub, Cloud Storage and BigQuery emulators on free loopback ports.")
