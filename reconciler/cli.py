@@ -591,7 +591,7 @@ def _parser() -> argparse.ArgumentParser:
     p = with_repo(command("demo", "run the example platform on the local emulators",
                           "Start the emulators, validate, plan and apply the example platform, plan again "
                           "(expecting no changes), move the sample data through the jobs and print the counts, "
-                          "then stop everything (about 20 s)."), "desired_state")
+                          "then stop everything (about half a minute; --keep leaves it running)."), "desired_state")
     p.add_argument("--state-dir", type=Path, default=_default_state_dir(),
                    help="where the emulators and local jobs keep their state (default $HEADWATER_STATE_DIR or .headwater)")
     p.add_argument("--keep", action="store_true", help="leave the emulators running afterwards")
