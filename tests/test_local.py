@@ -32,7 +32,9 @@ def test_each_emulator_answers(emulators: local.Emulators) -> None:
         "STORAGE_EMULATOR_HOST": emulators.storage_host,
         "BIGQUERY_EMULATOR_HOST": emulators.bigquery_host,
         "GOOGLE_CLOUD_PROJECT": emulators.project,
+        "AWS_ENDPOINT_URL_S3": emulators.s3_host,  # moto's S3 server: cloud_transfer's source
     }
+    assert "ListAllMyBucketsResult" in _get(f"{emulators.s3_host}/")
     for name, value in emulators.env().items():
         assert os.environ[name] == value
 

@@ -31,7 +31,8 @@ LANDING = "landing-headwater-demo-europe-west1"
 TOPIC = f"projects/{PROJECT}/topics/orders"
 MEMBER = f"serviceAccount:{SERVICE_AGENT}"
 # What compile makes of the example's batch_file source (orders).
-DESIRED = next(r for r in compile_resources(load_repo(EXAMPLE)) if r.kind == Kind.STORAGE_NOTIFICATION)
+DESIRED = next(r for r in compile_resources(load_repo(EXAMPLE))
+               if r.kind == Kind.STORAGE_NOTIFICATION and r.source_id == "orders")
 
 
 @pytest.fixture
