@@ -116,6 +116,7 @@ class Daemon:
                               memory=memory)
         # Health beside sync (issue 11): checked on every drift pass (reconciler/daemon/health_loop.py).
         self.source_health = HealthMonitor(self.metrics, self.alerts)
+        self._health_cache: tuple[tuple[Any, Any], dict[str, Any] | None] | None = None  # see _health_document
         self._drift_origins: dict[str, Any] = {}  # address -> who set what it departs from (reconciler.blame)
         self._providers_factory = providers_factory or _build_providers
         self._secrets_factory = secrets_factory or (None if providers_factory else _build_secret_store)
@@ -276,8 +277,19 @@ class Daemon:
         snapshot["alerts"] = [{"event": a.event, "summary": a.summary, "revision": a.revision,
                                "at": _iso(a.at)} for a in self.alerts.sent[-10:]]
         snapshot["settings"] = self.settings.public()
-        snapshot["health"] = self.source_health.document()  # the health document (docs/daemon.md)
-        return self.redactor.value(snapshot)
+        redacted = self.redactor.value(snapshot)
+        redacted["health"] = self._health_document()  # the health document (docs/daemon.md)
+        return redacted
+
+    def _health_document(self) -> dict[str, Any] | None:
+        """The health document, redacted, computed once per health check (not per request: with a
+        thousand sources it is the costly part of ``status()``, and the status page asks for it
+        on every view). Shared between callers: read it, do not change it."""
+        key = (self.source_health.last, self.source_health.last_error)
+        cached = self._health_cache
+        if cached is None or cached[0][0] is not key[0] or cached[0][1] != key[1]:
+            cached = self._health_cache = (key, self.redactor.value(self.source_health.document()))
+        return cached[1]
 
     # ------------------------------------------------------------------ threads
 
