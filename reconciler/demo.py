@@ -16,6 +16,12 @@ data in ``<repo>/sample-data/``:
   (moto), then a run of its transfer job (the local stand-in for Storage Transfer) copies them into
   the landing prefix, where their file events start the streaming ``<id>-ingest`` job as for a
   ``batch_file`` source; a second run shows that nothing already copied is copied again;
+* ``<source_id>/`` of a ``database_cdc`` source - ``tables.sql`` creates its tables, with some rows,
+  in a fresh database of the local PostgreSQL (`prepare_repo`, which points the source's
+  connection profile at that database); once the stream runs (the local stand-in for Datastream
+  reading its replication slot), ``changes.sql`` inserts, updates and deletes rows, one
+  transaction per block; Silver must come to equal the tables' current state. Its "records" are
+  the change events (the backfilled rows included), its "silver" the rows of its Silver tables;
 * ``<source_id>/*`` of a ``streaming_api`` ``rest_api`` source - served by a local REST API
   (`reconciler.demo_api`, started by `prepare_repo` before the plan, which points the source's
   ``api_endpoint`` at it): the source's connector, running on the local stand-in for Cloud Run,
@@ -61,6 +67,9 @@ class SourceData:
     dead_letters: Counter[str] = field(default_factory=Counter)
     gold: dict[str, int] = field(default_factory=dict)
     expected: dict[str, Any] = field(default_factory=dict)
+    # database_cdc (issue 10): Silver rows per table, Bronze change events, and whether Silver
+    # equals the source tables' current state (the counts alone cannot say: deletes go both ways).
+    cdc: dict[str, Any] = field(default_factory=dict)
 
     def matches(self) -> bool:
         exp = self.expected
@@ -105,6 +114,7 @@ def prepare_repo(repo: Path, state_dir: Path, say: Callable[[str], None]) -> Dem
     copy = Path(state_dir) / "demo-repo"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(repo, copy)
+    _local_databases(copy, Path(state_dir), say)  # database_cdc sources (issue 10)
     state = load_repo(copy)
     secrets_dir = Path(state_dir) / "secrets"
     secrets_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +127,16 @@ def prepare_repo(repo: Path, state_dir: Path, say: Callable[[str], None]) -> Dem
                 path.chmod(0o600)
             result.secrets[ref.secret_id] = path.read_text().strip()
         ingestion = source.connector.ingestion
+        if ingestion.pattern == "database_cdc":  # the local PostgreSQL's password (issue 10)
+            from reconciler import cdc, local_postgres
+
+            pg = local_postgres.load(Path(state_dir))
+            profile = state.platform.datastream.connection_profiles[cdc.profile_id(ingestion.connection_profile)]
+            if pg is not None:
+                path = secrets_dir / profile.password_secret
+                path.write_text(pg.password())
+                path.chmod(0o600)
+                result.secrets[profile.password_secret] = pg.password()
         samples = copy / SAMPLE_DIR / source.source_id
         if ingestion.pattern != "streaming_api" or ingestion.connector_type != "rest_api" or not samples.is_dir():
             continue
@@ -182,6 +202,8 @@ def move_sample_data(state: DesiredState, runner: Any, say: Callable[[str], None
                 storage_data.upload(project, prefix.rstrip("/") + "/" + name, gzip.compress(body) if gz else body)
             say(f"  {sid}: dropped {len(files)} files ({data.sent} records) in {prefix}; their arrival "
                 f"events start {job.name} (no cron tick)")
+        elif ingestion.pattern == "database_cdc":  # issue 10: changes in the local PostgreSQL
+            say("  " + _database_changes(state, sid, root / sid, data))
         elif ingestion.pattern == "cloud_transfer":  # issue 10: via the local S3 and Storage Transfer's stand-in
             say("  " + _transfer_samples(state, runner, sid, ingestion, files, data))
         elif ingestion.pattern == "streaming_api" and ingestion.connector_type == "rest_api":
@@ -199,7 +221,11 @@ def move_sample_data(state: DesiredState, runner: Any, say: Callable[[str], None
             say(f"  {sid}: published {len(lines)} events to topic {topic_id(connectors_by_id[sid])}")
 
     def count(data: SourceData) -> None:
-        data.silver = bigquery_data.count_rows(project, jobs[data.source_id].ingest.spec["pipeline"]["silver"]["table"])
+        if data.cdc:  # database_cdc (issue 10): every table's Silver, compared with the database
+            _count_cdc(state, jobs[data.source_id].ingest, data)
+        else:
+            data.silver = bigquery_data.count_rows(project,
+                                                   jobs[data.source_id].ingest.spec["pipeline"]["silver"]["table"])
         for message in pubsub_data.pull_available(project, f"{data.source_id}-dlq-hold"):
             data.dead_letters[message.attributes.get("reason", "(no reason)")] += 1
 
@@ -225,8 +251,16 @@ def report(results: list[SourceData]) -> list[str]:
     for d in results:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(d.dead_letters.items())) or "none"
         gold = ", ".join(f"{table} {n} rows" for table, n in sorted(d.gold.items())) or "none"
-        lines.append(f"{d.source_id}: {d.sent} records sent -> Silver {d.silver} rows, "
-                     f"dead letters {sum(d.dead_letters.values())} ({reasons}), Gold: {gold}")
+        if d.cdc:  # database_cdc (issue 10)
+            tables = ", ".join(f"{t} {n}" for t, n in d.cdc.get("silver", {}).items())
+            same = "= the tables' current state in PostgreSQL" if d.cdc.get("in_sync") else \
+                "DIFFERENT from the tables in PostgreSQL"
+            lines.append(f"{d.source_id}: {d.cdc['backfilled']} rows backfilled + {d.cdc['changes']} row changes in "
+                         f"PostgreSQL -> Bronze {d.cdc.get('bronze', 0)} change events, Silver {d.silver} rows "
+                         f"({tables}) {same}, dead letters {sum(d.dead_letters.values())} ({reasons})")
+        else:
+            lines.append(f"{d.source_id}: {d.sent} records sent -> Silver {d.silver} rows, "
+                         f"dead letters {sum(d.dead_letters.values())} ({reasons}), Gold: {gold}")
         if d.expected and not d.matches():
             exp = d.expected
             lines.append(f"  expected Silver {exp['silver']}, dead letters {exp['dead_letters']}, Gold {exp.get('gold')}")
@@ -272,6 +306,123 @@ def _transfer_samples(state: DesiredState, runner: Any, sid: str, ingestion: Any
             f"{runs[1]['objectsCopiedToSink']} ({runs[1]['objectsFromSourceSkippedBySync']} already there)")
 
 
+# --------------------------------------------------------------------------- database_cdc (issue 10)
+
+
+def _local_databases(copy: Path, state_dir: Path, say: Callable[[str], None]) -> None:
+    """Point each database_cdc source's connection profile (in the copy's platform.yaml) at the
+    local PostgreSQL and create its database afresh from ``sample-data/<source_id>/tables.sql``; a
+    source that cannot run here (no local PostgreSQL, no tables.sql) is left out of the copy."""
+    import yaml
+
+    from reconciler import cdc, local_postgres
+    from reconciler.yamlsrc import load_yaml
+
+    platform_file = copy / "platform.yaml"
+    platform, _ = load_yaml(platform_file)
+    profiles = (platform.get("datastream") or {}).get("connection_profiles") or {}
+    pg = local_postgres.load(state_dir)
+    for connector_file in sorted((copy / "connectors").glob("*.yaml")):
+        data, _ = load_yaml(connector_file)
+        ingestion = data.get("ingestion") or {}
+        if ingestion.get("pattern") != "database_cdc":
+            continue
+        sid = data.get("source_id")
+        tables_sql = copy / SAMPLE_DIR / str(sid) / "tables.sql"
+        profile = profiles.get(cdc.profile_id(str(ingestion.get("connection_profile"))))
+        if pg is None or not tables_sql.exists() or profile is None or profile.get("database_type") != "postgresql":
+            why = "no local PostgreSQL (scripts/setup installs it)" if pg is None else "no sample tables.sql"
+            say(f"  {sid}: left out of the demo: {why}")
+            connector_file.unlink()
+            continue
+        import psycopg
+
+        database = profile["database"]
+        with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{database}"')
+        with psycopg.connect(pg.conninfo(database), autocommit=True) as conn:
+            conn.execute(tables_sql.read_text())
+        profile.update(host=pg.host, port=pg.port, user=pg.user)
+        say(f"  {sid}: database {database} created in the local PostgreSQL ({pg.host}:{pg.port}) from "
+            f"{tables_sql.relative_to(copy)}; connection profile pointed there instead of its declared host")
+    platform_file.write_text(yaml.safe_dump(platform, sort_keys=False))
+
+
+def _cdc_connection(state: DesiredState, sid: str) -> Any:
+    import psycopg
+
+    from reconciler import cdc
+
+    source = next(s for s in state.sources if s.source_id == sid)
+    profile = state.platform.datastream.connection_profiles[cdc.profile_id(source.connector.ingestion.connection_profile)]
+    from providers.secretmanager import LocalSecrets, local_secrets_dir
+
+    # The profile's own secret, as the local stand-in reads it ($HEADWATER_SECRETS_DIR in the demo).
+    password = LocalSecrets(local_secrets_dir(".headwater")).value(profile.password_secret)
+    return source, psycopg.connect(host=profile.host, port=profile.effective_port, user=profile.user,
+                                   dbname=profile.database, password=password, autocommit=True)
+
+
+def _database_changes(state: DesiredState, sid: str, samples: Path, data: SourceData) -> str:
+    """Run ``changes.sql`` against the source's database, one transaction per block."""
+    source, conn = _cdc_connection(state, sid)
+    blocks = []
+    for block in samples.joinpath("changes.sql").read_text().split("\n\n"):
+        text = "\n".join(line for line in block.splitlines() if not line.strip().startswith("--"))
+        statements = [s.strip() for s in text.split(";") if s.strip()]
+        if statements:
+            blocks.append(statements)
+    changed = 0
+    with conn:
+        backfilled = sum(conn.execute(f'SELECT count(*) FROM "{t.owner}"."{t.name}"').fetchone()[0]  # noqa: S608
+                         for t in source.tables)
+        for statements in blocks:
+            with conn.transaction():
+                for statement in statements:
+                    changed += max(conn.execute(statement).rowcount, 0)
+    data.cdc = {"backfilled": backfilled, "changes": changed}
+    data.sent = backfilled + changed
+    return (f"{sid}: {len(blocks)} transactions ({changed} row changes: inserts, updates, deletes) in database "
+            f"{source.connector.ingestion.connection_profile}; the local stand-in for Datastream reads them from "
+            f"replication slot {source.connector.ingestion.replication_slot or 'headwater_' + sid}")
+
+
+def _count_cdc(state: DesiredState, job: Resource, data: SourceData) -> None:
+    """Silver rows per table, Bronze change events, and whether each Silver table equals its source table."""
+    import datetime as dt
+    from decimal import Decimal
+
+    from beam.common.clients import bigquery_client
+
+    client = bigquery_client(state.platform.project)
+    source, conn = _cdc_connection(state, data.source_id)
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, Decimal):
+            return float(v)
+        if isinstance(v, dt.datetime):
+            return v.astimezone(dt.UTC)
+        return v
+
+    silver_rows, bronze_events, in_sync = {}, 0, True
+    with conn:
+        for table, spec in zip(source.tables, job.spec["pipeline"]["cdc"]["tables"], strict=True):
+            names = [f.name for f in table.schema.fields]
+            order = ", ".join(table.primary_key)
+            live = [tuple(norm(v) for v in row) for row in conn.execute(
+                f'SELECT {", ".join(chr(34) + n + chr(34) for n in names)} FROM "{table.owner}"."{table.name}" '  # noqa: S608
+                f"ORDER BY {order}").fetchall()]
+            rows = [tuple(norm(r[n]) for n in names) for r in client.query(
+                f"SELECT {', '.join('`' + n + '`' for n in names)} FROM `{spec['silver']['table']}` "  # noqa: S608
+                f"ORDER BY {order}").result()]
+            silver_rows[table.key] = len(rows)
+            in_sync = in_sync and rows == live
+            bronze_events += next(iter(client.query(f"SELECT COUNT(*) AS n FROM `{spec['bronze']['table']}`").result())).n
+    data.silver = sum(silver_rows.values())
+    data.cdc.update(silver=silver_rows, bronze=bronze_events, in_sync=in_sync)
+
+
 def _wait_until_idle(runner: Any, name: str) -> None:
     """Until a batch job's scheduler is up and no run is in progress."""
     deadline = time.monotonic() + RUN_WAIT_S
@@ -304,6 +455,8 @@ def _wait_for_streams(streaming: list[SourceData], count: Callable[[SourceData],
 
 def _ingested(data: SourceData) -> bool:
     exp = data.expected
+    if data.cdc and not data.cdc.get("in_sync"):  # database_cdc: Silver must equal the database
+        return False
     return bool(exp) and data.silver >= exp["silver"] and sum(data.dead_letters.values()) >= exp["dead_letters"]
 
 
