@@ -50,7 +50,11 @@ their long-running operation; ``delete`` too (gone already is success). A stream
 with Datastream's ``state`` (STARTING reads RUNNING) and, in ``status``, its ``errors`` (reason
 and message): a stream in error shows in the plan as a state to restore, with Datastream's
 reason, and apply starts it again. ``would_lose`` (`providers.base.LossReporter`) says what
-recreating or deleting a stream means for its slot.
+recreating or deleting a stream means for its slot. ``health`` (`providers.base.HealthReporter`,
+``headwater status``) reports each stream's state, Datastream's reason when it failed, and its
+freshness (``datastream.googleapis.com/stream/freshness`` from Cloud Monitoring): the WAL a
+PostgreSQL slot retains is not visible without the database's credentials, which headwater never
+holds - docs/database-cdc.md says how to watch it in the database.
 
 ``source_columns`` asks ``discover_connection_profile`` (with the profile inline, so it works
 before the profile exists) for the live tables' columns, for the plan's schema check
@@ -94,6 +98,9 @@ LIST_PAGE_SIZE = 500
 _OPTS: dict[str, Any] = {"retry": None, "timeout": RPC_TIMEOUT_S}
 
 STATE_NAMES = {ds.Stream.State.STARTING: "RUNNING"}  # everything else reads as Datastream names it
+# Cloud Monitoring: how far a stream is behind its source (verified only on GCP).
+FRESHNESS_METRIC = "datastream.googleapis.com/stream/freshness"
+STREAM_MONITORED_RESOURCE = "datastream.googleapis.com/Stream"
 
 PROFILE_FIELDS = {"postgresql": "postgresql_profile", "mysql": "mysql_profile", "gcs": "gcs_profile"}
 PROFILE_MASKS: dict[str, str] = {"host": "hostname", "port": "port", "user": "username", "database": "database",
@@ -399,6 +406,37 @@ class DatastreamProvider:
             for database in response.mysql_rdbms.mysql_databases:
                 for table in database.mysql_tables:
                     found[f"{database.database}.{table.table}"] = {c.column: c.data_type for c in table.mysql_columns}
+        return found
+
+    def health(self, resources: Sequence[Resource]) -> dict[str, Any]:
+        """`providers.base.HealthReporter`: each declared stream as Datastream has it - RUNNING is
+        Healthy (with its freshness, Datastream's lag behind the source, from Cloud Monitoring),
+        starting is Progressing, FAILED or PAUSED is Degraded with Datastream's reason."""
+        from providers.monitoring import CloudMonitoring
+        from reconciler.health import Health, Observation
+
+        streams = [r for r in resources if r.kind == Kind.DATASTREAM_STREAM]
+        if not streams:
+            return {}
+        live = {r.name: r for r in self.observe(Kind.DATASTREAM_STREAM)}
+        lag = CloudMonitoring(self.project).latest(FRESHNESS_METRIC, STREAM_MONITORED_RESOURCE, "stream_id",
+                                                   [r.name for r in streams])
+        found: dict[str, Any] = {}
+        for r in streams:
+            observed = live.get(r.name)
+            if observed is None:
+                continue  # Missing: the sync state says it
+            state, error = observed.spec["state"], observed.status.get("error")
+            behind = f"{lag[r.name]} s behind its source (Datastream freshness)" if r.name in lag else \
+                "its lag is not observed (no freshness metric yet)"
+            if state in ("FAILED", "FAILED_PERMANENTLY", "PAUSED"):
+                found[r.address] = Observation(Health.DEGRADED, f"stream {state}" + (f": {error}" if error else ""),
+                                               error=error, signals={"stream_state": state})
+            elif state in ("NOT_STARTED", "DRAINING", "MAINTENANCE"):
+                found[r.address] = Observation(Health.PROGRESSING, f"stream {state}", signals={"stream_state": state})
+            else:
+                found[r.address] = Observation(Health.HEALTHY, f"stream {state}; {behind}",
+                                               signals={"stream_state": state, "freshness_seconds": lag.get(r.name)})
         return found
 
     def api_calls(self) -> Mapping[str, int]:

@@ -89,6 +89,7 @@ PASSWORD_ENV = "HEADWATER_DATASTREAM_PASSWORD"
 RUNNING, FAILED = "RUNNING", "FAILED"
 # Spec fields the reader does not use: a change of only these restarts nothing.
 NOT_USED_LOCALLY = frozenset({"labels", "destination"})
+WAL_RETAINED_DEGRADED = 1 << 30  # a slot holding back more WAL than this is Degraded (1 GiB)
 UUID_NAMESPACE = uuid.UUID("6f1c7a52-3c1e-4f0e-9d3a-2c8a6b1d9e47")
 
 
@@ -489,6 +490,34 @@ class LocalDatastreamProvider:
                     "ORDER BY ordinal_position", (schema, table)).fetchall()
                 if rows:
                     found[f"{schema}.{table}"] = {name: kind for name, kind in rows}
+        return found
+
+    def health(self, resources: Sequence[Resource]) -> dict[str, Any]:
+        """`providers.base.HealthReporter`: each stream's reader - RUNNING is Healthy, with the WAL its
+        slot retains and how far behind it is; Degraded when the reader failed (its error) or the
+        slot retains more than `WAL_RETAINED_DEGRADED` bytes (peers lose days to silent WAL growth)."""
+        from reconciler.health import Health, Observation
+
+        found: dict[str, Any] = {}
+        for r in resources:
+            if r.kind != Kind.DATASTREAM_STREAM:
+                continue
+            record = self._stream_record(r.name)
+            if record is None:
+                continue
+            status = self.status(r.name)
+            state, error = self._state(record, status)
+            lag = lag_text(status) or "its slot is not read yet"
+            signals = {k: status.get(k) for k in ("wal_retained_bytes", "lag_bytes", "last_change_delay_s")
+                       if status.get(k) is not None}
+            if state != RUNNING:
+                found[r.address] = Observation(Health.DEGRADED, f"stream {state}: {error}", error=error,
+                                               log_tail=tuple(_tail(Path(record.log), 20).split(" | ")),
+                                               signals=signals)
+            elif status.get("wal_retained_bytes", 0) > WAL_RETAINED_DEGRADED:
+                found[r.address] = Observation(Health.DEGRADED, f"stream RUNNING but its {lag}", signals=signals)
+            else:
+                found[r.address] = Observation(Health.HEALTHY, f"stream RUNNING; {lag}", signals=signals)
         return found
 
     def would_lose(self, resources: Sequence[Resource]) -> dict[str, str]:

@@ -79,6 +79,12 @@ def render_text(health: PlatformHealth) -> str:
             continue
         details.append(f"{source.source_id}: {source.health}")
         details += [f"  - {reason}" for reason in source.reasons]
+    # database_cdc (issue 10): every stream's replication, healthy or not - a slot's WAL grows silently.
+    streams = [(s.source_id, r) for s in health.sources for r in s.resources
+               if r.kind == "datastream_stream" and r.reason]
+    if streams:
+        details.append("replication:")
+        details += [f"  - {sid}: {r.name}: {r.health}: {r.reason}" for sid, r in streams]
     if bad_platform:
         details.append("platform:")
         details += [f"  - {r.address}: {r.health}" + (f": {r.reason}" if r.reason else "") for r in bad_platform]

@@ -248,6 +248,23 @@ def test_a_restarted_reader_loses_and_duplicates_nothing(platform):
     assert stream.status["state"] == "RUNNING" and "of WAL" in stream.status["replication"]
 
 
+def test_status_reports_the_streams_replication_lag_and_a_failed_reader_with_its_reason(platform, capsys):
+    repo = str(platform["repo"])
+    cli.main(["status", "--repo", repo])
+    out = capsys.readouterr().out
+    assert "replication:" in out
+    line = next(x for x in out.splitlines() if "postgres_orders: postgres-orders:" in x)
+    assert "Healthy: stream RUNNING; slot retains" in line and "of WAL" in line
+    record = platform["streams"].stream_record(STREAM)
+    os.killpg(record.pid, signal.SIGKILL)
+    wait_for(lambda: observed_state(platform["streams"]) == "FAILED", "the dead reader observed as FAILED")
+    cli.main(["status", "--repo", repo])
+    out = capsys.readouterr().out
+    assert "postgres-orders: Degraded: stream FAILED: the local reader has stopped" in out
+    assert cli.main(["apply", "--repo", repo, "--auto-approve"]) == 0  # restarts it
+    assert observed_state(platform["streams"]) == "RUNNING"
+
+
 # --------------------------------------------------------------------------- plumbing
 
 

@@ -200,3 +200,31 @@ def test_source_columns_ask_discover_with_the_profile_inline(fake, compiled):
     assert request.body["connectionProfile"]["postgresqlProfile"]["hostname"] == "10.20.0.5"
     assert "password" not in request.body["connectionProfile"]["postgresqlProfile"]
     assert request.body["fullHierarchy"] is True
+
+
+def test_health_reports_each_stream_with_datastreams_reason_and_its_freshness(fake, compiled, monkeypatch):
+    from providers import monitoring
+    from reconciler.health import Health
+
+    asked = []
+
+    def latest(self, metric, resource_type, label, ids):
+        asked.append((metric, resource_type, label, sorted(ids)))
+        return {"postgres-orders": 12}
+
+    monkeypatch.setattr(monitoring.CloudMonitoring, "latest", latest)
+    p = provider(fake)
+    stream = compiled["datastream_stream.postgres-orders"]
+    for resource in compiled.values():
+        p.create(resource) if resource.kind == Kind.DATASTREAM_CONNECTION_PROFILE else None
+    p.create(stream)
+    (healthy,) = p.health([stream]).values()
+    assert healthy.state == Health.HEALTHY and healthy.reason == (
+        "stream RUNNING; 12 s behind its source (Datastream freshness)")
+    assert asked == [("datastream.googleapis.com/stream/freshness", "datastream.googleapis.com/Stream", "stream_id",
+                      ["postgres-orders"])]
+    fake.fail_stream(f"{PARENT}/streams/postgres-orders", "BACKFILL_PERMISSION_DENIED",
+                     "Permission denied for table public.orders.")
+    (failed,) = p.health([stream]).values()
+    assert failed.state == Health.DEGRADED
+    assert failed.reason == "stream FAILED: BACKFILL_PERMISSION_DENIED: Permission denied for table public.orders."
