@@ -52,13 +52,14 @@ def test_platform_lifecycle(repo, project_id, unique, capsys):
     assert code == 2
     doc = json.loads(out)
     # 6 platform resources; per source 7, plus its ingest and gold Dataflow jobs; orders (batch_file)
-    # its sweep job and file notification, payments (rest_api) its connector.
-    assert doc["summary"]["create"] == len(doc["changes"]) == 6 + 2 * 9 + 2 + 1
+    # its sweep job and file notification, payments (rest_api) its connector; per source an alert
+    # policy, a dashboard and (each its own alert_email) a notification channel.
+    assert doc["summary"]["create"] == len(doc["changes"]) == 6 + 2 * 9 + 2 + 1 + 2 * 3
     assert {c["action"] for c in doc["changes"]} == {"create"}
 
     code, out, err = run(capsys, "apply", "--repo", r, "--auto-approve")
     assert code == 0, err
-    assert "Apply complete: 27 succeeded, 0 failed, 0 skipped" in out
+    assert "Apply complete: 33 succeeded, 0 failed, 0 skipped" in out
 
     code, out, _ = run(capsys, "plan", "--repo", r)
     assert code == 0, out
@@ -98,11 +99,11 @@ def test_platform_lifecycle(repo, project_id, unique, capsys):
     assert topic_exists(project_id, "payments")
 
     # ...pruned with --prune, except its tables, which need --allow-destroy. (Half the sources go:
-    # 7 of the 27 resources, more than the default max_delete_fraction of 0.2.)
-    edit_yaml(repo / "platform.yaml", lambda d: d.setdefault("policy", {}).update(max_delete_fraction=0.3))
+    # 10 of the 33 resources, more than the default max_delete_fraction of 0.2.)
+    edit_yaml(repo / "platform.yaml", lambda d: d.setdefault("policy", {}).update(max_delete_fraction=0.4))
     code, out, err = run(capsys, "apply", "--repo", r, "--auto-approve", "--prune")
     assert code == 1, "blocked table deletions mean the platform has not converged"
-    assert "Apply complete: 7 succeeded" in out
+    assert "Apply complete: 10 succeeded" in out
     assert "- dataflow_job.payments-ingest" in out and "drained (in-flight data finished), not cancelled" in out
     assert "BLOCKED: delete would destroy the data this bigquery_table holds" in out
     assert not topic_exists(project_id, "payments")
