@@ -428,6 +428,7 @@ class HttpServer:
 
     def __init__(self, app: Any, host: str, port: int) -> None:
         _route_uvicorn_logs()
+        host = host.strip("[]")  # --listen [::]:8080
         self.socket = socket.create_server((host, port), family=_family(host), backlog=128)
         self.server_address = self.socket.getsockname()[:2]
         config = uvicorn.Config(
