@@ -54,6 +54,8 @@ def shots(tmp_path: Path):
 
     def shot(driver, name: str) -> Path:
         path = folder / f"{name}.png"
+        height = driver.execute_script("return document.documentElement.scrollHeight")  # the whole page
+        driver.set_window_size(1400, max(1000, min(int(height) + 100, 4000)))
         assert driver.save_screenshot(str(path)), f"no screenshot {path}"
         assert path.stat().st_size > 1000
         return path
