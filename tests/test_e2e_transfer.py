@@ -49,6 +49,9 @@ def platform(emulators, tmp_path_factory):
     project, unique = f"hw-e2e-{os.getpid() % 100000}-t", f"hw-{os.getpid() % 100000}-xfer"
     repo = copy_example(tmp, sources=["aws_data_lake"])
     isolate_platform(repo, project, unique)
+    # Only the transfer source: platform-level resources of other patterns (Datastream connection
+    # profiles) stay out of this platform.
+    edit_yaml(repo / "platform.yaml", lambda d: d.pop("datastream", None))
     bucket = f"{unique}-partner-lake"
     edit_yaml(repo / "connectors" / "aws_data_lake.yaml", lambda d: d["ingestion"].update(source_bucket=bucket))
     local_s3().create_bucket(Bucket=bucket)
