@@ -20,6 +20,7 @@ there are more (it is not returned).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,29 +91,30 @@ def _filters_sql(filters: Sequence[Filter], params: list[tuple[str, str, Any]]) 
 def _after_sql(source: Source, after: Sequence[Any], params: list[tuple[str, str, Any]]) -> list[str]:
     """The keyset condition: rows strictly after ``after`` in ``source.order`` (NULLs first)."""
     fields = [source.field(name) for name in source.order]
-    names: list[str | None] = []
+    # Per column, "equal to the cursor's value" and "after it" in ORDER BY ... ASC NULLS FIRST,
+    # where BigQuery sorts NaN after NULL and before every other FLOAT64 (and NaN = NaN is false).
+    equal: list[str] = []
+    greater: list[str] = []
     for item, value in zip(fields, after, strict=True):
         assert item is not None
+        column = quote(item.name)
         if value is None:
-            names.append(None)
+            equal.append(f"{column} IS NULL")
+            greater.append(f"{column} IS NOT NULL")
+        elif item.type == "FLOAT64" and isinstance(value, float) and math.isnan(value):
+            equal.append(f"IS_NAN({column})")
+            greater.append(f"({column} IS NOT NULL AND NOT IS_NAN({column}))")
         else:
             name = f"k{len(params)}"
             params.append((name, _param_type(item), value))
-            names.append(name)
-    disjuncts = []
-    for i, item in enumerate(fields):
-        assert item is not None
-        parts = []
-        for j in range(i):
-            column = quote(fields[j].name)  # type: ignore[union-attr]
-            parts.append(f"{column} IS NULL" if names[j] is None else f"{column} = @{names[j]}")
-        column = quote(item.name)
-        parts.append(f"{column} IS NOT NULL" if names[i] is None else f"{column} > @{names[i]}")
-        disjuncts.append("(" + " AND ".join(parts) + ")")
+            equal.append(f"{column} = @{name}")
+            greater.append(f"{column} > @{name}")
+    disjuncts = ["(" + " AND ".join(equal[:i] + [greater[i]]) + ")" for i in range(len(fields))]
     conditions = ["(" + " OR ".join(disjuncts) + ")"]
     first = fields[0]
-    if first is not None and first.name == source.partition_field and names[0] is not None:
-        conditions.insert(0, f"{quote(first.name)} >= @{names[0]}")  # partition pruning (module docstring)
+    if first is not None and first.name == source.partition_field and after[0] is not None:
+        # Partition pruning (module docstring): the partition column is DATE/TIMESTAMP/DATETIME.
+        conditions.insert(0, greater[0].replace(" > ", " >= ", 1))
     return conditions
 
 
