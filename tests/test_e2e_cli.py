@@ -98,19 +98,20 @@ def test_platform_lifecycle(repo, project_id, unique, capsys):
     assert run(capsys, "apply", "--repo", r, "--auto-approve")[0] == 0
     assert topic_exists(project_id, "payments")
 
-    # ...pruned with --prune, except its tables, which need --allow-destroy. (Half the sources go:
-    # 10 of the 33 resources, more than the default max_delete_fraction of 0.2.)
+    # ...pruned with --prune, except what holds data - its tables, topics and subscriptions - which
+    # needs --allow-destroy. (Half the sources go, more than the default max_delete_fraction of 0.2.)
     edit_yaml(repo / "platform.yaml", lambda d: d.setdefault("policy", {}).update(max_delete_fraction=0.4))
     code, out, err = run(capsys, "apply", "--repo", r, "--auto-approve", "--prune")
-    assert code == 1, "blocked table deletions mean the platform has not converged"
-    assert "Apply complete: 10 succeeded" in out
+    assert code == 1, "blocked deletions of data mean the platform has not converged"
     assert "- dataflow_job.payments-ingest" in out and "drained (in-flight data finished), not cancelled" in out
     assert "BLOCKED: delete would destroy the data this bigquery_table holds" in out
-    assert not topic_exists(project_id, "payments")
+    assert "BLOCKED: delete would destroy the data this pubsub_subscription holds" in out
+    assert topic_exists(project_id, "payments"), "a topic holds data (and is where publishers send): gated"
     code, out, _ = run(capsys, "plan", "--repo", r, "--prune", "--format", "json")
     blocked = {c["address"] for c in json.loads(out)["changes"] if c["blocked"]}
     assert blocked == {"bigquery_table.bronze.payments_raw", "bigquery_table.silver.payments",
-                       "bigquery_table.gold.payments_daily"}
+                       "bigquery_table.gold.payments_daily", "pubsub_topic.payments", "pubsub_topic.payments-dlq",
+                       "pubsub_subscription.payments-ingest", "pubsub_subscription.payments-dlq-hold"}
 
     # A commit that empties connectors/ is refused, even with every safety switch off.
     shutil.rmtree(repo / "connectors")
