@@ -255,11 +255,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """The status page on this machine (reconciler/ui/local.py)."""
     from reconciler.ui import local as ui_local
 
-    repo = args.repo
-    page = ui_local.LocalStatus(lambda: ui_local.status_document(repo, lambda state: _engine(state, args)))
-    error = page.refresh()  # the first check before serving: a broken repo fails here, as `status` would
-    if error is not None and page.status().get("revision") is None:
-        raise CommandError(error)
+    def compute() -> dict:
+        return ui_local.status_document(args.repo, lambda state: _engine(state, args))
+
+    page = ui_local.LocalStatus(compute)
+    page.set(compute())  # the first check before serving: its errors end the command, as `status`'s do
     return ui_local.serve(page, args.host, args.port, args.refresh, announce=_err)
 
 

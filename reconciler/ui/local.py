@@ -79,6 +79,11 @@ class LocalStatus:
         self._document: dict[str, Any] = {"mode": "local", "health": None}
         self._lock = threading.Lock()
 
+    def set(self, document: dict[str, Any]) -> None:
+        document = self.redactor.value(document)
+        with self._lock:
+            self._document = document
+
     def refresh(self) -> str | None:
         """Compute the document again; returns the error (also shown on the page) or None."""
         try:
@@ -90,9 +95,7 @@ class LocalStatus:
                 health["error"] = error
                 self._document = {**self._document, "health": health}
             return error
-        document = self.redactor.value(document)
-        with self._lock:
-            self._document = document
+        self.set(document)
         return None
 
     def refresh_forever(self, interval: float, stop: threading.Event) -> None:

@@ -182,3 +182,49 @@ def test_the_benchmark_runs_tiny(bench, capsys):
     assert {r["page"] for r in report["results"]} == {"overview", "search", "degraded", "last page", "source page"}
     out = capsys.readouterr().out
     assert "nproc=" in out and "budget (overview, 5 sources)" in out
+
+
+def test_headwater_ui_computes_the_document_like_status_and_drift(tmp_path):
+    """`headwater ui`'s document from a git repo (in-memory provider): health per source, the last
+    change by git, drift with the commit that set the desired value, the plan's changes."""
+    from support import DesiredRepo
+    from test_status_page_browser import without_join
+
+    from providers.memory import MemoryProvider
+    from reconciler.engine import Engine, plan_options
+    from reconciler.load import load_repo
+    from reconciler.resources import Kind
+    from reconciler.ui.local import status_document
+
+    repo = DesiredRepo(tmp_path / "git", "hw-ui-test", "hw-ui")
+    without_join(repo)
+    first = repo.commit_and_push("platform and orders")
+    memory = MemoryProvider()
+    engine = Engine([memory])
+    state = load_repo(repo.work_path)
+    engine.apply(engine.plan(state, plan_options(state)))
+    subscription = next(r for r in memory.observe(Kind.PUBSUB_SUBSCRIPTION) if r.name == "orders-ingest")
+    subscription.spec["ack_deadline_seconds"] = 30  # changed by hand
+
+    document = status_document(repo.work_path, lambda state: engine)
+    assert document["revision"] == first and document["mode"] == "local"
+    [source] = document["health"]["sources"]
+    assert source["source_id"] == "orders" and source["last_change"]["commit"] == first
+    [drift] = document["drift"]["resources"]
+    assert drift["address"] == "pubsub_subscription.orders-ingest" and drift["source"] == "orders"
+    [field] = drift["fields"]
+    assert (field["live"], field["desired"], field["origin"]["commit"]) == (30, 60, first)
+    assert [c["address"] for c in document["pending"]] == ["pubsub_subscription.orders-ingest"]
+
+    client = TestClient(local_app(LocalStatus(lambda: document)))
+    local = client.app.state.daemon
+    local.refresh()
+    page = client.get("/ui/sources/orders").text
+    assert f"set by {first[:12]} (headwater tests" in page and "ack_deadline_seconds" in page
+
+
+def test_headwater_ui_on_a_missing_repo_fails_before_serving(tmp_path, capsys):
+    from reconciler.cli import main
+
+    assert main(["ui", "--repo", str(tmp_path / "nope"), "--port", "0"]) == 1
+    assert "nope" in capsys.readouterr().err
