@@ -126,6 +126,9 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
         "retry_policy": "{minimum_backoff: int s, maximum_backoff: int s}",
         "dead_letter_policy": "{dead_letter_topic: topic id, max_delivery_attempts: int} (optional)",
         "expiration_ttl": "int seconds, 0 = never expires",
+        "filter": "str, \"\" = none (immutable; declared only)",
+        "enable_message_ordering": "bool (immutable; declared only)",
+        "enable_exactly_once_delivery": "bool (declared only)",
     },
     Kind.STORAGE_BUCKET: {
         "location": "upper-case region (immutable)",
@@ -136,9 +139,8 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
     Kind.BIGQUERY_DATASET: {
         "location": "region (immutable)",
         "description": "str",
-        "filter": "str, \"\" = none (immutable; declared only)",
-        "enable_message_ordering": "bool (immutable; declared only)",
-        "enable_exactly_once_delivery": "bool (declared only)",
+        "default_table_expiration_ms": "int | None (declared only)",
+        "default_partition_expiration_ms": "int | None (declared only)",
     },
     Kind.BIGQUERY_TABLE: {
         "schema": "[{name, type, mode, description?, fields?}] (evolution rules apply)",
@@ -151,8 +153,6 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
     Kind.DATAFLOW_JOB: {
         "template": "pubsub_to_bigquery | gcs_to_bigquery | bigquery_to_bigquery (change: drain and relaunch)",
         "streaming": "bool (change: drain and relaunch)",
-        "default_table_expiration_ms": "int | None (declared only)",
-        "default_partition_expiration_ms": "int | None (declared only)",
         "schedule": "cron of a batch job's runs | None for streaming jobs",
         "parameters": "{name: str}: template parameters other than the pipeline spec",
         "pipeline": "the pipeline spec document (beam/common/spec.py), sent as parameter source_spec",
