@@ -14,8 +14,11 @@ Everything downstream - the bucket's notification, the ``datastream_to_bigquery`
 Bronze, Silver - is the GCP path.
 
 **The slot is the reader's position.** Each pass peeks the changes after the slot's confirmed
-position (whole transactions), writes them to files, and only then advances the slot past the
-last transaction written (``pg_replication_slot_advance``). A reader killed at any point loses
+position that committed before the WAL's end at the start of the pass (whole transactions),
+writes them to files, and only then advances the slot past what it read
+(``pg_replication_slot_advance``): past the last transaction written, or, when the pass read
+everything, to that WAL end, so that WAL written meanwhile by other tables and databases is not
+retained by an idle stream. A reader killed at any point loses
 nothing - what it had not confirmed is read again - and a change written twice (killed between
 the file and the advance) has the same ``uuid`` both times (derived from the stream, the change's
 LSN and its place there), which the pipeline applies once. ``backfill: all``: when the stream is
@@ -748,10 +751,12 @@ class Reader:
     def one_pass(self, conn: Any) -> int:
         """Peek, write, advance; the number of events written."""
         tables = ",".join(f"{s}.{t}" for s, t in self.objects)
+        # Everything committed before `upto` (the WAL's end now), at most MAX_CHANGES (whole transactions).
+        upto = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
         rows = conn.execute(
-            "SELECT lsn::text, xid::text, data FROM pg_logical_slot_peek_changes(%s, NULL, %s, "
+            "SELECT lsn::text, xid::text, data FROM pg_logical_slot_peek_changes(%s, %s::pg_lsn, %s, "
             "'format-version', '2', 'include-timestamp', '1', 'include-pk', '1', 'include-lsn', '1', "
-            "'include-xids', '1', 'add-tables', %s)", (self.slot, MAX_CHANGES, tables)).fetchall()
+            "'include-xids', '1', 'add-tables', %s)", (self.slot, upto, MAX_CHANGES, tables)).fetchall()
         events: list[Event] = []
         last_commit: str | None = None
         last_committed: dt.datetime | None = None
@@ -767,8 +772,13 @@ class Reader:
                                             int(xid) if xid else None))
         if events:
             self._write(events, "postgres-cdc-wal")
-        if last_commit is not None:
-            conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, last_commit))
+        # Confirm what was written. When the pass read everything committed before `upto`, confirm
+        # up to `upto` itself: WAL written meanwhile by other tables or databases (logical
+        # decoding is per database) is then not held back by an idle stream - Datastream's
+        # heartbeat-table advice, done by the reader. Commits after `upto` are read next time.
+        target = upto if len(rows) < MAX_CHANGES else last_commit
+        if target is not None:
+            conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, target))
         lag = slot_lag(conn, self.slot)
         extra: dict[str, Any] = {}
         if events and last_committed is not None:
