@@ -36,9 +36,13 @@ def count_rows(project: str, table: str) -> int:
 
 def ensure_table_with_rows(project: str, table: str, schema: Sequence[Mapping[str, Any]],
                            rows: Sequence[Mapping[str, Any]]) -> None:
-    """Create ``project.dataset.table`` with ``schema`` unless it exists; insert ``rows`` when it is empty."""
+    """Create ``project.dataset.table`` with ``schema`` unless it exists (its dataset too: a reference
+    table lives outside headwater's datasets); insert ``rows`` when it is empty."""
     client = make_client(project)
     fields = [bigquery.SchemaField.from_api_repr(dict(f)) for f in schema]
+    dataset = table.rsplit(".", 1)[0]
+    call(lambda: client.create_dataset(dataset, exists_ok=True, retry=None, timeout=TIMEOUT_S),
+         f"bigquery.create_dataset {dataset}")
     call(lambda: client.create_table(bigquery.Table(table, schema=fields), exists_ok=True, retry=None,
                                      timeout=TIMEOUT_S), f"bigquery.create_table {table}")
     if rows and count_rows(project, table) == 0:

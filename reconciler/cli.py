@@ -349,6 +349,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_steps(state: DesiredState, args: argparse.Namespace, connectors) -> int:
     """The demo once the emulators run: plan, apply, plan again, move the sample data."""
+    from reconciler.demo import seed_reference_tables
+
+    seed_reference_tables(state, _err)  # what the gold joins read: a plan refuses a join to nothing
     engine = _engine(state, args)
     plan = engine.plan(state, plan_options(state))
     _err("[3/6] plan:")

@@ -4,8 +4,9 @@ After ``headwater demo`` has applied the example platform (its Dataflow jobs run
 local runner against the emulators), `move_sample_data` makes the platform do its job with the
 data in ``<repo>/sample-data/``:
 
-* ``reference/*.json`` - tables the gold jobs join with but no connector owns (``gold.customers``):
-  created and filled first;
+* ``reference/*.json`` - tables the gold jobs join with but no connector owns
+  (``reference.customers``): created and filled before the plan (`seed_reference_tables`: a plan
+  refuses a join to a table that is neither declared nor existing);
 * ``<source_id>/*`` of a ``batch_file`` source - dropped into its landing prefix (gzipped when
   the connector says ``compression: gzip``); each file's arrival event (the local stand-in for
   the bucket's notification) starts its ingestion by the streaming ``<id>-ingest`` job, with no
@@ -162,6 +163,18 @@ def prepare_repo(repo: Path, state_dir: Path, say: Callable[[str], None]) -> Dem
         say(f"  {source.source_id}: serving {len(records)} sample records at {api.url} "
             f"(every 3rd request answered 429) instead of {ingestion.api_endpoint}")
     return result
+
+
+def seed_reference_tables(state: DesiredState, say: Callable[[str], None]) -> None:
+    """Create and fill the tables of ``sample-data/reference/`` (their datasets too), unless they are
+    there: what the example's gold joins read, and no source declares."""
+    from providers import bigquery_data
+
+    project = state.platform.project
+    for path in sorted((Path(state.root) / SAMPLE_DIR / "reference").glob("*.json")):
+        ref = json.loads(path.read_text())
+        bigquery_data.ensure_table_with_rows(project, f"{project}.{ref['table']}", ref["schema"], ref["rows"])
+        say(f"  reference table {ref['table']}: {len(ref['rows'])} rows")
 
 
 def move_sample_data(state: DesiredState, runner: Any, say: Callable[[str], None],

@@ -162,7 +162,7 @@ def test_ingestion_pattern_decides_template_and_schedule(resources):
         "bigquery_table.bronze.clickstream_raw", "bigquery_table.silver.clickstream"}
     gold = by_name["orders-gold-orders-daily"].spec
     assert (gold["template"], gold["streaming"], gold["schedule"]) == ("bigquery_to_bigquery", False, "30 * * * *")
-    assert gold["pipeline"]["gold"]["joins"] == [{"table": "gold.customers", "on": ["customer_id"], "type": "left"}]
+    assert gold["pipeline"]["gold"]["joins"] == [{"table": "reference.customers", "on": ["customer_id"], "type": "left"}]
     assert "data_quality" not in gold["pipeline"], "a quality rule change must not relaunch the gold job"
 
 

@@ -23,7 +23,7 @@ def platform_repo(tmp_path, emulators, project_id, unique):
     def make(sources: list[str]) -> Path:
         repo = copy_example(tmp_path / f"r{len(made)}", sources=sources)
         isolate_platform(repo, project_id, unique)
-        # The example's gold joins read tables the example does not declare (gold.customers): not
+        # The example's gold joins read tables the example does not declare (reference.customers): not
         # what these replays are about, and a plan refuses a join to a table that does not exist.
         for connector in (repo / "connectors").glob("*.yaml"):
             edit_yaml(connector, lambda d: d.get("processing", {}).update(
