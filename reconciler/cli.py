@@ -395,7 +395,8 @@ def _engine(state: DesiredState, args: argparse.Namespace) -> Engine:
     providers = build_providers(state.platform.project, state.platform.region, runner=args.runner,
                                 state_dir=args.state_dir, platform=state.platform)
     budget = getattr(args, "apply_budget", None) or provider_errors.Budget()
-    return Engine([provider_errors.bounded(p, budget) for p in providers], secrets=secrets)
+    # check_references: a landing bucket or joined table neither declared nor existing is a plan error.
+    return Engine([provider_errors.bounded(p, budget) for p in providers], secrets=secrets, check_references=True)
 
 
 def _default_state_dir() -> Path:

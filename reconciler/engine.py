@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, providers: Iterable[Provider], secrets: Any = None, *, check_references: bool = True) -> None:
+    def __init__(self, providers: Iterable[Provider], secrets: Any = None, *, check_references: bool = False) -> None:
         """``secrets``: a `providers.base.SecretStore` to check secret references against, or None.
         ``check_references``: refuse a plan whose landing bucket or joined table is neither declared
-        nor existing (`reconciler.references`)."""
+        nor existing (`reconciler.references`); the CLI and the daemon turn it on."""
         self.secrets = secrets
         self.check_references = check_references
         self.providers: dict[Kind, Provider] = {}
@@ -61,7 +61,8 @@ class Engine:
         return live
 
     def plan(self, state: DesiredState, options: PlanOptions | None = None) -> Plan:
-        """The plan of ``state``. Raises `InvalidDesiredState` when a named secret does not exist."""
+        """The plan of ``state``. Raises `InvalidDesiredState` when a named secret, or (with
+        ``check_references``) a referenced bucket or table, does not exist."""
         if self.secrets is not None:
             problems = missing_secrets(state, self.secrets)
             if problems:
@@ -74,14 +75,16 @@ class Engine:
             raise InvalidDesiredState(problems)
         options = options or plan_options(state)
         desired = compile_resources(state)
+        plan = self.plan_resources(desired, options, revision=state.revision, declared_sources=len(state.sources))
         if self.check_references:
-            # A landing bucket or joined table neither declared nor existing (reconciler/references.py).
+            # A landing bucket or joined table neither declared nor existing (reconciler/references.py),
+            # checked once live state has been read (so an unreachable service is reported as such).
             from reconciler.references import missing_references
 
             problems = missing_references(state, desired, self.providers)
             if problems:
                 raise InvalidDesiredState(problems)
-        return self.plan_resources(desired, options, revision=state.revision, declared_sources=len(state.sources))
+        return plan
 
     def plan_resources(self, desired: list[Resource], options: PlanOptions, *, revision: str | None = None,
                        declared_sources: int | None = None) -> Plan:

@@ -700,8 +700,11 @@ class Daemon:
             self._engines.clear()
             providers = self._providers_factory(state.platform)
             secrets = self._secrets_factory(state.platform) if self._secrets_factory else None
+            # With the real providers (as for secrets), a landing bucket or joined table neither declared
+            # nor existing is a plan error (reconciler/references.py): never a job failing on every run.
             self._engines[key] = Engine([_Interruptible(provider_errors.bounded(p, self._apply_budget), self._stop)
-                                         for p in providers], secrets=secrets)
+                                         for p in providers], secrets=secrets,
+                                        check_references=self._providers_factory is _build_providers)
         return self._engines[key]
 
     def _default_targets(self) -> list[AlertTarget]:
