@@ -131,23 +131,28 @@ def _diff(before: dict[str, Any], after: dict[str, Any]) -> list[FieldDiff]:
 
 
 def _column_changes(old: Source, new: Source) -> list[str]:
-    """Schema column changes as the plan will judge them (`schema_evolution`), descriptions aside."""
-    changes = schema_evolution.compare(canonical_schema(old.schema.fields), canonical_schema(new.schema.fields))
+    """Schema column changes as the plan will judge them (`schema_evolution`), descriptions aside.
+    A database_cdc source's tables each have their schema: their changes are prefixed ``<table>.``."""
+    pairs = [("", old.schema, new.schema)] if old.schema is not None and new.schema is not None else []
+    old_tables = {t.key: t.schema for t in old.tables}  # database_cdc (issue 10)
+    pairs += [(f"{t.key}.", old_tables[t.key], t.schema) for t in new.tables if t.key in old_tables]
     lines = []
-    for change in changes:
-        if change.change == schema_evolution.DESCRIPTION:
-            continue
-        if change.change == schema_evolution.ADDED:
-            line = f"+{change.path} ({change.after})"
-        elif change.change == schema_evolution.REMOVED:
-            line = f"-{change.path}"
-        else:
-            line = f"~{change.path}: {change.before} → {change.after}"
-        if not change.compatible:
-            line += f" (incompatible: {change.explanation})"
-        lines.append(line)
-    if old.schema.version != new.schema.version:
-        lines.append(f"version {old.schema.version} → {new.schema.version}")
+    for prefix, before, after in pairs:
+        for change in schema_evolution.compare(canonical_schema(before.fields), canonical_schema(after.fields)):
+            if change.change == schema_evolution.DESCRIPTION:
+                continue
+            path = prefix + change.path
+            if change.change == schema_evolution.ADDED:
+                line = f"+{path} ({change.after})"
+            elif change.change == schema_evolution.REMOVED:
+                line = f"-{path}"
+            else:
+                line = f"~{path}: {change.before} → {change.after}"
+            if not change.compatible:
+                line += f" (incompatible: {change.explanation})"
+            lines.append(line)
+        if before.version != after.version:
+            lines.append(f"{prefix}version {before.version} → {after.version}")
     return sorted(lines, key=lambda line: line.lstrip("+-~"))
 
 

@@ -256,3 +256,14 @@ def test_a_schema_that_disagrees_with_the_live_table_fails_the_plan_and_nothing_
     err = capsys.readouterr().err
     assert any(line.startswith(where) and message in line for line in err.splitlines()), err
     assert other.objects == {} and stream.objects == {}
+
+
+def test_the_pull_request_summary_names_each_tables_column_changes(tmp_path):
+    from reconciler import pr
+
+    base, head = copy_example(tmp_path / "base"), copy_example(tmp_path / "head")
+    schema_file(ORDERS, lambda d: (d["fields"].append({"name": "note", "type": "STRING"}),
+                                   d.update(version="1.1")))(head)
+    summary = pr._compare("main", "0" * 40, load_repo(base), load_repo(head))
+    (change,) = [c for c in summary.sources if c.source_id == "postgres_orders"]
+    assert change.columns == ("+orders.note (STRING, NULLABLE)", "orders.version 1.0 → 1.1")
