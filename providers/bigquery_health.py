@@ -1,8 +1,10 @@
 """Health signals of a source's tables (`providers.base.HealthReporter` for
 `providers.bigquery.BigQueryProvider`): signals only, no verdicts (`reconciler.health` judges).
 
-Freshness comes from metadata that costs no scan: one ``tables.get`` of the source's Silver
-table (``<silver dataset>.<source_id>``, the one with headwater's ``_ingested_at`` column):
+Freshness comes from metadata that costs no scan: one ``tables.get`` of each of the source's
+tables that hold ingested records (those with headwater's ``_ingested_at`` column: its Silver
+table, a ``database_cdc`` source's Silver table per source table, and Bronze tables that carry
+the column; `reconciler.health` picks the Silver ones):
 
 * ``last_record_at`` = the later of ``lastModifiedTime`` (the last change to the table's data
   or metadata: a load, a DML statement, a flush of streamed rows) and, while streamed rows are
@@ -16,11 +18,11 @@ table (``<silver dataset>.<source_id>``, the one with headwater's ``_ingested_at
   service for the timing of ``lastModifiedTime`` under streaming inserts.
 * ``created_at``: the table's creation, the reference while no record has arrived.
 
-Records received come from the Bronze ``<source_id>_raw`` table (every record the pipeline read,
-good or bad): ``rows`` = ``numRows`` plus the streaming buffer's ``estimatedRows``.
+Records received come from the Bronze tables (``<source_id>_raw``: every record the pipeline
+read, good or bad): ``rows`` = ``numRows`` plus the streaming buffer's ``estimatedRows``.
 
-Two ``tables.get`` per source per check, eight at a time: API calls grow with sources, bytes
-scanned stay 0.
+One ``tables.get`` per such table per check (two for most sources), eight at a time: API calls
+grow with sources, bytes scanned stay 0.
 
 EMULATOR DEPARTURE: bqemulator never moves ``lastModifiedTime`` after creation and has no
 streaming buffer. On the emulator only, ``last_record_at`` is read with a query, ``SELECT
@@ -43,7 +45,10 @@ EMULATOR_BASIS = "MAX(_ingested_at) of the Silver table (a query: BigQuery emula
 
 
 def table_roles(resources: Sequence[Resource]) -> dict[str, tuple[str, Resource]]:
-    """``{address: ("silver" | "bronze", resource)}`` of the sources' Silver and Bronze raw tables."""
+    """``{address: (role, resource)}`` of the tables a source's health reads: those holding ingested
+    records (headwater's ``_ingested_at`` column: Silver tables, and Bronze ones that have it) are
+    read for freshness and rows ("records"); Bronze ``<id>_raw`` / ``*_changes`` tables for rows
+    ("bronze"). Which dataset is which zone is the reconciler's to judge (`reconciler.health`)."""
     roles: dict[str, tuple[str, Resource]] = {}
     for resource in resources:
         source = resource.labels.get(SOURCE_KEY)
@@ -51,9 +56,9 @@ def table_roles(resources: Sequence[Resource]) -> dict[str, tuple[str, Resource]
             continue
         table = resource.name.split(".", 1)[1]
         columns = {f.get("name") for f in resource.spec.get("schema") or () if isinstance(f, dict)}
-        if table == source and INGESTED_AT in columns:
-            roles[resource.address] = ("silver", resource)
-        elif table == f"{source}_raw":
+        if INGESTED_AT in columns:
+            roles[resource.address] = ("records", resource)
+        elif table == f"{source}_raw" or (table.startswith(source) and table.endswith("_changes")):
             roles[resource.address] = ("bronze", resource)
     return roles
 
@@ -73,9 +78,9 @@ def table_health(provider: Any, resources: Sequence[Resource]) -> dict[str, Obse
                                                                    timeout=60.0))
         except NotFound:
             return address, None  # missing: the plan says so
+        buffer = table.streaming_buffer
+        rows = (table.num_rows or 0) + ((buffer.estimated_rows or 0) if buffer is not None else 0)
         if role == "bronze":
-            buffer = table.streaming_buffer
-            rows = (table.num_rows or 0) + ((buffer.estimated_rows or 0) if buffer is not None else 0)
             return address, Observation(signals={"rows": rows})
         signals: dict[str, Any] = {"created_at": _ts(table.created)}
         if emulator:
@@ -95,7 +100,7 @@ def table_health(provider: Any, resources: Sequence[Resource]) -> dict[str, Obse
                     and not table.num_rows and table.streaming_buffer is None:
                 newest = None
             signals.update(last_record_at=newest, freshness_basis=METADATA_BASIS)
-        signals["rows"] = table.num_rows
+        signals["rows"] = rows
         return address, Observation(signals=signals)
 
     observations: dict[str, Observation] = {}

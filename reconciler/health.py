@@ -367,10 +367,11 @@ def assess(state: Any, resources: Sequence[Resource], sync: Mapping[str, str],
         sid = source.source_id
         connector = source.connector
         mine = tuple(sorted(by_source.get(sid, []), key=lambda r: r.address))
-        silver = observations.get(f"{Kind.BIGQUERY_TABLE}.{names.datasets['silver']}.{sid}")
+        tables = [r for r in mine if r.kind == Kind.BIGQUERY_TABLE and r.address in observations]
+        silver = [observations[r.address] for r in tables if r.name.split(".", 1)[0] == names.datasets["silver"]]
+        bronze = [observations[r.address] for r in tables if r.name.split(".", 1)[0] == names.datasets["bronze"]]
         ingest = observations.get(f"{Kind.PUBSUB_SUBSCRIPTION}.{sid}-ingest")
         hold = observations.get(f"{Kind.PUBSUB_SUBSCRIPTION}.{sid}-dlq-hold")
-        bronze = observations.get(f"{Kind.BIGQUERY_TABLE}.{names.datasets['bronze']}.{sid}_raw")
         monitoring = connector.monitoring
         freshness = judge_freshness(silver, ingest, monitoring.sla_minutes, now)
         before = previous.source(sid) if previous is not None else None
@@ -405,7 +406,7 @@ def assess(state: Any, resources: Sequence[Resource], sync: Mapping[str, str],
             source_id=sid, pattern=connector.ingestion.pattern, display_name=connector.display_name,
             suspended=bool(connector.suspend), sync=sync_state, health=worst(states), reasons=tuple(reasons),
             freshness=freshness, dead_letters=dead, resources=mine, conditions=tuple(conditions),
-            files=tuple(dict.fromkeys([source.connector_file, source.schema_file])),
+            files=tuple(f for f in dict.fromkeys([source.connector_file, source.schema_file]) if f),
             last_change=before.last_change if before else None, last_apply=before.last_apply if before else None))
     platform_resources = tuple(sorted(by_source.get(None, []), key=lambda r: r.address))
     overall = worst([s.health for s in sources] + [r.health for r in platform_resources])
@@ -413,11 +414,17 @@ def assess(state: Any, resources: Sequence[Resource], sync: Mapping[str, str],
                           state.platform.environment, overall, tuple(sources), platform_resources)
 
 
-def judge_freshness(silver: Observation | None, ingest: Observation | None, sla_minutes: int | None,
-                    now: float) -> Freshness:
-    signals = silver.signals if silver is not None else {}
-    last = signals.get("last_record_at")
-    reference = last if last is not None else signals.get("created_at")
+def judge_freshness(silver: Observation | Sequence[Observation] | None, ingest: Observation | None,
+                    sla_minutes: int | None, now: float) -> Freshness:
+    """``silver``: the source's Silver table(s); with several (a ``database_cdc`` source's), the
+    newest record of any of them counts (data arrives while any table receives it)."""
+    tables = [silver] if isinstance(silver, Observation) else list(silver or ())
+    newest = [t.signals["last_record_at"] for t in tables if t.signals.get("last_record_at") is not None]
+    created = [t.signals["created_at"] for t in tables if t.signals.get("created_at") is not None]
+    bases = [t.signals["freshness_basis"] for t in tables if t.signals.get("freshness_basis")]
+    signals = {"freshness_basis": bases[0]} if bases else {}
+    last = max(newest) if newest else None
+    reference = last if last is not None else (min(created) if created else None)
     age = max(0.0, now - reference) if reference is not None else None
     unacked = (ingest.signals if ingest is not None else {}).get("oldest_unacked_age_seconds")
     sla = sla_minutes * 60 if sla_minutes is not None else None
@@ -431,11 +438,14 @@ def judge_freshness(silver: Observation | None, ingest: Observation | None, sla_
     return Freshness(last, age, sla, breached, basis, unacked)
 
 
-def judge_dead_letters(hold: Observation | None, bronze: Observation | None, budget: float,
+def judge_dead_letters(hold: Observation | None, bronze: Observation | Sequence[Observation] | None, budget: float,
                        before: DeadLetters | None, interval: float | None) -> DeadLetters:
+    """``bronze``: the source's Bronze table(s), whose rows are the records received."""
     backlog = (hold.signals if hold is not None else {}).get("backlog")
     basis = (hold.signals if hold is not None else {}).get("backlog_basis")
-    rows = (bronze.signals if bronze is not None else {}).get("rows")
+    tables = [bronze] if isinstance(bronze, Observation) else list(bronze or ())
+    counts = [t.signals["rows"] for t in tables if t.signals.get("rows") is not None]
+    rows = sum(counts) if counts else None
     growth = received = rate = over = None
     if backlog is not None and before is not None and before.backlog is not None:
         growth = max(0, backlog - before.backlog)
