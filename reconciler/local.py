@@ -351,6 +351,8 @@ def start(state_dir: Path, project: str = "headwater-local", log_dir: Path | Non
     emulators = _start_emulators(state_dir, project, log_dir)
     if postgres is False or (postgres is None and local_postgres.binaries() is None):
         return emulators
+    if emulators.postgres and local_postgres.load(Path(state_dir)) is None:
+        return emulators  # running emulators that record a PostgreSQL kept elsewhere: theirs, reused
     try:
         info = local_postgres.start(Path(state_dir), log_dir)
     except local_postgres.PostgresError as exc:

@@ -33,7 +33,10 @@ def test_each_emulator_answers(emulators: local.Emulators) -> None:
         "BIGQUERY_EMULATOR_HOST": emulators.bigquery_host,
         "GOOGLE_CLOUD_PROJECT": emulators.project,
         "AWS_ENDPOINT_URL_S3": emulators.s3_host,  # moto's S3 server: cloud_transfer's source
+        **emulators.postgres,  # database_cdc's local PostgreSQL (PGHOST, PGPORT, ...), when installed
     }
+    if emulators.postgres:
+        assert set(emulators.postgres) == {"PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSFILE"}
     assert "ListAllMyBucketsResult" in _get(f"{emulators.s3_host}/")
     for name, value in emulators.env().items():
         assert os.environ[name] == value
