@@ -229,6 +229,10 @@ def load_repo(root: Path | str, within: Path | str | None = None) -> DesiredStat
             schema, schema_rel, schema_map = schema_result
             _check_fields(collector, connector, schema, rel, source_map)
             _check_table_limits(collector, schema, schema_rel, schema_map)
+            if schema.primary_key is not None:  # issue 10: a database_cdc table's key, nothing here
+                collector.add(schema_rel, schema_map.find(("primary_key",)), "primary_key",
+                              "primary_key applies to the schema of a database_cdc source's table; this source's "
+                              "records are de-duplicated by processing.bronze_to_silver[].deduplication.key")
             if not duplicate:
                 sources.append(Source(connector, schema, rel, schema_rel, _secret_refs(connector, rel, source_map),
                                       connector_map=source_map, schema_map=schema_map))

@@ -220,17 +220,13 @@ def _plan_with(repo, monkeypatch, columns):
 
     stream = LiveTables(columns)
     other = MemoryProvider()
-    monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([other, stream], secrets=Secrets()))
+    # Joined tables that only exist on GCP (gold.customers) are not this test's subject.
+    monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([other, stream], secrets=Secrets(),
+                                                                       check_references=False))
     return stream, other
 
 
-@pytest.fixture
-def cdc_repo(tmp_path: Path) -> Path:
-    return copy_example(tmp_path, sources=["postgres_orders"])
-
-
-def test_a_schema_that_agrees_with_the_live_tables_plans(cdc_repo, monkeypatch):
-    repo = cdc_repo
+def test_a_schema_that_agrees_with_the_live_tables_plans(repo, monkeypatch):
     stream, _ = _plan_with(repo, monkeypatch, LIVE)
     assert cli.main(["plan", "--repo", str(repo)]) == 2
     assert stream.asked == [("10.20.0.5", [("public", "customers"), ("public", "order_items"), ("public", "orders")])]
@@ -249,8 +245,7 @@ def test_a_schema_that_agrees_with_the_live_tables_plans(cdc_repo, monkeypatch):
                  "'shop-postgres'"),
 ], ids=["column-missing-in-the-database", "type-that-cannot-hold-it", "column-the-schema-lacks", "no-such-table"])
 def test_a_schema_that_disagrees_with_the_live_table_fails_the_plan_and_nothing_is_touched(
-        cdc_repo, monkeypatch, capsys, live, where, message):
-    repo = cdc_repo
+        repo, monkeypatch, capsys, live, where, message):
     stream, other = _plan_with(repo, monkeypatch, live)
     assert cli.main(["apply", "--repo", str(repo), "--auto-approve"]) == 1
     err = capsys.readouterr().err
@@ -267,3 +262,11 @@ def test_the_pull_request_summary_names_each_tables_column_changes(tmp_path):
     summary = pr._compare("main", "0" * 40, load_repo(base), load_repo(head))
     (change,) = [c for c in summary.sources if c.source_id == "postgres_orders"]
     assert change.columns == ("+orders.note (STRING, NULLABLE)", "orders.version 1.0 → 1.1")
+
+
+def test_a_primary_key_in_another_sources_schema_is_refused(repo):
+    schema_file("schemas/orders.json", lambda d: d.update(primary_key=["order_id"]))(repo)
+    with pytest.raises(InvalidDesiredState) as raised:
+        load_repo(repo)
+    assert any(str(p).startswith("schemas/orders.json:") and "primary_key: primary_key applies to the schema of a "
+               "database_cdc source's table" in str(p) for p in raised.value.problems), raised.value.problems
