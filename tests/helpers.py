@@ -45,11 +45,27 @@ def isolate_platform(repo: Path, project: str, prefix: str) -> None:
             data["zones"][zone] = {**(data["zones"][zone] or {}), "bucket": f"{prefix}-{zone}"}
 
     edit_yaml(repo / "platform.yaml", change)
+    seed_reference_tables(project)
     for connector in (repo / "connectors").glob("*.yaml"):
         def drop_location(data):
             data["ingestion"].pop("location", None)
 
         edit_yaml(connector, drop_location)
+
+
+def seed_reference_tables(project: str) -> None:
+    """On the emulators, the tables the example's gold joins read and no source declares
+    (sample-data/reference/, as the demo does): a plan refuses a join to a table that does not exist."""
+    import json
+    import os
+
+    if not os.environ.get("BIGQUERY_EMULATOR_HOST"):
+        return
+    from providers import bigquery_data
+
+    for path in sorted((EXAMPLE / "sample-data" / "reference").glob("*.json")):
+        ref = json.loads(path.read_text())
+        bigquery_data.ensure_table_with_rows(project, f"{project}.{ref['table']}", ref["schema"], ref["rows"])
 
 
 def write_local_secrets(*secret_ids: str, value: str = "not-a-real-credential") -> None:
