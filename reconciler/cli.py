@@ -4,6 +4,7 @@
     headwater plan     [--repo PATH] [--format text|json|markdown] [--prune] [--allow-destroy] [--runner R]
     headwater apply    [--repo PATH] [--auto-approve] [--prune] [--allow-destroy] [--runner R]
     headwater drift    [--repo PATH] [--format text|json] [--runner R]
+    headwater status   [--repo PATH] [--format text|json] [--runner R]
     headwater ui       [--repo PATH] [--host H] [--port N] [--refresh S] [--runner R]
     headwater local up | down
     headwater demo     [--repo PATH]
@@ -13,7 +14,8 @@ runner (the default when an ``*_EMULATOR_HOST`` variable is set; jobs are tracke
 ``--state-dir``, default ``$HEADWATER_STATE_DIR`` or ``.headwater``) or on Dataflow.
 
 Exit codes: validate 0 valid / 1 invalid; plan 0 no changes / 2 changes / 1 error or refused;
-apply 0 converged / 1 failed, blocked or refused; drift 0 none / 2 drift / 1 error.
+apply 0 converged / 1 failed, blocked or refused; drift 0 none / 2 drift / 1 error; status 0 every
+source healthy or progressing / 2 one degraded, missing or unknown / 1 error.
 
 Results (plans, drift reports, environment variables) go to stdout; progress and errors go to
 stderr, so ``--format json`` output stays parseable.
