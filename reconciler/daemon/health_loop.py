@@ -19,7 +19,9 @@ against each source's ``monitoring:`` settings, and then:
   growth yet; a job whose provider did not answer) is neither raised nor cleared.
 
 The previous check is kept for the dead letters' growth between checks. ``clock`` is the time
-the checks judge freshness at (tests move it forward instead of waiting for an SLA to pass).
+the checks judge freshness at (unit tests move it forward instead of waiting for an SLA). The
+first check also runs right after the first sync that converges, so ``/status`` has health
+before the first drift pass.
 """
 
 from __future__ import annotations
@@ -34,10 +36,13 @@ from reconciler.resources import SOURCE_KEY
 
 
 class HealthMonitor:
-    def __init__(self, metrics: Any, alerts: Any, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, metrics: Any, alerts: Any, clock: Callable[[], float] = time.time,
+                 redact: Callable[[Any], Any] = lambda value: value) -> None:
+        """``redact``: applied to what alerts carry (errors, log tails), as to /status and the logs."""
         self.metrics = metrics
         self.alerts = alerts
         self.clock = clock
+        self.redact = redact
         self.last: PlatformHealth | None = None
         self.last_error: str | None = None
         self._applies: dict[str, dict[str, Any]] = {}  # source -> {revision, at}
@@ -61,6 +66,8 @@ class HealthMonitor:
         unhealthy = {s.source_id: str(s.health) for s in health.sources if s.health != Health.HEALTHY}
         log.info("health.checked", health=str(health.health), unhealthy=unhealthy)
         conditions, undecided = conditions_of(health)
+        conditions = {key: (kind, self.redact(summary), self.redact(dict(details)))
+                      for key, (kind, summary, details) in conditions.items()}
         self.alerts.health(conditions, undecided, state.revision)
         return health
 

@@ -115,7 +115,7 @@ class Daemon:
         self.alerts = Alerter(targets, self.log, lambda target, result: self.metrics.alerts.labels(target, result).inc(),
                               memory=memory)
         # Health beside sync (issue 11): checked on every drift pass (reconciler/daemon/health_loop.py).
-        self.source_health = HealthMonitor(self.metrics, self.alerts)
+        self.source_health = HealthMonitor(self.metrics, self.alerts, redact=self.redactor.value)
         self._health_cache: tuple[tuple[Any, Any], dict[str, Any] | None] | None = None  # see _health_document
         self._drift_origins: dict[str, Any] = {}  # address -> who set what it departs from (reconciler.blame)
         self._providers_factory = providers_factory or _build_providers
@@ -491,6 +491,8 @@ class Daemon:
             self._failed(revision, outcome, result.summary(), log, started, plan=planned, after=plan)
             return
         self._failures = 0
+        if self.source_health.last is None:  # the first health check need not wait for a drift pass
+            self.source_health.check(state, engine, plan, log)
         outcome = "blocked" if plan.blocked else "converged"
         self._record_sync(revision, outcome, log, started=started, plan=planned, after=plan,
                           summary=result.summary() if work.actionable else "nothing to apply")
