@@ -53,8 +53,9 @@ and `losses_with`, which tolerate their absence):
     (Healthy, Progressing, Degraded...) with its reason, the last error, a log tail, and named
     signals (a table's newest record, a subscription's backlog; `reconciler.health` lists them).
     Addresses it has nothing to say about are left out. Read only, and cheap: one list call per
-    kind, or one metadata read per source at most; never a scan of data. Asked by ``headwater
-    status`` and the daemon's health checks (`reconciler.health.observe_health`).
+    kind, or a metadata read per table at most; never a scan of data (on the emulators, where a
+    scan costs nothing, an EMULATOR DEPARTURE may query). Asked by ``headwater status`` and the
+    daemon's health checks (`reconciler.health.observe_health`).
 """
 
 from __future__ import annotations
