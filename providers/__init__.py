@@ -107,9 +107,12 @@ def build_providers(
         runtimes = [DataflowProvider(dataflow_settings(project, region, platform)), CloudRunProvider(project, region)]
     else:
         raise ValueError(f"unknown runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    from providers.bigquery_views import BigQueryViewProvider  # issue 12: views, row access policies
+
     return [
         StorageProvider(project),
         BigQueryProvider(project, region),
+        BigQueryViewProvider(project, region),
         PubSubProvider(project),
         notifications,
         streams,

@@ -380,6 +380,10 @@ def _demo_steps(state: DesiredState, args: argparse.Namespace, connectors) -> in
     results = move_sample_data(state, runner, _err, connectors)
     for line in report(results):
         print(line)
+    from reconciler import serving_demo  # issue 12: reporting views, the data API, feature tables
+
+    for line in serving_demo.show(state, runner, _err, connectors.secrets if connectors else {}):
+        print(line)
     if not all(r.matches() for r in results):
         print("Demo finished: the platform converged, but the data counts differ from sample-data/expected.json.")
         return EXIT_ERROR

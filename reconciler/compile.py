@@ -138,6 +138,9 @@ def compile_resources(state: DesiredState) -> list[Resource]:
     from reconciler.cloud_monitoring import monitoring_resources  # issue 11: Cloud Monitoring
 
     resources.extend(monitoring_resources(platform, names, state.sources, resources))
+    from reconciler.serving import serving_resources  # issue 12: reporting views, the data API, ML features
+
+    resources.extend(serving_resources(platform, names, state.sources, base_labels(platform)))
     # A reference to another project's resource may be named by several sources: one entry.
     references: set[str] = set()
     resources = [r for r in resources

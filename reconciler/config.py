@@ -275,6 +275,31 @@ class ConnectorSettings(Strict):
         default=None, description="The connectors' service account; default Cloud Run's (the Compute Engine default)")
 
 
+class ApiClient(Strict):
+    """A client of the data API (OAuth 2.0 client credentials); its secret is a Secret Manager secret."""
+
+    secret_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,255}$")]
+    scopes: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}:(read|pii)$")]] = Field(
+        min_length=1, description="<source>:read (and <source>:pii) of sources with third_party_api")
+    requests_per_hour: Annotated[int, Field(ge=1)] | None = None
+
+
+class ApiSettings(Strict):
+    """How the data API (``cloud_run_service.data-api``, serving/api/) runs; issue 12."""
+
+    image: Annotated[str, Field(pattern=r"^[a-z0-9.\-]+(:[0-9]+)?/[A-Za-z0-9._/\-]+(:[A-Za-z0-9._\-]+|@sha256:[0-9a-f]{64})$")] | None = Field(
+        default=None, description="The data API image (deploy/api/); default "
+                                  "<region>-docker.pkg.dev/<project>/headwater/api:<headwater version>")
+    service_account: ServiceAccount | None = Field(
+        default=None, description="The API's account: bigquery.jobUser on the project, dataViewer on the api dataset")
+    max_instances: Annotated[int, Field(ge=1, le=100)] = 4
+    requests_per_hour: Annotated[int, Field(ge=1)] = Field(default=1000, description="Default per-client limit")
+    issuer: str | None = Field(default=None, description="The tokens' iss; default https://data-api.<project>")
+    signing_secret_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,255}$")] = "data-api-signing-key"
+    clients: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")], ApiClient] = Field(
+        default_factory=dict)
+
+
 class Platform(Strict):
     project: Annotated[str, _check(naming.project_problem)]
     region: Annotated[str, _check(naming.region_problem)]
@@ -287,6 +312,7 @@ class Platform(Strict):
     connectors: ConnectorSettings = Field(default_factory=ConnectorSettings)
     datastream: DatastreamSettings = Field(default_factory=lambda: DatastreamSettings())  # database_cdc (issue 10)
     suspend: bool = Field(default=False, description="Observe only: the daemon plans but never applies")
+    api: ApiSettings = Field(default_factory=lambda: ApiSettings())  # issue 12: the data API (docs/data-api-contract.md)
 
 
 # --------------------------------------------------------------------------- connectors
@@ -811,10 +837,105 @@ class SubscriptionSettings(Strict):
     retain_acked_messages: bool | None = Field(default=None, description=_RETAIN_ACKED + "; default platform's")
 
 
+# --- issue 12: the serving layer (compiled by reconciler/serving.py; docs/serving.md) ---
+
+_IAM_PRINCIPAL = re.compile(r"^(user|group|serviceAccount|domain):[^\s:,'\"()]+$|^(allUsers|allAuthenticatedUsers)$")
+
+
+def _iam_principal(value: str) -> str:
+    if not _IAM_PRINCIPAL.match(value):
+        raise ValueError(f"{value!r} is not an IAM principal: expected user:NAME@DOMAIN, group:NAME@DOMAIN, "
+                         "serviceAccount:NAME@PROJECT.iam.gserviceaccount.com, domain:DOMAIN, allAuthenticatedUsers "
+                         "or allUsers")
+    return value
+
+
+def _single_select(value: str) -> str:
+    text = value.strip().rstrip(";").strip()
+    if ";" in text:
+        raise ValueError("a view is one SELECT statement: no ';' inside")
+    if not re.match(r"(?is)^(select|with)\b", text):
+        raise ValueError("a view's sql is one SELECT (or WITH ... SELECT) statement")
+    return text
+
+
+class ReportingView(Strict):
+    """A view (or materialized view) in the ``reporting`` dataset over the platform's tables."""
+
+    name: Annotated[str, _check(naming.table_problem)]
+    sql: Annotated[str, AfterValidator(_single_select)] = Field(
+        description="One SELECT; tables named dataset.table (gold.orders_daily), each declared by the platform")
+    materialized: bool = Field(default=False, description="A materialized view: BigQuery keeps its result; a change "
+                                                          "of its sql replaces it and recomputes it in full")
+    refresh_interval: Duration | None = Field(
+        default=None, description="Materialized only: automatic refresh at most this often (1m to 7d; default "
+                                  "BigQuery's 30m)")
+    max_staleness: Duration | None = Field(
+        default=None, description="Materialized only: queries may read a result this old without a refresh")
+
+    @model_validator(mode="after")
+    def _materialized_only(self) -> ReportingView:
+        for key in ("refresh_interval", "max_staleness"):
+            if getattr(self, key) is not None and not self.materialized:
+                raise FieldError(key, f"{key} applies to materialized views only (set materialized: true)")
+        if self.refresh_interval is not None and not 60 <= self.refresh_interval <= 7 * 86400:
+            raise FieldError("refresh_interval", "a materialized view's refresh interval is 1m to 7d")
+        return self
+
+
+class RowAccess(Strict):
+    """A BigQuery row access policy on one of the source's Gold tables: only ``principals`` read its
+    rows, and only those matching ``filter``. Once a table has one, whoever no policy names reads none."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+    table: Annotated[str, _check(naming.table_problem)] = Field(description="A Gold table of this source")
+    principals: list[Annotated[str, AfterValidator(_iam_principal)]] = Field(min_length=1)
+    filter: Annotated[str, Field(min_length=1)] = Field(description="A boolean SQL expression over the table's columns")
+
+
+class Reporting(Strict):
+    views: list[ReportingView] = Field(default_factory=list, description=(
+        "Views beside the default ones (one plain view per Gold table of the source)"))
+    row_access: list[RowAccess] = Field(default_factory=list)
+
+
+def _block_needed(value: Any) -> Any:
+    if value is True:
+        raise ValueError("ml_features takes a block (entity_key, features, windows), not true")
+    return None if value is False else value
+
+
+def _reporting_block(value: Any) -> Any:
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
+class MlFeatures(Strict):
+    """Point-in-time feature table ``features.<source_id>`` (reconciler/serving.py)."""
+
+    entity_key: str | list[str] = Field(description="The field(s) identifying an entity (top-level)")
+    features: list[Annotated[str, AfterValidator(_metric)]] = Field(
+        min_length=1, description="Metric expressions, e.g. 'sum(amount) as spend': one column per window")
+    windows: list[Duration] = Field(default_factory=lambda: [7 * 86400, 30 * 86400, 90 * 86400],
+                                    min_length=1, description="Look-back windows (default 7d, 30d, 90d)")
+
+    @property
+    def entity_keys(self) -> list[str]:
+        return [self.entity_key] if isinstance(self.entity_key, str) else list(self.entity_key)
+
+
 class Serving(Strict):
-    third_party_api: bool = False
-    reporting: bool = False
-    ml_features: bool = False
+    third_party_api: bool = Field(default=False, description="Serve the Gold tables through the data API "
+                                                             "(authorized views in the api dataset)")
+    reporting: Annotated[Reporting | None, BeforeValidator(_reporting_block, json_schema_input_type=bool | Reporting)] = Field(
+        default=None, description="true: a view of each Gold table in the reporting dataset; a block adds views and "
+                                  "row access policies; false: none")
+    ml_features: Annotated[MlFeatures | None, BeforeValidator(_block_needed, json_schema_input_type=Literal[False] | MlFeatures)] = None
+
+    @property
+    def reporting_block(self) -> Reporting | None:
+        return self.reporting
 
 
 # Health (issue 11, reconciler/health.py): a freshness SLA is at least a minute and at most 30

@@ -120,6 +120,10 @@ def prepare_repo(repo: Path, state_dir: Path, say: Callable[[str], None]) -> Dem
     secrets_dir = Path(state_dir) / "secrets"
     secrets_dir.mkdir(parents=True, exist_ok=True)
     result = DemoConnectors(copy)
+    from reconciler import serving_demo  # issue 12: the data API's client and secrets
+
+    serving_demo.prepare(copy, secrets_dir, result.secrets)
+    state = load_repo(copy)
     for source in state.sources:
         for ref in source.secrets:
             path = secrets_dir / ref.secret_id
@@ -286,7 +290,7 @@ def _jobs_by_source(resources: list[Resource]) -> dict[str, _Jobs]:
     for r in resources:
         if r.kind != Kind.DATAFLOW_JOB:
             continue
-        if r.spec["template"] == "bigquery_to_bigquery":
+        if r.spec["template"] == "bigquery_to_bigquery" and "gold" in r.spec["pipeline"]:  # not features (issue 12)
             gold.setdefault(r.source_id, []).append(r)
         elif r.name == job_name(r.source_id, "ingest"):
             ingest[r.source_id] = r

@@ -237,6 +237,10 @@ def load_repo(root: Path | str, within: Path | str | None = None) -> DesiredStat
                 sources.append(Source(connector, schema, rel, schema_rel, _secret_refs(connector, rel, source_map),
                                       connector_map=source_map, schema_map=schema_map))
 
+    if platform is not None:  # issue 12: the serving blocks (reconciler/serving.py)
+        from reconciler import serving
+
+        serving.check(collector, platform, platform_map, sources)
     if platform is not None:
         # GCP's limits on what compile builds, with the file and line of the setting that exceeds them.
         from reconciler.limits import compiled_problems

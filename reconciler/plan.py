@@ -75,6 +75,10 @@ KIND_ORDER = (
     Kind.PUBSUB_TOPIC,
     Kind.PUBSUB_SUBSCRIPTION,
     Kind.BIGQUERY_TABLE,
+    # issue 12: views read the tables above; row access policies filter them.
+    Kind.BIGQUERY_VIEW,
+    Kind.BIGQUERY_MATERIALIZED_VIEW,
+    Kind.BIGQUERY_ROW_ACCESS_POLICY,
     # Jobs read and write everything above: launched after it, and deleted (drained) before it.
     Kind.DATAFLOW_JOB,
     # What feeds a source's topic starts once the subscription and its job are there.
@@ -413,6 +417,10 @@ def _job_consequence(job: Resource, action: Action) -> str:
     """
     if job.kind == Kind.DATASTREAM_STREAM:
         return _stream_consequence(job, action)
+    if job.kind == Kind.BIGQUERY_MATERIALIZED_VIEW and action in (Action.REPLACE, Action.DELETE):  # issue 12
+        return (" — the materialized view is dropped and created anew: BigQuery recomputes the whole view from its "
+                "base tables (a full scan, billed), and queries read the base tables until it has"
+                if action == Action.REPLACE else " — its computed result is dropped")
     if job.kind != Kind.DATAFLOW_JOB:
         return ""
     streaming = bool(job.spec.get("streaming"))

@@ -76,6 +76,10 @@ class Kind(StrEnum):
     MONITORING_NOTIFICATION_CHANNEL = "monitoring_notification_channel"
     MONITORING_ALERT_POLICY = "monitoring_alert_policy"
     MONITORING_DASHBOARD = "monitoring_dashboard"
+    # issue 12: the serving layer (reconciler/serving.py, providers/bigquery_views.py)
+    BIGQUERY_VIEW = "bigquery_view"
+    BIGQUERY_MATERIALIZED_VIEW = "bigquery_materialized_view"
+    BIGQUERY_ROW_ACCESS_POLICY = "bigquery_row_access_policy"
 
 
 # Kinds whose resources hold data (see "Data-holding resources" above): never deleted or
@@ -91,6 +95,8 @@ DATA_KINDS = frozenset({
     # Its replication position: a recreated stream starts over (a new backfill of every table, read
     # from its replication slot anew), and a deleted one leaves its slot retaining WAL.
     Kind.DATASTREAM_STREAM,
+    # issue 12: its computed result - a replacement recomputes the whole view from its base tables.
+    Kind.BIGQUERY_MATERIALIZED_VIEW,
 })
 
 # Per kind, spec keys whose value is a settings object compared only on the sub-keys the desired
@@ -212,6 +218,28 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
         "enabled": "bool: job status ENABLED (else DISABLED)",
         "service_agent_grants": "bool: the Storage Transfer service agent holds roles/storage.legacyBucketWriter "
                                 "and roles/storage.objectViewer on the sink bucket, roles/pubsub.publisher on the topic",
+    },
+    # issue 12: the serving layer (reconciler/serving.py; providers/bigquery_views.py). Names are
+    # <dataset>.<view> and <dataset>.<table>.<policy>.
+    Kind.BIGQUERY_VIEW: {
+        "query": "the view's SQL, normalized (reconciler.sqltext: whitespace, keyword case and comments do not count); "
+                 "updated in place",
+        "description": "str",
+        "authorized_on": "[dataset]: datasets whose access list authorizes the view (entries merged, never replaced)",
+    },
+    Kind.BIGQUERY_MATERIALIZED_VIEW: {
+        "query": "normalized SQL (immutable: a change replaces the view, which BigQuery recomputes in full)",
+        "enable_refresh": "bool",
+        "refresh_interval_ms": "int | None (BigQuery's default, 30 min)",
+        "max_staleness_s": "int | None",
+        "time_partitioning": "{type: DAY, field} | None: the base table's, when the view selects its field (immutable)",
+        "clustering_fields": "[str] | None: the base table's that the view selects (immutable)",
+        "description": "str",
+    },
+    Kind.BIGQUERY_ROW_ACCESS_POLICY: {
+        "table": "dataset.table it filters (immutable)",
+        "grantees": "[IAM principal] sorted",
+        "filter": "normalized SQL boolean expression",
     },
     # issue 11: Cloud Monitoring (docs/monitoring.md). Hold no data; ids are the server's.
     Kind.MONITORING_NOTIFICATION_CHANNEL: {

@@ -23,7 +23,7 @@ def test_apply_creates_everything_then_plan_is_empty():
     engine, provider, state = engine_and_state()
     plan = engine.plan(state)
     result = engine.apply(plan)
-    assert result.ok and result.count(OK) == len(plan.actionable) == 67
+    assert result.ok and result.count(OK) == len(plan.actionable) == 98
     assert not engine.plan(state).has_changes
 
 
@@ -146,4 +146,4 @@ def test_cli_apply_asks_and_only_yes_applies(monkeypatch, capsys):
     assert cli.main(["apply", "--repo", str(EXAMPLE)]) == 1, "'y' is not 'yes'"
     assert provider.objects == {}
     assert cli.main(["apply", "--repo", str(EXAMPLE)]) == 0
-    assert len(provider.objects) == 67
+    assert len(provider.objects) == 98

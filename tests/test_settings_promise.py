@@ -33,11 +33,7 @@ from reconciler.yamlsrc import load_yaml
 DOCUMENTATION_ONLY: dict[str, str] = {}
 
 # Fields an open issue realizes; until then they are parsed and documented as such.
-PENDING = {
-    "connector.serving.third_party_api": "issue 12 (serving layer)",
-    "connector.serving.reporting": "issue 12 (serving layer)",
-    "connector.serving.ml_features": "issue 12 (serving layer)",
-}
+PENDING: dict[str, str] = {}
 
 # Fields that accept one value only today (others are refused at validate with the reason).
 SINGLE_VALUE = {
@@ -214,6 +210,27 @@ CHANGES: dict[str, tuple[str, Any]] = {
     # for the health model, are also the alert policy's thresholds.)
     "connector.monitoring.alert_email": ("orders", "ops@example.com"),
     "connector.monitoring.metrics": ("orders", ["dead_letters"]),
+    # issue 12: the serving layer (reconciler/serving.py): views, the data API, feature tables.
+    "connector.serving.third_party_api": ("clickstream", True),
+    "connector.serving.reporting.views[].name": ("orders", "by_customer"),
+    "connector.serving.reporting.views[].sql": ("orders", "SELECT customer_id FROM gold.orders_daily"),
+    "connector.serving.reporting.views[].materialized": ("orders", False),
+    "connector.serving.reporting.views[].refresh_interval": ("orders", "1h"),
+    "connector.serving.reporting.views[].max_staleness": ("orders", "1h"),
+    "connector.serving.reporting.row_access[].name": ("orders", "partners"),
+    "connector.serving.reporting.row_access[].table": ("orders", "orders_daily"),
+    "connector.serving.reporting.row_access[].principals": ("orders", ["user:ana@example.com"]),
+    "connector.serving.reporting.row_access[].filter": ("orders", "customer_id = 'C-2'"),
+    "connector.serving.ml_features.entity_key": ("orders", "order_id"),
+    "connector.serving.ml_features.features": ("orders", ["max(amount) as biggest"]),
+    "connector.serving.ml_features.windows": ("orders", ["14d"]),
+    "platform.api.clients": ("platform", {"other": {"secret_name": "other-secret", "scopes": ["payments:read"]}}),
+    "platform.api.image": ("platform", "europe-docker.pkg.dev/p/hw/api:2"),
+    "platform.api.issuer": ("platform", "https://api.example.com"),
+    "platform.api.max_instances": ("platform", 2),
+    "platform.api.requests_per_hour": ("platform", 50),
+    "platform.api.service_account": ("platform", "api@p.iam.gserviceaccount.com"),
+    "platform.api.signing_secret_name": ("platform", "other-key"),
 }
 
 
@@ -277,6 +294,7 @@ def _repo(tmp_path: Path) -> Path:
                                                     "role_arn": "arn:aws:iam::123456789012:role/transfer"},
                     schema={"file": "schemas/transfer.json"})
     transfer["processing"].pop("silver_to_gold", None)
+    transfer.pop("serving", None)  # serving needs Gold tables (issue 12)
     (repo / "connectors" / "transfer.yaml").write_text(yaml.safe_dump(transfer, sort_keys=False))
     azure = {**transfer, "source_id": "azure_transfer", "schema": {"file": "schemas/azure_transfer.json"},
              "ingestion": {"pattern": "cloud_transfer", "source_type": "azure_blob", "source_bucket": "exports",
@@ -383,6 +401,20 @@ def _edit(repo: Path, target: str, path: str, value: Any) -> None:
         data["processing"]["bronze_to_silver"][1]["data_quality"]["rules"] = [
             {"field": "customer_id", "check": "regex", "pattern": "^C"} if "pattern" in path or "field" in path
             else {"field": "currency", "check": "allowed_values", "values": ["EUR"]}]
+        _set(data, parts, value)
+    elif path.endswith("views[].materialized"):  # refresh settings are a materialized view's only
+        for view in data["serving"]["reporting"]["views"]:
+            view.pop("refresh_interval", None)
+            view.pop("max_staleness", None)
+        _set(data, parts, value)
+    elif path.endswith("aggregate.table") and "serving" in data:  # the view reading it follows the name
+        for view in data["serving"].get("reporting", {}).get("views", []):
+            view["sql"] = view["sql"].replace("orders_daily", value)
+        _set(data, parts, value)
+    elif ".row_access[]." in path:  # issue 12: the example declares no row access policy
+        data["serving"]["reporting"]["row_access"] = [{"name": "eu", "table": "orders_daily",
+                                                       "principals": ["group:eu@example.com"],
+                                                       "filter": "customer_id = 'C-1'"}]
         _set(data, parts, value)
     elif ".lifecycle." in path:
         zone = data.setdefault("zones", {}).setdefault(parts[1], {}) or {}

@@ -77,6 +77,13 @@ class RunGoldQuery(beam.DoFn):
 
 
 def build(pipeline: beam.Pipeline, spec: PipelineSpec) -> beam.PCollection:
+    if spec.features is not None:  # issue 12: a point-in-time feature table (beam/common/features.py)
+        from beam.common.features import compile_features_sql
+
+        assert spec.silver_table is not None, "$.silver.table: the features read Silver"
+        sql = compile_features_sql(spec.table_ref(spec.silver_table), spec.features)
+        return (pipeline | "FeaturesSql" >> beam.Create([sql])
+                | "RunFeaturesQuery" >> beam.ParDo(RunGoldQuery(spec.project, spec.features.table)))
     sql = compile_gold_sql(spec)  # compiled at launch: a bad expression fails before any job runs
     assert spec.gold is not None
     return (

@@ -197,6 +197,7 @@ class PipelineSpec:
     dead_letter_topic: str | None = None
     gold: Gold | None = None
     cdc: Cdc | None = None  # datastream_to_bigquery only (see "database_cdc" below)
+    features: Any = None  # bigquery_to_bigquery only: a beam.common.features.Features (issue 12)
 
     def field_at(self, path: str) -> Field | None:
         """The schema field a dotted path names, or None. Paths do not descend into REPEATED."""
@@ -247,7 +248,7 @@ def parse_spec(doc: Any) -> PipelineSpec:
     cdc_doc = isinstance(doc, Mapping) and "cdc" in doc
     d = _obj(doc, "$", required={"source_id"} | (set() if cdc_doc else {"schema"}),
              optional={"version", "project", "input", "deduplication", "data_quality", "bronze", "cdc", "schema",
-                       "silver", "dead_letter", "gold"})
+                       "silver", "dead_letter", "gold", "features"})
     if d.get("version", SPEC_VERSION) != SPEC_VERSION:
         raise SpecError(f"$.version: only version {SPEC_VERSION} is understood, got {d['version']!r}")
     source_id = _str(d["source_id"], "$.source_id")
@@ -316,6 +317,10 @@ def parse_spec(doc: Any) -> PipelineSpec:
         updates["gold"] = _gold(d["gold"], project)
     if cdc_doc:
         updates["cdc"] = _cdc(d["cdc"], project)
+    if d.get("features") is not None:  # issue 12: ML feature tables (beam/common/features.py)
+        from beam.common.features import parse_features
+
+        updates["features"] = parse_features(d["features"], project, fields)
 
     return replace(spec, **updates)
 

@@ -292,9 +292,9 @@ def test_observe_lists_once_per_service_whatever_the_number_of_jobs(fake):
     ]
     assert fake.requests[1].query["pageSize"] == "500"
 
-    fake.scheduler_page_size = 2  # more jobs than a page: the pages of one list
+    fake.scheduler_page_size = 3  # more jobs than a page (6): the pages of one list
     before = provider.api_calls()["scheduler.list_jobs"]
-    assert len([r for r in provider.observe(Kind.DATAFLOW_JOB) if not r.spec["streaming"]]) == len(BATCH) == 4
+    assert len([r for r in provider.observe(Kind.DATAFLOW_JOB) if not r.spec["streaming"]]) == len(BATCH) == 6  # 3 gold jobs, a sweep, 2 feature jobs (issue 12)
     calls = provider.api_calls()
     assert calls["scheduler.list_jobs"] - before == 2 and calls["scheduler.create_job"] == len(BATCH)
 
