@@ -133,7 +133,9 @@ def test_drift_is_reported_and_alerted_once_without_self_heal(desired_repo, star
     status = wait_for(drift_seen, what="drift in /status")
     [entry] = status["drift"]["resources"]
     assert entry["address"] == "pubsub_subscription.orders-ingest" and entry["state"] == "drifted"
-    assert entry["fields"] == [{"path": "ack_deadline_seconds", "live": 30, "desired": 60}]
+    assert [{k: f[k] for k in ("path", "live", "desired")} for f in entry["fields"]] == [
+        {"path": "ack_deadline_seconds", "live": 30, "desired": 60}]
+    assert entry["fields"][0]["origin"]["field"] == "pubsub.ack_deadline_seconds"  # who set it: test_daemon_health.py
     samples = scrape(base)
     assert value(samples, "headwater_drift_resources", kind="pubsub_subscription") == 1
     assert value(samples, "headwater_resources", kind="pubsub_subscription", state="drifted") == 1
