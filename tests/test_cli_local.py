@@ -47,8 +47,8 @@ def test_demo_converges_and_cleans_up(tmp_path, capsys):
     state_dir = tmp_path / "state"
     assert cli.main(["demo", "--state-dir", str(state_dir)]) == 0
     out, err = capsys.readouterr()
-    assert "Plan: 84 to create" in out
-    assert "Apply complete: 84 succeeded, 0 failed, 0 skipped" in out
+    assert "Plan: 98 to create" in out
+    assert "Apply complete: 98 succeeded, 0 failed, 0 skipped" in out
     assert "No changes. Live state matches the desired state." in out
     # The sample data went through the local jobs: bad and duplicate records included.
     assert ("orders: 23 records sent -> Silver 16 rows, dead letters 5 (1 dq_allowed_values, 1 dq_positive_number, "
@@ -61,6 +61,11 @@ def test_demo_converges_and_cleans_up(tmp_path, capsys):
             "Gold: none") in out
     assert ("postgres_orders: 6 rows backfilled + 9 row changes in PostgreSQL -> Bronze 15 change events, Silver 8 "
             "rows (orders 2, order_items 3, customers 3) = the tables' current state in PostgreSQL") in out
+    # issue 12: the serving layer once Gold is there (reconciler/serving_demo.py).
+    assert "orders: features orders 10 rows (0 using data after their feature_timestamp)" in out
+    assert "orders: reporting view reporting.orders_daily 10 rows" in out
+    assert "orders_daily 10 rows in 2 pages of 5 with a token for partner-acme" in out
+    assert "/api/v1/orders_daily?limit=5" in out and "/oauth/token" in out
     assert "Demo complete: the platform converged and moved the sample data." in out
     assert "ended with exit code" not in out, "every run succeeded (batch runs also move their files to Bronze)"
     assert local.load(state_dir) is None, "the demo stops the emulators it started"
