@@ -294,6 +294,7 @@ def _repo(tmp_path: Path) -> Path:
                                                     "role_arn": "arn:aws:iam::123456789012:role/transfer"},
                     schema={"file": "schemas/transfer.json"})
     transfer["processing"].pop("silver_to_gold", None)
+    transfer.pop("serving", None)  # no Gold tables: nothing to serve
     transfer.pop("serving", None)  # serving needs Gold tables (issue 12)
     (repo / "connectors" / "transfer.yaml").write_text(yaml.safe_dump(transfer, sort_keys=False))
     azure = {**transfer, "source_id": "azure_transfer", "schema": {"file": "schemas/azure_transfer.json"},
