@@ -51,6 +51,10 @@ class DesiredRepo:
         for zone in ("landing", "bronze", "silver"):
             platform["zones"].setdefault(zone, {})["bucket"] = f"{unique}-{zone}"
         self.write("platform.yaml", yaml.safe_dump(platform, sort_keys=False))
+        if "orders" in sources:  # its gold join reads reference.customers, which a plan checks exists
+            from helpers import seed_reference_tables
+
+            seed_reference_tables(project)
         for source in sources:
             connector = (EXAMPLE / "connectors" / f"{source}.yaml").read_text()
             connector = connector.replace("landing-headwater-demo-europe-west1", f"{unique}-landing")
