@@ -446,7 +446,7 @@ def live_schema_problems(state: Any, provider: Any) -> list[Any]:
         if source.connector.ingestion.pattern != "database_cdc" or not source.tables:
             continue
         name = profile_id(source.connector.ingestion.connection_profile)
-        profile = next((r.spec for r in platform_resources(platform, "", (), {}) if r.name == name), None)
+        profile = next((r.spec for r in platform_resources(platform, "", [source], {}) if r.name == name), None)
         if profile is None:
             continue
         try:
@@ -510,9 +510,14 @@ def _table_problems(source: Any, index: int, table: Table, columns: dict[str, st
 
 def platform_resources(platform: Platform, landing_bucket: str, sources: Any, labels: Mapping[str, str]
                        ) -> Iterator[Resource]:
-    """The connection profiles: every one platform.yaml declares, and the landing bucket's when a
-    source streams into it."""
+    """The connection profiles the platform's database_cdc sources use (a profile no source names
+    is not created: Datastream would validate connectivity to a database nothing reads), and the
+    landing bucket's when a source streams into it."""
+    used = {profile_id(s.connector.ingestion.connection_profile) for s in sources
+            if s.connector.ingestion.pattern == "database_cdc"}
     for name, profile in sorted(platform.datastream.connection_profiles.items()):
+        if name not in used:
+            continue
         spec: dict[str, Any] = {"type": profile.database_type, "host": profile.host, "port": profile.effective_port,
                                 "user": profile.user, "password_secret": profile.password_secret}
         if profile.database_type == "postgresql":  # MySQL's default database is headwater's alone
