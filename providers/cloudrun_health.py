@@ -12,7 +12,8 @@ ONE ``list_services`` for the region (the same call observe makes), then per ser
   account on Cloud Run mints one, user credentials cannot and the poll is then reported as not
   observable). The connector answers 503 when its last successful poll is older than three poll
   intervals plus five minutes (connector/README.md): Degraded with its last outcome and error;
-  ``last_success_at`` is the signal. One request per poller per check, `HEALTHZ_TIMEOUT_S`.
+  ``last_success_at`` is the signal. One request per poller per check, eight at a time, each
+  within `HEALTHZ_TIMEOUT_S`.
   The caller needs ``run.routes.invoke`` on a private service.
 
 Verified here against the client library's types through REST transport (tests/fake_cloudrun.py)
@@ -22,6 +23,7 @@ shows, and the ID token's audience Cloud Run accepts (the service URL).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import urllib.error
 import urllib.request
@@ -35,6 +37,7 @@ from reconciler.resources import Kind, Resource
 
 ConditionState = run_v2.Condition.State
 HEALTHZ_TIMEOUT_S = 5.0
+PARALLEL_HEALTHZ = 8
 
 
 def default_token(audience: str) -> str:
@@ -77,6 +80,12 @@ def service_health(provider: Any, resources: Sequence[Resource],
         return {}
     token = token or getattr(provider, "id_token", None) or default_token
     services = {_short(s.name): s for s in provider._list()}
+    # The pollers' /healthz, eight at a time (each bounded by HEALTHZ_TIMEOUT_S).
+    pollers = {name: services[name].uri for name, r in declared.items()
+               if name in services and services[name].uri
+               and (r.spec.get("connector") or {}).get("connector_type") == "rest_api"}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL_HEALTHZ) as pool:
+        answers = dict(zip(pollers, pool.map(lambda uri: fetch_healthz(uri, token), pollers.values()), strict=True))
     observations: dict[str, Observation] = {}
     for name, resource in declared.items():
         service = services.get(name)
@@ -95,11 +104,10 @@ def service_health(provider: Any, resources: Sequence[Resource],
                 Health.PROGRESSING, f"revision {_short(service.latest_created_revision) or '?'} is rolling out")
             continue
         ready = f"revision {_short(service.latest_ready_revision)} ready"
-        polling = ((resource.spec.get("connector") or {}).get("connector_type") == "rest_api")
-        if not polling or not service.uri:
+        if name not in answers:  # a webhook receiver: readiness is its health
             observations[resource.address] = Observation(Health.HEALTHY, ready)
             continue
-        status, report, problem = fetch_healthz(service.uri, token)
+        status, report, problem = answers[name]
         last = report.get("last_success_at")
         signals = {"last_success_at": parse_time(last)} if last else {}
         if status is None:
