@@ -117,13 +117,16 @@ def transfer_sweep(attributes: Mapping[str, str], data: bytes | None, message_id
                          message_id)
 
 
-def sweep_files(sweep: TransferSweep, input_pattern: str) -> list[files.FileInfo]:
-    """The files of ``input_pattern`` a finished transfer run may have copied (created since it began)."""
+def sweep_files(sweep: TransferSweep, input_pattern: str) -> list[FileEvent]:
+    """The files of ``input_pattern`` a finished transfer run may have copied (created since it
+    began), each as a :class:`FileEvent` of the completion message: the claimant is then that
+    message (``event:<run>:transfer-<message id>``), so two completions swept close together are two
+    claimants - the second never takes the first's claim for a retry of its own."""
     found = files.match(input_pattern)
-    if not sweep.since:
-        return found
-    since = dt.datetime.fromisoformat(sweep.since)
-    return [f for f in found if not f.created or dt.datetime.fromisoformat(f.created) >= since]
+    if sweep.since:
+        since = dt.datetime.fromisoformat(sweep.since)
+        found = [f for f in found if not f.created or dt.datetime.fromisoformat(f.created) >= since]
+    return [FileEvent(f, f"transfer-{sweep.message_id}") for f in found]
 
 
 class ParseFileEvents(beam.DoFn):

@@ -125,3 +125,17 @@ def test_a_completion_sweeps_only_what_the_run_can_have_copied(
     assert source.rows(BRONZE) == 0
     source.stream([completion(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))], run_id="run2")
     assert source.rows(BRONZE) == expected.records_in
+
+
+def test_two_completions_close_together_still_ingest_each_file_once(
+        emulators: Any, project_id: str, unique: str) -> None:
+    # Two runs seconds apart (the demo runs the job twice): their sweeps meet the same files while
+    # the first is still reading them. Each completion is its own claimant, so the second sweep
+    # finds the first's claim held, not a retry of its own.
+    payloads, expected = generate(40, seed=45)
+    source = kept(Source(project_id, unique))
+    started = dt.datetime.now(dt.UTC)
+    source.land("orders/a.json", payloads)
+    source.stream([completion(started, message_id="t1"), completion(started, message_id="t2")])
+    assert source.rows(BRONZE) == expected.records_in
+    assert source.rows(SILVER) == expected.valid
