@@ -110,10 +110,14 @@ def iso_from_us(micros: int) -> str:
 
 
 def pg_lsn(value: Any) -> int:
-    """PostgreSQL's ``X/Y`` LSN (hex halves) as one integer; ValueError otherwise."""
+    """PostgreSQL's LSN as one integer: ``X/Y`` (hex halves, PostgreSQL's own text form), or the
+    64-bit number itself (a number, or decimal digits); ValueError otherwise."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    high, sep, low = str(value).partition("/")
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    high, sep, low = text.partition("/")
     if not sep:
         raise ValueError(f"not an LSN: {value!r}")
     return (int(high, 16) << 32) | int(low, 16)

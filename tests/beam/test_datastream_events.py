@@ -55,6 +55,7 @@ def test_timestamps_in_both_of_datastreams_forms_and_epoch_millis():
 
 def test_lsn_orders_numerically_not_as_text():
     assert pg_lsn("0/FFFFFFFF") < pg_lsn("1/0") and pg_lsn("0/9") < pg_lsn("0/10")
+    assert pg_lsn("1/0") == pg_lsn(1 << 32) == pg_lsn(str(1 << 32)), "the number itself, in either form"
     parser = ChangeParser(spec().cdc.tables, "postgresql")
     early = parser.parse(event(lsn="0/9", uuid="a"), "o")[0]
     late = parser.parse(event(lsn="0/10", uuid="b"), "o")[0]
