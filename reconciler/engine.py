@@ -133,14 +133,25 @@ class Engine:
 def missing_secrets(state: DesiredState, store: Any) -> list[Problem]:
     """One problem per reference to a secret that ``store`` does not hold (by id; never a value)."""
     refs = [ref for source in state.sources for ref in source.secrets]
-    if not refs:
+    # Services the platform itself runs (the data API) mount secrets that platform.yaml names.
+    from reconciler.compile import compile_resources
+    from reconciler.resources import Kind as _Kind
+
+    mounted = {secret: service.address for service in compile_resources(state)
+               if service.kind == _Kind.CLOUD_RUN_SERVICE for secret in (service.spec.get("secrets") or {}).values()}
+    named = {ref.secret_id for ref in refs}
+    if not refs and not mounted:
         return []
-    missing = store.missing(sorted({ref.secret_id for ref in refs}))
+    missing = store.missing(sorted(named | set(mounted)))
     where = getattr(store, "location", "Secret Manager")
-    return [Problem(ref.file, ref.line, ref.column, ref.field,
-                    f"secret {ref.secret_id!r} does not exist in {where}; create it before applying "
-                    "(headwater reads only its metadata; the connector reads its value at run time)")
-            for ref in refs if ref.secret_id in missing]
+    problems = [Problem(ref.file, ref.line, ref.column, ref.field,
+                        f"secret {ref.secret_id!r} does not exist in {where}; create it before applying "
+                        "(headwater reads only its metadata; the connector reads its value at run time)")
+                for ref in refs if ref.secret_id in missing]
+    problems += [Problem("platform.yaml", 1, 1, "", f"secret {secret!r} (mounted by {address}) does not exist in "
+                                                    f"{where}; create it before applying")
+                 for secret, address in sorted(mounted.items()) if secret in missing and secret not in named]
+    return problems
 
 
 def plan_options(state: DesiredState, *, prune: bool = False, allow_destroy: bool = False,

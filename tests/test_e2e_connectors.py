@@ -72,6 +72,8 @@ def platform(emulators, tmp_path_factory):
     secrets.mkdir()
     (secrets / "payments-api-key").write_text(API_TOKEN)
     (secrets / "shipments-webhook-key").write_text(WEBHOOK_KEY)
+    for other in ("data-api-signing-key",):  # what the example's other services mount
+        (secrets / other).write_text("0123456789abcdef" * 4)  # a 64-hex-digit signing key
     saved = {name: os.environ.get(name) for name in ("HEADWATER_LOCAL_JOBS", "HEADWATER_SECRETS_DIR")}
     os.environ.update(HEADWATER_LOCAL_JOBS="run", HEADWATER_SECRETS_DIR=str(secrets))
     state_dir = Path(os.environ["HEADWATER_STATE_DIR"])
