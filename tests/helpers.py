@@ -68,12 +68,23 @@ def seed_reference_tables(project: str) -> None:
         bigquery_data.ensure_table_with_rows(project, f"{project}.{ref['table']}", ref["schema"], ref["rows"])
 
 
-def write_local_secrets(*secret_ids: str, value: str = "not-a-real-credential") -> None:
-    """Create the connectors' secrets where the local runner reads them (the session's state dir,
-    see tests/conftest.py): with the emulators, a plan checks that every named secret exists."""
+# Every secret the example platform names, with a value of the shape its runtime accepts.
+EXAMPLE_SECRETS = {
+    "payments-api-key": "not-a-real-credential",
+    "shipments-webhook-key": "not-a-real-credential",
+    "shop-postgres-password": "not-a-real-password",
+    "data-api-signing-key": "0123456789abcdef" * 4,  # the data API wants at least 32 bytes
+    "data-api-client-partner-acme": "not-a-real-client-secret",
+}
+
+
+def write_local_secrets(*secret_ids: str, value: str | None = None) -> None:
+    """Create secrets where the local runner reads them (``$HEADWATER_SECRETS_DIR``, else the state
+    dir's ``secrets/``, see tests/conftest.py): with the emulators, a plan checks that every secret
+    it mounts exists. No ids: all of the example's (`EXAMPLE_SECRETS`)."""
     import os
 
     directory = Path(os.environ.get("HEADWATER_SECRETS_DIR") or Path(os.environ["HEADWATER_STATE_DIR"]) / "secrets")
     directory.mkdir(parents=True, exist_ok=True)
-    for secret_id in secret_ids:
-        (directory / secret_id).write_text(value)
+    for secret_id in secret_ids or tuple(EXAMPLE_SECRETS):
+        (directory / secret_id).write_text(value or EXAMPLE_SECRETS.get(secret_id, "not-a-real-credential"))

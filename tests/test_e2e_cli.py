@@ -26,7 +26,11 @@ from reconciler import cli
 def repo(tmp_path, emulators, project_id, unique):
     repo = copy_example(tmp_path, sources=["orders", "payments"])
     isolate_platform(repo, project_id, unique)
-    write_local_secrets("payments-api-key")
+    # The serving layer has its own end-to-end test (tests/test_serving_layer_e2e.py); this one is
+    # about the lifecycle of what ingestion compiles to.
+    for connector in (repo / "connectors").glob("*.yaml"):
+        edit_yaml(connector, lambda d: (d.pop("serving", None), d.pop("features", None)))
+    write_local_secrets()
     yield repo
     # apply starts the Dataflow jobs on the local runner: stop this test's.
     stop_all(Path(os.environ["HEADWATER_STATE_DIR"]), project_id)
@@ -81,7 +85,10 @@ def test_platform_lifecycle(repo, project_id, unique, capsys):
     drift = {d["address"]: d for d in json.loads(out)["drift"]}
     assert set(drift) == {"pubsub_subscription.orders-ingest", f"storage_bucket.{unique}-bronze"}
     ack = drift["pubsub_subscription.orders-ingest"]["fields"]
-    assert ack == [{"path": "ack_deadline_seconds", "live": 30, "desired": 60}]
+    assert [{k: f[k] for k in ("path", "live", "desired")} for f in ack] == [
+        {"path": "ack_deadline_seconds", "live": 30, "desired": 60}]
+    # ...and names the setting that wants 60 (a copied repo has no git history to blame).
+    assert (ack[0]["origin"]["file"], ack[0]["origin"]["field"]) == ("platform.yaml", "pubsub.ack_deadline_seconds")
     lifecycle_paths = [f["path"] for f in drift[f"storage_bucket.{unique}-bronze"]["fields"]]
     assert lifecycle_paths and all(p.startswith("lifecycle_rules") for p in lifecycle_paths)
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import write_local_secrets
 from support import DesiredRepo, emulator_providers
 
 from reconciler import cli, pr
@@ -90,21 +91,21 @@ def test_plan_with_base_prints_the_summary_then_the_plan_with_blocked_changes_ca
     engine = Engine(emulator_providers(base.platform))
     assert engine.apply(engine.plan(base)).ok
     monkeypatch.setenv("HEADWATER_STATE_DIR", str(tmp_path / "state"))  # no shared local-runner state
-    (tmp_path / "state" / "secrets").mkdir(parents=True)  # the connectors' secrets, as files locally
-    for secret in ("payments-api-key", "shipments-webhook-key"):
-        (tmp_path / "state" / "secrets" / secret).write_text("not-a-real-token")
+    write_local_secrets()  # the example's secrets, as files in the local secrets directory
     two_sources.repo.git.checkout("-b", "feature")
     schema = json.loads(two_sources.read("schemas/orders.json"))
     amount = next(f for f in schema["fields"] if f["name"] == "amount")
     amount["type"] = "STRING"  # an incompatible change: the schema-evolution gate blocks it
     two_sources.write("schemas/orders.json", json.dumps(schema, indent=2))
+    # The features summed over amount would no longer validate: this PR drops them too.
+    two_sources.edit_yaml("connectors/orders.yaml", lambda d: d.pop("serving", None))
     two_sources.repo.git.add("-A")
     two_sources.repo.index.commit("amount becomes a string")
     capsys.readouterr()
 
     code = cli.main(["plan", "--repo", str(two_sources.work_path), "--base", "main", "--format", "markdown"])
-    out = capsys.readouterr().out
-    assert code == 2
+    out, err = capsys.readouterr()
+    assert code == 2, err
     assert out.startswith(pr.MARKER)
     assert out.index("what this PR changes") < out.index("headwater plan for revision")
     assert "`~amount: " in out and "→ STRING" in out

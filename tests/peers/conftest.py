@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import copy_example, edit_yaml, isolate_platform
+from helpers import copy_example, edit_yaml, isolate_platform, write_local_secrets
 
 from providers import stop_local
 from reconciler import cli
@@ -28,6 +28,9 @@ def platform_repo(tmp_path, emulators, project_id, unique):
         for connector in (repo / "connectors").glob("*.yaml"):
             edit_yaml(connector, lambda d: d.get("processing", {}).update(
                 silver_to_gold=[s for s in d.get("processing", {}).get("silver_to_gold", []) if "join" not in s]))
+        for connector in (repo / "connectors").glob("*.yaml"):  # nor the serving layer's views and jobs
+            edit_yaml(connector, lambda d: (d.pop("serving", None), d.pop("features", None)))
+        write_local_secrets()  # what the example's services mount: a plan checks they exist
         made.append(repo)
         return repo
 
