@@ -85,9 +85,9 @@ def table_health(provider: Any, resources: Sequence[Resource]) -> dict[str, Obse
         signals: dict[str, Any] = {"created_at": _ts(table.created)}
         if emulator:
             # EMULATOR DEPARTURE (module docstring): lastModifiedTime never moves there.
-            rows = provider._query(f"SELECT MAX(`{INGESTED_AT}`) AS newest FROM `{provider._table_ref(resource.name)}`",
-                                   location=None)
-            newest = rows[0].get("newest") if rows else None
+            result = provider._query(f"SELECT MAX(`{INGESTED_AT}`) AS newest FROM `{provider._table_ref(resource.name)}`",
+                                     location=None)
+            newest = result[0].get("newest") if result else None
             signals.update(last_record_at=_ts(newest), freshness_basis=EMULATOR_BASIS)
         else:
             candidates = [_ts(table.modified)]

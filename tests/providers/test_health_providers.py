@@ -376,6 +376,7 @@ def test_freshness_and_rows_from_the_tables_on_the_emulator(emulators, project_i
     assert signals["bigquery_table.silver.x"].signals["last_record_at"] == \
         dt.datetime(2026, 11, 30, 2, 5, tzinfo=dt.UTC).timestamp()
     assert signals["bigquery_table.bronze.x_raw"].signals["rows"] == 3
+    assert signals["bigquery_table.silver.x"].signals["rows"] == 2, "the query does not replace the row count"
 
 
 def test_freshness_on_bigquery_is_read_from_table_metadata_without_a_query():
