@@ -146,7 +146,7 @@ def test_an_invalid_spec_or_secret_exits_2_naming_the_problem(tmp_path, spec: An
 
 
 def test_a_poller_whose_api_is_unreachable_turns_unhealthy_and_says_why(pubsub, bucket) -> None:
-    from tests.connector.test_health import Closed
+    from tests.connector.test_poller_health import Closed
 
     # A short key ("2026", as in the trial): warned about once, redacted nowhere - the log lines'
     # own timestamps (this year's, too) stay intact.

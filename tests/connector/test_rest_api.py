@@ -174,7 +174,7 @@ def test_a_transport_error_is_retried_then_fails_the_poll(pubsub, bucket, make_p
         def url(self, path: str) -> str:
             return "http://127.0.0.1:9" + path
 
-    # Nothing received: a failed poll, not a partial success (tests/connector/test_health.py).
+    # Nothing received: a failed poll, not a partial success (tests/connector/test_poller_health.py).
     result = make_poller(rest_spec(Closed(), pubsub, bucket, max_retries=1)).poll_once()
     assert result.outcome == "failed" and "ConnectError" in result.error
 

@@ -82,7 +82,9 @@ def test_every_spec_the_reconciler_compiles_parses() -> None:
     from reconciler.resources import Kind
 
     repo = load_repo(Path(__file__).resolve().parents[2] / "desired_state")
-    services = [r for r in compile_resources(repo) if r.kind == Kind.CLOUD_RUN_SERVICE]
+    # The connectors' services (the data API is another runtime with its own spec document).
+    services = [r for r in compile_resources(repo) if r.kind == Kind.CLOUD_RUN_SERVICE
+                and r.spec["command"][-1] == "connector"]
     assert services, "the desired state has streaming_api sources"
     for service in services:
         parse_spec(service.spec["connector"])
