@@ -123,7 +123,8 @@ def platform(tmp_path, emulators, project_id, unique, monkeypatch):
     isolate_platform(repo, project_id, unique)
     # Events published to its topic by the test: the connector (tests/providers/
     # test_localrunner_services.py) is not what this test is about.
-    edit_yaml(repo / "connectors" / "payments.yaml", lambda d: d.update(ingestion={"pattern": "event_streaming"}))
+    edit_yaml(repo / "connectors" / "payments.yaml", lambda d: (d.update(ingestion={"pattern": "event_streaming"}),
+                                                                d.pop("serving", None)))
     state_dir = tmp_path / "state"
     yield repo, state_dir
     stop_all(state_dir)
