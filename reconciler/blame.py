@@ -219,8 +219,10 @@ def missing_origin(state: Any, resource: Resource, revision: str | None = None) 
 
 def blame_lines(root: Path, file: str, first: int, last: int, revision: str | None = None) -> dict[str, Any]:
     """The newest commit among lines ``first..last`` of ``file`` (at ``revision``, or as in the work
-    tree): ``{line, commit, author, email, date, summary}``; empty when git cannot tell."""
-    return dict(_blame(str(Path(root).resolve()), file, first, last, revision))
+    tree): ``{line, commit, author, email, date, summary}``; empty when git cannot tell. A
+    revision's blame never changes and is cached; the work tree's is read each time."""
+    blame = _blame if revision else _blame.__wrapped__
+    return dict(blame(str(Path(root).resolve()), file, first, last, revision))
 
 
 @functools.lru_cache(maxsize=4096)
