@@ -300,7 +300,7 @@ class _Secrets:
 
 
 def test_a_missing_secret_fails_the_plan_with_its_position_and_nothing_is_touched(repo, monkeypatch, capsys):
-    provider, secrets = MemoryProvider(), _Secrets({"payments-api-key", "shop-postgres-password"})
+    provider, secrets = MemoryProvider(), _Secrets({"payments-api-key", "shop-postgres-password", "data-api-signing-key"})
     monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([provider], secrets=secrets))
     assert cli.main(["apply", "--repo", str(repo), "--auto-approve"]) == 1
     err = capsys.readouterr().err
@@ -308,13 +308,13 @@ def test_a_missing_secret_fails_the_plan_with_its_position_and_nothing_is_touche
            "does not exist in Secret Manager (project headwater-demo)" in err
     assert "payments-api-key" not in err, "only the missing secret is named"
     assert provider.calls == {} and provider.objects == {}
-    assert secrets.asked == [["payments-api-key", "shipments-webhook-key", "shop-postgres-password"]], \
+    assert secrets.asked == [["data-api-signing-key", "payments-api-key", "shipments-webhook-key", "shop-postgres-password"]], \
         "one metadata check for all"
 
 
 def test_when_every_secret_exists_the_plan_goes_ahead(repo, monkeypatch):
     provider = MemoryProvider()
-    secrets = _Secrets({"payments-api-key", "shipments-webhook-key", "shop-postgres-password"})
+    secrets = _Secrets({"payments-api-key", "shipments-webhook-key", "shop-postgres-password", "data-api-signing-key"})
     monkeypatch.setattr(cli, "_engine", lambda state, args=None: Engine([provider], secrets=secrets))
     assert cli.main(["plan", "--repo", str(repo)]) == 2  # changes: everything is to create
 
