@@ -98,16 +98,20 @@ def test_push_and_webhook_converge_within_seconds_and_bad_signatures_change_noth
     assert value(samples, "headwater_apply_operations_total", kind="pubsub_subscription", action="update",
                  result="ok") == 2
     assert value(samples, "headwater_apply_operations_total", kind="bigquery_table", action="create",
-                 result="ok") == 3
+                 result="ok") == 4  # orders: Bronze raw, Silver, its Gold aggregate, its feature table
     assert value(samples, "headwater_api_requests_total", service="pubsub", code="OK") > 0
     assert value(samples, "headwater_api_requests_total", service="storage", code="OK") > 0
     assert value(samples, "headwater_last_sync_timestamp_seconds") > time.time() - 60
     assert samples["headwater_revision_info"] == [({"revision": second}, 1.0)]
     assert value(samples, "headwater_lock_held") == 1
     assert value(samples, "headwater_ready") == 1
-    # Low cardinality: no resource name in any label value.
+    # Low cardinality: no resource name in any label value; the per-source health series carry the
+    # source id as their one label (bounded by the number of sources), nothing else.
     for name, series in samples.items():
         for labels, _ in series:
+            if name.startswith("headwater_source_"):
+                assert set(labels) <= {"source", "state"}, (name, labels)
+                continue
             assert not any("orders" in v for v in labels.values()), (name, labels)
 
     events = running.logs.events()
