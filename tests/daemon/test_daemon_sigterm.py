@@ -50,12 +50,9 @@ class DaemonProcess:
 
 
 def many_sources(repo: DesiredRepo, count: int) -> None:
-    import yaml
-
     # Copies of orders without its serving block (reporting views and features are named per source).
-    document = yaml.safe_load(repo.read("connectors/orders.yaml"))
-    document.pop("serving", None)
-    connector = yaml.safe_dump(document, sort_keys=False)
+    repo.edit_yaml("connectors/orders.yaml", lambda d: d.pop("serving", None))
+    connector = repo.read("connectors/orders.yaml")
     schema = repo.read("schemas/orders.json")
     for i in range(count):
         source = f"orders_{i:03d}"

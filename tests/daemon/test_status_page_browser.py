@@ -80,6 +80,8 @@ def add_source(repo, source_id: str, sla_minutes: int) -> None:
     text = text.replace("sla_minutes: 60", f"sla_minutes: {sla_minutes}")
     text = text.replace('display_name: "Web shop orders"', f'display_name: "Orders {source_id[-2:].upper()}"')
     repo.write(f"connectors/{source_id}.yaml", text)
+    # Not orders' serving layer: its reporting views and feature tables are named after orders.
+    repo.edit_yaml(f"connectors/{source_id}.yaml", lambda d: d.pop("serving", None))
     schema = json.loads(repo.read("schemas/orders.json"))
     schema["source_id"] = source_id
     repo.write(f"schemas/{source_id}.json", json.dumps(schema, indent=2))
