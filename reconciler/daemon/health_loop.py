@@ -63,6 +63,7 @@ class HealthMonitor:
             health = health.with_last_applies({sid: dict(a) for sid, a in self._applies.items()})
             self.last, self.last_error = health, None
         self.metrics.set_source_health(health.sources)
+        self._write_freshness(state, engine, health, log)
         unhealthy = {s.source_id: str(s.health) for s in health.sources if s.health != Health.HEALTHY}
         log.info("health.checked", health=str(health.health), unhealthy=unhealthy)
         conditions, undecided = conditions_of(health)
@@ -70,6 +71,20 @@ class HealthMonitor:
                       for key, (kind, summary, details) in conditions.items()}
         self.alerts.health(conditions, undecided, state.revision)
         return health
+
+    @staticmethod
+    def _write_freshness(state: Any, engine: Any, health: PlatformHealth, log: Any) -> None:
+        """Each source's freshness to Cloud Monitoring, where its alert policy reads it
+        (``custom.googleapis.com/headwater/source_freshness_seconds``, docs/monitoring.md); a
+        provider without that ability (the local stand-in) is skipped. A failed write is logged: the
+        policy counts missing data as a breach, so a daemon that stops writing still pages."""
+        ages = {s.source_id: s.freshness.age_seconds for s in health.sources if s.freshness.age_seconds is not None}
+        writers = {id(p): p for p in getattr(engine, "providers", {}).values() if hasattr(p, "write_freshness")}
+        for writer in writers.values():
+            try:
+                writer.write_freshness(state.platform.environment, ages)
+            except Exception as exc:  # noqa: BLE001 - the health document and alerts stand without it
+                log.error("health.freshness_write_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
     def record_apply(self, plan: Any, result: Any, revision: str | None, at: float | None = None) -> None:
         """A sync applied ``plan``: each source with a change applied (``result``'s outcomes that

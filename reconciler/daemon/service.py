@@ -815,6 +815,12 @@ class _Interruptible:
     def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]:
         return losses_with(self._inner, resources)
 
+    def write_freshness(self, platform: str, ages: Mapping[str, float]) -> None:
+        # Optional ability of the Cloud Monitoring provider: the metric its alert policies read.
+        writer = getattr(self._inner, "write_freshness", None)
+        if writer is not None:
+            writer(platform, ages)
+
     def health(self, resources: Sequence[Resource]) -> Mapping[str, Any]:
         return health_with(self._inner, resources)
 
