@@ -60,7 +60,7 @@ BUDGET_WINDOW = "1h"  # dead letters against the error budget over this window
 DEFAULT_LAG_S = 30 * 60  # a streaming job's system lag, when the source declares no SLA
 CONDITION_WINDOW_S = 5 * 60  # a condition holds this long before it opens an incident
 CHART_PERIOD_S = 60
-FRESHNESS_PERIOD_S = 5 * 60  # the daemon writes once per health interval, not every minute
+FRESHNESS_PERIOD_S = 15 * 60  # the daemon writes once per health interval (default 300 s, jittered): 3 per window
 
 CHANNEL_TYPE = "email"
 
