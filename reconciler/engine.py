@@ -134,11 +134,8 @@ def missing_secrets(state: DesiredState, store: Any) -> list[Problem]:
     """One problem per reference to a secret that ``store`` does not hold (by id; never a value)."""
     refs = [ref for source in state.sources for ref in source.secrets]
     # Services the platform itself runs (the data API) mount secrets that platform.yaml names.
-    from reconciler.compile import compile_resources
-    from reconciler.resources import Kind as _Kind
-
     mounted = {secret: service.address for service in compile_resources(state)
-               if service.kind == _Kind.CLOUD_RUN_SERVICE for secret in (service.spec.get("secrets") or {}).values()}
+               if service.kind == Kind.CLOUD_RUN_SERVICE for secret in (service.spec.get("secrets") or {}).values()}
     named = {ref.secret_id for ref in refs}
     if not refs and not mounted:
         return []
