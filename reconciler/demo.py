@@ -210,6 +210,12 @@ def move_sample_data(state: DesiredState, runner: Any, say: Callable[[str], None
         lines = [line.encode() for p in files for line in p.read_text().splitlines() if line.strip()]
         streaming.append(data)
         if ingestion.pattern == "batch_file":
+            if ingestion.schedule:
+                # The sweep runs once when started on the local runner: let that (empty) run end
+                # first, so the files arrive by their events alone and one job reads them all (the
+                # dedup key is remembered per job: a file read by the sweep and its duplicate read
+                # by the event job would both reach Silver).
+                _wait_until_idle(runner, job_name(sid, "sweep"))
             prefix = job.spec["parameters"]["input_pattern"]
             gz = job.spec["pipeline"].get("input", {}).get("compression") == "gzip"
             for p in files:
