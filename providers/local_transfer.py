@@ -60,7 +60,14 @@ from pathlib import Path
 from typing import Any
 
 from providers.errors import AlreadyExists, PermanentError
-from providers.localprocess import is_alive, spawn, stop_group, write_json_atomic
+from providers.localprocess import (
+    endpoints_in_effect,
+    is_alive,
+    spawn,
+    stale_endpoints,
+    stop_group,
+    write_json_atomic,
+)
 from providers.localrunner import child_env, next_tick
 from providers.secretmanager import LocalSecrets, local_secrets_dir
 from reconciler.resources import PLATFORM_KEY, Kind, Resource
@@ -91,6 +98,7 @@ class TransferRecord:
     secrets_dir: str = ""
     recorded_only: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    endpoints: dict[str, str] | None = None  # the emulators in effect at launch (None: an older record)
 
 
 def transfers_dir(state_dir: Path, project: str) -> Path:
@@ -171,8 +179,13 @@ class LocalTransferProvider:
         for record in load_records(self.state_dir):
             if record.project != self.project:
                 continue
-            if _running(record):
+            stale = stale_endpoints(record.endpoints)
+            if _running(record) and stale is None:
                 live.append(Resource(Kind.STORAGE_TRANSFER_JOB, record.name, record.spec, record.labels))
+            elif stale is not None:
+                # As for the other stand-ins: a process bound to emulators that are gone copies
+                # nothing anyone reads, so it is missing (and relaunched), not running.
+                log.warning("local transfer %s is missing: %s", record.name, stale)
             else:
                 log.warning("local transfer %s has ended; its log: %s", record.name, record.log)
         return live
@@ -181,8 +194,10 @@ class LocalTransferProvider:
         _check_kind(resource.kind)
         with self._lock:
             existing = self._record(resource.name)
-            if existing is not None and _running(existing):
+            if existing is not None and _running(existing) and stale_endpoints(existing.endpoints) is None:
                 raise AlreadyExists(f"local transfer {resource.name} is already running (pid {existing.pid})")
+            if existing is not None:
+                _stop(existing)  # copying through emulators that are gone
             self._check(resource)
             self._launch(resource)
 
@@ -270,6 +285,7 @@ class LocalTransferProvider:
             pid=0, process_start="", spec=json.loads(json.dumps(dict(resource.spec))), labels=dict(resource.labels),
             log=str(log_path), started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             secrets_dir=str(local_secrets_dir(self.state_dir).resolve()), recorded_only=not self.run_jobs,
+            endpoints=endpoints_in_effect(),
         )
         write_json_atomic(record_path, asdict(record))
         if not self.run_jobs:

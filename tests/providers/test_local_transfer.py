@@ -217,3 +217,18 @@ def test_a_missing_topic_fails_loudly(world, tmp_path):
     # A topic that does not exist: the run's copies stay, the publish raises (the process logs it).
     with pytest.raises(gexc.NotFound):
         transfer_once(record_of(world, tmp_path, notification_topic="nope"), world["gcs"], world["publisher"])
+
+
+def test_a_transfer_launched_against_emulators_that_are_gone_is_missing_and_relaunched(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1111")
+    local = LocalTransferProvider("proj", tmp_path, run_jobs=False)
+    wanted = job("landing", "src")
+    local.create(wanted)
+    assert [r.name for r in local.observe(Kind.STORAGE_TRANSFER_JOB)] == ["lake-transfer"]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:2222")  # another `local up`
+    assert local.observe(Kind.STORAGE_TRANSFER_JOB) == [], "bound to the old emulators: missing"
+    local.create(wanted)  # relaunched, not refused as already running
+    (record,) = load_records(tmp_path)
+    assert record.endpoints["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:2222"
+    assert [r.name for r in local.observe(Kind.STORAGE_TRANSFER_JOB)] == ["lake-transfer"]
