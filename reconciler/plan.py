@@ -79,6 +79,14 @@ KIND_ORDER = (
     Kind.BIGQUERY_VIEW,
     Kind.BIGQUERY_MATERIALIZED_VIEW,
     Kind.BIGQUERY_ROW_ACCESS_POLICY,
+    # issue 13: the taxonomy and its tags before the masking policies on them and the columns
+    # they tag; grants on everything above; the audit config last of the project-wide settings.
+    Kind.DATACATALOG_TAXONOMY,
+    Kind.DATACATALOG_POLICY_TAG,
+    Kind.BIGQUERY_DATA_POLICY,
+    Kind.BIGQUERY_COLUMN_POLICY,
+    Kind.IAM_BINDING,
+    Kind.PROJECT_AUDIT_CONFIG,
     # Jobs read and write everything above: launched after it, and deleted (drained) before it.
     Kind.DATAFLOW_JOB,
     # What feeds a source's topic starts once the subscription and its job are there.

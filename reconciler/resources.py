@@ -80,6 +80,13 @@ class Kind(StrEnum):
     BIGQUERY_VIEW = "bigquery_view"
     BIGQUERY_MATERIALIZED_VIEW = "bigquery_materialized_view"
     BIGQUERY_ROW_ACCESS_POLICY = "bigquery_row_access_policy"
+    # issue 13: governance (docs/governance.md): who may read what, column-level security, audit
+    IAM_BINDING = "iam_binding"
+    PROJECT_AUDIT_CONFIG = "project_audit_config"
+    DATACATALOG_TAXONOMY = "datacatalog_taxonomy"
+    DATACATALOG_POLICY_TAG = "datacatalog_policy_tag"
+    BIGQUERY_DATA_POLICY = "bigquery_data_policy"
+    BIGQUERY_COLUMN_POLICY = "bigquery_column_policy"
 
 
 # Kinds whose resources hold data (see "Data-holding resources" above): never deleted or
@@ -97,6 +104,19 @@ DATA_KINDS = frozenset({
     Kind.DATASTREAM_STREAM,
     # issue 12: its computed result - a replacement recomputes the whole view from its base tables.
     Kind.BIGQUERY_MATERIALIZED_VIEW,
+})
+
+# issue 13: kinds whose changes grant, revoke or unmask access (docs/governance.md). The plan flags
+# every change of one as security-relevant (`Change.security`) and lists it under its own heading,
+# so that a reviewer sees access changes before merge. A Cloud Run service counts when its
+# ``public`` setting changes (reconciler.plan decides that per field).
+SECURITY_KINDS = frozenset({
+    Kind.IAM_BINDING,
+    Kind.PROJECT_AUDIT_CONFIG,
+    Kind.DATACATALOG_POLICY_TAG,
+    Kind.BIGQUERY_DATA_POLICY,
+    Kind.BIGQUERY_COLUMN_POLICY,
+    Kind.BIGQUERY_ROW_ACCESS_POLICY,
 })
 
 # Per kind, spec keys whose value is a settings object compared only on the sub-keys the desired
@@ -240,6 +260,39 @@ SPEC_SHAPES: dict[Kind, dict[str, str]] = {
         "table": "dataset.table it filters (immutable)",
         "grantees": "[IAM principal] sorted",
         "filter": "normalized SQL boolean expression",
+    },
+    # issue 13: governance (docs/governance.md, "Contract"). None holds data; IAM and column policies
+    # carry no labels, so which of them are headwater's is told as that document says.
+    Kind.IAM_BINDING: {
+        "target": "address of the resource the role is granted on (bigquery_dataset.silver, storage_bucket.<b>, "
+                  "bigquery_table.bronze.x_raw, pubsub_topic.<t>, pubsub_subscription.<s>, "
+                  "datacatalog_policy_tag.<t>, bigquery_data_policy.<p>, project.<project>) (immutable)",
+        "role": "roles/... (immutable)",
+        "members": "[member] sorted: user:|group:|serviceAccount:|domain: e-mails, or serviceAgent:<service> "
+                   "(the project's service agent of that service, resolved by the provider)",
+        "exclusive": "bool: members is the whole binding (else: headwater's members among others)",
+    },
+    Kind.PROJECT_AUDIT_CONFIG: {
+        "log_types": "[ADMIN_READ | DATA_READ | DATA_WRITE] sorted (name: the service, bigquery.googleapis.com)",
+    },
+    Kind.DATACATALOG_TAXONOMY: {
+        "display_name": "str (the name; the server's id is looked up by it)",
+        "description": "str",
+        "location": "region (immutable)",
+        "activated_policy_types": "[FINE_GRAINED_ACCESS_CONTROL]",
+    },
+    Kind.DATACATALOG_POLICY_TAG: {
+        "taxonomy": "taxonomy display name (immutable)",
+        "display_name": "str: the classification (immutable)",
+        "description": "str",
+    },
+    Kind.BIGQUERY_DATA_POLICY: {
+        "policy_tag": "datacatalog_policy_tag name (immutable)",
+        "masking": "SHA256 | ALWAYS_NULL | DEFAULT_MASKING_VALUE | routine:<dataset>.<routine>",
+    },
+    Kind.BIGQUERY_COLUMN_POLICY: {
+        "policy_tags": "[datacatalog_policy_tag name]: the tags on the column (name: <dataset>.<table>/<column.path>); "
+                       "deleting the resource sends an empty list, which removes them",
     },
     # issue 11: Cloud Monitoring (docs/monitoring.md). Hold no data; ids are the server's.
     Kind.MONITORING_NOTIFICATION_CHANNEL: {
