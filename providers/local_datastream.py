@@ -76,7 +76,14 @@ from pathlib import Path
 from typing import Any
 
 from providers.errors import AlreadyExists, NotFound, PermanentError
-from providers.localprocess import is_alive, spawn, stop_group, write_json_atomic
+from providers.localprocess import (
+    endpoints_in_effect,
+    is_alive,
+    spawn,
+    stale_endpoints,
+    stop_group,
+    write_json_atomic,
+)
 from providers.localrunner import child_env
 from providers.secretmanager import LocalSecrets
 from reconciler.cdc import IMMUTABLE_FIELDS
@@ -111,6 +118,10 @@ class StreamRecord:
     stream_name: str  # projects/<p>/locations/local/streams/<name>
     slot_created: dict[str, Any] = field(default_factory=dict)  # {lsn, at}: when create made the slot
     recorded_only: bool = False
+    # The emulator endpoints in effect at launch (providers.localprocess.endpoints_in_effect): a
+    # reader bound to emulators that are gone lands its files nowhere anyone reads. None: an
+    # older record, which cannot tell.
+    endpoints: dict[str, str] | None = None
 
 
 def state_root(state_dir: Path, project: str) -> Path:
@@ -415,6 +426,11 @@ class LocalDatastreamProvider:
         if not is_alive(record.pid, record.process_start):
             tail = _tail(Path(record.log))
             return FAILED, status.get("error") or f"the local reader has stopped; its log ends: {tail}"
+        stale = stale_endpoints(record.endpoints)
+        if stale is not None:
+            # As for the other stand-ins (issue 9, kind 10): FAILED, so the next apply restarts it
+            # against the emulators in effect (update stops the old reader first).
+            return FAILED, f"the local reader {stale}"
         return status.get("state", RUNNING), status.get("error")
 
     def create(self, resource: Resource) -> None:
@@ -427,8 +443,11 @@ class LocalDatastreamProvider:
             return
         with self._lock:
             existing = self._stream_record(resource.name)
-            if existing is not None and (existing.recorded_only or is_alive(existing.pid, existing.process_start)):
+            if existing is not None and (existing.recorded_only or (
+                    is_alive(existing.pid, existing.process_start) and stale_endpoints(existing.endpoints) is None)):
                 raise AlreadyExists(f"local stream {resource.name} is running (pid {existing.pid})")
+            if existing is not None and not existing.recorded_only and is_alive(existing.pid, existing.process_start):
+                stop_group(existing.pid, existing.process_start, graceful=False)  # bound to emulators that are gone
             self._start_stream(resource, previous=existing)
 
     def update(self, resource: Resource, fields: Sequence[str]) -> None:
@@ -589,7 +608,8 @@ class LocalDatastreamProvider:
             name=resource.name, project=self.project, pid=0, process_start="", spec=spec,
             labels=dict(resource.labels), source=source, destination=destination, log=str(log_path),
             started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), stream_name=stream_name,
-            slot_created=dict(previous.slot_created) if previous else {}, recorded_only=not self.run_readers)
+            slot_created=dict(previous.slot_created) if previous else {}, recorded_only=not self.run_readers,
+            endpoints=endpoints_in_effect())
         if not self.run_readers:
             write_json_atomic(self._stream_path(resource.name), asdict(record))
             return

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from beam.common.spec import parse_spec
 from beam.datastream_to_bigquery.events import ChangeParser
 from providers.local_datastream import _array, change_events, convert, lag_text
@@ -82,3 +84,42 @@ def test_the_lag_line():
     assert lag_text({}) == ""
     assert lag_text({"wal_retained_bytes": 3 * 1024 * 1024, "lag_bytes": 0, "last_change_delay_s": 0.31}) == (
         "slot retains 3.0 MB of WAL, 0 B unread; last change written 0.3 s after its commit")
+
+
+def test_a_reader_bound_to_emulators_that_are_gone_is_failed_then_restarted(tmp_path, monkeypatch) -> None:
+    """Issue 9's kind 10 for the Datastream stand-in: a live reader launched against another
+    `local up`'s emulators lands files nowhere anyone reads, so observe says FAILED (the plan
+    updates it, which restarts it) and create does not refuse it as running."""
+    import subprocess
+    from dataclasses import asdict
+
+    from providers.errors import AlreadyExists
+    from providers.local_datastream import FAILED, LocalDatastreamProvider, StreamRecord
+    from providers.localprocess import process_start, write_json_atomic
+    from reconciler.resources import Kind, Resource
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1111")
+    local = LocalDatastreamProvider("proj", tmp_path, run_readers=True)
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        record = StreamRecord(name="shop", project="proj", pid=sleeper.pid, process_start=process_start(sleeper.pid),
+                              spec={"state": "RUNNING"}, labels={}, source={}, destination={}, log=str(tmp_path / "log"),
+                              started_at="now", stream_name=STREAM, endpoints={"STORAGE_EMULATOR_HOST": "http://127.0.0.1:1111"})
+        write_json_atomic(local._stream_path("shop"), asdict(record))
+        (live,) = local.observe(Kind.DATASTREAM_STREAM)
+        assert live.spec["state"] == "RUNNING", "bound to the emulators in effect: running"
+        stream = Resource(Kind.DATASTREAM_STREAM, "shop", {"state": "RUNNING"})
+        with pytest.raises(AlreadyExists):
+            local.create(stream)
+
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:2222")  # another `local up`
+        (live,) = local.observe(Kind.DATASTREAM_STREAM)
+        assert live.spec["state"] == FAILED
+        assert "no longer in effect" in live.status["error"] and "127.0.0.1:1111" in live.status["error"]
+        started = []
+        monkeypatch.setattr(local, "_start_stream", lambda resource, previous: started.append(previous.name))
+        local.create(stream)  # not refused: the stale reader is stopped and a new one started
+        assert started == ["shop"]
+        assert sleeper.wait(timeout=10) is not None, "the stale reader was stopped"
+    finally:
+        sleeper.kill()
