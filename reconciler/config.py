@@ -300,6 +300,202 @@ class ApiSettings(Strict):
         default_factory=dict)
 
 
+# --- issue 13: governance (docs/governance.md; compiled by reconciler/governance.py) ----------------
+
+# IAM's member forms for data access. allUsers / allAuthenticatedUsers are refused: a data platform
+# never makes a zone public (a public webhook is a Cloud Run setting, not a reader).
+_ACCOUNT_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_SERVICE_ACCOUNT_EMAIL = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z][a-z0-9.-]*[a-z0-9]\.gserviceaccount\.com$"
+                                    r"|^[0-9]+-compute@developer\.gserviceaccount\.com$"
+                                    r"|^[a-z0-9-]+@appspot\.gserviceaccount\.com$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+MEMBER_FORMS = ("user:NAME@DOMAIN, group:NAME@DOMAIN, serviceAccount:NAME@PROJECT.iam.gserviceaccount.com "
+                "or domain:DOMAIN")
+PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
+
+
+def _q(value: str) -> str:
+    """A member or role quoted for a message (public identifiers, not secrets; long ones cut)."""
+    return repr(value) if len(value) <= 120 else naming.shown(value)
+
+
+def iam_member_problem(value: str) -> str | None:
+    """Why ``value`` is not an IAM member headwater grants data access to, or None.
+
+    Accepted: ``user:``/``group:`` with an e-mail address, ``serviceAccount:`` with a service
+    account's e-mail (``*.gserviceaccount.com``), ``domain:`` with a domain name. Refused with the
+    reason: ``allUsers``/``allAuthenticatedUsers`` (public data), anything else."""
+    if value in PUBLIC_MEMBERS:
+        return (f"{value} is refused: it would make the platform's data readable by "
+                f"{'anyone on the internet' if value == 'allUsers' else 'every Google account'}; name the groups, "
+                "users or service accounts that may read it")
+    kind, sep, rest = value.partition(":")
+    if not sep or kind not in ("user", "group", "serviceAccount", "domain"):
+        return f"{_q(value)} is not an IAM member: expected {MEMBER_FORMS}"
+    if kind == "domain":
+        return None if _DOMAIN.match(rest) else f"{_q(value)}: {_q(rest)} is not a domain name"
+    if kind == "serviceAccount":
+        return None if _SERVICE_ACCOUNT_EMAIL.match(rest) else (
+            f"{_q(value)}: {_q(rest)} is not a service account e-mail "
+            "(NAME@PROJECT.iam.gserviceaccount.com)")
+    if len(rest) > 254 or not _ACCOUNT_EMAIL.match(rest):
+        return f"{_q(value)}: {_q(rest)} is not an e-mail address ({kind}:NAME@DOMAIN)"
+    return None
+
+
+_TIER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+def _member_or_tier(value: str) -> str:
+    """A reader entry: a tier name (no colon; resolved against access.tiers by reconciler.governance)
+    or an IAM member."""
+    if ":" not in value and value not in PUBLIC_MEMBERS:
+        if not _TIER_NAME.match(value):
+            raise ValueError(f"{_q(value)} is neither a tier name (lower case letters, digits, _ and -) "
+                             f"nor an IAM member ({MEMBER_FORMS})")
+        return value
+    problem = iam_member_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Member = Annotated[str, _check(iam_member_problem)]
+MemberOrTier = Annotated[str, AfterValidator(_member_or_tier)]
+TierName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+ClassName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+
+_CUSTOM_ROLE = re.compile(r"^(projects/[a-z][a-z0-9-]{4,28}[a-z0-9]|organizations/[0-9]+)/roles/[A-Za-z0-9_.]{3,64}$")
+
+
+def role_problem(value: str) -> str | None:
+    """Why ``value`` is not a grantable role, or None: a GCP predefined role (the maintained list
+    vendored in ``reconciler/data/iam_predefined_roles.txt``), or a custom role by its form,
+    ``projects/<project>/roles/<id>`` or ``organizations/<number>/roles/<id>``."""
+    import difflib
+
+    if _CUSTOM_ROLE.match(value):
+        return None
+    known = predefined_roles()
+    if value in known:
+        return None
+    if value.startswith("projects/") or value.startswith("organizations/"):
+        return (f"{_q(value)} is not a custom role name: expected projects/<project>/roles/<id> or "
+                "organizations/<number>/roles/<id>")
+    if not value.startswith("roles/"):
+        return f"{_q(value)} is not a role: expected roles/<service>.<role> or projects/<project>/roles/<id>"
+    close = difflib.get_close_matches(value, sorted(known), n=1, cutoff=0.8)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (f"{_q(value)} is not a GCP predefined role{hint} (the list headwater checks against: "
+            "reconciler/data/iam_predefined_roles.txt); a custom role is written projects/<project>/roles/<id>")
+
+
+_ROLES: frozenset[str] | None = None
+
+
+def predefined_roles() -> frozenset[str]:
+    """The GCP predefined role names (``roles/...``), read once from the vendored list."""
+    global _ROLES
+    if _ROLES is None:
+        from pathlib import Path
+
+        text = (Path(__file__).resolve().parent / "data" / "iam_predefined_roles.txt").read_text()
+        _ROLES = frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return _ROLES
+
+
+Role = Annotated[str, _check(role_problem)]
+
+# The seed's access tiers ("Security & Governance"): who reads each zone when access.zones does
+# not say (each tier only if access.tiers declares it).
+DEFAULT_ZONE_READERS: dict[str, tuple[str, ...]] = {
+    "landing": (),
+    "bronze": ("engineers",),
+    "silver": ("engineers", "analysts"),
+    "gold": ("engineers", "analysts", "bi"),
+}
+ENGINEERS_TIER = "engineers"  # the tier that alone reads a source's raw Bronze data once it has classified columns
+
+
+class ZoneAccess(Strict):
+    """Who reads one zone (its dataset with roles/bigquery.dataViewer, its bucket with
+    roles/storage.objectViewer), and any other role on them."""
+
+    readers: list[MemberOrTier] | None = Field(
+        default=None, description="Tier names (of access.tiers) or IAM members; default the seed's tiers for the "
+                                  "zone (bronze: engineers; silver: engineers, analysts; gold: engineers, analysts, "
+                                  "bi), those declared")
+    bindings: dict[Role, list[MemberOrTier]] = Field(
+        default_factory=dict, description="More roles on the zone's dataset and bucket: a GCP predefined role "
+                                          "(roles/...) or a custom role (projects/<p>/roles/<id>) -> tier names or "
+                                          "IAM members. A dataset takes roles/bigquery.* only, a bucket "
+                                          "roles/storage.* only; other roles are refused")
+
+
+class AccessZones(Strict):
+    landing: ZoneAccess = Field(default_factory=ZoneAccess, description="The landing bucket (no readers by default)")
+    bronze: ZoneAccess = Field(default_factory=ZoneAccess)
+    silver: ZoneAccess = Field(default_factory=ZoneAccess)
+    gold: ZoneAccess = Field(default_factory=ZoneAccess, description="The Gold dataset, and the reporting and "
+                                                                     "features datasets of the serving layer")
+
+
+class Access(Strict):
+    """Who may read what (docs/governance.md)."""
+
+    tiers: dict[TierName, Annotated[list[Member], Field(min_length=1)]] = Field(
+        default_factory=dict, description="Named groups of principals in IAM's member form (user:, group:, "
+                                          "serviceAccount:, domain:)")
+    zones: AccessZones = Field(default_factory=AccessZones)
+    exclusive: bool = Field(
+        default=False, description="false: additive, headwater manages only the members it declares and derives, "
+                                   "per role; true: the declared members are the whole binding of each role "
+                                   "headwater declares on the zones' datasets and buckets (the plan shows each "
+                                   "removal; removing headwater's own identity or a service agent is refused)")
+    reconciler: Annotated[str, _check(iam_member_problem)] | None = Field(
+        default=None, description="headwater's own identity, never removed by exclusive; default "
+                                  "serviceAccount:headwater-apply@<project>.iam.gserviceaccount.com (deploy/iam.md)")
+
+
+_MASKING = re.compile(r"^(sha256|always_null|default_value|routine:[A-Za-z_][A-Za-z0-9_]{0,1023}\.[A-Za-z_][A-Za-z0-9_]{0,255})$")
+MASKING_EXPRESSIONS = {"sha256": "SHA256", "always_null": "ALWAYS_NULL", "default_value": "DEFAULT_MASKING_VALUE"}
+
+
+class Classification(Strict):
+    """A class of sensitive columns: who reads clear values (fine-grained readers); every other
+    reader of the zone reads masked values, as ``masking`` says."""
+
+    masking: Annotated[str, Field(pattern=_MASKING.pattern)] = Field(
+        default="sha256", description="sha256 | always_null | default_value | routine:<dataset>.<routine> (a "
+                                      "BigQuery masking routine)")
+    readers: list[MemberOrTier] = Field(
+        default_factory=list, description="Tier names or IAM members who read the clear values")
+
+    @property
+    def masking_expression(self) -> str:
+        """The data policy's masking (SPEC_SHAPES bigquery_data_policy): SHA256, ALWAYS_NULL,
+        DEFAULT_MASKING_VALUE or routine:<dataset>.<routine>."""
+        return MASKING_EXPRESSIONS.get(self.masking, self.masking)
+
+
+class SourceAccess(Strict):
+    """A source's own readers, publishers and subscribers, beside the zones' (table- and topic-level)."""
+
+    readers: list[MemberOrTier] = Field(
+        default_factory=list, description="Read the source's Silver and Gold tables (roles/bigquery.dataViewer on "
+                                          "each table)")
+    publishers: list[MemberOrTier] = Field(
+        default_factory=list, description="Publish to the source's topic (roles/pubsub.publisher on it)")
+    subscribers: list[MemberOrTier] = Field(
+        default_factory=list, description="Attach their own subscriptions to the source's topic "
+                                          "(roles/pubsub.subscriber on the topic); never the ingest subscription, "
+                                          "whose records would be taken from the pipeline")
+
+
+# --- end governance ----------------------------------------------------------------------------------
+
+
 class Platform(Strict):
     project: Annotated[str, _check(naming.project_problem)]
     region: Annotated[str, _check(naming.region_problem)]
@@ -313,6 +509,13 @@ class Platform(Strict):
     datastream: DatastreamSettings = Field(default_factory=lambda: DatastreamSettings())  # database_cdc (issue 10)
     suspend: bool = Field(default=False, description="Observe only: the daemon plans but never applies")
     api: ApiSettings = Field(default_factory=lambda: ApiSettings())  # issue 12: the data API (docs/data-api-contract.md)
+    # issue 13: governance (docs/governance.md; reconciler/governance.py)
+    access: Access = Field(default_factory=Access, description="Who may read what: tiers, zone readers, bindings")
+    classifications: dict[ClassName, Classification] = Field(
+        default_factory=dict, description="Classes of sensitive columns (a schema field's classification): who "
+                                          "reads clear values, how the others' are masked")
+    audit_logs: bool = Field(default=False, description="Data Access audit logs (ADMIN_READ, DATA_READ, DATA_WRITE) "
+                                                        "for BigQuery and Cloud Storage on the project")
 
 
 # --------------------------------------------------------------------------- connectors
@@ -1003,6 +1206,13 @@ class Connector(Strict):
         default=True, description="Refuse to delete or replace this source's data-holding resources (tables, topics, "
                                   "subscriptions), even with --allow-destroy")
     suspend: bool = Field(default=False, description="Observe only: the daemon never applies this source")
+    # issue 13: governance (docs/governance.md; reconciler/governance.py)
+    access: SourceAccess = Field(default_factory=SourceAccess, description=(
+        "The source's own readers (its Silver and Gold tables), publishers (its topic) and subscribers"))
+    classify: dict[DottedPath, ClassName] = Field(default_factory=dict, description=(
+        "Classes of columns whose schema file cannot carry them (e.g. a database_cdc source's): dotted field path "
+        "-> a class of platform.yaml's classifications. database_cdc: <table>.<field path>, <table> as in its "
+        "BigQuery table names (e.g. orders.customer_email)"))
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -1029,10 +1239,25 @@ class SchemaField(Strict):
     mode: Literal["NULLABLE", "REQUIRED", "REPEATED"] = "NULLABLE"
     description: str = ""
     fields: list[SchemaField] | None = None
+    # issue 13: a class of platform.yaml's classifications (docs/governance.md); policy_tag is the same
+    classification: ClassName | None = None
+    policy_tag: ClassName | None = None
+
+    @property
+    def class_name(self) -> str | None:
+        """The field's classification (``classification`` or ``policy_tag``), or None."""
+        return self.classification or self.policy_tag
 
     @model_validator(mode="after")
     def _nested(self) -> SchemaField:
         is_record = self.type in ("RECORD", "STRUCT")
+        if self.classification and self.policy_tag and self.classification != self.policy_tag:
+            raise FieldError("policy_tag", f"field {self.name!r} has classification {self.classification!r} and "
+                                           f"policy_tag {self.policy_tag!r}: they are the same setting, give one")
+        if is_record and self.class_name:
+            raise FieldError("classification" if self.classification else "policy_tag",
+                             f"field {self.name!r} is a {self.type}: BigQuery puts policy tags on leaf columns only; "
+                             "classify its nested fields")
         if is_record and not self.fields:
             raise ValueError(f"field {self.name!r} of type {self.type} needs nested fields")
         if not is_record and self.fields is not None:
