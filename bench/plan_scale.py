@@ -1,0 +1,395 @@
+"""Benchmark: a no-op plan and a one-source commit at 100 / 1,000 / 10,000 sources against a fake GCP
+with an injected per-call latency (default 100 ms) - a run not bounded by the emulators.
+
+What answers the calls:
+
+* Pub/Sub, Cloud Storage and BigQuery: the real providers (`providers.pubsub`, `providers.storage`,
+  `providers.bigquery` on its real-API path: ``tables.list`` + one INFORMATION_SCHEMA query per
+  dataset) with their official clients, sent to `bench/fake_gcp.py` in a process of its own (gRPC
+  for Pub/Sub, JSON for the other two), which sleeps ``--latency`` before answering each request.
+* The kinds with no fake endpoint here (Dataflow jobs, Cloud Monitoring alert policies and
+  dashboards): `providers.memory.MemoryProvider`, wrapped to sleep ``--latency`` per call and to
+  count one list call per 1,000 resources of a kind (a page of the real list APIs; MODELED, not
+  the real provider code). Its objects live in the measured process.
+
+Per size, in one run: the platform is generated (`bench/plan_scaling.generate_repo`: event-streaming
+sources, ~9.6 resources each) and applied to the fake with no latency by a seeding process; then
+a fresh measuring process (its peak RSS is headwater's, not the fake's) times:
+
+* the no-op plan: ``load_repo`` + ``Engine.plan`` (compile, observe, plan), median of ``--repeat``;
+* a one-source commit (one source's clustering changed): with `reconciler.incremental` when it
+  exists, else the full path (load + full plan) - the JSON says which (``commit_path``);
+* API calls by method, as the fake counted them (and the modeled lists);
+* peak RSS (``ru_maxrss``) after the plans, and the RSS after imports for scale;
+* beside it, the naive baseline: one get per declared resource through the same clients
+  (16 at a time). Above ``--naive-limit`` resources it gets a stratified sample and scales the
+  time up (``naive_extrapolated`` says so); the calls are one per resource either way.
+
+    .venv/bin/python bench/plan_scale.py [--sizes 100 1000 10000] [--latency 0.1] [--repeat 3] [--json out.json]
+
+Results are printed with the machine (lscpu) and the ratios of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+PAGE = 1000  # page size of the modeled list calls (the real list APIs' usual maximum)
+NAIVE_WORKERS = 16
+
+
+# --- the measured process ---------------------------------------------------------------------
+
+
+def _fake_kinds():
+    from reconciler.resources import Kind
+
+    return {Kind.PUBSUB_TOPIC, Kind.PUBSUB_SUBSCRIPTION, Kind.STORAGE_BUCKET, Kind.BIGQUERY_DATASET,
+            Kind.BIGQUERY_TABLE}
+
+
+class LatencyMemoryProvider:
+    """`MemoryProvider` behind a per-call latency: one list per page of `PAGE` per kind; a get per name."""
+
+    def __init__(self, kinds, latency: float) -> None:
+        from providers.memory import MemoryProvider
+
+        self.inner = MemoryProvider(kinds)
+        self.kinds = self.inner.kinds
+        self.immutable_fields = self.inner.immutable_fields
+        self.latency = latency
+        self.calls: Counter[str] = Counter()
+
+    def api_calls(self):
+        return dict(self.calls)
+
+    def observe(self, kind):
+        found = self.inner.observe(kind)
+        pages = max(1, math.ceil(len(found) / PAGE))
+        for _ in range(pages):  # sequential, as a paged list is
+            self.calls[f"modeled.{kind}.list"] += 1
+            time.sleep(self.latency)
+        return found
+
+    def get(self, kind, name):
+        self.calls[f"modeled.{kind}.get"] += 1
+        time.sleep(self.latency)
+        return self.inner.objects.get(f"{kind}.{name}")
+
+    def read(self, kind, names):
+        self.calls[f"modeled.{kind}.get"] += len(names)
+        time.sleep(self.latency)
+        return self.inner.read(kind, names)
+
+    def create(self, r):
+        self.inner.create(r)
+
+    def update(self, r, fields):
+        self.inner.update(r, fields)
+
+    def delete(self, r):
+        self.inner.delete(r)
+
+
+def clients(project: str, grpc_address: str, http_url: str) -> dict:
+    """The official clients, pointed at the fake (anonymous credentials, insecure gRPC channel)."""
+    import grpc
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery, pubsub_v1, storage
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    options = [("grpc.max_receive_message_length", 256 << 20)]
+    return {
+        "publisher": pubsub_v1.PublisherClient(
+            transport=PublisherGrpcTransport(channel=grpc.insecure_channel(grpc_address, options=options))),
+        "subscriber": pubsub_v1.SubscriberClient(
+            transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(grpc_address, options=options))),
+        "storage": storage.Client(project=project, credentials=AnonymousCredentials(),
+                                  client_options={"api_endpoint": http_url}),
+        "bigquery": bigquery.Client(project=project, credentials=AnonymousCredentials(),
+                                    client_options=ClientOptions(api_endpoint=http_url)),
+    }
+
+
+def providers_for(project: str, grpc_address: str, http_url: str, latency: float, desired) -> tuple[list, LatencyMemoryProvider]:
+    from providers.bigquery import BigQueryProvider
+    from providers.pubsub import PubSubProvider
+    from providers.storage import StorageProvider
+    from reconciler.resources import Kind
+
+    c = clients(project, grpc_address, http_url)
+    real = [StorageProvider(project, client=c["storage"]),
+            BigQueryProvider(project, "europe-west1", client=c["bigquery"]),
+            PubSubProvider(project, publisher=c["publisher"], subscriber=c["subscriber"], monitoring=None)]
+    modeled = LatencyMemoryProvider([k for k in Kind if k not in _fake_kinds()], latency)
+    from providers.memory import _live
+
+    for r in desired:  # seeded as applied (a dict insert: no cost to the measured process's clock)
+        if r.kind not in _fake_kinds():
+            modeled.inner.objects[r.address] = _live(r)
+    return [*real, modeled], modeled
+
+
+def fake_calls(http_url: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{http_url}/_fake/calls") as reply:
+        return json.load(reply)
+
+
+def set_latency(http_url: str, seconds: float) -> None:
+    urllib.request.urlopen(f"{http_url}/_fake/latency?seconds={seconds}").read()
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def seed(args) -> None:
+    """Apply the generated platform to the fake (no latency): the live state of a converged platform."""
+    from reconciler.compile import compile_resources
+    from reconciler.engine import Engine, plan_options
+    from reconciler.load import load_repo
+
+    state = load_repo(args.repo)
+    desired = compile_resources(state)
+    providers, _ = providers_for(args.project, args.grpc, args.http, 0.0, desired)
+    engine = Engine(providers)
+    plan = engine.plan(state, plan_options(state))
+    result = engine.apply(plan, max_workers=16)
+    assert result.ok, result.summary()
+
+
+def change_one_source(repo: Path) -> str:
+    """A one-source commit: source_0000's Silver table clustered by ``id`` instead of ``kind``."""
+    path = repo / "connectors" / "source_0000.yaml"
+    path.write_text(path.read_text().replace("cluster_by: [kind]", "cluster_by: [id]"))
+    return "source_0000"
+
+
+def naive(c: dict, project: str, desired, modeled: LatencyMemoryProvider, limit: int) -> dict:
+    """One get per declared resource (16 at a time), through the same clients."""
+    from reconciler.resources import Kind
+
+    getters = {
+        Kind.PUBSUB_TOPIC: lambda r: c["publisher"].get_topic(topic=f"projects/{project}/topics/{r.name}"),
+        Kind.PUBSUB_SUBSCRIPTION: lambda r: c["subscriber"].get_subscription(
+            subscription=f"projects/{project}/subscriptions/{r.name}"),
+        Kind.STORAGE_BUCKET: lambda r: c["storage"].get_bucket(r.name),
+        Kind.BIGQUERY_DATASET: lambda r: c["bigquery"].get_dataset(f"{project}.{r.name}"),
+        Kind.BIGQUERY_TABLE: lambda r: c["bigquery"].get_table(f"{project}.{r.name}"),
+    }
+    population = [r for r in desired if not r.external]
+    sample = population
+    if len(population) > limit:  # stratified by kind, so each kind keeps its share
+        rng = random.Random(14)
+        by_kind: dict = {}
+        for r in population:
+            by_kind.setdefault(r.kind, []).append(r)
+        sample = [r for group in by_kind.values() for r in rng.sample(group, max(1, round(len(group) * limit / len(population))))]
+
+    def get(r):
+        getter = getters.get(r.kind)
+        if getter is None:
+            modeled.get(r.kind, r.name)
+        else:
+            getter(r)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=NAIVE_WORKERS) as pool:
+        list(pool.map(get, sample))
+    seconds = time.perf_counter() - started
+    return {
+        "naive_seconds": round(seconds * len(population) / len(sample), 3),
+        "naive_extrapolated": len(sample) < len(population),
+        "naive_sampled_resources": len(sample),
+        "naive_api_calls_total": len(population),
+        "naive_api_calls": dict(sorted(Counter(f"get.{r.kind}" for r in population).items())),
+    }
+
+
+def measure(args) -> dict:
+    imported_rss = rss_mib()
+    from reconciler.compile import compile_resources
+    from reconciler.engine import Engine, plan_options
+    from reconciler.load import load_repo
+    from reconciler.plan import Action
+
+    repo = Path(args.repo)
+    set_latency(args.http, args.latency)
+    state = load_repo(repo)
+    desired = compile_resources(state)
+    providers, modeled = providers_for(args.project, args.grpc, args.http, args.latency, desired)
+    engine = Engine(providers)
+    fake_calls(args.http)  # reset
+    plan = engine.plan(state, plan_options(state))  # warm-up (clients' channels and imports)
+    assert not plan.has_changes, [c.address for c in plan.changes if c.action != Action.NOOP][:5]
+    fake_calls(args.http)
+    modeled.calls.clear()
+
+    loads, plans, totals = [], [], []
+    calls: Counter = Counter()
+    for _ in range(args.repeat):
+        before_modeled = Counter(modeled.calls)
+        started = time.perf_counter()
+        state = load_repo(repo)
+        loaded = time.perf_counter()
+        plan = engine.plan(state, plan_options(state))
+        ended = time.perf_counter()
+        assert not plan.has_changes, "the benchmark expects a no-op plan"
+        loads.append(loaded - started)
+        plans.append(ended - loaded)
+        totals.append(ended - started)
+        calls = Counter(fake_calls(args.http)) + (Counter(modeled.calls) - before_modeled)
+    started = time.perf_counter()
+    engine.observe()
+    observe_seconds = time.perf_counter() - started
+    fake_calls(args.http)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    # One-source commit.
+    source = change_one_source(repo)
+    commit_path, commit_calls = "full (load + full plan; reconciler.incremental not used)", Counter()
+    before_modeled = Counter(modeled.calls)
+    started = time.perf_counter()
+    state = load_repo(repo)
+    plan = engine.plan(state, plan_options(state))
+    commit_seconds = time.perf_counter() - started
+    changed = sorted(f"{c.action} {c.address}" for c in plan.changes if c.action != Action.NOOP)
+    commit_calls = Counter(fake_calls(args.http)) + (Counter(modeled.calls) - before_modeled)
+
+    c = clients(args.project, args.grpc, args.http)
+    baseline = naive(c, args.project, desired, modeled, args.naive_limit)
+    fake_calls(args.http)
+    return {
+        "sources": len(state.sources),
+        "resources": len(desired),
+        "latency_s": args.latency,
+        "noop_total_seconds_median": round(statistics.median(totals), 3),
+        "noop_load_seconds_median": round(statistics.median(loads), 3),
+        "noop_plan_seconds_median": round(statistics.median(plans), 3),
+        "observe_seconds": round(observe_seconds, 3),
+        "noop_api_calls": dict(sorted(calls.items())),
+        "noop_api_calls_total": sum(calls.values()),
+        "commit_source": source,
+        "commit_path": commit_path,
+        "commit_seconds": round(commit_seconds, 3),
+        "commit_changes": changed,
+        "commit_api_calls_total": sum(commit_calls.values()),
+        "rss_after_imports_mib": round(imported_rss, 1),
+        "peak_rss_mib": round(peak_rss, 1),
+        **baseline,
+    }
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    try:
+        fields = dict(line.split(":", 1) for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines() if ":" in line)
+        cpu = fields.get("Model name", "").strip() or platform.machine()
+    except (OSError, subprocess.CalledProcessError):
+        cpu = platform.processor() or platform.machine()
+    load = os.getloadavg()[0]
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}, "
+            f"load average {load:.1f} at start")
+
+
+def run_size(sources: int, args) -> dict:
+    from plan_scaling import generate_repo
+
+    python = sys.executable
+    me = str(Path(__file__).resolve())
+    project = f"hw-bench-{sources}"
+    fake = subprocess.Popen([python, str(ROOT / "bench" / "fake_gcp.py"), "0"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        grpc_address, http_url = fake.stdout.readline().split()
+        with tempfile.TemporaryDirectory() as tmp:
+            repo = generate_repo(Path(tmp) / "repo", sources, project, f"hwb{sources}")
+            common = ["--repo", str(repo), "--project", project, "--grpc", grpc_address, "--http", http_url]
+            started = time.perf_counter()
+            subprocess.run([python, me, "--seed", *common], check=True)
+            seed_seconds = time.perf_counter() - started
+            out = subprocess.run([python, me, "--measure", *common, "--latency", str(args.latency),
+                                  "--repeat", str(args.repeat), "--naive-limit", str(args.naive_limit)],
+                                 check=True, capture_output=True, text=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["seed_seconds"] = round(seed_seconds, 1)
+            return row
+    finally:
+        fake.stdin.close()
+        fake.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--latency", type=float, default=0.1, help="seconds per API call (default 0.1)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--naive-limit", type=int, default=12000,
+                        help="above this many resources the naive baseline gets a sample and scales up")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    # Internal: the seeding and measuring processes.
+    parser.add_argument("--seed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    for name in ("--repo", "--project", "--grpc", "--http"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.seed:
+        seed(args)
+        return 0
+    if args.measure:
+        print(json.dumps(measure(args)))
+        return 0
+
+    where = machine()
+    rows = []
+    for n in args.sizes:
+        rows.append(run_size(n, args))
+        print(f"  {n} sources done: {json.dumps(rows[-1])}", file=sys.stderr)
+    print(f"Machine: {where}; latency {args.latency * 1000:.0f} ms per call")
+    print(f"{'sources':>7} {'resources':>9} {'no-op s':>8} {'(load)':>7} {'calls':>6} {'commit s':>8} "
+          f"{'peak RSS':>8} {'naive s':>8} {'naive calls':>11} {'ratio':>6}")
+    for row in rows:
+        ratio = row["naive_seconds"] / row["noop_total_seconds_median"]
+        print(f"{row['sources']:>7} {row['resources']:>9} {row['noop_total_seconds_median']:>8.3f} "
+              f"{row['noop_load_seconds_median']:>7.3f} {row['noop_api_calls_total']:>6} {row['commit_seconds']:>8.3f} "
+              f"{row['peak_rss_mib']:>7.0f}M {row['naive_seconds']:>8.1f}{'*' if row['naive_extrapolated'] else ' '}"
+              f"{row['naive_api_calls_total']:>11} {ratio:>5.1f}x")
+    for row in rows:
+        print(f"  N={row['sources']}: no-op plan API calls: {row['noop_api_calls']}")
+        print(f"  N={row['sources']}: commit path: {row['commit_path']}; changes {row['commit_changes']}")
+    if any(row["naive_extrapolated"] for row in rows):
+        print("  * naive time measured on a stratified sample and scaled to every resource")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": where, "latency_s": args.latency, "results": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
