@@ -4,7 +4,12 @@
 It is what the CLI and the daemon call; each step is also usable on its own.
 
 Observing costs one list call per kind (tables: per dataset), whatever the number of sources.
-Then, only for what that did not find: declared resources that observe missed are read by name
+The kinds are observed concurrently, in a bounded thread pool (`OBSERVE_WORKERS`), and so are the
+parts of a kind that a provider splits its observe into (`observe_parts`: BigQuery's tables, one
+part per dataset); every request still takes its turn in its API's rate budget
+(`providers.errors`), so concurrency never exceeds what a service may be sent. The result is the
+same list, in the same order, as observing one kind after another; when several kinds fail, the
+error raised is the one of the first kind in that order, as before. Then, only for what that did not find: declared resources that observe missed are read by name
 (`providers.base.Reader`), so that one that exists but is not headwater's is shown as such (an
 ``import``, blocked until adopted) instead of planned as a create that would take it over; and
 references to other projects' resources are read to check they exist. A platform that has
@@ -17,12 +22,25 @@ Before observing, a plan checks that every Secret Manager secret a connector nam
 the file, line and field that names it, and nothing is planned. Likewise each database_cdc
 table's schema file is compared with the live table's columns, as the stream's provider sees
 them (`reconciler.cdc.live_schema_problems`).
+
+A commit that changes a few sources need not observe everything: with an observed-state cache
+and the previous revision, `Engine.plan(state, cache=..., previous=...)` re-reads only what the
+change touches (`reconciler.incremental`, which says when it falls back to a full observe).
+
+Optional provider ability used here (``getattr``, as `providers.base` does for the others):
+
+``observe_parts(kind) -> list[Callable[[], list[Resource]]]``
+    ``observe(kind)`` split into independent calls the engine may run concurrently (it lists
+    what to split on itself, e.g. the managed datasets); concatenated in order, their results
+    are ``observe(kind)``'s.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,14 +54,20 @@ from reconciler.resources import DATA_KINDS, WOULD_LOSE, Kind, Resource
 
 log = logging.getLogger(__name__)
 
+# Threads observing kinds (and their parts) at once; each request also waits for its API's budget.
+OBSERVE_WORKERS = 8
+
 
 class Engine:
-    def __init__(self, providers: Iterable[Provider], secrets: Any = None, *, check_references: bool = False) -> None:
+    def __init__(self, providers: Iterable[Provider], secrets: Any = None, *, check_references: bool = False,
+                 observe_workers: int = OBSERVE_WORKERS) -> None:
         """``secrets``: a `providers.base.SecretStore` to check secret references against, or None.
         ``check_references``: refuse a plan whose landing bucket or joined table is neither declared
-        nor existing (`reconciler.references`); the CLI and the daemon turn it on."""
+        nor existing (`reconciler.references`); the CLI and the daemon turn it on.
+        ``observe_workers``: threads observing (and reading) at once; 1 observes one kind after another."""
         self.secrets = secrets
         self.check_references = check_references
+        self.observe_workers = max(1, observe_workers)
         self.providers: dict[Kind, Provider] = {}
         for provider in providers:
             for kind in provider.kinds:
@@ -54,15 +78,39 @@ class Engine:
         return {kind: p.immutable_fields.get(kind, frozenset()) for kind, p in self.providers.items()}
 
     def observe(self, kinds: Iterable[Kind] | None = None) -> list[Resource]:
-        """Every managed live resource of the given kinds (default: all kinds)."""
-        live: list[Resource] = []
-        for kind in kinds or self.providers:
-            live.extend(self.providers[kind].observe(kind))
-        return live
+        """Every managed live resource of the given kinds (default: all kinds), observed
+        concurrently (module docstring): the same list as observing them one after another."""
+        order = list(dict.fromkeys(kinds or self.providers))
+        calls: list[Callable[[], Any]] = []
+        for kind in order:
+            provider = self.providers[kind]
+            parts = getattr(provider, "observe_parts", None)
+            calls.append(_Split(parts, kind) if parts is not None else _bind(provider.observe, kind))
+        return [r for found in gather(calls, self.observe_workers) for r in found]
 
-    def plan(self, state: DesiredState, options: PlanOptions | None = None) -> Plan:
+    def plan(self, state: DesiredState, options: PlanOptions | None = None, *, cache: Any = None,
+             previous: Any = None) -> Plan:
         """The plan of ``state``. Raises `InvalidDesiredState` when a named secret, or (with
-        ``check_references``) a referenced bucket or table, does not exist."""
+        ``check_references``) a referenced bucket or table, does not exist.
+
+        With ``cache`` (a `reconciler.incremental.ObservedCache`) and ``previous`` (the last applied
+        revision: its `DesiredState` or its compiled resources), only what the change touches is
+        re-read and the rest comes from the cache (`reconciler.incremental.plan_change`, which falls
+        back to a full observe, refreshing the cache, when it must). Same plan either way."""
+        if cache is not None:
+            from reconciler.incremental import plan_change
+
+            return plan_change(self, state, options, cache=cache, previous=previous).plan
+        self.check_state(state)
+        options = options or plan_options(state)
+        desired = compile_resources(state)
+        plan = self.plan_resources(desired, options, revision=state.revision, declared_sources=len(state.sources))
+        self.check_references_of(state, desired)
+        return plan
+
+    def check_state(self, state: DesiredState) -> None:
+        """What a plan checks before observing: the secrets the sources name exist, and each
+        database_cdc table's schema file matches the live table. Raises `InvalidDesiredState`."""
         if self.secrets is not None:
             problems = missing_secrets(state, self.secrets)
             if problems:
@@ -73,26 +121,37 @@ class Engine:
         problems = live_schema_problems(state, self.providers.get(Kind.DATASTREAM_STREAM))
         if problems:
             raise InvalidDesiredState(problems)
-        options = options or plan_options(state)
-        desired = compile_resources(state)
-        plan = self.plan_resources(desired, options, revision=state.revision, declared_sources=len(state.sources))
+
+    def check_references_of(self, state: DesiredState, desired: Sequence[Resource]) -> None:
+        """With ``check_references``: a landing bucket or joined table neither declared nor existing
+        (reconciler/references.py) is a problem. Checked once live state has been read (so an
+        unreachable service is reported as such). Raises `InvalidDesiredState`."""
         if self.check_references:
-            # A landing bucket or joined table neither declared nor existing (reconciler/references.py),
-            # checked once live state has been read (so an unreachable service is reported as such).
             from reconciler.references import missing_references
 
             problems = missing_references(state, desired, self.providers)
             if problems:
                 raise InvalidDesiredState(problems)
-        return plan
 
     def plan_resources(self, desired: list[Resource], options: PlanOptions, *, revision: str | None = None,
                        declared_sources: int | None = None) -> Plan:
         """The plan of compiled resources: observe, read what observe did not find, reconcile, and
         quote what gated deletes and replacements would destroy (module docstring)."""
+        return self.plan_live(desired, self.observe_live(desired), options, revision=revision,
+                              declared_sources=declared_sources)
+
+    def observe_live(self, desired: Sequence[Resource]) -> list[Resource]:
+        """The live state a plan of ``desired`` is made against: every kind observed, then what
+        observe did not find read by name (`read_unobserved`)."""
         kinds = {r.kind for r in desired if r.kind in self.providers} | set(self.providers)
         live = self.observe(kinds)
-        live += self.read_unobserved(desired, live)
+        return live + self.read_unobserved(desired, live)
+
+    def plan_live(self, desired: Sequence[Resource], live: Sequence[Resource], options: PlanOptions, *,
+                  revision: str | None = None, declared_sources: int | None = None) -> Plan:
+        """Reconcile ``desired`` with ``live`` (`reconciler.plan.reconcile`, pure), then ask the
+        providers what the gated deletes and replacements would destroy and quote it."""
+        live = list(live)
 
         def plan_of(resources: list[Resource]) -> Plan:
             return reconcile(desired, resources, self.immutable_fields, options, revision=revision,
@@ -115,19 +174,85 @@ class Engine:
 
     def read_unobserved(self, desired: Iterable[Resource], live: Iterable[Resource]) -> list[Resource]:
         """Declared resources that observe did not find, and references to other projects'
-        resources, read by name from their providers (whoever manages them)."""
+        resources, read by name from their providers (whoever manages them), kinds concurrently."""
         seen = {r.address for r in live}
         wanted: dict[Kind, list[str]] = {}
         for resource in desired:
             if (resource.external or resource.address not in seen) and resource.kind in self.providers:
                 wanted.setdefault(resource.kind, []).append(resource.name)
-        found: list[Resource] = []
-        for kind, names in wanted.items():
-            found += [r for r in read_with(self.providers[kind], kind, names) if r.address not in seen]
-        return found
+        found = self.read(wanted)
+        return [r for r in found if r.address not in seen]
+
+    def read(self, names: Mapping[Kind, Iterable[str]]) -> list[Resource]:
+        """The named resources that exist, whoever manages them, read by kind concurrently
+        (`providers.base.read_with`: nothing for a kind whose provider cannot read). In the order
+        of ``names``; the first failing kind's error is raised."""
+        calls = [_bind(read_with, self.providers[kind], kind, list(wanted)) for kind, wanted in names.items()
+                 if kind in self.providers]
+        return [r for found in gather(calls, self.observe_workers) for r in found]
 
     def apply(self, plan: Plan, on_outcome: Listener | None = None, max_workers: int = 8) -> ApplyResult:
         return apply_plan(plan, self.providers, max_workers=max_workers, on_outcome=on_outcome)
+
+
+class _Split:
+    """The parts of one kind's observe (`observe_parts`), to be run as further calls."""
+
+    def __init__(self, parts: Callable[[Kind], Sequence[Callable[[], list[Resource]]]], kind: Kind) -> None:
+        self.parts, self.kind = parts, kind
+
+    def __call__(self) -> Sequence[Callable[[], list[Resource]]]:
+        return list(self.parts(self.kind))
+
+
+def _bind(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    return lambda: fn(*args)
+
+
+def gather(calls: Sequence[Callable[[], Any]], workers: int = OBSERVE_WORKERS) -> list[Any]:
+    """Run ``calls`` in a pool of ``workers`` threads; their results in the order of ``calls``.
+
+    A call that is a `_Split` returns further calls, run in the same pool (the caller's thread
+    submits them; no worker ever waits for another), whose results are concatenated in order
+    in its place. Each call runs in a copy of the caller's context, so a `providers.errors.deadline`
+    set around the call applies in the workers too. Every call runs to its end; then, if any
+    failed, the error of the first in order (a kind's own call before its parts) is raised, as
+    running them one after another would have raised it.
+    """
+    if not calls:
+        return []
+    slots: list[list[Any]] = [[] for _ in calls]
+    split: dict[int, bool] = {}
+    errors: dict[tuple[int, int], BaseException] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="headwater-observe") as pool:
+        pending: dict[Future[Any], tuple[int, int]] = {}
+
+        def submit(fn: Callable[[], Any], where: tuple[int, int]) -> None:
+            pending[pool.submit(contextvars.copy_context().run, fn)] = where
+
+        for i, fn in enumerate(calls):
+            split[i] = isinstance(fn, _Split)
+            submit(fn, (i, -1))
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i, j = pending.pop(future)
+                try:
+                    value = future.result()
+                except BaseException as exc:  # noqa: BLE001 - raised below, in order
+                    errors[(i, j)] = exc
+                    continue
+                if split[i] and j < 0:
+                    slots[i] = [None] * len(value)
+                    for k, part in enumerate(value):
+                        submit(part, (i, k))
+                elif split[i]:
+                    slots[i][j] = value
+                else:
+                    slots[i] = [value]
+    if errors:
+        raise errors[min(errors)]
+    return [[r for part in parts for r in part] if split[i] else parts[0] for i, parts in enumerate(slots)]
 
 
 def missing_secrets(state: DesiredState, store: Any) -> list[Problem]:

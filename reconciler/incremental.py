@@ -1,0 +1,380 @@
+"""Incremental convergence: plan a commit by re-reading only what it touches (issue 14).
+
+A full plan observes every kind (one list call per kind, per dataset for tables). A commit that
+changes one source of a thousand does not need that: live state was read by the last full
+observe and by the checks after each apply, and nothing but this commit is about to change it.
+So the live state of a plan can come from an **observed-state cache**, with only the addresses
+the change touches read again by name. The matching of desired to live stays
+`reconciler.plan.reconcile`, pure, over the *whole* desired state and the *whole* cached live
+state: refusals (the max-delete guard counts every managed resource), blocked-by chains and
+orphans are decided exactly as in a full plan. Only where the live state comes from differs.
+
+API (what the daemon and ``bench/`` call)
+-----------------------------------------
+
+``ObservedCache(clock=time.time)``
+    Live resources by address, each with the time it was observed (`Entry`), plus the kinds a full
+    observe covered and when (``refreshed_at``). Thread-safe.
+
+    * ``refresh(live, kinds, at)``: a full observe's result replaces everything;
+    * ``record(found, addresses=(), kinds=(), at)``: a partial read: ``addresses`` read by name
+      (found ones stored, the others dropped: they do not exist), ``kinds`` observed whole;
+    * ``invalidate(addresses) -> int``: the live state of these addresses (``kind.name``,
+      `reconciler.resources.address`) may have changed behind our back (the Cloud Asset Inventory
+      feed calls it): the next incremental plan reads them again by name, whatever the change;
+      entries stay readable until then. Unknown addresses are fine (a resource created outside
+      headwater is found by reading its name). Returns how many addresses were marked;
+    * ``clear()``: forget everything (the next plan is a full one);
+    * ``age(now=None)``, ``entries()``, ``get(address)``, ``invalid()``, ``live()``.
+
+``plan_change(engine, state, options=None, *, cache, previous=None, full=False, max_age=None,
+max_read_fraction=0.5, small_scope=64, desired=None, previous_desired=None) -> ScopedPlan``
+    The plan of ``state`` (a `reconciler.load.DesiredState`) exactly as `Engine.plan` makes it
+    (same checks first: secrets, CDC schemas; same reference check after), with its live state
+    from ``cache`` plus what the change touches read again. ``previous``: the last applied
+    revision (its `DesiredState`, or its compiled resources); ``desired``/``previous_desired``:
+    already-compiled resources of either, to skip compiling again (`ScopedPlan.desired` is what
+    to pass next time). Falls back to a full observe, which refreshes the cache, when
+    (`ScopedPlan.reason` says which):
+
+    * ``full`` is asked (the drift loop), there is no ``previous``, or the cache was never
+      refreshed, is older than ``max_age`` seconds, or does not cover the engine's kinds;
+    * the change is platform-wide: ``platform.yaml`` changed, or an added, removed or modified
+      resource carries no source label (`reconciler.resources.SOURCE_KEY`: buckets, datasets,
+      monitoring...);
+    * the addresses to re-read exceed ``max_read_fraction`` of all addresses (and
+      ``small_scope``): a list per kind is then cheaper than a get per name.
+
+``recheck(engine, state, applied, *, cache, desired=None, options=None) -> ScopedPlan``
+    The check after an apply: re-reads only the addresses ``applied`` (a `Plan` - its actionable
+    changes - or addresses), plus invalidated ones, records them in the cache, and plans ``state``
+    against the cache. What was not applied is not read (drift elsewhere waits for the drift pass).
+
+``changed_addresses(previous, desired) -> Changed`` and ``scope(changed, previous, desired)``
+    The pure halves: which compiled resources differ (added, removed, modified: `Resource`
+    equality, never YAML), and which addresses a change touches.
+
+`ScopedPlan` carries the plan, the compiled desired resources, ``mode`` (``"full"`` or
+``"incremental"``), ``reason`` (why full), ``changed``, ``read`` (addresses read by name),
+``observed`` (kinds observed whole) and ``calls`` (provider calls made: observe per kind or part,
+read per kind).
+
+What a change touches (`scope`)
+-------------------------------
+The addresses added, removed or modified; the resources they depend on, transitively (the
+blocked-by chains: a change is blocked when anything it depends on is), and those that depend on
+them directly (on both the previous and the new desired state's ``depends_on``); and every
+invalidated address. They are read by name (`providers.base.Reader`, `Engine.read`, kinds
+concurrently); a kind whose provider cannot read is observed whole instead. A removed source's
+resources are in the previous desired state, so they are read by name too and its deletes (with
+``prune``) are planned as in a full plan.
+
+What it does not see, by design: a resource changed outside headwater (and outside the commit)
+since the cache was filled, unless the asset feed invalidated it. The next full observe - the
+daemon's drift pass, on ``--drift-interval`` - finds it and refreshes the cache. Correctness
+rests on the cache being refreshed by every full observe and updated by every read and after
+every apply (`recheck`); ``tests/test_incremental_equivalence.py`` proves that an incremental
+plan equals the full plan for every kind of change.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.compile import compile_resources
+from reconciler.load import DesiredState
+from reconciler.plan import Plan, PlanOptions
+from reconciler.resources import SOURCE_KEY, Kind, Resource
+
+FULL = "full"
+INCREMENTAL = "incremental"
+# Above this share of all addresses (and more than SMALL_SCOPE of them), reading by name costs
+# more than listing every kind: a full observe instead.
+MAX_READ_FRACTION = 0.5
+SMALL_SCOPE = 64
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+@dataclass(frozen=True)
+class Entry:
+    resource: Resource
+    observed_at: float  # the cache's clock (default time.time) when the read that found it started
+
+
+class ObservedCache:
+    """Observed live state by address (module docstring, "API"). Thread-safe: the asset feed
+    invalidates from its own thread while the daemon's worker plans."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        self._kinds: frozenset[Kind] = frozenset()
+        self._invalid: dict[str, float] = {}  # address -> when it was invalidated
+        self.refreshed_at: float | None = None  # start of the last full observe
+
+    def refresh(self, live: Iterable[Resource], kinds: Collection[Kind], at: float | None = None) -> None:
+        """A full observe of ``kinds`` (started at ``at``) replaces everything. Invalidations that
+        came after ``at`` survive it (the observe may have missed them)."""
+        at = self.clock() if at is None else at
+        with self._lock:
+            self._entries = {r.address: Entry(r, at) for r in live}
+            self._kinds = frozenset(kinds)
+            self.refreshed_at = at
+            self._invalid = {a: t for a, t in self._invalid.items() if t > at}
+
+    def record(self, found: Iterable[Resource], addresses: Collection[str] = (), kinds: Collection[Kind] = (),
+               at: float | None = None) -> None:
+        """A partial read started at ``at``: ``addresses`` read by name (those not in ``found``
+        do not exist), ``kinds`` observed whole (their entries are replaced by ``found``'s)."""
+        at = self.clock() if at is None else at
+        found = list(found)
+        with self._lock:
+            kinds = frozenset(kinds)
+            if kinds:
+                self._entries = {a: e for a, e in self._entries.items() if e.resource.kind not in kinds}
+            for address in addresses:
+                self._entries.pop(address, None)
+            for resource in found:
+                self._entries[resource.address] = Entry(resource, at)
+            for address in [*addresses, *(a for a in self._invalid if _kind_of(a) in kinds)]:
+                if self._invalid.get(address, at + 1) <= at:
+                    del self._invalid[address]
+
+    def invalidate(self, addresses: Iterable[str]) -> int:
+        """Mark ``addresses`` (``kind.name``) to be read again by the next incremental plan (the
+        Cloud Asset Inventory feed's hook; module docstring). Returns how many were marked."""
+        now = self.clock()
+        with self._lock:
+            marked = 0
+            for address in addresses:
+                self._invalid[address] = now
+                marked += 1
+            return marked
+
+    def clear(self) -> None:
+        """Forget everything: the next plan observes in full."""
+        with self._lock:
+            self._entries, self._kinds, self._invalid, self.refreshed_at = {}, frozenset(), {}, None
+
+    def age(self, now: float | None = None) -> float | None:
+        """Seconds since the last full observe started, or None before the first."""
+        refreshed = self.refreshed_at
+        return None if refreshed is None else (self.clock() if now is None else now) - refreshed
+
+    @property
+    def kinds(self) -> frozenset[Kind]:
+        return self._kinds
+
+    def invalid(self) -> set[str]:
+        with self._lock:
+            return set(self._invalid)
+
+    def get(self, address: str) -> Entry | None:
+        with self._lock:
+            return self._entries.get(address)
+
+    def entries(self) -> dict[str, Entry]:
+        with self._lock:
+            return dict(self._entries)
+
+    def live(self) -> list[Resource]:
+        with self._lock:
+            return [e.resource for e in self._entries.values()]
+
+
+# --------------------------------------------------------------------------- what changed (pure)
+
+
+@dataclass(frozen=True)
+class Changed:
+    """Addresses whose compiled resource was added, removed or modified between two revisions."""
+
+    added: frozenset[str] = frozenset()
+    removed: frozenset[str] = frozenset()
+    modified: frozenset[str] = frozenset()
+
+    @property
+    def all(self) -> frozenset[str]:
+        return self.added | self.removed | self.modified
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+
+def changed_addresses(previous: Iterable[Resource], desired: Iterable[Resource]) -> Changed:
+    """Compare two compiled desired states resource by resource (`Resource` equality: spec,
+    labels, depends_on, options...)."""
+    before = {r.address: r for r in previous}
+    after = {r.address: r for r in desired}
+    return Changed(added=frozenset(after.keys() - before.keys()), removed=frozenset(before.keys() - after.keys()),
+                   modified=frozenset(a for a in after.keys() & before.keys() if after[a] != before[a]))
+
+
+def scope(changed: Changed, previous: Iterable[Resource], desired: Iterable[Resource]) -> set[str]:
+    """The addresses a change touches (module docstring, "What a change touches"): the changed
+    ones, what they depend on transitively, and what depends on them directly, by either
+    revision's ``depends_on``."""
+    deps: dict[str, set[str]] = {}
+    dependents: dict[str, set[str]] = {}
+    for resource in [*previous, *desired]:
+        for dep in resource.depends_on:
+            deps.setdefault(resource.address, set()).add(dep)
+            dependents.setdefault(dep, set()).add(resource.address)
+    touched = set(changed.all)
+    stack = list(touched)
+    while stack:  # blocked-by chains: everything the changed resources depend on
+        for dep in deps.get(stack.pop(), ()):
+            if dep not in touched:
+                touched.add(dep)
+                stack.append(dep)
+    for address in changed.all:
+        touched |= dependents.get(address, set())
+    return touched
+
+
+def platform_wide(changed: Changed, previous: Iterable[Resource], desired: Iterable[Resource]) -> str | None:
+    """Why a change is platform-wide (a resource without a source label changed), or None."""
+    by_address = {r.address: r for r in previous}
+    by_address.update({r.address: r for r in desired})
+    shared = sorted(a for a in changed.all if not by_address[a].labels.get(SOURCE_KEY))
+    if shared:
+        more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+        return f"resources of no single source changed ({', '.join(shared[:3])}{more})"
+    return None
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class ScopedPlan:
+    plan: Plan
+    desired: tuple[Resource, ...]  # compiled desired state (pass as previous_desired next time)
+    mode: str  # FULL or INCREMENTAL
+    reason: str = ""  # why FULL
+    changed: Changed = field(default_factory=Changed)
+    read: frozenset[str] = frozenset()  # addresses read by name
+    observed: tuple[Kind, ...] = ()  # kinds observed whole
+    calls: Mapping[str, int] = field(default_factory=dict)  # {"observe": n, "read": n} provider calls
+
+
+def plan_change(engine: Any, state: DesiredState, options: PlanOptions | None = None, *,
+                cache: ObservedCache, previous: DesiredState | Sequence[Resource] | None = None,
+                full: bool = False, max_age: float | None = None, max_read_fraction: float = MAX_READ_FRACTION,
+                small_scope: int = SMALL_SCOPE, desired: Sequence[Resource] | None = None,
+                previous_desired: Sequence[Resource] | None = None) -> ScopedPlan:
+    """The plan of ``state``, incremental when it can be (module docstring, "API")."""
+    from reconciler.engine import plan_options
+
+    engine.check_state(state)
+    options = options or plan_options(state)
+    desired = tuple(desired if desired is not None else compile_resources(state))
+    before: tuple[Resource, ...] | None = None
+    if previous_desired is not None:
+        before = tuple(previous_desired)
+    elif isinstance(previous, DesiredState):
+        before = tuple(compile_resources(previous))
+    elif previous is not None:
+        before = tuple(previous)
+    changed = changed_addresses(before, desired) if before is not None else Changed()
+    reason = "asked" if full else _full_reason(engine, state, previous, before, desired, changed, cache, max_age)
+    touched: set[str] = set()
+    if not reason:
+        touched = scope(changed, before or (), desired) | cache.invalid()
+        total = len({r.address for r in (*(before or ()), *desired)} | cache.entries().keys())
+        if len(touched) > small_scope and len(touched) > max_read_fraction * total:
+            reason = f"{len(touched)} of {total} addresses to re-read (more than {max_read_fraction:g})"
+    if reason:
+        live, calls = _full_observe(engine, desired, cache)
+        scoped = dict(mode=FULL, reason=reason, observed=tuple(engine.providers), calls=calls)
+    else:
+        live, read, observed, calls = _reread(engine, cache, touched)
+        scoped = dict(mode=INCREMENTAL, read=frozenset(read), observed=observed, calls=calls)
+    plan = engine.plan_live(desired, live, options, revision=state.revision, declared_sources=len(state.sources))
+    engine.check_references_of(state, desired)
+    return ScopedPlan(plan=plan, desired=desired, changed=changed, **scoped)
+
+
+def recheck(engine: Any, state: DesiredState, applied: Plan | Iterable[str], *, cache: ObservedCache,
+            desired: Sequence[Resource] | None = None, options: PlanOptions | None = None) -> ScopedPlan:
+    """After an apply: read only what was applied (and what was invalidated), then plan ``state``
+    against the cache (module docstring, "API"). The pre-plan checks are not repeated: they
+    passed before the apply."""
+    from reconciler.engine import plan_options
+
+    options = options or plan_options(state)
+    desired = tuple(desired if desired is not None else compile_resources(state))
+    addresses = {c.address for c in applied.actionable} if isinstance(applied, Plan) else set(applied)
+    live, read, observed, calls = _reread(engine, cache, addresses | cache.invalid())
+    plan = engine.plan_live(desired, live, options, revision=state.revision, declared_sources=len(state.sources))
+    return ScopedPlan(plan=plan, desired=desired, mode=INCREMENTAL, read=frozenset(read), observed=observed,
+                      calls=calls)
+
+
+def _full_reason(engine: Any, state: DesiredState, previous: Any, before: Sequence[Resource] | None,
+                 desired: Sequence[Resource], changed: Changed, cache: ObservedCache,
+                 max_age: float | None) -> str:
+    if before is None:
+        return "no previous revision"
+    age = cache.age()
+    if age is None:
+        return "no observed state cached yet"
+    if max_age is not None and age > max_age:
+        return f"the cache is {age:.0f} s old (more than {max_age:g} s)"
+    missing = set(engine.providers) - cache.kinds
+    if missing:
+        return f"the cache does not cover {', '.join(sorted(missing))}"
+    if isinstance(previous, DesiredState) and previous.platform != state.platform:
+        return "platform.yaml changed"
+    return platform_wide(changed, before, desired) or ""
+
+
+def _full_observe(engine: Any, desired: Sequence[Resource], cache: ObservedCache) -> tuple[list[Resource], dict]:
+    """`Engine.observe_live`, step by step to count its calls; refreshes the cache."""
+    started = cache.clock()
+    kinds = {r.kind for r in desired if r.kind in engine.providers} | set(engine.providers)
+    live = engine.observe(kinds)
+    seen = {r.address for r in live}
+    readers = _readers(engine)
+    reads = {r.kind for r in desired if (r.external or r.address not in seen) and r.kind in readers}
+    live += engine.read_unobserved(desired, live)
+    cache.refresh(live, engine.providers, at=started)
+    return live, {"observe": len(kinds), "read": len(reads)}
+
+
+def _reread(engine: Any, cache: ObservedCache,
+            addresses: Collection[str]) -> tuple[list[Resource], set[str], tuple[Kind, ...], dict]:
+    """Read ``addresses`` by name (a kind without a reader: observed whole), record them in the
+    cache, and return the cache's live state with what was read, kinds observed and calls."""
+    by_kind: dict[Kind, list[str]] = {}
+    for address in sorted(addresses):
+        kind = _kind_of(address)
+        if kind is not None and kind in engine.providers:
+            by_kind.setdefault(kind, []).append(address.split(".", 1)[1])
+    readers = _readers(engine)
+    names = {k: v for k, v in by_kind.items() if k in readers}
+    whole = tuple(k for k in by_kind if k not in readers)
+    started = cache.clock()
+    found = engine.read(names) if names else []
+    observed = engine.observe(whole) if whole else []
+    read = {f"{k}.{n}" for k, ns in names.items() for n in ns}
+    cache.record([*found, *observed], addresses=read, kinds=whole, at=started)
+    return cache.live(), read, whole, {"observe": len(whole), "read": len(names)}
+
+
+def _readers(engine: Any) -> set[Kind]:
+    return {k for k, p in engine.providers.items() if getattr(p, "read", None) is not None}
+
+
+def _kind_of(address: str) -> Kind | None:
+    try:
+        return Kind(address.split(".", 1)[0])
+    except ValueError:
+        return None
