@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +56,49 @@ class LoadError(Exception):
         return self.message
 
 
-@dataclass
 class SourceMap:
-    """Positions (1-based line, column) of every value in one loaded document."""
+    """Positions (1-based line, column) of every value in one loaded document.
 
-    positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    A map made by `deferred` holds the document's text and composes it for positions only when
+    one is first asked for: a file that loads without a problem to report is never walked for
+    them (issue 14: most files of a large repo are fine).
+    """
+
+    __slots__ = ("_positions", "_text")
+
+    def __init__(self, positions: dict[Loc, tuple[int, int]] | None = None) -> None:
+        self._positions = {} if positions is None else positions
+        self._text: str | None = None
+
+    @classmethod
+    def deferred(cls, text: str) -> SourceMap:
+        """The map of ``text``, built on first use (``text`` must compose without error)."""
+        source_map = cls()
+        source_map._positions, source_map._text = None, text
+        return source_map
+
+    @property
+    def positions(self) -> dict[Loc, tuple[int, int]]:
+        if self._positions is None:
+            try:
+                positions = _parse_yaml(self._text or "")[1].positions
+            except LoadError:  # not for a text `_fast_json` accepted; no positions rather than none at all
+                positions = {}
+            self._positions, self._text = positions, None
+        return self._positions
 
     def find(self, loc: Loc) -> tuple[int, int]:
         """Position of ``loc``, or of its nearest ancestor that has one."""
+        positions = self.positions
         loc = tuple(loc)
         while loc:
-            if loc in self.positions:
-                return self.positions[loc]
+            if loc in positions:
+                return positions[loc]
             loc = loc[:-1]
-        return self.positions.get((), (1, 1))
+        return positions.get((), (1, 1))
+
+    def __repr__(self) -> str:
+        return f"SourceMap({'deferred' if self._positions is None else len(self._positions)})"
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -148,8 +178,21 @@ def _parse_yaml(text: str) -> tuple[Any, SourceMap]:
 
 
 def load_json(path: Path, within: Path | None = None) -> tuple[Any, SourceMap]:
-    """Parse a JSON file. JSON is YAML, so positions come from the same composer."""
+    """Parse a JSON file. JSON is YAML, so positions come from the same composer.
+
+    A file `_fast_json` can prove the composer would read the same way is parsed by the JSON
+    parser alone, its positions deferred; anything else takes the composer's path, with its
+    errors and their positions.
+    """
     text = read_limited(path, within)
+    data = _fast_json(text)
+    if data is not _NOT_PROVEN:
+        return data, SourceMap.deferred(text)
+    return _composed_json(text)
+
+
+def _composed_json(text: str) -> tuple[Any, SourceMap]:
+    """JSON through the composer: what `load_json` returns or raises for any text."""
     try:
         json.loads(text)  # strict JSON first: YAML would accept things JSON does not
     except json.JSONDecodeError as exc:
@@ -161,6 +204,87 @@ def load_json(path: Path, within: Path | None = None) -> tuple[Any, SourceMap]:
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits
         raise LoadError(1, 1, f"invalid JSON: {' '.join(str(exc).split())[:200]}") from None
     return _parse_yaml(text)
+
+
+# ------------------------------------------------------------------ JSON without the composer
+#
+# The composer reads JSON as YAML (flow style), which is what positions and the bounds above are
+# defined by, but it builds a node and a mark for every value: at a thousand schema files that
+# was half of loading a repo. A JSON parser gives the same values, except where YAML reads JSON
+# differently; `_fast_json` answers only for a text that has none of those, and the composer
+# decides everything else — errors included, so every message stays what it was:
+#
+# * characters YAML does not accept in a stream (DEL, C0/C1 controls: "unacceptable character")
+#   or reads as line breaks inside a quoted scalar (NEL, LS, PS), a byte order mark, tabs
+#   (not allowed before the top-level value);
+# * escapes of UTF-16 surrogates (libyaml refuses them; JSON joins the pairs);
+# * numbers with an exponent (YAML 1.1 reads ``1e5`` and ``1.5e5`` as strings), and JSON's
+#   ``NaN`` / ``Infinity`` extensions (strings to YAML);
+# * a key whose ``:`` is on another line or over 1,024 characters from the key's start (YAML's
+#   simple-key rule: an error there) — approximated as: no string of 512 characters or more,
+#   no line break after a string before a ``:``, no long run of spaces before a ``:``;
+# * duplicate keys, more than MAX_DEPTH levels or MAX_NODES values, a top level that is not a
+#   mapping (each an error or a problem whose message the composer's path words).
+_NOT_PROVEN = object()
+_NOT_YAML_SAFE = re.compile(
+    "[^\\n\\r\\x20-\\x7e\\xa0-\\u2027\\u202a-\\ud7ff\\ue000-\\ufefe\\uff00-\\ufffd\\U00010000-\\U0010ffff]"
+    r'|\\[uU][dD][89a-fA-F]'  # surrogate escapes
+    r'|"[ \r\n]*[\r\n][ \r\n]*:|"[ ]{64,}:'  # a key's ':' on another line or far from it
+    r'|"(?:[^"\\]|\\.){256}'  # a long string (a key may be one)
+)
+
+
+class _Unproven(Exception):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _Unproven  # a duplicate key: the composer's error
+    return result
+
+
+def _float(text: str) -> float:
+    if "e" in text or "E" in text:
+        raise _Unproven  # a string to YAML 1.1 unless written like 1.0e+5
+    return float(text)
+
+
+def _constant(text: str) -> Any:
+    raise _Unproven  # NaN, Infinity, -Infinity: strings to YAML
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_float=_float, parse_constant=_constant)
+
+
+def _fast_json(text: str) -> Any:
+    """The value the composer's path would build from ``text``, or `_NOT_PROVEN` (see above)."""
+    if _NOT_YAML_SAFE.search(text):
+        return _NOT_PROVEN
+    try:
+        data = _DECODER.decode(text)
+    except (_Unproven, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return _NOT_PROVEN
+    if not isinstance(data, dict) or not _within_bounds(data):
+        return _NOT_PROVEN
+    return data
+
+
+def _within_bounds(data: dict) -> bool:
+    """At most MAX_DEPTH levels below the top and MAX_NODES values, counted as `_Builder` does."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES or depth > MAX_DEPTH:
+            return False
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+    return True
 
 
 _PLAIN_COLLECTIONS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}

@@ -1,0 +1,123 @@
+"""Schema files are parsed by the JSON parser, positions deferred (issue 14): the values, the
+errors and the positions must be exactly what the composer's path gives.
+
+A differential test: generated JSON texts full of what YAML reads differently from JSON (exponents,
+NaN, surrogate escapes, control and line-break characters, tabs, keys far from or lines away
+from their ``:``, duplicate keys, deep nesting), each loaded both ways.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from reconciler import yamlsrc
+from reconciler.yamlsrc import _NOT_PROVEN, LoadError, SourceMap, _composed_json, _fast_json, load_json
+
+
+def _typed(value):
+    """``value`` with every scalar's type spelled out: 1 == 1.0 == True and 0.0 == -0.0 must not pass."""
+    if isinstance(value, dict):
+        return ("dict", [(k, _typed(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return ("list", [_typed(v) for v in value])
+    return (type(value).__name__, repr(value))
+
+
+def _composed(text: str):
+    try:
+        data, source_map = _composed_json(text)
+    except LoadError as exc:
+        return ("error", exc.line, exc.column, exc.message)
+    return ("ok", _typed(data), source_map.positions)
+
+
+KEYS = ["name", "type", "mode", "fields", "source_id", "a", "é", "日本", "😀", "x y", "on", "yes", "1", "null",
+        "k" * 300, "a\\\"b", "\\u00e9", "\\ud83d\\ude00", "\\/", "tab\\there"]
+STRINGS = ["", "STRING", "2024-01-01", "yes", "~", "1e5", "a: b", "# not a comment", "- x", "&anchor", "*alias",
+           "!!python/object", "\\n\\r\\b\\f", "\\u0000", "\\u0085", "\\u2028", "\\ud83d\\ude00", "\\udc00",
+           "\x7f", "\x85", "\u2028", "\ufeff", "\x01", "é😀", "x" * 600, "  lead", "trail  ", "\\\\", "\\\""]
+NUMBERS = ["0", "-0", "1", "-17", "12345678901234567890", "1.5", "-0.0", "1.0e+5", "1.5E-3", "1e5", "1.5e5",
+           "2E3", "NaN", "Infinity", "-Infinity", "0.1", "3.14159"]
+SPACES = ["", " ", "  ", "\n", "\r\n", "\n    ", "\t", " " * 70, "\n\n"]
+
+
+def _value(rng: random.Random, depth: int) -> str:
+    roll = rng.random()
+    if depth > 0 and roll < 0.25:
+        return _object(rng, depth - 1)
+    if depth > 0 and roll < 0.35:
+        items = [_value(rng, depth - 1) for _ in range(rng.randint(0, 4))]
+        return "[" + ",".join(_space(rng) + item + _space(rng) for item in items) + "]"
+    if roll < 0.6:
+        return '"' + rng.choice(STRINGS) + '"'
+    if roll < 0.85:
+        return rng.choice(NUMBERS)
+    return rng.choice(["true", "false", "null"])
+
+
+def _space(rng: random.Random) -> str:
+    return rng.choice(SPACES) if rng.random() < 0.3 else rng.choice(["", " "])
+
+
+def _object(rng: random.Random, depth: int) -> str:
+    keys = rng.sample(KEYS, rng.randint(0, 5))
+    if keys and rng.random() < 0.05:
+        keys.append(keys[0])  # a duplicate key
+    return "{" + ",".join(f'{_space(rng)}"{key}"{_space(rng)}:{_space(rng)}{_value(rng, depth)}{_space(rng)}'
+                          for key in keys) + "}"
+
+
+def test_the_json_parser_answers_only_where_the_composer_agrees():
+    rng = random.Random(14)
+    proven = unproven = 0
+    for _ in range(4000):
+        text = _space(rng) + (_object(rng, 4) if rng.random() < 0.95 else _value(rng, 2)) + _space(rng)
+        fast = _fast_json(text)
+        if fast is _NOT_PROVEN:
+            unproven += 1
+            continue
+        proven += 1
+        composed = _composed(text)
+        assert composed[0] == "ok", (text, composed)
+        assert _typed(fast) == composed[1], text
+        assert SourceMap.deferred(text).positions == composed[2], text
+    # Both paths are exercised (the generator is tuned to hit each often).
+    assert proven > 800 and unproven > 800, (proven, unproven)
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": 1e5}', '{"a": NaN}', '{"a": "\\ud83d\\ude00"}', '{"a": "\x7f"}', '{"a": "\x85"}', '\t{"a": 1}',
+    '{"a"\n: 1}', '{"' + "k" * 1100 + '": 1}', '{"a": 1, "a": 2}', "[1]", '"x"', "null",
+    '{"a": ' + "[" * 70 + "]" * 70 + "}", '{"a": [' + ", ".join(["1"] * 100_001) + "]}",
+    '{"a": 1' + "9" * 5000 + "}", '{"a": 1,}', "", "\ufeff{}",
+])
+def test_what_yaml_reads_differently_takes_the_composers_path(text):
+    assert _fast_json(text) is _NOT_PROVEN
+
+
+def test_a_schema_file_is_not_composed_unless_a_position_is_asked_for(tmp_path, monkeypatch):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"source_id": "x", "fields": [{"name": "id", "type": "STRING"}]}, indent=2))
+    eager = _composed_json(path.read_text())[1]
+    calls = []
+    real = yamlsrc._parse_yaml
+    monkeypatch.setattr(yamlsrc, "_parse_yaml", lambda text: calls.append(text) or real(text))
+    data, source_map = load_json(path, tmp_path)
+    assert data == {"source_id": "x", "fields": [{"name": "id", "type": "STRING"}]}
+    assert calls == []
+    assert source_map.find(("fields", 0, "type")) == eager.find(("fields", 0, "type")) == (6, 7)
+    assert source_map.find(("fields", 0, "nope")) == eager.find(("fields", 0)) == (4, 5)
+    assert len(calls) == 1
+    source_map.find(("source_id",))
+    assert len(calls) == 1  # composed once
+
+
+def test_an_error_keeps_its_message_and_position(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{\n  "a": 1,\n  "a": 2\n}')
+    with pytest.raises(LoadError) as caught:
+        load_json(path, tmp_path)
+    assert (caught.value.line, caught.value.column, caught.value.message) == (3, 3, "duplicate key 'a'")
