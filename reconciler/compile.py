@@ -141,6 +141,9 @@ def compile_resources(state: DesiredState) -> list[Resource]:
     from reconciler.serving import serving_resources  # issue 12: reporting views, the data API, ML features
 
     resources.extend(serving_resources(platform, names, state.sources, base_labels(platform)))
+    from reconciler.governance import governance_resources  # issue 13: grants, audit logs, column security
+
+    resources.extend(governance_resources(state, resources))
     # A reference to another project's resource may be named by several sources: one entry.
     references: set[str] = set()
     resources = [r for r in resources

@@ -241,6 +241,10 @@ def load_repo(root: Path | str, within: Path | str | None = None) -> DesiredStat
         from reconciler import serving
 
         serving.check(collector, platform, platform_map, sources)
+    if platform is not None:  # issue 13: governance settings across files (reconciler/governance.py)
+        from reconciler import governance
+
+        governance.check(collector, platform, platform_map, sources)
     if platform is not None:
         # GCP's limits on what compile builds, with the file and line of the setting that exceeds them.
         from reconciler.limits import compiled_problems
