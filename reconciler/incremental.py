@@ -40,8 +40,9 @@ max_read_fraction=0.5, small_scope=64, desired=None, previous_desired=None) -> S
     * ``full`` is asked (the drift loop), there is no ``previous``, or the cache was never
       refreshed, is older than ``max_age`` seconds, or does not cover the engine's kinds;
     * the change is platform-wide: ``platform.yaml`` changed, or an added, removed or modified
-      resource carries no source label (`reconciler.resources.SOURCE_KEY`: buckets, datasets,
-      monitoring...);
+      resource belongs to no single source (`platform_wide`: no source label,
+      `reconciler.resources.SOURCE_KEY` - buckets, datasets, notification channels - unless all
+      it depends on is one source's, as an IAM binding on a source's topic);
     * the addresses to re-read exceed ``max_read_fraction`` of all addresses (and
       ``small_scope``): a list per kind is then cheaper than a get per name.
 
@@ -240,10 +241,26 @@ def scope(changed: Changed, previous: Iterable[Resource], desired: Iterable[Reso
 
 
 def platform_wide(changed: Changed, previous: Iterable[Resource], desired: Iterable[Resource]) -> str | None:
-    """Why a change is platform-wide (a resource without a source label changed), or None."""
+    """Why a change is platform-wide, or None: an added, removed or modified resource belongs to
+    no single source. A resource belongs to the source of its label; one without a label (an IAM
+    binding on a source's topic) belongs to a source when everything it depends on does."""
     by_address = {r.address: r for r in previous}
     by_address.update({r.address: r for r in desired})
-    shared = sorted(a for a in changed.all if not by_address[a].labels.get(SOURCE_KEY))
+    owners: dict[str, frozenset[str]] = {}
+
+    def owner(address: str, path: frozenset[str] = frozenset()) -> frozenset[str]:
+        if address not in owners:
+            resource = by_address.get(address)
+            if resource is None or address in path:
+                return frozenset()
+            if resource.labels.get(SOURCE_KEY):
+                owners[address] = frozenset({resource.labels[SOURCE_KEY]})
+            else:
+                found = [owner(dep, path | {address}) for dep in resource.depends_on]
+                owners[address] = frozenset().union(*found) if found and all(found) else frozenset()
+        return owners[address]
+
+    shared = sorted(a for a in changed.all if len(owner(a)) != 1)
     if shared:
         more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
         return f"resources of no single source changed ({', '.join(shared[:3])}{more})"
