@@ -57,6 +57,7 @@ from reconciler.resources import (
     PARTIAL_FIELDS,
     PLATFORM_KEY,
     PROTECTED_KEY,
+    SECURITY_KINDS,
     SOURCE_KEY,
     WOULD_LOSE,
     Kind,
@@ -158,6 +159,27 @@ class Change:
     def depends_on(self) -> tuple[str, ...]:
         return self.desired.depends_on if self.desired else ()
 
+    @property
+    def security(self) -> bool:
+        """Grants, revokes or unmasks access (issue 13): a change of a `SECURITY_KINDS` resource, or
+        of a Cloud Run service's ``public`` setting (a public service created or deleted too)."""
+        if self.action in (Action.NOOP, Action.READ):
+            return False
+        if self.kind in SECURITY_KINDS:
+            return True
+        if self.kind == Kind.CLOUD_RUN_SERVICE:
+            if self.action == Action.CREATE:
+                return bool(self.desired.spec.get("public"))
+            if self.action == Action.DELETE:
+                return bool(self.live.spec.get("public"))
+            return any(d.path == "public" for d in self.diff)
+        return False
+
+    @property
+    def security_summary(self) -> str:
+        """What a security change does to access, in one phrase ("" for other changes)."""
+        return security_phrase(self) if self.security else ""
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "address": self.address,
@@ -171,6 +193,8 @@ class Change:
             "reason": self.reason,
             "blocked": self.blocked,
             "blocked_by": list(self.blocked_by),
+            "security": self.security,
+            **({"security_summary": self.security_summary} if self.security else {}),
         }
 
 
@@ -547,6 +571,10 @@ def _destroy_block(resource: Resource, options: PlanOptions, verb: str, live: Re
 
 def _orphan(live: Resource, options: PlanOptions) -> Change:
     common = _common(live, live, None)
+    if live.kind == Kind.IAM_BINDING:
+        # Stale access is the unsafe direction (docs/governance.md): revoked without --prune.
+        return Change(action=Action.DELETE, reason="no longer declared: headwater's members of this role are revoked "
+                                                   "(a revocation needs no --prune)", **common)
     if not options.prune:
         return Change(action=Action.NOOP, reason="no longer declared; kept (use --prune to delete)", **common)
     if live.kind == Kind.DATAFLOW_JOB:
@@ -611,3 +639,106 @@ def _refusal(changes: list[Change], live: Mapping[str, Resource], declared_sourc
         return (f"the plan deletes {len(deletes)} of {len(live)} managed resources, more than "
                 f"policy.max_delete_fraction ({options.max_delete_fraction:g}); refusing")
     return None
+
+
+# --------------------------------------------------------------------------- security phrases (issue 13)
+
+_TARGET_WORDS = {"bigquery_dataset": "dataset", "storage_bucket": "bucket", "bigquery_table": "table",
+                 "pubsub_topic": "topic", "pubsub_subscription": "subscription", "project": "project",
+                 "datacatalog_policy_tag": "policy tag", "bigquery_data_policy": "data policy"}
+_AGENTS = {"pubsub": "Pub/Sub", "storage": "Cloud Storage", "datastream": "Datastream",
+           "storagetransfer": "Storage Transfer"}
+
+
+def _target_words(target: str) -> str:
+    """``bigquery_dataset.silver`` -> ``dataset silver``."""
+    kind, _, name = target.partition(".")
+    return f"{_TARGET_WORDS.get(kind, kind)} {name}"
+
+
+def _members_words(members: Iterable[str]) -> str:
+    shown = []
+    for member in members:
+        agent = member.removeprefix("serviceAgent:")
+        shown.append(f"the {_AGENTS.get(agent, agent)} service agent" if agent != member else member)
+    return ", ".join(shown) or "nobody"
+
+
+def security_phrase(change: Change) -> str:
+    """The human phrase of a security change (`Change.security`), e.g. "grants
+    roles/bigquery.dataViewer on dataset silver to group:analysts@example.com"; a binding's
+    ``options["why"]`` (reconciler.governance) follows it after a dash."""
+    desired, live = change.desired, change.live
+    spec = (desired or live).spec
+    kind, name, action = change.kind, change.name, change.action
+    text = ""
+    if kind == Kind.IAM_BINDING:
+        role, target = spec.get("role"), _target_words(spec.get("target", ""))
+        want = set(desired.spec.get("members") or []) if desired and action != Action.DELETE else set()
+        have = set(live.spec.get("members") or []) if live and action != Action.CREATE else set()
+        parts = []
+        if want - have:
+            parts.append(f"grants {role} on {target} to {_members_words(sorted(want - have))}")
+        if have - want:
+            parts.append(f"revokes {role} on {target} from {_members_words(sorted(have - want))}")
+        if desired and live and action != Action.DELETE and bool(desired.spec.get("exclusive")) != bool(
+                live.spec.get("exclusive")):
+            parts.append(f"makes the members of {role} on {target} "
+                         + ("exclusive: any other member is removed" if desired.spec.get("exclusive")
+                            else "additive: other members are left alone"))
+        text = "; ".join(parts) or f"rewrites {role} on {target} ({_members_words(sorted(want))})"
+        if action == Action.DELETE:
+            text += " (no longer declared)"
+    elif kind == Kind.PROJECT_AUDIT_CONFIG:
+        types = ", ".join(spec.get("log_types") or [])
+        if action == Action.CREATE:
+            text = f"turns on Data Access audit logs ({types}) for {name}"
+        elif action == Action.DELETE:
+            text = f"turns off Data Access audit logs ({types}) for {name}"
+        else:
+            text = (f"changes the audit log types of {name}: {', '.join(live.spec.get('log_types') or [])} → "
+                    f"{', '.join(desired.spec.get('log_types') or [])}")
+    elif kind == Kind.BIGQUERY_COLUMN_POLICY:
+        column, dataset = name, name.split(".", 1)[0]
+        tags = ", ".join(spec.get("policy_tags") or [])
+        if action == Action.DELETE or (desired is not None and not desired.spec.get("policy_tags")):
+            text = (f"column {column} becomes readable by every reader of dataset {dataset} "
+                    f"(policy tag {', '.join(live.spec.get('policy_tags') or []) or tags} removed)")
+        elif action == Action.CREATE:
+            text = (f"column {column} is tagged {tags}: only the tag's fine-grained readers read it in clear, the "
+                    "other readers of the table read it masked or not at all")
+        else:
+            text = (f"column {column}'s policy tags change: {', '.join(live.spec.get('policy_tags') or []) or 'none'} "
+                    f"→ {tags or 'none'}")
+    elif kind == Kind.BIGQUERY_DATA_POLICY:
+        if action == Action.CREATE:
+            text = f"masks the columns tagged {spec.get('policy_tag')} with {spec.get('masking')} for their masked readers"
+        elif action == Action.DELETE:
+            text = f"removes the masking policy {name}: its masked readers no longer read the tagged columns"
+        else:
+            text = f"changes the masking of {name}: {live.spec.get('masking')} → {desired.spec.get('masking')}"
+    elif kind == Kind.DATACATALOG_POLICY_TAG:
+        if action == Action.DELETE:
+            text = (f"deletes the policy tag {name}: the columns it tags become readable by every reader of their "
+                    "datasets")
+        else:
+            text = f"{'creates' if action == Action.CREATE else 'changes'} the policy tag {name}"
+    elif kind == Kind.BIGQUERY_ROW_ACCESS_POLICY:
+        table = spec.get("table")
+        if action == Action.CREATE:
+            text = (f"restricts the rows of table {table} that {_members_words(spec.get('grantees') or [])} read to "
+                    f"{spec.get('filter')}")
+        elif action == Action.DELETE:
+            text = (f"removes the row access policy {name} on table {table} (without another policy on it, every "
+                    "reader of the table reads every row)")
+        else:
+            text = f"changes the row access policy {name} on table {table}: {', '.join(d.path for d in change.diff)}"
+    elif kind == Kind.CLOUD_RUN_SERVICE:
+        public = bool((desired if action != Action.DELETE else live).spec.get("public"))
+        if action == Action.DELETE:
+            text = f"removes the public Cloud Run service {name}"
+        else:
+            text = (f"makes Cloud Run service {name} public (no invoker IAM check; anyone can call it)" if public
+                    else f"makes Cloud Run service {name} private (callers need roles/run.invoker)")
+    why = (desired.options.get("why") if desired is not None else None) or ""
+    return text + (f" — {why}" if why else "")

@@ -62,8 +62,22 @@ def render_text(plan: Plan) -> str:
         lines.extend(_text_change(change))
     if len(lines) > 2:
         lines.append("")
+    access = security_changes(plan)
+    if access:
+        lines.append(f"Access changes ({len(access)}):")
+        lines += [f"  {MARKERS[c.action]:>3} {c.address}: {c.security_summary}{_blocked_note(c)}" for c in access]
+        lines.append("")
     lines.append(summary_line(plan))
     return "\n".join(lines) + "\n"
+
+
+def security_changes(plan: Plan) -> list[Change]:
+    """The plan's changes that grant, revoke or unmask access (`Change.security`), in plan order."""
+    return [c for c in plan.changes if c.security]
+
+
+def _blocked_note(change: Change) -> str:
+    return " (blocked)" if change.blocked else ""
 
 
 def _text_change(change: Change) -> list[str]:
@@ -140,6 +154,13 @@ def render_markdown(plan: Plan) -> str:
         out.append("> [!WARNING]\n> **Blocked changes** (will not be applied):")
         for change in plan.blocked:
             out.append(f"> - `{change.address}`: {change.blocked}")
+        out.append("")
+    access = security_changes(plan)
+    if access:
+        # Before the diff, outside the fold: a reviewer sees every grant and revocation before merge.
+        out += [f"#### Access changes ({len(access)})", ""]
+        out += [f"- **{change.action}** `{change.address}`: {change.security_summary}{_blocked_note(change)}"
+                for change in access]
         out.append("")
     shown = [c for c in plan.changes if c.action != Action.NOOP or c.orphan]
     if shown:
