@@ -106,7 +106,18 @@ class Engine:
         desired = compile_resources(state)
         plan = self.plan_resources(desired, options, revision=state.revision, declared_sources=len(state.sources))
         self.check_references_of(state, desired)
+        self.check_plan(state, plan)
         return plan
+
+    def check_plan(self, state: DesiredState, plan: Plan) -> None:
+        """What a computed plan must not do (issue 13): an ``access.exclusive`` binding change that
+        removes headwater's own identity or a service agent (reconciler/governance.py) is a problem
+        at platform.yaml's ``access.exclusive``. Raises `InvalidDesiredState`."""
+        from reconciler.governance import exclusive_problems
+
+        problems = exclusive_problems(state, plan)
+        if problems:
+            raise InvalidDesiredState(problems)
 
     def check_state(self, state: DesiredState) -> None:
         """What a plan checks before observing: the secrets the sources name exist, and each

@@ -316,6 +316,7 @@ def plan_change(engine: Any, state: DesiredState, options: PlanOptions | None = 
         scoped = dict(mode=INCREMENTAL, read=frozenset(read), observed=observed, calls=calls)
     plan = engine.plan_live(desired, live, options, revision=state.revision, declared_sources=len(state.sources))
     engine.check_references_of(state, desired)
+    engine.check_plan(state, plan)  # issue 13: access.exclusive never removes headwater's own grants
     return ScopedPlan(plan=plan, desired=desired, changed=changed, **scoped)
 
 
