@@ -112,6 +112,7 @@ EMULATOR DEPARTURES (bqemulator 1.4.0)
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -578,10 +579,17 @@ class BigQueryProvider:
     # -- contract --
 
     def observe(self, kind: Kind) -> list[Resource]:
+        return [r for part in self.observe_parts(kind) for r in part()]
+
+    def observe_parts(self, kind: Kind) -> list[Callable[[], list[Resource]]]:
+        """``observe(kind)`` as one call per managed dataset (after listing them), which the engine
+        runs concurrently (issue 14; `reconciler.engine`, "observe_parts"): a dataset's get, or its
+        tables' list and INFORMATION_SCHEMA query."""
         if kind == Kind.BIGQUERY_DATASET:
-            return [self._observe_dataset(item.dataset_id) for item in self._managed_datasets()]
+            return [functools.partial(lambda name: [self._observe_dataset(name)], item.dataset_id)
+                    for item in self._managed_datasets()]
         if kind == Kind.BIGQUERY_TABLE:
-            return [table for item in self._managed_datasets() for table in self._observe_tables(item)]
+            return [functools.partial(self._observe_tables, item) for item in self._managed_datasets()]
         raise PermanentError(f"bigquery: unsupported kind {kind!r}")
 
     def create(self, resource: Resource) -> None:

@@ -9,6 +9,7 @@ Failures can be injected per address to exercise apply's error handling.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
@@ -34,34 +35,42 @@ class MemoryProvider:
         self.fail: dict[str, str] = {}  # address -> error message
         self.losses: dict[str, str] = {}  # address -> what deleting it would destroy (would_lose)
         self.calls: Counter[str] = Counter()
+        # The engine observes and applies from several threads at once (reconciler/engine.py).
+        self._lock = threading.Lock()
 
     def api_calls(self) -> Mapping[str, int]:
-        return dict(self.calls)
+        with self._lock:
+            return dict(self.calls)
+
+    def _count(self, call: str) -> None:
+        with self._lock:
+            self.calls[call] += 1
 
     def observe(self, kind: Kind) -> list[Resource]:
-        self.calls[f"memory.list.{kind}"] += 1
+        self._count(f"memory.list.{kind}")
         return [
-            r for r in self.objects.values()
+            r for r in list(self.objects.values())
             if r.kind == kind and r.labels.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE
         ]
 
     def read(self, kind: Kind, names: Collection[str]) -> list[Resource]:
-        self.calls[f"memory.read.{kind}"] += 1
-        return [r for r in self.objects.values() if r.kind == kind and r.name in set(names)]
+        self._count(f"memory.read.{kind}")
+        wanted = set(names)
+        return [r for r in list(self.objects.values()) if r.kind == kind and r.name in wanted]
 
     def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]:
         return {r.address: self.losses[r.address] for r in resources if r.address in self.losses}
 
     def create(self, resource: Resource) -> None:
         self._maybe_fail(resource)
-        self.calls["memory.create"] += 1
+        self._count("memory.create")
         if resource.address in self.objects:
             raise AlreadyExists(f"{resource.address} already exists")
         self.objects[resource.address] = _live(resource)
 
     def update(self, resource: Resource, fields: Sequence[str]) -> None:
         self._maybe_fail(resource)
-        self.calls["memory.update"] += 1
+        self._count("memory.update")
         current = self.objects[resource.address]
         spec = dict(current.spec)
         labels = dict(current.labels)
@@ -74,7 +83,7 @@ class MemoryProvider:
 
     def delete(self, resource: Resource) -> None:
         self._maybe_fail(resource)
-        self.calls["memory.delete"] += 1
+        self._count("memory.delete")
         self.objects.pop(resource.address, None)
 
     def _maybe_fail(self, resource: Resource) -> None:

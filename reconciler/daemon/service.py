@@ -796,6 +796,11 @@ class _Interruptible:
     def observe(self, kind: Kind) -> list[Resource]:
         return self._inner.observe(kind)
 
+    def observe_parts(self, kind: Kind) -> list[Callable[[], list[Resource]]]:
+        # reconciler/engine.py: a kind's observe split for concurrency, when the provider splits it.
+        parts = getattr(self._inner, "observe_parts", None)
+        return list(parts(kind)) if parts is not None else [lambda: self._inner.observe(kind)]
+
     def create(self, resource: Resource) -> None:
         self._check(resource)
         self._inner.create(resource)
