@@ -10,7 +10,7 @@ The answers are the minimum those providers read, not a model of the services:
 * Cloud Storage (``/storage/v1/b``): insert, get, list (paged by ``maxResults``). The location
   is upper-cased and the storage class defaults to STANDARD, as the real API does.
 * BigQuery (``/bigquery/v2``): datasets insert/get/list (the ``labels.k:v`` filter honoured),
-  tables insert/get/list (list items carry labels, partitioning and clustering, as the real
+  tables insert/get/patch/list (list items carry labels, partitioning and clustering, as the real
   ``tables.list`` does; pages of at most ``maxResults``), and ``jobs.query`` answering the one
   query headwater runs per dataset, `providers.bigquery.information_schema_query`, from the stored
   tables (COLUMNS, COLUMN_FIELD_PATHS descriptions and TABLE_OPTIONS rows). Any other query is a 400.
@@ -216,6 +216,18 @@ class FakeGcp:
                       if key in tables[t]} for t in page]
             return 200, {"kind": "bigquery#tableList", "tables": items, "totalItems": len(tables),
                          **({"nextPageToken": token} if token else {})}
+        if len(rest) == 4 and rest[0] == "datasets" and rest[2] == "tables" and method in ("PATCH", "PUT"):
+            self._enter("bigquery.tables.patch")
+            with self._lock:
+                table = self.tables.get((project, rest[1]), {}).get(rest[3])
+                if table is None:
+                    return _error(404, f"Not found: Table {project}:{rest[1]}.{rest[3]}")
+                for key, value in body.items():  # a PATCH replaces the fields it names
+                    if value is None:
+                        table.pop(key, None)
+                    else:
+                        table[key] = value
+            return 200, table
         if len(rest) == 4 and rest[0] == "datasets" and rest[2] == "tables" and method == "GET":
             self._enter("bigquery.tables.get")
             table = self.tables.get((project, rest[1]), {}).get(rest[3])

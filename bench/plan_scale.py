@@ -17,8 +17,10 @@ sources, ~9.6 resources each) and applied to the fake with no latency by a seedi
 a fresh measuring process (its peak RSS is headwater's, not the fake's) times:
 
 * the no-op plan: ``load_repo`` + ``Engine.plan`` (compile, observe, plan), median of ``--repeat``;
-* a one-source commit (one source's clustering changed): with `reconciler.incremental` when it
-  exists, else the full path (load + full plan) - the JSON says which (``commit_path``);
+* a one-source commit (one source's Silver clustering changed), converged: load, plan, apply
+  (a table PATCH) and the check after it - by the full path (a full plan before and after, as the
+  daemon's sync did) and, on a second change, by `reconciler.incremental` (``plan_change`` against
+  the cache a full observe left, ``recheck`` of what was applied); ``commit`` in the JSON;
 * API calls by method, as the fake counted them (and the modeled lists);
 * peak RSS (``ru_maxrss``) after the plans, and the RSS after imports for scale;
 * beside it, the naive baseline: one get per declared resource through the same clients
@@ -96,8 +98,9 @@ class LatencyMemoryProvider:
         return self.inner.objects.get(f"{kind}.{name}")
 
     def read(self, kind, names):
-        self.calls[f"modeled.{kind}.get"] += len(names)
-        time.sleep(self.latency)
+        for _ in names:  # a get per name, one after the other
+            self.calls[f"modeled.{kind}.get"] += 1
+            time.sleep(self.latency)
         return self.inner.read(kind, names)
 
     def create(self, r):
@@ -173,6 +176,12 @@ def seed(args) -> None:
     from reconciler.engine import Engine, plan_options
     from reconciler.load import load_repo
 
+    from providers import errors
+
+    # The fake has no quota: seeding is not held to headwater's per-API request budgets (the
+    # measured runs are: they keep the defaults, as on GCP).
+    errors.DEFAULT_RATE = "1000000/second"
+    errors.configure(rates={service: "1000000/second" for service in errors.DEFAULT_RATES})
     state = load_repo(args.repo)
     desired = compile_resources(state)
     providers, _ = providers_for(args.project, args.grpc, args.http, 0.0, desired)
@@ -182,11 +191,36 @@ def seed(args) -> None:
     assert result.ok, result.summary()
 
 
-def change_one_source(repo: Path) -> str:
-    """A one-source commit: source_0000's Silver table clustered by ``id`` instead of ``kind``."""
+def edit(repo: Path, old: str, new: str) -> None:
+    """A one-source commit: source_0000's Silver table clustered differently."""
     path = repo / "connectors" / "source_0000.yaml"
-    path.write_text(path.read_text().replace("cluster_by: [kind]", "cluster_by: [id]"))
-    return "source_0000"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def commit_full(engine, repo: Path, old: str, new: str, http_url: str, modeled) -> dict:
+    """The full path: load + full plan, apply, full plan again (the daemon's check after an apply)."""
+    from reconciler.engine import plan_options
+    from reconciler.load import load_repo
+
+    fake_calls(http_url)
+    before_modeled = Counter(modeled.calls)
+    started = time.perf_counter()
+    edit(repo, old, new)
+    state = load_repo(repo)
+    plan = engine.plan(state, plan_options(state))
+    planned = time.perf_counter()
+    result = engine.apply(plan, max_workers=8)
+    assert result.ok, result.summary()
+    after = engine.plan(state, plan_options(state))
+    ended = time.perf_counter()
+    assert not after.has_changes, "the commit did not converge"
+    return {
+        "mode": "full", "plan_seconds": round(planned - started, 3), "converged_seconds": round(ended - started, 3),
+        "changes": sorted(f"{c.action} {c.address}" for c in plan.actionable),
+        "api_calls": dict(sorted((Counter(fake_calls(http_url)) + (Counter(modeled.calls) - before_modeled)).items())),
+    }
 
 
 def naive(c: dict, project: str, desired, modeled: LatencyMemoryProvider, limit: int) -> dict:
@@ -269,16 +303,39 @@ def measure(args) -> dict:
     fake_calls(args.http)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    # One-source commit.
-    source = change_one_source(repo)
-    commit_path, commit_calls = "full (load + full plan; reconciler.incremental not used)", Counter()
-    before_modeled = Counter(modeled.calls)
-    started = time.perf_counter()
-    state = load_repo(repo)
-    plan = engine.plan(state, plan_options(state))
-    commit_seconds = time.perf_counter() - started
-    changed = sorted(f"{c.action} {c.address}" for c in plan.changes if c.action != Action.NOOP)
-    commit_calls = Counter(fake_calls(args.http)) + (Counter(modeled.calls) - before_modeled)
+    # One-source commits, converged: load, plan, apply, and the check after the apply. First the
+    # full path (today's daemon sync: a full plan before and after), then the incremental one
+    # (reconciler.incremental), each on a one-source change of its own, in the same process.
+    commits = {}
+    previous = load_repo(repo)
+    commits["full"] = commit_full(engine, repo, "cluster_by: [kind]", "cluster_by: [id]", args.http, modeled)
+    try:
+        from reconciler.incremental import ObservedCache, plan_change, recheck
+    except ImportError:
+        pass
+    else:
+        cache = ObservedCache()
+        previous = load_repo(repo)
+        warm = plan_change(engine, previous, cache=cache, full=True)  # what the drift pass leaves
+        assert not warm.plan.has_changes
+        fake_calls(args.http)
+        before_modeled = Counter(modeled.calls)
+        started = time.perf_counter()
+        edit(repo, "cluster_by: [id]", "cluster_by: [kind]")
+        state = load_repo(repo)
+        scoped = plan_change(engine, state, cache=cache, previous=previous, previous_desired=warm.desired)
+        planned = time.perf_counter()
+        result = engine.apply(scoped.plan, max_workers=8)
+        assert result.ok, result.summary()
+        after = recheck(engine, state, scoped.plan, cache=cache, desired=scoped.desired)
+        ended = time.perf_counter()
+        assert not after.plan.has_changes, "the commit did not converge"
+        commits["incremental"] = {
+            "mode": scoped.mode, "reason": scoped.reason, "read": sorted(scoped.read),
+            "plan_seconds": round(planned - started, 3), "converged_seconds": round(ended - started, 3),
+            "changes": sorted(f"{c.action} {c.address}" for c in scoped.plan.actionable),
+            "api_calls": dict(sorted((Counter(fake_calls(args.http)) + (Counter(modeled.calls) - before_modeled)).items())),
+        }
 
     c = clients(args.project, args.grpc, args.http)
     baseline = naive(c, args.project, desired, modeled, args.naive_limit)
@@ -293,11 +350,7 @@ def measure(args) -> dict:
         "observe_seconds": round(observe_seconds, 3),
         "noop_api_calls": dict(sorted(calls.items())),
         "noop_api_calls_total": sum(calls.values()),
-        "commit_source": source,
-        "commit_path": commit_path,
-        "commit_seconds": round(commit_seconds, 3),
-        "commit_changes": changed,
-        "commit_api_calls_total": sum(commit_calls.values()),
+        "commit": commits,
         "rss_after_imports_mib": round(imported_rss, 1),
         "peak_rss_mib": round(peak_rss, 1),
         **baseline,
@@ -317,6 +370,16 @@ def machine() -> str:
     load = os.getloadavg()[0]
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}, "
             f"load average {load:.1f} at start")
+
+
+def revision() -> str:
+    """The commit measured, and the reconciler files changed in the work tree beside it."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.rstrip()
+
+    dirty = git("status", "--porcelain", "--", "reconciler", "providers").splitlines()
+    return git("rev-parse", "--short", "HEAD") + (f" + work tree changes in {', '.join(l[3:] for l in dirty)}"
+                                                  if dirty else "")
 
 
 def run_size(sources: int, args) -> dict:
@@ -368,26 +431,32 @@ def main() -> int:
         return 0
 
     where = machine()
+    code = revision()
     rows = []
     for n in args.sizes:
         rows.append(run_size(n, args))
         print(f"  {n} sources done: {json.dumps(rows[-1])}", file=sys.stderr)
-    print(f"Machine: {where}; latency {args.latency * 1000:.0f} ms per call")
-    print(f"{'sources':>7} {'resources':>9} {'no-op s':>8} {'(load)':>7} {'calls':>6} {'commit s':>8} "
-          f"{'peak RSS':>8} {'naive s':>8} {'naive calls':>11} {'ratio':>6}")
+    print(f"Machine: {where}; latency {args.latency * 1000:.0f} ms per call; code {code}")
+    print(f"{'sources':>7} {'resources':>9} {'no-op s':>8} {'(load)':>7} {'calls':>6} {'commit full s':>13} "
+          f"{'commit incr s':>13} {'peak RSS':>8} {'naive s':>8} {'naive calls':>11} {'naive/no-op':>11}")
     for row in rows:
         ratio = row["naive_seconds"] / row["noop_total_seconds_median"]
+        full = row["commit"]["full"]["converged_seconds"]
+        incremental = row["commit"].get("incremental", {}).get("converged_seconds", float("nan"))
         print(f"{row['sources']:>7} {row['resources']:>9} {row['noop_total_seconds_median']:>8.3f} "
-              f"{row['noop_load_seconds_median']:>7.3f} {row['noop_api_calls_total']:>6} {row['commit_seconds']:>8.3f} "
+              f"{row['noop_load_seconds_median']:>7.3f} {row['noop_api_calls_total']:>6} {full:>13.3f} {incremental:>13.3f} "
               f"{row['peak_rss_mib']:>7.0f}M {row['naive_seconds']:>8.1f}{'*' if row['naive_extrapolated'] else ' '}"
-              f"{row['naive_api_calls_total']:>11} {ratio:>5.1f}x")
+              f"{row['naive_api_calls_total']:>11} {ratio:>10.1f}x")
     for row in rows:
         print(f"  N={row['sources']}: no-op plan API calls: {row['noop_api_calls']}")
-        print(f"  N={row['sources']}: commit path: {row['commit_path']}; changes {row['commit_changes']}")
+        for name, commit in row["commit"].items():
+            print(f"  N={row['sources']}: commit ({name}, mode {commit['mode']}): plan {commit['plan_seconds']} s, "
+                  f"converged {commit['converged_seconds']} s, changes {commit['changes']}, calls {commit['api_calls']}")
     if any(row["naive_extrapolated"] for row in rows):
         print("  * naive time measured on a stratified sample and scaled to every resource")
     if args.json:
-        args.json.write_text(json.dumps({"machine": where, "latency_s": args.latency, "results": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"machine": where, "code": code, "latency_s": args.latency, "results": rows},
+                                        indent=2) + "\n")
     return 0
 
 
