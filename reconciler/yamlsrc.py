@@ -112,24 +112,9 @@ def read_limited(path: Path, within: Path | None = None) -> str:
     Anything else — outside, not a regular file, over the size limit, not UTF-8 — is a
     `LoadError` and nothing is read.
     """
-    from reconciler.naming import shown
-
-    if within is not None and not Path(os.path.realpath(path)).is_relative_to(within.resolve()):
-        how = f"a symbolic link to {shown(os.readlink(path))}" if path.is_symlink() else "behind a symbolic link"
-        raise LoadError(1, 1, f"is {how}, outside the repository; headwater reads only regular files inside it")
-    try:
-        resolved = path.resolve(strict=True)
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise LoadError(1, 1, f"is a symbolic link to {shown(os.readlink(path))}, which does not exist") from None
-        raise LoadError(1, 1, "file does not exist") from None
-    except RuntimeError:  # a symbolic link loop
-        raise LoadError(1, 1, "is a symbolic link loop") from None
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the path was resolved.
-        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise LoadError(1, 1, f"cannot read file: {exc.strerror}") from None
+    fd = _open_inside(path, within)
+    if fd is None:  # the path to every refusal, worded as it always was
+        fd = _open_checked(path, within)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -152,6 +137,49 @@ def read_limited(path: Path, within: Path | None = None) -> str:
         return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LoadError(1, 1, f"file is not valid UTF-8: {exc.reason}") from exc
+
+
+def _open_inside(path: Path, within: Path | None) -> int | None:
+    """A descriptor of the file ``path`` resolves to, when that is plainly fine: every part of the
+    path exists, it resolves lexically inside ``within`` as given (`load_repo` passes it resolved)
+    and it opens. None otherwise: `_open_checked` then decides and words why."""
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError:
+        return None
+    if within is not None:
+        base = str(within)
+        if not (real.startswith(base) and real[len(base):len(base) + 1] in ("", os.sep)):
+            return None
+    try:
+        return os.open(real, _OPEN_FLAGS)
+    except OSError:
+        return None
+
+
+# O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the path was resolved.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_checked(path: Path, within: Path | None) -> int:
+    """`read_limited`'s checks in full: the descriptor, or a `LoadError` saying what is wrong."""
+    from reconciler.naming import shown
+
+    if within is not None and not Path(os.path.realpath(path)).is_relative_to(within.resolve()):
+        how = f"a symbolic link to {shown(os.readlink(path))}" if path.is_symlink() else "behind a symbolic link"
+        raise LoadError(1, 1, f"is {how}, outside the repository; headwater reads only regular files inside it")
+    try:
+        resolved = path.resolve(strict=True)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise LoadError(1, 1, f"is a symbolic link to {shown(os.readlink(path))}, which does not exist") from None
+        raise LoadError(1, 1, "file does not exist") from None
+    except RuntimeError:  # a symbolic link loop
+        raise LoadError(1, 1, "is a symbolic link loop") from None
+    try:
+        return os.open(resolved, _OPEN_FLAGS)
+    except OSError as exc:
+        raise LoadError(1, 1, f"cannot read file: {exc.strerror}") from None
 
 
 def load_yaml(path: Path, within: Path | None = None) -> tuple[Any, SourceMap]:

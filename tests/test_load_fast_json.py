@@ -121,3 +121,41 @@ def test_an_error_keeps_its_message_and_position(tmp_path):
     with pytest.raises(LoadError) as caught:
         load_json(path, tmp_path)
     assert (caught.value.line, caught.value.column, caught.value.message) == (3, 3, "duplicate key 'a'")
+
+
+def _read_both_ways(path, within, monkeypatch):
+    """`read_limited` as it is, and with every file taking the fully checked way."""
+    outcomes = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(yamlsrc, "_open_inside", lambda path, within: None)
+        try:
+            outcomes.append(("ok", yamlsrc.read_limited(path, within)))
+        except LoadError as exc:
+            outcomes.append(("error", exc.line, exc.column, exc.message))
+    monkeypatch.undo()
+    return outcomes
+
+
+def test_the_quick_open_reads_what_the_checked_one_would(tmp_path, monkeypatch):
+    import os
+
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    (repo / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (repo / "a.json").write_text("{}")
+    (outside / "secret.json").write_text('{"k": 1}')
+    (repo / "sub" / "b.json").write_text("[]")
+    os.symlink(repo / "a.json", repo / "in.json")
+    os.symlink(outside / "secret.json", repo / "out.json")
+    os.symlink("missing.json", repo / "dangling.json")
+    os.symlink("loop.json", repo / "loop.json")
+    os.symlink(outside, repo / "dirlink")
+    os.mkfifo(repo / "fifo.json")
+    cases = ["a.json", "in.json", "out.json", "dangling.json", "loop.json", "dirlink/secret.json", "fifo.json",
+             "sub", "sub/b.json", "sub/../a.json", "missing/../a.json", "nope.json"]
+    for name in cases:
+        for within in (repo, repo / "sub" / "..", None):
+            fast, checked = _read_both_ways(repo / name, within, monkeypatch)
+            assert fast == checked, (name, within, fast, checked)
+    assert _read_both_ways(repo / "out.json", repo, monkeypatch)[0][0] == "error"
