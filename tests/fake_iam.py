@@ -71,6 +71,7 @@ class FakeIam:
         self.objects: dict[tuple[str, str], tuple[bytes, int]] = {}  # (bucket, name) -> (data, generation)
         self.taxonomies: dict[str, dict[str, str]] = {}  # taxonomy server name -> {display_name, tags: {...}}
         self._behind: set[str] = set()
+        self._ledger_race: dict[str, Any] | None = None
         self._etags = itertools.count(1)
         self._generations = itertools.count(1000)
         self._lock = threading.RLock()
@@ -190,6 +191,11 @@ class FakeIam:
         """Between the next read of ``resource``'s policy and its write, someone else writes it."""
         self._behind.add(resource)
 
+    def race_ledger(self, bucket: str, entry: dict[str, Any]) -> None:
+        """At the next upload of the ledger, another applier's write (adding ``entry`` to its bindings)
+        lands first: the upload's generation precondition then fails (412)."""
+        self._ledger_race = {"bucket": bucket, **entry}
+
     def members(self, resource: str, role: str) -> set[str]:
         if resource.startswith("dataset:"):
             legacy = LEGACY.get(role, role)
@@ -243,6 +249,12 @@ class FakeIam:
         metadata = json.loads(parts[0].get_payload())
         data = parts[1].get_payload(decode=True)
         name = request.query.get("name") or metadata["name"]
+        if self._ledger_race is not None and self._ledger_race["bucket"] == bucket:
+            race, self._ledger_race = self._ledger_race, None
+            found = self.objects.get((bucket, name))
+            ledger = json.loads(found[0]) if found else {"version": 1, "bindings": {}, "audit_configs": {}}
+            ledger["bindings"][race["name"]] = race["entry"]
+            self.objects[(bucket, name)] = (json.dumps(ledger).encode(), next(self._generations))
         current = self.objects.get((bucket, name))
         expected = request.query.get("ifGenerationMatch")
         if expected is not None and int(expected) != (current[1] if current else 0):
