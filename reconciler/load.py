@@ -20,6 +20,7 @@ passes the root of its checkout), read with a byte bound.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import types
 import typing
@@ -158,6 +159,9 @@ class _Collector:
             return None
 
     def rel(self, path: Path) -> str:
+        text, root = str(path), str(self.root)
+        if text.startswith(root) and text[len(root):len(root) + 1] == os.sep:  # what relative_to says, sooner
+            return text[len(root) + 1:]
         try:
             return str(path.relative_to(self.root))
         except ValueError:
@@ -396,7 +400,8 @@ def _secret_refs(connector: Connector, rel: str, smap: SourceMap) -> tuple[Secre
     return tuple(refs)
 
 
-def _ingestion_keys() -> list[str]:
+@functools.cache
+def _ingestion_keys() -> list[str]:  # asked for every connector file: the models do not change
     from reconciler.config import BatchFile, CloudTransfer, DatabaseCdc, EventStreaming, StreamingApi
 
     keys: list[str] = []
