@@ -35,13 +35,19 @@ def require_ingest_targets(spec: PipelineSpec) -> None:
         raise SpecError(f"an ingesting pipeline needs {' and '.join(missing)} in its spec")
 
 
-def ingest(raw: beam.PCollection, spec: PipelineSpec, *, streaming: bool) -> dict[str, Any]:
-    """Apply validation and the sinks; returns the intermediate PCollections (for tests)."""
+def ingest(raw: Any, spec: PipelineSpec, *, streaming: bool, validated: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Apply validation and the sinks; returns the intermediate PCollections (for tests).
+
+    ``validated``: the ``{"valid", "dead_letters"}`` of a validation the caller applied (the
+    columnar path, ``beam.common.columnar``); ``raw`` is then only what Bronze gets, and may be a
+    callable that makes it (called only when the spec has a Bronze table)."""
     require_ingest_targets(spec)
     assert spec.silver_table and spec.dead_letter_topic
-    out = raw | "ValidateAndDedup" >> ValidateAndDedup(spec, streaming=streaming)
+    out = validated if validated is not None else raw | "ValidateAndDedup" >> ValidateAndDedup(spec, streaming=streaming)
     rejected = []
     if spec.bronze_table:
+        if callable(raw):
+            raw = raw()
         rejected.append(
             raw
             | "ToBronzeRows" >> beam.ParDo(BronzeRows(spec.source_id))

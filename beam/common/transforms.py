@@ -183,25 +183,7 @@ class ValidateRows(ListBatchDoFn):
 
     def check_batch(self, batch: list[Raw]) -> tuple[list[Row], list[Any], list[DeadLetter]]:
         """The valid rows, their dedup keys (None without a key), and the dead letters."""
-        check = self.checker.check
-        rows: list[Row] = []
-        keys: list[str | None] = []
-        dead: list[DeadLetter] = []
-        reasons: dict[str, int] = {}
-        with gc_paused():
-            for payload, parsed, origin, _attributes in batch:
-                try:
-                    if parsed is None:
-                        parsed = parse_json(payload)
-                    elif type(parsed) is ParseFailure:
-                        raise Invalid(UNPARSEABLE, parsed.detail)
-                    row, key = check(parsed, origin)
-                except Invalid as bad:
-                    reasons[bad.reason] = reasons.get(bad.reason, 0) + 1
-                    dead.append(DeadLetter(payload, bad.reason, bad.detail, origin))
-                    continue
-                rows.append(row)
-                keys.append(key)
+        rows, keys, dead, reasons = check_raw(self.checker.check, batch)
         # Counters are bumped once per batch and reason, not per record.
         self.records_in.inc(len(batch))
         for reason, n in reasons.items():
@@ -212,6 +194,32 @@ class ValidateRows(ListBatchDoFn):
             self.dropped.inc(self.checker.dropped_unknown)
             self.checker.dropped_unknown = 0
         return rows, keys, dead
+
+
+def check_raw(check: Callable[[Any, str], tuple[Row, Any]], batch: list[Raw]
+              ) -> tuple[list[Row], list[Any], list[DeadLetter], dict[str, int]]:
+    """``Raw`` records through a ``RecordChecker``'s function: the valid rows, their dedup keys,
+    the dead letters, and the count of dead letters by reason. The one per-record decision,
+    shared by the per-record path and the columnar path's leftovers (``columnar.py``)."""
+    rows: list[Row] = []
+    keys: list[Any] = []
+    dead: list[DeadLetter] = []
+    reasons: dict[str, int] = {}
+    with gc_paused():
+        for payload, parsed, origin, _attributes in batch:
+            try:
+                if parsed is None:
+                    parsed = parse_json(payload)
+                elif type(parsed) is ParseFailure:
+                    raise Invalid(UNPARSEABLE, parsed.detail)
+                row, key = check(parsed, origin)
+            except Invalid as bad:
+                reasons[bad.reason] = reasons.get(bad.reason, 0) + 1
+                dead.append(DeadLetter(payload, bad.reason, bad.detail, origin))
+                continue
+            rows.append(row)
+            keys.append(key)
+    return rows, keys, dead, reasons
 
 
 # --------------------------------------------------------------------------- batch dedup

@@ -88,12 +88,13 @@ from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Duration
 
 from beam.common import files
+from beam.common.columnar import ChunkRecords, ColumnarValidateAndDedup, eligible
 from beam.common.ingest import ingest, require_ingest_targets
 from beam.common.runner import make_pipeline, parse, run_pipeline
 from beam.common.spec import INPUT_FORMATS, PipelineSpec, load_spec
 from beam.common.transforms import counter
 from beam.gcs_to_bigquery.events import SWEEPS, FileEvent, ParseFileEvents, sweep_files
-from beam.gcs_to_bigquery.readers import ReadRecords
+from beam.gcs_to_bigquery.readers import ReadChunks, ReadRecords
 
 # Streaming: files are released to the move in fixed windows of this many seconds (of the
 # processing-time stamp their claim gave them), once the sinks' watermark has passed. Short, so
@@ -252,8 +253,13 @@ def finished_key(spec: PipelineSpec) -> str:
 
 def build(pipeline: beam.Pipeline, spec: PipelineSpec, input_pattern: str, input_format: str | None = None,
           input_compression: str | None = None, *, run_id: str | None = None,
-          claim_ttl_s: float = files.CLAIM_TTL_S) -> dict[str, Any]:
-    """The batch mode (the sweep): every file ``input_pattern`` names now, claimed first."""
+          claim_ttl_s: float = files.CLAIM_TTL_S, columnar: bool = True) -> dict[str, Any]:
+    """The batch mode (the sweep): every file ``input_pattern`` names now, claimed first.
+
+    JSON lines go through the columnar path (``beam.common.columnar``: file chunks, Arrow) when
+    the spec fits it (``columnar.eligible``) and ``columnar`` is left on; otherwise, and for the
+    tests that compare the two, through the per-record path. Both give the same Silver rows,
+    dead letters and counters."""
     fmt = input_format or spec.input.format
     compression = input_compression or spec.input.compression
     claimed = (
@@ -263,8 +269,14 @@ def build(pipeline: beam.Pipeline, spec: PipelineSpec, input_pattern: str, input
         | "SpreadFiles" >> beam.Reshuffle()  # one file per worker at a time, on Dataflow
         | "ClaimFiles" >> beam.ParDo(ClaimFiles(run_id or new_run_id(), ttl_s=claim_ttl_s))
     )
-    raw = claimed | "ReadRecords" >> beam.ParDo(ReadRecords(fmt, compression))
-    out = ingest(raw, spec, streaming=False)
+    if columnar and fmt in (None, "json") and eligible(spec):
+        chunks = claimed | "ReadChunks" >> beam.ParDo(ReadChunks(fmt, compression))
+        validated = chunks | "ValidateAndDedup" >> ColumnarValidateAndDedup(spec)
+        out = ingest(lambda: chunks | "ChunkRecords" >> beam.ParDo(ChunkRecords()), spec, streaming=False,
+                     validated=validated)
+    else:
+        raw = claimed | "ReadRecords" >> beam.ParDo(ReadRecords(fmt, compression))
+        out = ingest(raw, spec, streaming=False)
     released = out["sinks_done"] | "ReleaseFiles" >> beam.FlatMap(lambda _done, read: read,
                                                                   read=beam.pvalue.AsList(claimed))
     out["claimed"] = claimed

@@ -56,6 +56,7 @@ from beam.common.records import Attributes, ParseFailure, Raw
 from beam.common.transforms import counter, gc_paused
 
 BATCH = 10_000  # records per emitted batch
+CHUNK_BYTES = 4 << 20  # bytes of whole lines per FileChunk (the columnar path's element)
 READ_HINT = 1 << 20  # bytes per readlines() call
 
 FORMATS_BY_SUFFIX = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet",
@@ -141,6 +142,12 @@ class ReadRecords(beam.DoFn):
 
     @beam.DoFn.yields_batches
     def process(self, file: files.FileInfo) -> Iterator[List[Raw]]:  # noqa: UP006
+        return self.read(file, self._json_lines, _records_as_batch)
+
+    def read(self, file: files.FileInfo, json_units: Any, records_unit: Any) -> Iterator[Any]:
+        """The file as units: ``json_units(stream, path, attrs)`` yields ``(unit, records in it)``
+        for JSON lines; ``records_unit(batch, file)`` turns a batch of ``Raw`` records (of the
+        other formats, or an unreadable file's failure) into a unit."""
         path = file.path
         attrs = file_attributes(file)
         fmt = self.fmt
@@ -159,22 +166,25 @@ class ReadRecords(beam.DoFn):
                 if gzipped:
                     stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
                 if fmt == "json":
-                    batches = self._json_lines(stream, path, attrs)
-                elif fmt == "csv":
-                    batches = _in_batches(_csv_rows(stream, path, attrs))
-                elif fmt == "parquet":
-                    batches = _in_batches(_parquet_rows(stream, path, attrs))
+                    for unit, n in json_units(stream, path, attrs):
+                        read += n
+                        yield unit
                 else:
-                    batches = _in_batches(_avro_rows(stream, path, attrs))
-                for batch in batches:
-                    read += len(batch)
-                    yield batch
+                    if fmt == "csv":
+                        batches = _in_batches(_csv_rows(stream, path, attrs))
+                    elif fmt == "parquet":
+                        batches = _in_batches(_parquet_rows(stream, path, attrs))
+                    else:
+                        batches = _in_batches(_avro_rows(stream, path, attrs))
+                    for batch in batches:
+                        read += len(batch)
+                        yield records_unit(batch, file)
         except FORMAT_ERRORS as e:  # see the module docstring
             self.unreadable.inc()
             as_what = f" as {fmt}" if fmt else ""
             where = f" after {read} records" if read else ""
             failure = ParseFailure(f"cannot read {path}{as_what}{where}: {type(e).__name__}: {e}")
-            yield [(b"", failure, path, attrs)]
+            yield records_unit([(b"", failure, path, attrs)], file)
         except NotFound:  # see the module docstring
             self.vanished.inc()
             logging.getLogger(__name__).warning("%s (generation %s) vanished after %d records", path,
@@ -210,15 +220,71 @@ class ReadRecords(beam.DoFn):
                             break
                     if not batch:
                         break
-                    yield batch
+                    yield batch, len(batch)
                     batch = []
         except FORMAT_ERRORS:
             if batch:
-                yield batch  # the records read before the error still count
+                yield batch, len(batch)  # the records read before the error still count
             raise
         finally:
             if blank:
                 self.blank_lines.inc(blank)
+
+
+def _records_as_batch(batch: list[Raw], _file: files.FileInfo) -> list[Raw]:
+    return batch
+
+
+class ReadChunks(ReadRecords):
+    """A listed file -> ``FileChunk`` elements for the columnar path (``beam.common.columnar``):
+    ~``CHUNK_BYTES`` of whole JSON lines each, read exactly as ``ReadRecords`` reads them (the
+    same ``readlines`` calls, so an unreadable file ends at the same record); files of other
+    formats, and an unreadable file's failure, as chunks of ``Raw`` records."""
+
+    def infer_output_type(self, input_type: Any) -> Any:
+        from beam.common.columnar import FileChunk
+
+        return FileChunk
+
+    def process(self, file: files.FileInfo) -> Iterator[Any]:  # type: ignore[override]
+        from beam.common.columnar import FileChunk
+
+        def records_unit(batch: list[Raw], f: files.FileInfo) -> Any:
+            return FileChunk(f.path, file_attributes(f), 0, b"", 0, batch)
+
+        return self.read(file, self._json_chunks, records_unit)
+
+    def _json_chunks(self, stream: IO[bytes], path: str, attrs: Attributes) -> Iterator[tuple[Any, int]]:
+        from beam.common.columnar import FileChunk
+
+        first = 1
+        blank_total = 0
+        pending: list[bytes] = []
+        size = 0
+        try:
+            for lines in iter(lambda: stream.readlines(READ_HINT), []):
+                pending.extend(lines)
+                size += sum(map(len, lines))
+                if size >= CHUNK_BYTES:
+                    blank = sum(1 for line in pending if not line.strip())
+                    blank_total += blank
+                    yield FileChunk(path, attrs, first, b"".join(pending), blank), len(pending) - blank
+                    first += len(pending)
+                    pending, size = [], 0
+        except FORMAT_ERRORS:
+            if pending:  # the lines of whole readlines() calls before the error, as ReadRecords
+                blank = sum(1 for line in pending if not line.strip())
+                blank_total += blank
+                yield FileChunk(path, attrs, first, b"".join(pending), blank), len(pending) - blank
+            raise
+        finally:
+            if blank_total:
+                self.blank_lines.inc(blank_total)
+        if pending:
+            blank = sum(1 for line in pending if not line.strip())
+            if blank:
+                self.blank_lines.inc(blank)
+            yield FileChunk(path, attrs, first, b"".join(pending), blank), len(pending) - blank
 
 
 def _in_batches(records: Iterator[Raw]) -> Iterator[list[Raw]]:

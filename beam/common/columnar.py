@@ -1,0 +1,685 @@
+"""The columnar batch path: validate, check and de-duplicate JSON-lines files a chunk at a time.
+
+The per-record path (``beam.common.transforms.ValidateAndDedup`` fed by ``ReadRecords``) runs
+one generated Python function per record (``beam.common.checker.RecordChecker``). This path
+gives Beam *file chunks* instead - a :class:`FileChunk` is ~``CHUNK_BYTES`` of whole lines of
+one file - and does the common case with Arrow kernels (pyarrow, single-threaded), one call per
+chunk and column:
+
+1. **Screen** every line with one RE2 expression built from the schema (:func:`line_pattern`):
+   a flat JSON object whose keys are all schema fields, each value a JSON token of the kind
+   its type takes without conversion (a string for STRING and TIMESTAMP, an integer of at most
+   18 digits for INT64, a plain number for FLOAT64, ``true``/``false`` for BOOL) or ``null``.
+2. **Parse** the lines that pass with Arrow's JSON reader, the schema as explicit schema.
+3. **Clear** each row with vectorized predicates that imply the checker's verdict is "valid"
+   and its row equals the Arrow row (:meth:`ColumnarChecker._cleared`): REQUIRED fields
+   present, a TIMESTAMP in the ``YYYY-MM-DDTHH:MM:SSZ`` form that names a real instant
+   (canonical: ``...+00:00``), and every data-quality rule passing where the rule has an exact
+   vectorized form (``not_null``, ``positive_number``, ``range`` with exactly comparable bounds,
+   ``allowed_values`` on STRING or INT64, ``valid_email``, and ``regex`` for patterns made only
+   of constructs on which RE2 and Python's ``re`` agree, on ASCII values).
+
+Everything else - a line the screen does not pass (malformed JSON, not an object, a wrong or
+converted type, an unknown field, escapes Arrow and orjson might decode differently), a row a
+predicate does not clear, or every line of a chunk whose Arrow parse fails as a whole (a
+duplicated key) - goes through the per-record checker itself (``check_raw``), which decides
+its fate, reason and detail. The vectorized steps therefore only ever *skip* the checker for
+rows it would pass unchanged: there is one definition of the rules (``validation.py``,
+``quality.py``), and the accounting, the dead letters and their reasons are the per-record
+path's by construction. ``tests/beam/test_columnar.py`` runs both paths on generated data with
+every dead-letter reason and the screen's edge cases, and compares Silver rows, dead letters
+and counters.
+
+Dedup is the per-record path's batch dedup (exact over the run, the kept row of a duplicate set
+the one whose canonical JSON sorts first), on Arrow tables: rows are split into ``DEDUP_SHARDS``
+shards by a stable hash of their key columns (:func:`shard_of`), travel through one GroupByKey
+as Arrow IPC (:class:`ArrowChunkCoder`: a memory copy, against marshal's per-value encoding), and
+each shard groups on the key columns; only rows whose key occurs more than once become Python
+dicts before the shard's output. Silver gets dicts as before (the sink is shared).
+
+Where it applies (:func:`eligible`): batch ``gcs_to_bigquery`` on JSON lines, with a schema of
+top-level STRING, INT64, FLOAT64, BOOL and TIMESTAMP fields and dedup keys among them. Other
+formats in the same run (by suffix) travel as chunks of ``Raw`` records through the checker;
+other schemas use the per-record path. Streaming keeps the per-record path.
+"""
+
+from __future__ import annotations
+
+import re
+import sre_constants
+import sre_parse
+from collections.abc import Iterable, Iterator
+from itertools import repeat
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from beam.common.checker import RecordChecker
+from beam.common.records import Attributes, DeadLetter, Raw, Row
+from beam.common.spec import Field, PipelineSpec, QualityRule
+from beam.common.transforms import (
+    DEAD_LETTERS,
+    DEDUP_SHARDS,
+    OUTPUT_BATCH,
+    _canonical,
+    check_raw,
+    counter,
+    freeze_long_lived_objects,
+    gc_paused,
+)
+
+COLUMNAR_TYPES = {"STRING": pa.string(), "INT64": pa.int64(), "FLOAT64": pa.float64(), "BOOL": pa.bool_(),
+                  "TIMESTAMP": pa.string()}
+MESSAGE_ID = "_message_id"
+
+
+class FileChunk(NamedTuple):
+    """One element of the columnar path: whole lines of one JSON-lines file, or records.
+
+    ``data``: the lines as read, newlines included (bytes, ~``CHUNK_BYTES``); ``first_line``:
+    the 1-based number of its first line in the file; ``blank``: how many of its lines are blank
+    (the reader counted them). ``records``: instead of ``data``, ``Raw`` records for the
+    checker (a CSV, Parquet or Avro file in the same run, or an unreadable file's failure).
+    """
+
+    path: str
+    attrs: Attributes
+    first_line: int
+    data: bytes
+    blank: int
+    records: list[Raw] | None = None
+
+    def raw_records(self) -> Iterator[Raw]:
+        """The chunk as the ``Raw`` records ``ReadRecords`` emits (payload, None, origin,
+        attributes), blank lines skipped: what Bronze and the checker take."""
+        if self.records is not None:
+            yield from self.records
+            return
+        origin, attrs = f"{self.path}#", self.attrs
+        for n, line in enumerate(self.data.split(b"\n"), self.first_line):
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                number = str(n)
+                yield line, None, origin + number, attrs + (("line", number),)
+
+
+def eligible(spec: PipelineSpec) -> bool:
+    """Whether the spec's schema and keys fit the columnar path (see the module docstring)."""
+    if not all(f.mode in ("NULLABLE", "REQUIRED") and f.type in COLUMNAR_TYPES and _NAME.match(f.name)
+               for f in spec.fields):
+        return False
+    names = {f.name for f in spec.fields}
+    return spec.dedup is None or all(k in names for k in spec.dedup.key)
+
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# --------------------------------------------------------------------------- the screen
+
+_WS = r"[ \t\r]*"
+# A JSON string Arrow and orjson decode alike: no control characters, simple escapes, \u
+# escapes of anything but surrogates (orjson rejects lone ones; Arrow might not).
+_STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u(?:[0-9a-cA-Ce-fE-F][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))*"'
+# INT64: integers within 64 bits (18 digits), what orjson gives as int and Arrow as int64.
+_INT = r"-?(?:0|[1-9][0-9]{0,17})"
+# FLOAT64: no "-0" integer (orjson: int 0 -> 0.0, Arrow: -0.0); both round correctly.
+_NUMBER = r"(?:0|-?[1-9][0-9]{0,15}|-?0\.[0-9]{1,20}|-?[1-9][0-9]{0,15}\.[0-9]{1,20})(?:[eE][+-]?[0-9]{1,2})?"
+_TOKENS = {"STRING": _STRING, "TIMESTAMP": _STRING, "INT64": _INT, "FLOAT64": _NUMBER, "BOOL": "(?:true|false)"}
+
+
+def line_pattern(fields: tuple[Field, ...]) -> str:
+    """RE2 for a line the Arrow reader takes exactly as orjson + the validator would (step 1)."""
+    pairs = "|".join(f'"{f.name}"{_WS}:{_WS}(?:{_TOKENS[f.type]}|null)' for f in fields)
+    pair = f"(?:{pairs})"
+    return rf"^{_WS}\{{{_WS}(?:{pair}(?:{_WS},{_WS}{pair})*)?{_WS}\}}{_WS}\n?$"
+
+
+BLANK = r"^[ \t\r\x0b\x0c]*\n?$"  # bytes.strip()'s whitespace: what the reader calls blank
+_TIMESTAMP_Z = r"^[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
+
+# Python's \s in a str pattern: every character str.isspace() calls whitespace.
+_PY_SPACE = "".join(f"\\x{{{c:x}}}" for c in range(0x110000) if chr(c).isspace())
+# quality.EMAIL with \s spelled as Python's: an RE2 match implies a Python re.match.
+_EMAIL_RE2 = rf"^[^@{_PY_SPACE}]+@[^@{_PY_SPACE}.]+(\.[^@{_PY_SPACE}.]+)+$"
+
+
+def re2_safe(pattern: str) -> bool:
+    """Whether RE2 and Python's ``re.search`` agree on ``pattern`` for every ASCII string:
+    literals, ``.``, positive classes of literals, ranges, ``\\d`` and ``\\w``, groups,
+    alternation, greedy/lazy repeats, ``^`` and ``$`` (Python's ``$`` also matches before a
+    final newline: RE2's never does, so an RE2 match still implies Python's). Anything else
+    (flags, lookarounds, back-references, ``\\b``, ``\\s``, negations) is not vectorized."""
+    try:
+        parsed = sre_parse.parse(pattern)
+    except re.error:
+        return False
+    if parsed.state.flags & ~(re.UNICODE | re.ASCII):
+        return False
+    return _safe_items(parsed)
+
+
+def _safe_items(items: Iterable[Any]) -> bool:
+    c = sre_constants
+    for op, av in items:
+        if op in (c.LITERAL, c.ANY):
+            continue
+        if op is c.IN:
+            for iop, iav in av:
+                if iop is c.NEGATE:
+                    return False
+                if iop is c.CATEGORY and iav not in (c.CATEGORY_DIGIT, c.CATEGORY_WORD):
+                    return False
+                if iop not in (c.LITERAL, c.RANGE, c.CATEGORY):
+                    return False
+        elif op is c.AT:
+            if av not in (c.AT_BEGINNING, c.AT_END):
+                return False
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT):
+            if not _safe_items(av[2]):
+                return False
+        elif op is c.SUBPATTERN:
+            _group, add_flags, del_flags, sub = av
+            if add_flags or del_flags or not _safe_items(sub):
+                return False
+        elif op is c.BRANCH:
+            if not all(_safe_items(b) for b in av[1]):
+                return False
+        else:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- per chunk
+
+
+class Checked(NamedTuple):
+    """A chunk's verdicts: ``table`` the valid rows (columns: the schema's fields, canonical
+    values, and ``_message_id``), ``dead`` the dead letters, ``reasons`` their count by reason,
+    ``records_in`` the chunk's records, ``dropped_unknown`` lenient drops (checker rows only),
+    ``checked_per_record`` how many records the checker decided."""
+
+    table: pa.Table
+    dead: list[DeadLetter]
+    reasons: dict[str, int]
+    records_in: int
+    dropped_unknown: int
+    checked_per_record: int
+
+
+class ColumnarChecker:
+    """``FileChunk -> Checked``, see the module docstring. Picklable; not thread-safe."""
+
+    def __init__(self, fields: tuple[Field, ...], validation: str, rules: tuple[QualityRule, ...],
+                 key_paths: tuple[str, ...] | None) -> None:
+        self._args = (fields, validation, rules, key_paths)
+        self.fields = fields
+        self.rules = rules
+        self.key_paths = key_paths
+        self.checker = RecordChecker(fields, validation, rules, key_paths)
+        self.json_schema = pa.schema([(f.name, COLUMNAR_TYPES[f.type]) for f in fields])
+        self.schema = self.json_schema.append(pa.field(MESSAGE_ID, pa.string()))
+        self.pattern = line_pattern(fields)
+        self.by_name = {f.name: f for f in fields}
+        self.read_options = pajson.ReadOptions(use_threads=False, block_size=1 << 30)
+        self.parse_options = pajson.ParseOptions(explicit_schema=self.json_schema, unexpected_field_behavior="error")
+
+    def __reduce__(self) -> Any:
+        return (ColumnarChecker, self._args)
+
+    def __call__(self, chunk: FileChunk) -> Checked:
+        if chunk.records is not None:
+            return self._per_record(list(chunk.records), [])
+        data = chunk.data
+        lines = _lines(data)
+        n = len(lines)
+        fast = pc.match_substring_regex(lines, self.pattern)
+        if chunk.blank:
+            fast = pc.and_(fast, pc.invert(pc.match_substring_regex(lines, BLANK)))
+        fast_idx = np.flatnonzero(fast.to_numpy(zero_copy_only=False))
+        table = None
+        if len(fast_idx):
+            picked = lines.filter(fast)
+            try:
+                table = pajson.read_json(pa.BufferReader(picked.buffers()[2]), self.read_options,
+                                         self.parse_options)
+            except pa.ArrowInvalid:  # e.g. a duplicated key: the checker decides every line
+                table = None
+            if table is not None and len(table) != len(fast_idx):
+                table = None  # cannot happen for screened lines; never trust a miscount
+        if table is None:
+            fast_idx = np.empty(0, dtype=np.int64)
+            cleared_idx = fast_idx
+            fast_table = self.schema.empty_table()
+        else:
+            ok, columns = self._cleared(table)
+            keep = np.flatnonzero(ok)
+            cleared_idx = fast_idx[keep]
+            numbers = pa.array(cleared_idx + chunk.first_line).cast(pa.string())
+            origins = pc.binary_join_element_wise(f"{chunk.path}#", numbers, "")
+            fast_table = pa.table([c.take(pa.array(keep)) for c in columns] + [origins], schema=self.schema)
+        # Every other non-blank line goes to the checker, in file order.
+        rest = np.ones(n, dtype=bool)
+        rest[cleared_idx] = False
+        if chunk.blank:
+            rest &= ~pc.match_substring_regex(lines, BLANK).to_numpy(zero_copy_only=False)
+        if n and data.endswith(b"\n"):
+            rest[n - 1] = False  # the empty string after the last newline is not a line
+        rest_idx = np.flatnonzero(rest)
+        records: list[Raw] = []
+        if len(rest_idx):
+            origin, attrs, first = f"{chunk.path}#", chunk.attrs, chunk.first_line
+            payloads = lines.view(pa.binary()).take(pa.array(rest_idx)).to_pylist()
+            for i, line in zip(rest_idx.tolist(), payloads, strict=True):
+                number = str(i + first)
+                records.append((line.rstrip(b"\r\n"), None, origin + number, attrs + (("line", number),)))
+        return self._per_record(records, [fast_table], fast=len(cleared_idx))
+
+    def _per_record(self, records: list[Raw], tables: list[pa.Table], fast: int = 0) -> Checked:
+        rows, _keys, dead, reasons = check_raw(self.checker.check, records)
+        dropped = self.checker.dropped_unknown
+        self.checker.dropped_unknown = 0
+        if rows:
+            tables.append(pa.Table.from_pylist(rows, schema=self.schema))
+        table = pa.concat_tables(tables) if len(tables) > 1 else (tables[0] if tables else self.schema.empty_table())
+        return Checked(table, dead, reasons, fast + len(records), dropped, len(records))
+
+    def _cleared(self, table: pa.Table) -> tuple[np.ndarray, list[pa.Array]]:
+        """Step 3: which parsed rows the checker would pass unchanged, and the canonical columns."""
+        ok = np.ones(len(table), dtype=bool)
+        columns: list[pa.Array] = []
+        for f in self.fields:
+            col = table.column(f.name).combine_chunks()
+            if f.mode == "REQUIRED" and col.null_count:
+                ok &= _mask(pc.is_valid(col))
+            if f.type == "TIMESTAMP" and len(col) > col.null_count:
+                ok &= _mask(pc.is_null(col)) | _real_instants(col, _mask(pc.match_substring_regex(col, _TIMESTAMP_Z)))
+                col = pc.binary_join_element_wise(pc.utf8_slice_codeunits(col, 0, 19), "+00:00", "")
+            columns.append(col)
+        values = {f.name: c for f, c in zip(self.fields, columns, strict=True)}
+        for rule in self.rules:
+            col = values.get(rule.field)
+            f = self.by_name.get(rule.field)
+            if col is None or f is None:  # a path the schema does not have: always null
+                if rule.check == "not_null":
+                    ok[:] = False
+                continue
+            if rule.check == "not_null":
+                if col.null_count:
+                    ok &= _mask(pc.is_valid(col))
+                continue
+            passes = _rule_passes(rule, f, col)
+            # Null passes every other check; where no exact vectorized form exists, a non-null
+            # value is left to the checker.
+            ok &= _mask(pc.is_null(col)) if passes is None else _mask(pc.or_kleene(pc.is_null(col), passes))
+        return ok, columns
+
+
+_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
+
+
+def _real_instants(col: pa.Array, z: np.ndarray) -> np.ndarray:
+    """Of the values ``z`` marks (``YYYY-MM-DDTHH:MM:SSZ``, years 1000-9999), those naming a
+    real instant, as ``datetime.fromisoformat`` decides: month 1-12, a day of that month
+    (leap years), hour <= 23, minute and second <= 59. Read from the digits with numpy."""
+    out = np.zeros(len(col), dtype=bool)
+    idx = np.flatnonzero(z)
+    if not len(idx):
+        return out
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset:col.offset + len(col) + 1]
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)
+    d = data[offsets[idx][:, None] + np.arange(19)].astype(np.int64) - 48
+
+    def num(a: int, b: int) -> np.ndarray:
+        v = np.zeros(len(idx), dtype=np.int64)
+        for i in range(a, b):
+            v = v * 10 + d[:, i]
+        return v
+
+    year, month, day = num(0, 4), num(5, 7), num(8, 10)
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_ok = (month >= 1) & (month <= 12)
+    days = _DAYS[np.where(month_ok, month, 0)] + (leap & (month == 2))
+    out[idx] = month_ok & (day >= 1) & (day <= days) & (num(11, 13) <= 23) & (num(14, 16) <= 59) & (num(17, 19) <= 59)
+    return out
+
+
+def _rule_passes(rule: QualityRule, f: Field, col: pa.Array) -> pa.Array | None:
+    """Non-null values that pass ``rule`` exactly as ``quality.py`` decides, or None when the
+    rule has no exact vectorized form for this field."""
+    c, t = rule.check, f.type
+    numeric = t in ("INT64", "FLOAT64")
+    if c == "valid_email" and t == "STRING":
+        return pc.match_substring_regex(col, _EMAIL_RE2)
+    if c == "positive_number" and numeric:
+        return pc.greater(col, pa.scalar(0, col.type))
+    if c == "range" and numeric:
+        out = None
+        for bound, op in ((rule.min, pc.greater_equal), (rule.max, pc.less_equal)):
+            if bound is None:
+                continue
+            scalar = _exact_scalar(bound, col.type)
+            if scalar is None:
+                return None
+            test = op(col, scalar)
+            out = test if out is None else pc.and_(out, test)
+        return out
+    if c == "allowed_values":
+        if t == "STRING" and all(type(v) is str for v in rule.values):
+            return pc.is_in(col, value_set=pa.array(list(rule.values), pa.string()))
+        if t == "INT64" and all(type(v) is int for v in rule.values) and all(
+                -(2**63) <= v < 2**63 for v in rule.values):
+            return pc.is_in(col, value_set=pa.array(list(rule.values), pa.int64()))
+        return None
+    if c == "regex" and t == "STRING" and re2_safe(rule.pattern or ""):
+        return pc.and_(pc.string_is_ascii(col), pc.match_substring_regex(col, rule.pattern or ""))
+    return None
+
+
+def _exact_scalar(bound: Any, typ: pa.DataType) -> pa.Scalar | None:
+    """``bound`` as a scalar of the column's type when Arrow's comparison then equals Python's."""
+    if type(bound) is int:
+        if pa.types.is_int64(typ) and -(2**63) <= bound < 2**63:
+            return pa.scalar(bound, typ)
+        if pa.types.is_float64(typ) and abs(bound) <= 2**53:
+            return pa.scalar(float(bound), typ)
+        return None
+    if type(bound) is float and pa.types.is_float64(typ):
+        return pa.scalar(bound, typ)
+    return None
+
+
+def _mask(arr: pa.Array) -> np.ndarray:
+    """A boolean Arrow array as numpy, null as False."""
+    return pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
+
+
+def _lines(data: bytes) -> pa.Array:
+    """``data`` split after each newline, as a string array sharing its memory (newlines
+    included; the text is not UTF-8 checked - the screen and the reader reject bad bytes)."""
+    if len(data) >= 1 << 31:
+        raise ValueError("a chunk holds at most 2 GiB")  # int32 offsets (CHUNK_BYTES is far below)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10) + 1
+    offsets = np.empty(len(ends) + 2, dtype=np.int32)
+    offsets[0] = 0
+    offsets[1:len(ends) + 1] = ends
+    offsets[-1] = len(data)
+    n = len(offsets) - 1
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+# --------------------------------------------------------------------------- shards and dedup
+
+_PRIME = np.uint64(1099511628211)
+_POWERS = np.cumprod(np.full(64, 1_000_003, dtype=np.uint64), dtype=np.uint64)
+_NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
+
+
+def shard_of(table: pa.Table, key_paths: tuple[str, ...], shards: int = DEDUP_SHARDS) -> np.ndarray:
+    """Per row, its shard in ``[0, shards)``: a hash of the key columns that is stable across
+    processes (equal keys, equal shard; not the per-record path's shards - the two paths never
+    share a shuffle)."""
+    h = np.zeros(len(table), dtype=np.uint64)
+    for path in key_paths:
+        h = h * _PRIME ^ _column_hash(table.column(path).combine_chunks())
+    return ((h >> np.uint64(23)) % np.uint64(shards)).astype(np.int64)
+
+
+def _column_hash(col: pa.Array) -> np.ndarray:
+    n = len(col)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = col.cast(pa.large_string())
+        offsets = np.frombuffer(col.buffers()[1], dtype=np.int64)[col.offset:col.offset + n + 1]
+        data = np.frombuffer(col.buffers()[2], dtype=np.uint8) if col.buffers()[2] is not None else np.empty(0, np.uint8)
+        start, end = offsets[0], offsets[-1]
+        body = data[start:end].astype(np.uint64)
+        lengths = np.diff(offsets)
+        rel = offsets[:-1] - start
+        pos = np.arange(end - start, dtype=np.int64) - np.repeat(rel, lengths)
+        weighted = body * _POWERS[pos % 64]
+        h = np.zeros(n, dtype=np.uint64)
+        nonempty = lengths > 0
+        if len(weighted):
+            h[nonempty] = np.add.reduceat(weighted, rel[nonempty])
+        h ^= lengths.astype(np.uint64)
+    else:
+        values = pc.fill_null(col, pa.scalar(0, col.type) if not pa.types.is_boolean(col.type) else False)
+        if pa.types.is_boolean(col.type):
+            h = values.to_numpy(zero_copy_only=False).astype(np.uint64)
+        else:
+            h = values.to_numpy(zero_copy_only=False).view(np.uint64).copy()  # floats by their bits
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+    if col.null_count:
+        h[_mask(pc.is_null(col))] = _NULL_HASH
+    return h
+
+
+def by_shard(table: pa.Table, key_paths: tuple[str, ...]) -> list[tuple[int, ArrowChunk]]:
+    """The rows of ``table`` as one ``(shard, ArrowChunk)`` pair per shard they fall in."""
+    if not len(table):
+        return []
+    shard = shard_of(table, key_paths)
+    order = np.argsort(shard, kind="stable")
+    ordered = table.take(pa.array(order))
+    counts = np.bincount(shard, minlength=DEDUP_SHARDS)
+    out = []
+    start = 0
+    for s in np.flatnonzero(counts).tolist():
+        n = int(counts[s])
+        out.append((s, ArrowChunk(ordered.slice(start, n))))
+        start += n
+    return out
+
+
+def to_rows(table: pa.Table) -> list[Row]:
+    """Arrow rows -> the checker's dicts: a null field is absent (validation leaves absent
+    NULLABLE fields out), every other value as its Python value."""
+    names = table.column_names
+    columns = [table.column(i) for i in range(table.num_columns)]
+    values = [c.to_pylist() for c in columns]
+    rows = list(map(dict, map(zip, repeat(names), zip(*values))))  # C-level loops: ~30% less than a listcomp
+    for name, col in zip(names, columns, strict=True):
+        if col.null_count:
+            for i in np.flatnonzero(_mask(pc.is_null(col))).tolist():
+                del rows[i][name]
+    return rows
+
+
+def dedup_table(table: pa.Table, key_paths: tuple[str, ...]) -> tuple[list[Row], int]:
+    """One row per key, the kept row of a duplicate set the one whose canonical JSON sorts first
+    (``transforms._canonical``, as the per-record path). Returns the rows and how many were seen."""
+    n = len(table)
+    if not n:
+        return [], 0
+    keyed = table.append_column("__i", pa.array(np.arange(n, dtype=np.int64)))
+    group_keys = []
+    for path in key_paths:  # floats grouped by their bits: repr (the per-record key) tells -0.0 from 0.0
+        col = keyed.column(path)
+        if pa.types.is_floating(col.type):
+            name = f"__bits_{path}"
+            bits = pc.fill_null(col.combine_chunks(), 0.0).to_numpy(zero_copy_only=False).view(np.int64)
+            mask = _mask(pc.is_null(col.combine_chunks()))
+            keyed = keyed.append_column(name, pa.array(bits, mask=mask))
+            group_keys.append(name)
+        else:
+            group_keys.append(path)
+    groups = keyed.group_by(group_keys, use_threads=False).aggregate([("__i", "min"), ("__i", "count")])
+    count = groups.column("__i_count").to_numpy()
+    first = groups.column("__i_min").to_numpy()
+    single = first[count == 1]
+    if len(single) == len(first):
+        return to_rows(table.take(pa.array(np.sort(single)))), n
+    # Duplicate sets (rare): find their members and let the canonical JSON decide, in Python.
+    dup_keys = groups.filter(pa.array(count > 1)).select(group_keys)
+    members = keyed.join(dup_keys, group_keys, join_type="left semi", use_threads=False)
+    member_idx = members.column("__i").to_numpy()
+    member_rows = to_rows(table.take(pa.array(member_idx)))
+    kept: dict[Any, tuple[bytes, Row]] = {}
+    for row in member_rows:
+        key = tuple(row.get(p) for p in key_paths)
+        key = tuple((type(v), repr(v)) for v in key)
+        canon = _canonical(row)
+        old = kept.get(key)
+        if old is None or canon < old[0]:
+            kept[key] = (canon, row)
+    rows = to_rows(table.take(pa.array(np.sort(single))))
+    rows.extend(row for _canon, row in kept.values())
+    return rows, n
+
+
+class ArrowChunk:
+    """A shard's rows of one chunk, through the dedup shuffle as one element (Arrow IPC)."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+class ArrowChunkCoder(beam.coders.Coder):
+    """Arrow IPC stream format: the column buffers copied, no per-value encoding."""
+
+    def encode(self, value: ArrowChunk) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.table.schema) as writer:
+            writer.write_table(value.table)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, encoded: bytes) -> ArrowChunk:
+        return ArrowChunk(pa.ipc.open_stream(encoded).read_all())
+
+    def is_deterministic(self) -> bool:
+        return False  # only ever a value, never a key
+
+    def estimate_size(self, value: ArrowChunk) -> int:
+        return value.table.nbytes
+
+
+beam.coders.registry.register_coder(ArrowChunk, ArrowChunkCoder)
+
+
+# --------------------------------------------------------------------------- the DoFns
+
+
+class ValidateChunks(beam.DoFn):
+    """``FileChunk`` -> ``(shard, ArrowChunk)`` (with a dedup key) or batches of rows (without),
+    and dead letters (``DEAD_LETTERS``). Counters as ``ValidateRows``: ``records_in``,
+    ``invalid_<reason>``, ``unknown_fields_dropped``; and ``records_checked_per_record``."""
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.spec = spec
+
+    def setup(self) -> None:
+        freeze_long_lived_objects()
+        dedup = self.spec.dedup
+        self.key_paths = dedup.key if dedup else None
+        self.checker = ColumnarChecker(self.spec.fields, self.spec.validation, self.spec.quality_rules,
+                                       self.key_paths)
+        self.records_in = counter("records_in")
+        self.dropped = counter("unknown_fields_dropped")
+        self.per_record = counter("records_checked_per_record")
+        self.invalid: dict[str, Any] = {}
+
+    def process(self, chunk: FileChunk) -> Iterator[Any]:
+        with gc_paused():
+            checked = self.checker(chunk)
+        self.records_in.inc(checked.records_in)
+        self.per_record.inc(checked.checked_per_record)
+        for reason, n in checked.reasons.items():
+            if reason not in self.invalid:
+                self.invalid[reason] = counter(f"invalid_{reason}")
+            self.invalid[reason].inc(n)
+        if checked.dropped_unknown:
+            self.dropped.inc(checked.dropped_unknown)
+        if self.key_paths:
+            yield from by_shard(checked.table, self.key_paths)
+        elif len(checked.table):
+            yield to_rows(checked.table)
+        for letter in checked.dead:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
+
+
+class DedupArrowShard(beam.DoFn):
+    """``(shard, [ArrowChunk])`` -> batches of the shard's rows, one per key (``dedup_table``);
+    counts ``valid`` and ``duplicates``."""
+
+    def __init__(self, key_paths: tuple[str, ...]) -> None:
+        self.key_paths = key_paths
+
+    def setup(self) -> None:
+        self.valid = counter("valid")
+        self.duplicates = counter("duplicates")
+
+    def infer_output_type(self, input_type: Any) -> Any:
+        return dict[str, Any]
+
+    @beam.DoFn.yields_batches
+    def process(self, element: tuple[int, Iterable[ArrowChunk]]) -> Iterator[list[Row]]:
+        tables = [c.table for c in element[1]]
+        with gc_paused():
+            rows, seen = dedup_table(pa.concat_tables(tables) if len(tables) > 1 else tables[0], self.key_paths)
+        self.valid.inc(len(rows))
+        self.duplicates.inc(seen - len(rows))
+        for i in range(0, len(rows), OUTPUT_BATCH):
+            yield rows[i:i + OUTPUT_BATCH]
+
+
+class CountValidBatches(beam.DoFn):
+    """Without a dedup key: every valid row goes on, counted as ``valid``."""
+
+    def setup(self) -> None:
+        self.valid = counter("valid")
+
+    def infer_output_type(self, input_type: Any) -> Any:
+        return dict[str, Any]
+
+    @beam.DoFn.yields_batches
+    def process(self, rows: list[Row]) -> Iterator[list[Row]]:
+        self.valid.inc(len(rows))
+        yield rows
+
+
+class ChunkRecords(beam.DoFn):
+    """``FileChunk`` -> its ``Raw`` records, in batches (for Bronze, which keeps every record)."""
+
+    def infer_output_type(self, input_type: Any) -> Any:
+        return tuple[bytes, Any, str, tuple[tuple[str, str], ...]]
+
+    @beam.DoFn.yields_batches
+    def process(self, chunk: FileChunk) -> Iterator[list[Raw]]:
+        yield list(chunk.raw_records())
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class ColumnarValidateAndDedup(beam.PTransform):
+    """``FileChunk`` elements -> ``{"valid": rows for Silver, "dead_letters": DeadLetter}``:
+    the batch ``ValidateAndDedup`` of the per-record path, a chunk at a time."""
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, chunks):  # no annotations: Beam would read them as output type hints
+        checked = chunks | "ValidateChunks" >> beam.ParDo(ValidateChunks(self.spec)).with_outputs(
+            DEAD_LETTERS, main="rows")
+        dedup = self.spec.dedup
+        if dedup is None:
+            valid = checked.rows | "CountValid" >> beam.ParDo(CountValidBatches())
+        else:
+            valid = (
+                checked.rows
+                | "TypeShards" >> beam.Map(_identity).with_output_types(tuple[int, ArrowChunk])
+                | "GroupShards" >> beam.GroupByKey()
+                | "DedupShards" >> beam.ParDo(DedupArrowShard(dedup.key))
+            )
+        return {"valid": valid, "dead_letters": checked[DEAD_LETTERS]}
