@@ -16,6 +16,11 @@ design is ``headwater_revision_info{revision}``, which has exactly one series at
 ``headwater_drift_resources{kind}``          drifted + missing, per kind (last observation)
 ``headwater_apply_operations_total``         ``{kind,action,result}``: every change applied
 ``headwater_api_requests_total``             ``{service,method,code}``: every GCP API attempt
+``headwater_plans_total{mode}``               plans made: full (every kind observed),
+                                             incremental (only what a commit touches read),
+                                             recheck (after an apply: what was applied read)
+``headwater_observe_calls_total{call}``       provider calls of those plans: observe (a kind,
+                                             listed whole), read (a kind's resources by name)
 ``headwater_last_sync_timestamp_seconds``    end of the last successful sync (unix time)
 ``headwater_revision_info{revision}``        1 for the revision being served
 ``headwater_head_valid``                     0 while the branch head is an invalid revision
@@ -67,6 +72,12 @@ class Metrics:
                                         ["kind", "action", "result"], registry=r)
         self.api_requests = Counter("headwater_api_requests_total", "GCP API attempts",
                                     ["service", "method", "code"], registry=r)
+        # Incremental convergence (issue 14, reconciler/incremental.py).
+        self.plans = Counter("headwater_plans_total", "Plans by mode: full, incremental, recheck", ["mode"],
+                             registry=r)
+        self.observe_calls = Counter("headwater_observe_calls_total",
+                                     "Provider calls of plans: observe (a kind whole), read (by name)", ["call"],
+                                     registry=r)
         self.last_sync = Gauge("headwater_last_sync_timestamp_seconds",
                                "Unix time of the end of the last successful sync", registry=r)
         self.revision_info = Gauge("headwater_revision_info", "The revision being served (value 1)",

@@ -21,6 +21,14 @@ Three threads, one job each:
     observe, compare with the served revision, update status and metrics, alert on change, and
     with ``--self-heal`` repair what drifted by updates (and re-creation of declared resources
     that disappeared) only: never deletes, never replacements.
+  - *incremental convergence* (issue 14, `reconciler.incremental`): the daemon keeps an observed-state
+    cache (`Daemon.cache`). A sync plans a new revision against it, re-reading only what the commit
+    touches, when the previously planned revision's compiled desired state is known and the cache
+    is younger than ``--cache-max-age``; otherwise (and on ``--no-incremental``) it observes in
+    full. The check after an apply reads only what was applied. Every drift pass observes in full
+    and refreshes the cache, so drift outside a commit is found there. `Daemon.invalidate`
+    (the Cloud Asset Inventory feed's hook) marks addresses changed on GCP and asks for a drift
+    check of just those.
 * the **lease keeper** acquires or renews the applier lease (`reconciler.daemon.lease`); a
   daemon that does not hold it observes and reports but never applies;
 * the **HTTP server** (`reconciler.daemon.server`) answers health, status, metrics and webhooks.
@@ -61,6 +69,7 @@ from reconciler.daemon.logs import Redactor, correlation_id, make_logger
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.settings import Settings
 from reconciler.engine import Engine, plan_options
+from reconciler.incremental import ObservedCache, ScopedPlan, plan_change, recheck
 from reconciler.load import DesiredState, InvalidDesiredState, load_repo
 from reconciler.plan import Action, Change, Plan
 from reconciler.resources import SOURCE_KEY, Kind, Resource
@@ -121,6 +130,11 @@ class Daemon:
         self._providers_factory = providers_factory or _build_providers
         self._secrets_factory = secrets_factory or (None if providers_factory else _build_secret_store)
         self._engines: dict[str, Engine] = {}  # by the platform settings they were built for
+        # Incremental convergence (module docstring): live state as last read, and the revision last
+        # planned with its compiled desired state (what the next commit is compared with).
+        self.cache = ObservedCache()
+        self._planned: tuple[DesiredState, tuple[Resource, ...]] | None = None
+        self._recheck_requested = threading.Event()
 
         self._stop = threading.Event()
         self._wake = threading.Event()  # the worker has something to look at
@@ -262,6 +276,17 @@ class Daemon:
     def _circuit_changed(self, service: str, state: str) -> None:
         (self.log.warning if state == "open" else self.log.info)("api.circuit", service=service, state=state)
 
+    def invalidate(self, addresses: Iterable[str]) -> int:
+        """Resources changed on GCP behind headwater's back (``kind.name`` addresses, e.g. from a
+        Cloud Asset Inventory feed): drop them from the observed-state cache
+        (`reconciler.incremental.ObservedCache.invalidate`) and check them for drift as soon as the
+        worker is free, reading only them. Safe from any thread. Returns how many were marked."""
+        marked = self.cache.invalidate(addresses)
+        if marked:
+            self._recheck_requested.set()
+            self._wake.set()
+        return marked
+
     def request_sync(self, trigger: str) -> None:
         """Fetch and sync as soon as the worker is free (the push webhook calls this)."""
         self._sync_trigger = trigger
@@ -314,8 +339,12 @@ class Daemon:
                     next_fetch = time.monotonic() + self.settings.poll_interval
                 first = False
             if not self._stop.is_set() and time.monotonic() >= next_drift:
+                self._recheck_requested.clear()  # a full pass reads the invalidated addresses too
                 self._guarded(self._drift_pass)
                 next_drift = time.monotonic() + self._jittered(self.settings.drift_interval)
+            elif not self._stop.is_set() and self._recheck_requested.is_set():
+                self._recheck_requested.clear()
+                self._guarded(self._drift_pass, False)
             deadline = min(next_fetch, next_drift, self._retry_at if self._retry_at is not None else next_fetch)
             self._wake.wait(max(0.0, deadline - time.monotonic()))
 
@@ -442,7 +471,8 @@ class Daemon:
         self._retry_at = None
         try:
             engine = self._engine(state)
-            plan = engine.plan(state, plan_options(state))  # the platform's policy; never allow_destroy
+            scoped = self._plan(engine, state, log, full=False)  # the platform's policy; never allow_destroy
+            plan = scoped.plan
         except Exception as exc:  # noqa: BLE001 - API down, permission denied...: retry later
             self._failed(revision, "error", f"observe/plan failed: {_describe(exc)}", log, started)
             return
@@ -480,7 +510,7 @@ class Daemon:
             result = self._apply(engine, work, log)
             self.source_health.record_apply(work, result, revision)
             try:
-                after = engine.plan(state, plan_options(state))
+                after = self._recheck(engine, state, work, scoped.desired)
             except Exception as exc:  # noqa: BLE001 - the apply's own result stands
                 log.warning("sync.reobserve_failed", error=_describe(exc))
             else:
@@ -564,14 +594,17 @@ class Daemon:
 
     # ------------------------------------------------------------------ drift
 
-    def _drift_pass(self) -> None:
+    def _drift_pass(self, full: bool = True) -> None:
+        """``full``: observe everything (the drift interval), refreshing the cache; otherwise re-read
+        only the invalidated addresses (`invalidate`)."""
         state = self._served
         if state is None:
             return  # nothing good to compare with yet
         log = self.log.bind(correlation_id=correlation_id(), loop="drift", revision=state.revision)
         try:
             engine = self._engine(state)
-            plan = engine.plan(state, plan_options(state))
+            scoped = self._plan(engine, state, log, full=full)
+            plan = scoped.plan
         except Exception as exc:  # noqa: BLE001
             log.error("drift.observe_failed", error=_describe(exc))
             self.metrics.drift_checks.labels("error").inc()
@@ -607,7 +640,7 @@ class Daemon:
                  resources=[c.address for c in repairs.actionable])
         result = self._apply(engine, repairs, log)
         try:
-            after = engine.plan(state, plan_options(state))
+            after = self._recheck(engine, state, repairs, scoped.desired)
         except Exception as exc:  # noqa: BLE001
             log.warning("drift.reobserve_failed", error=_describe(exc))
         else:
@@ -700,6 +733,8 @@ class Daemon:
         key = state.platform.model_dump_json()
         if key not in self._engines:
             self._engines.clear()
+            self.cache.clear()  # other providers (project, region...): nothing cached holds
+            self._planned = None
             providers = self._providers_factory(state.platform)
             secrets = self._secrets_factory(state.platform) if self._secrets_factory else None
             # With the real providers (as for secrets), a landing bucket or joined table neither declared
@@ -708,6 +743,36 @@ class Daemon:
                                          for p in providers], secrets=secrets,
                                         check_references=self._providers_factory is _build_providers)
         return self._engines[key]
+
+    def _plan(self, engine: Engine, state: DesiredState, log: Any, *, full: bool) -> ScopedPlan:
+        """Plan ``state`` (the platform's policy): incremental against the cache when it can be
+        (`reconciler.incremental.plan_change`), else a full observe that refreshes the cache.
+        Counts the plan's mode and its provider calls."""
+        previous = self._planned
+        scoped = plan_change(engine, state, plan_options(state), cache=self.cache,
+                             previous=previous[0] if previous else None,
+                             previous_desired=previous[1] if previous else None,
+                             full=full or not self.settings.incremental, max_age=self.settings.cache_max_age_s)
+        self._planned = (state, scoped.desired)
+        self._count_plan(scoped)
+        log.info("plan.observed", mode=scoped.mode, reason=scoped.reason or None, changed=len(scoped.changed),
+                 read=len(scoped.read), observed_kinds=len(scoped.observed))
+        return scoped
+
+    def _recheck(self, engine: Engine, state: DesiredState, applied: Plan, desired: Sequence[Resource]) -> Plan:
+        """The plan after an apply: only what was applied is read again (`reconciler.incremental.recheck`);
+        with ``--no-incremental``, a full plan."""
+        if not self.settings.incremental:
+            return self._plan(engine, state, self.log, full=True).plan
+        scoped = recheck(engine, state, applied, cache=self.cache, desired=desired)
+        self._count_plan(scoped, "recheck")
+        return scoped.plan
+
+    def _count_plan(self, scoped: ScopedPlan, mode: str | None = None) -> None:
+        self.metrics.plans.labels(mode or scoped.mode).inc()
+        for call, count in scoped.calls.items():
+            if count:
+                self.metrics.observe_calls.labels(call).inc(count)
 
     def _default_targets(self) -> list[AlertTarget]:
         targets: list[AlertTarget] = []

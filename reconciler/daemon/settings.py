@@ -50,6 +50,10 @@ class Settings:
     api_rates: str = ""
     # Liveness: /healthz fails when the worker has been busy this long without progress.
     stall_timeout: float = 600.0
+    # Incremental convergence (reconciler/incremental.py): a sync re-reads only what its commit
+    # touches when the observed-state cache is younger than cache_max_age (None: 2 drift intervals).
+    incremental: bool = True
+    cache_max_age: float | None = None
     # Environment only (see the module docstring); repr=False keeps them out of any dump.
     webhook_secret: str | None = field(default=None, repr=False)
     git_token: str | None = field(default=None, repr=False)
@@ -60,6 +64,12 @@ class Settings:
     def alerts_object(self) -> str:
         """The object remembering what was alerted (reconciler.daemon.alerts), beside the lease."""
         return f"{self.lock_object}.alerts.json"
+
+    @property
+    def cache_max_age_s(self) -> float:
+        """How old the observed-state cache may be for an incremental plan (default: two drift
+        intervals, so one missed drift pass does not force full plans)."""
+        return self.cache_max_age if self.cache_max_age is not None else 2 * self.drift_interval
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -84,6 +94,7 @@ class Settings:
             "git_auth": "token" if self.git_token else ("ssh-key" if self.git_ssh_key else None),
             "identity": self.identity, "call_deadline": self.call_deadline, "apply_deadline": self.apply_deadline,
             "api_rates": self.api_rates or None, "stall_timeout": self.stall_timeout,
+            "incremental": self.incremental, "cache_max_age": self.cache_max_age_s,
         }
 
 
@@ -117,6 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "(defaults in providers/errors.py; with N daemons sharing a project, give each 1/N)")
     a("--stall-timeout", type=float, default=600.0,
       help="/healthz fails when the worker has been busy this long without progress (default 600)")
+    a("--incremental", action=argparse.BooleanOptionalAction, default=True,
+      help="plan a commit by re-reading only what it touches, against the cache the drift passes "
+           "refresh (default on; --no-incremental observes everything on every sync)")
+    a("--cache-max-age", type=float, default=None,
+      help="seconds the observed-state cache may age before a sync observes in full (default 2 drift intervals)")
 
 
 def apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ) -> None:
@@ -171,6 +187,9 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         max_workers=args.max_workers, call_deadline=_positive("--call-deadline", args.call_deadline),
         apply_deadline=_positive("--apply-deadline", args.apply_deadline), api_rates=_rates(args.api_rates),
         stall_timeout=_positive("--stall-timeout", args.stall_timeout),
+        incremental=getattr(args, "incremental", True),
+        cache_max_age=(None if getattr(args, "cache_max_age", None) is None
+                       else _positive("--cache-max-age", args.cache_max_age)),
         webhook_secret=environ.get("HEADWATER_WEBHOOK_SECRET") or None,
         git_token=environ.get("HEADWATER_GIT_TOKEN") or None,
         git_ssh_key=environ.get("HEADWATER_GIT_SSH_KEY") or None,
