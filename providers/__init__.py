@@ -94,6 +94,7 @@ def build_providers(
         from providers.monitoring_resources import MonitoringProvider
 
         monitoring = MonitoringProvider(project)
+    governance = iam_provider(project, region, state_dir=state_dir, platform=platform)  # issue 13
     if runner == "local":
         from providers.localrunner import LocalRunnerProvider
 
@@ -118,8 +119,33 @@ def build_providers(
         streams,
         transfers,
         monitoring,
+        governance,
         *runtimes,
     ]
+
+
+def iam_provider(project: str, region: str, *, state_dir: Path | str | None = None,
+                 platform: Platform | None = None) -> Provider:
+    """``iam_binding`` and ``project_audit_config`` (issue 13): `providers.iam`, its ledger in the
+    platform's landing bucket; or on the emulators the recording stand-in."""
+    from providers.iam import IMMUTABLE_FIELDS, KINDS
+
+    if any(os.environ.get(var) for var in EMULATOR_VARS):
+        # EMULATOR DEPARTURE (no emulator implements IAM or audit logs; the Pub/Sub emulator answers
+        # getIamPolicy with 501): recorded, one "skipped on the emulators" line per change.
+        from providers.local_record import LocalRecordProvider
+
+        return LocalRecordProvider(
+            project, Path(state_dir or os.environ.get("HEADWATER_STATE_DIR") or ".headwater"),
+            kinds={KINDS[0]: "no IAM on the emulators", KINDS[1]: "no audit logs on the emulators"},
+            immutable_fields=IMMUTABLE_FIELDS)
+    from providers.iam import IamProvider
+    from reconciler.compile import zone_names
+
+    landing = zone_names(platform).buckets["landing"] if platform is not None else f"landing-{project}-{region}"
+    access = getattr(platform, "access", None)
+    own = getattr(access, "reconciler", None) or f"serviceAccount:headwater-apply@{project}.iam.gserviceaccount.com"
+    return IamProvider(project, region, landing, protected=[own])
 
 
 def stop_local(state_dir: Path | str, project: str | None = None) -> list[str]:

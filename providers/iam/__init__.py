@@ -46,7 +46,8 @@ Contract (`providers.base`), every method idempotent:
     ``members`` / ``exclusive`` / ``labels``: additive - add the declared members and remove those
     the ledger holds that are no longer declared, leaving every other member; exclusive - the role's
     members become the declared ones. Removing one of ``protected`` (headwater's own identity,
-    ``access.reconciler``) is refused (`PermanentError`), nothing written. Then the ledger entry.
+    ``access.reconciler``) or one of the project's service agents is refused (`PermanentError`),
+    nothing written. Then the ledger entry.
 ``delete(resource)``
     Revoke the members the ledger holds for the binding (and only those), then drop the entry;
     one that is gone already succeeds.
@@ -256,10 +257,13 @@ class IamProvider:
                 new = live | want
             else:
                 new = (live - drop) | want
-            refused = sorted((live - new) & {self._resolve(m) for m in self.protected})
+            removed = live - new
+            refused = sorted((removed & {self._resolve(m) for m in self.protected})
+                             | {m for m in removed if agents.is_agent(self._unresolve(m))})
             if refused:
-                raise PermanentError(f"{resource.address}: refusing to remove {', '.join(refused)}, headwater's own "
-                                     f"identity (access.reconciler), from {role} on {spec['target']}")
+                raise PermanentError(f"{resource.address}: refusing to remove {', '.join(refused)} from {role} on "
+                                     f"{spec['target']}: headwater's own identity (access.reconciler) and the "
+                                     "project's service agents are never removed")
             if new != live:
                 adapter.put(target_name, policy, {role: new})
 

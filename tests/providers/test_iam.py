@@ -234,6 +234,10 @@ def test_exclusive_shows_every_live_member_and_removes_the_undeclared_only_throu
     with pytest.raises(PermanentError, match="refusing to remove serviceAccount:headwater-apply"):
         p.update(desired, ["members"])
     assert RECONCILER in fake.members(key, role)
+    fake.policies[key]["bindings"] = [{"role": role, "members": ["group:a@example.com", AGENT]}]
+    with pytest.raises(PermanentError, match="service agents are never removed"):
+        p.update(desired, ["members"])
+    assert AGENT in fake.members(key, role)
 
 
 def test_labels_only_update_rewrites_the_ledger_not_the_policy(fake):

@@ -98,3 +98,24 @@ def test_only_headwaters_records_are_observed_and_other_kinds_are_refused(tmp_pa
         ["storage.googleapis.com"]
     with pytest.raises(PermanentError, match="unsupported kind"):
         provider.observe(Kind.PUBSUB_TOPIC)
+
+
+def test_iam_kinds_go_to_the_stand_in_on_the_emulators_and_to_iam_on_gcp(monkeypatch, tmp_path):
+    from helpers import EXAMPLE
+
+    from providers import build_providers
+    from reconciler.compile import zone_names
+    from reconciler.load import load_repo
+
+    platform = load_repo(EXAMPLE).platform
+    for var in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    owners = {kind: p for p in build_providers("headwater-demo", "europe-west1", platform=platform) for kind in p.kinds}
+    iam = owners[Kind.IAM_BINDING]
+    assert type(iam).__name__ == "IamProvider" and owners[Kind.PROJECT_AUDIT_CONFIG] is iam
+    assert iam.ledger.url == f"gs://{zone_names(platform).buckets['landing']}/_headwater/iam-ledger.json"
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+    owners = {kind: p for p in build_providers("headwater-demo", "europe-west1", state_dir=tmp_path) for kind in p.kinds}
+    assert type(owners[Kind.IAM_BINDING]).__name__ == "LocalRecordProvider"
+    assert owners[Kind.IAM_BINDING].immutable_fields[Kind.IAM_BINDING] == frozenset({"target", "role"})
