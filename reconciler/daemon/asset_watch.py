@@ -8,10 +8,10 @@ knows its platform's project (its first loaded revision), `AssetWatch`:
 2. ensures this replica's own subscription to it (``headwater-asset-feed-<identity>``: every
    replica needs every notification; an unused one expires after a day) and streaming-pulls it;
 3. for each notification, maps the asset to headwater addresses
-   (`providers.asset_feed.addresses_of`) and calls ``invalidate(addresses)`` - the observed-state
-   cache's (`reconciler.incremental.ObservedCache.invalidate`): the next incremental plan reads
-   those addresses again by name - then ``wake()``, so the worker looks now rather than at its
-   next interval.
+   (`providers.asset_feed.addresses_of`) and calls ``invalidate(addresses)``: in the daemon,
+   `Daemon.invalidate`, which marks them in its observed-state cache
+   (`reconciler.incremental.ObservedCache.invalidate`) and has the worker check just those for
+   drift at once, reading them by name, rather than at the next drift interval.
 
 Everything Google is in `providers.asset_feed`; this module imports no Google library. A feed
 that cannot be set up (no permission, the API not enabled) is logged once and retried with
@@ -154,25 +154,11 @@ def _default_subscriber(project: str, subscription: str, on_change: Callable[[se
 
 
 def for_daemon(daemon: Any) -> AssetWatch:
-    """The watch of a `reconciler.daemon.service.Daemon`: the project of its last good revision,
-    its observed-state cache (``daemon.observed_cache``, when it has one) and its worker's wake-up.
-
-    Without a cache the invalidated addresses have nowhere to go yet: the watch still wakes the
-    worker, and the addresses are kept in ``daemon.asset_changes`` for whoever reads them.
-    """
+    """The watch of a `reconciler.daemon.service.Daemon`: the project of its last good revision, and
+    its ``invalidate`` (which marks the addresses in its observed-state cache and asks the worker
+    for a drift check of just those, at once)."""
     def project() -> str | None:
         served = getattr(daemon, "_served", None)
         return served.platform.project if served is not None else None
 
-    def invalidate(addresses: set[str]) -> None:
-        cache = getattr(daemon, "observed_cache", None)
-        if cache is not None:
-            cache.invalidate(addresses)
-        else:
-            pending = getattr(daemon, "asset_changes", None)
-            if pending is None:
-                pending = daemon.asset_changes = set()
-            pending.update(addresses)
-
-    wake = getattr(getattr(daemon, "_wake", None), "set", None)
-    return AssetWatch(project, invalidate, identity=daemon.settings.identity, wake=wake)
+    return AssetWatch(project, daemon.invalidate, identity=daemon.settings.identity)

@@ -198,6 +198,11 @@ class Daemon:
             thread = threading.Thread(target=target, name=f"headwater-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.settings.asset_feed:  # issue 14: Cloud Asset Inventory feed -> invalidate (reconciler/daemon/asset_watch.py)
+            from reconciler.daemon.asset_watch import for_daemon
+
+            self.asset_watch = for_daemon(self)
+            self.asset_watch.start()
 
     @property
     def address(self) -> str:

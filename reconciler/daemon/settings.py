@@ -54,6 +54,8 @@ class Settings:
     # touches when the observed-state cache is younger than cache_max_age (None: 2 drift intervals).
     incremental: bool = True
     cache_max_age: float | None = None
+    # Watch GCP (issue 14, reconciler/daemon/asset_watch.py): a Cloud Asset Inventory feed invalidates changed resources.
+    asset_feed: bool = False
     # Environment only (see the module docstring); repr=False keeps them out of any dump.
     webhook_secret: str | None = field(default=None, repr=False)
     git_token: str | None = field(default=None, repr=False)
@@ -94,7 +96,7 @@ class Settings:
             "git_auth": "token" if self.git_token else ("ssh-key" if self.git_ssh_key else None),
             "identity": self.identity, "call_deadline": self.call_deadline, "apply_deadline": self.apply_deadline,
             "api_rates": self.api_rates or None, "stall_timeout": self.stall_timeout,
-            "incremental": self.incremental, "cache_max_age": self.cache_max_age_s,
+            "incremental": self.incremental, "cache_max_age": self.cache_max_age_s, "asset_feed": self.asset_feed,
         }
 
 
@@ -133,6 +135,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "refresh (default on; --no-incremental observes everything on every sync)")
     a("--cache-max-age", type=float, default=None,
       help="seconds the observed-state cache may age before a sync observes in full (default 2 drift intervals)")
+    a("--asset-feed", action=argparse.BooleanOptionalAction, default=False,
+      help="watch GCP: a Cloud Asset Inventory feed to Pub/Sub marks changed resources for a drift check at once "
+           "(default off; GCP only, docs/daemon.md)")
 
 
 def apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ) -> None:
@@ -187,7 +192,7 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ)
         max_workers=args.max_workers, call_deadline=_positive("--call-deadline", args.call_deadline),
         apply_deadline=_positive("--apply-deadline", args.apply_deadline), api_rates=_rates(args.api_rates),
         stall_timeout=_positive("--stall-timeout", args.stall_timeout),
-        incremental=getattr(args, "incremental", True),
+        incremental=getattr(args, "incremental", True), asset_feed=getattr(args, "asset_feed", False),
         cache_max_age=(None if getattr(args, "cache_max_age", None) is None
                        else _positive("--cache-max-age", args.cache_max_age)),
         webhook_secret=environ.get("HEADWATER_WEBHOOK_SECRET") or None,

@@ -134,3 +134,24 @@ def test_a_published_notification_invalidates_the_cached_address(emulators, proj
         assert watch.status()["received"] == 1 and watch.status()["invalidated"] == 1
     finally:
         watch.stop()
+
+
+def test_the_daemon_setting_starts_the_watch_on_its_invalidate() -> None:
+    from reconciler.daemon.settings import Settings
+
+    class Daemon:
+        settings = Settings(repo="x", asset_feed=True, identity="replica-1")
+        _served = None
+
+        def __init__(self) -> None:
+            self.marked: list[set[str]] = []
+
+        def invalidate(self, addresses) -> int:
+            self.marked.append(set(addresses))
+            return len(self.marked[-1])
+
+    daemon = Daemon()
+    watch = asset_watch.for_daemon(daemon)
+    watch.changed({"storage_bucket.acme-landing"})
+    assert daemon.marked == [{"storage_bucket.acme-landing"}] and watch.project is None
+    assert Settings(repo="x").asset_feed is False  # off by default
