@@ -71,7 +71,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.config import DEFAULT_ZONE_READERS, Platform, SchemaField, SourceSchema, parse_metric
+from reconciler.config import Platform, SchemaField, SourceSchema, parse_metric
 from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, PLATFORM_KEY, Kind, Resource, address
 
 FINE_GRAINED_READER = "roles/datacatalog.categoryFineGrainedReader"
@@ -246,20 +246,18 @@ def has_classified_columns(source: Any) -> bool:
 
 
 def resolve(platform: Platform, entries: Iterable[str]) -> set[str]:
-    """Tier names → their members; IAM members as they are."""
-    tiers = platform.access.tiers
-    members: set[str] = set()
-    for entry in entries:
-        members.update(tiers.get(entry, ()) if ":" not in entry else (entry,))
-    return members
+    """Tier names → their members; IAM members as they are (`reconciler.governance.resolve`)."""
+    from reconciler import governance
+
+    return set(governance.resolve(platform, entries))
 
 
 def zone_readers(platform: Platform, zone: str) -> set[str]:
-    """A zone's readers, resolved: ``access.zones.<zone>.readers``, or the seed's tiers that are declared."""
-    declared = getattr(platform.access.zones, zone).readers
-    if declared is None:
-        declared = [t for t in DEFAULT_ZONE_READERS.get(zone, ()) if t in platform.access.tiers]
-    return resolve(platform, declared)
+    """A zone's readers, resolved: ``access.zones.<zone>.readers``, or the seed's tiers that are
+    declared (`reconciler.governance.zone_readers`, the one definition)."""
+    from reconciler import governance
+
+    return resolve(platform, governance.zone_readers(platform, zone))
 
 
 def clear_readers(platform: Platform, class_name: str) -> set[str]:
