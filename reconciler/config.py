@@ -462,12 +462,19 @@ _MASKING = re.compile(r"^(sha256|always_null|default_value|routine:[A-Za-z_][A-Z
 MASKING_EXPRESSIONS = {"sha256": "SHA256", "always_null": "ALWAYS_NULL", "default_value": "DEFAULT_MASKING_VALUE"}
 
 
+def _masking(value: str) -> str:
+    if not _MASKING.match(value):
+        raise ValueError(f"masking {_q(value)} is not one BigQuery applies: sha256, always_null, default_value or "
+                         "routine:<dataset>.<routine> (a masking routine)")
+    return value
+
+
 class Classification(Strict):
     """A class of sensitive columns: who reads clear values (fine-grained readers); every other
     reader of the zone reads masked values, as ``masking`` says."""
 
-    masking: Annotated[str, Field(pattern=_MASKING.pattern)] = Field(
-        default="sha256", description="sha256 | always_null | default_value | routine:<dataset>.<routine> (a "
+    masking: Annotated[str, AfterValidator(_masking)] = Field(
+        default="sha256", json_schema_extra={"pattern": _MASKING.pattern}, description="sha256 | always_null | default_value | routine:<dataset>.<routine> (a "
                                       "BigQuery masking routine)")
     readers: list[MemberOrTier] = Field(
         default_factory=list, description="Tier names or IAM members who read the clear values")

@@ -304,9 +304,14 @@ def governance_resources(state: Any, desired: Sequence[Resource]) -> list[Resour
 
     platform = state.platform
     labels = base_labels(platform)
-    grants = access_grants(platform, zone_names(platform), state.sources, desired)
+    names = zone_names(platform)
+    grants = access_grants(platform, names, state.sources, desired)
     resources = bindings_of(platform, grants, desired, labels)
-    # reconciler.classification (issue 13, column-level security) adds its resources here.
+    # Column-level security (reconciler/classification.py): its resources join here, and its
+    # bindings merge with these by name.
+    from reconciler.classification import classification_resources
+
+    resources += classification_resources(platform, names, state.sources)
     if platform.audit_logs:
         resources += [Resource(Kind.PROJECT_AUDIT_CONFIG, service, {"log_types": list(AUDIT_LOG_TYPES)}, labels)
                       for service in AUDIT_SERVICES]

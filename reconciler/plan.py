@@ -105,6 +105,17 @@ KIND_ORDER = (
 )
 
 
+# issue 13: kinds whose resources no longer declared are deleted without --prune (none holds data;
+# each delete is a security change the plan lists), with the reason the plan gives.
+UNPRUNED_ORPHANS: dict[Kind, str] = {
+    Kind.IAM_BINDING: "no longer declared: headwater's members of this role are revoked (a revocation needs no --prune)",
+    Kind.BIGQUERY_COLUMN_POLICY: "no longer declared (its classification was removed): the column's policy tags are "
+                                 "removed (needs no --prune)",
+    Kind.PROJECT_AUDIT_CONFIG: "no longer declared (audit_logs is off): the service's Data Access audit logs are turned "
+                               "off (needs no --prune)",
+}
+
+
 class Action(StrEnum):
     NOOP = "no-op"
     CREATE = "create"
@@ -571,10 +582,10 @@ def _destroy_block(resource: Resource, options: PlanOptions, verb: str, live: Re
 
 def _orphan(live: Resource, options: PlanOptions) -> Change:
     common = _common(live, live, None)
-    if live.kind == Kind.IAM_BINDING:
-        # Stale access is the unsafe direction (docs/governance.md): revoked without --prune.
-        return Change(action=Action.DELETE, reason="no longer declared: headwater's members of this role are revoked "
-                                                   "(a revocation needs no --prune)", **common)
+    if live.kind in UNPRUNED_ORPHANS:
+        # Access settings take effect when they leave the desired state (docs/governance.md): stale
+        # access is the unsafe direction, and a removed classification or audit setting is a decision.
+        return Change(action=Action.DELETE, reason=UNPRUNED_ORPHANS[live.kind], **common)
     if not options.prune:
         return Change(action=Action.NOOP, reason="no longer declared; kept (use --prune to delete)", **common)
     if live.kind == Kind.DATAFLOW_JOB:
