@@ -300,21 +300,25 @@ def _fast_json(text: str) -> Any:
 
 
 def _within_bounds(data: dict) -> bool:
-    """At most MAX_DEPTH levels below the top and MAX_NODES values, counted as `_Builder` does."""
-    count = 0
-    stack: list[tuple[Any, int]] = [(data, 0)]
-    while stack:
-        value, depth = stack.pop()
-        count += 1
-        if count > MAX_NODES or depth > MAX_DEPTH:
+    """No value more than MAX_DEPTH levels below the top, at most MAX_NODES values (the top
+    included): `_Builder`'s bounds, walked a level at a time over the containers only."""
+    count, depth = 1, 1
+    level: list[Any] = [data]  # the containers whose values are `depth` levels below the top
+    while level:
+        below: list[Any] = []
+        values = 0
+        for container in level:
+            items = container.values() if isinstance(container, dict) else container
+            values += len(items)
+            below.extend(item for item in items if isinstance(item, dict | list))
+        count += values
+        if count > MAX_NODES or (values and depth > MAX_DEPTH):
             return False
-        if isinstance(value, dict):
-            stack.extend((item, depth + 1) for item in value.values())
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
+        level, depth = below, depth + 1
     return True
 
 
+_STR = "tag:yaml.org,2002:str"
 _PLAIN_COLLECTIONS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
 
@@ -371,6 +375,8 @@ class _Builder:
     def _scalar(self, node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise LoadError(node.start_mark.line + 1, node.start_mark.column + 1, "expected a plain value")
+        if node.tag == _STR:
+            return node.value  # what the constructor returns for a string, without its bookkeeping
         try:
             return self._CONSTRUCTOR.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
@@ -380,3 +386,8 @@ class _Builder:
         except (ValueError, OverflowError) as exc:  # a 5,000-digit integer, a timestamp in month 99...
             raise LoadError(node.start_mark.line + 1, node.start_mark.column + 1,
                             f"invalid {node.tag.rsplit(':', 1)[-1]} value: {' '.join(str(exc).split())[:120]}") from None
+        finally:
+            # The constructor remembers every node it built (for aliases, in one document) and is
+            # shared: without this, every scalar ever loaded stayed in memory (and in the GC's walks).
+            self._CONSTRUCTOR.constructed_objects.pop(node, None)
+            self._CONSTRUCTOR.recursive_objects.pop(node, None)

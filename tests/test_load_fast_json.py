@@ -159,3 +159,19 @@ def test_the_quick_open_reads_what_the_checked_one_would(tmp_path, monkeypatch):
             fast, checked = _read_both_ways(repo / name, within, monkeypatch)
             assert fast == checked, (name, within, fast, checked)
     assert _read_both_ways(repo / "out.json", repo, monkeypatch)[0][0] == "error"
+
+
+@pytest.mark.parametrize("depth", [62, 63, 64, 65, 66])
+@pytest.mark.parametrize("inner", ["1", "[]", "{}", '{"k": 1}', "[1]"])
+def test_the_depth_bound_is_the_composers(depth, inner):
+    text = '{"a": ' + "[" * (depth - 1) + inner + "]" * (depth - 1) + "}"
+    composed = _composed(text)
+    assert (_fast_json(text) is not _NOT_PROVEN) == (composed[0] == "ok"), composed[:4]
+
+
+@pytest.mark.parametrize("values", [99_997, 99_998, 99_999, 100_000])
+def test_the_value_bound_is_the_composers(values):
+    # the top mapping, its list, and the list's items: values + 2 values in all
+    text = '{"a": [' + ",".join(['"x"'] * values) + "]}"
+    composed = _composed(text)
+    assert (_fast_json(text) is not _NOT_PROVEN) == (composed[0] == "ok"), composed[:4]
