@@ -24,6 +24,7 @@ from providers import dataflow_settings
 from reconciler.compile import compile_resources
 from reconciler.config import Connector, Platform, SchemaField
 from reconciler.engine import plan_options
+from reconciler.governance import reconciler_member
 from reconciler.health import DeadLetters, Observation, judge_dead_letters, judge_freshness
 from reconciler.load import load_repo
 from reconciler.yamlsrc import load_yaml
@@ -56,6 +57,8 @@ OPERATIONAL = {
     "connector.suspend": lambda state: [s.connector.suspend for s in state.sources],  # the daemon
     "platform.dataflow.region": lambda state: dataflow_settings(
         state.platform.project, state.platform.region, state.platform).location,
+    # issue 13: the identity an exclusive binding never removes (reconciler.governance.exclusive_problems)
+    "platform.access.reconciler": lambda state: reconciler_member(state.platform),
     # Health (reconciler/health.py): the same observations judged against each source's settings.
     "connector.monitoring.sla_minutes": lambda state: [
         judge_freshness(Observation(signals={"last_record_at": 1_000_000.0 - 1800}), None,
@@ -231,6 +234,26 @@ CHANGES: dict[str, tuple[str, Any]] = {
     "platform.api.requests_per_hour": ("platform", 50),
     "platform.api.service_account": ("platform", "api@p.iam.gserviceaccount.com"),
     "platform.api.signing_secret_name": ("platform", "other-key"),
+    # issue 13: governance (reconciler/governance.py, reconciler/classification.py): the grants,
+    # audit configs and column-level security they compile.
+    "platform.access.tiers": ("platform", {"engineers": ["group:other-engineers@example.com"],
+                                           "analysts": ["group:analysts@example.com"],
+                                           "bi": ["serviceAccount:looker@headwater-demo.iam.gserviceaccount.com"]}),
+    "platform.access.exclusive": ("platform", True),
+    "platform.access.zones.landing.readers": ("platform", ["engineers"]),
+    "platform.access.zones.bronze.readers": ("platform", ["engineers"]),
+    "platform.access.zones.silver.readers": ("platform", ["engineers"]),
+    "platform.access.zones.gold.readers": ("platform", ["engineers"]),
+    "platform.access.zones.landing.bindings": ("platform", {"roles/storage.objectAdmin": ["engineers"]}),
+    "platform.access.zones.bronze.bindings": ("platform", {"roles/bigquery.dataEditor": ["engineers"]}),
+    "platform.access.zones.silver.bindings": ("platform", {"roles/storage.objectCreator": ["engineers"]}),
+    "platform.access.zones.gold.bindings": ("platform", {"roles/bigquery.dataEditor": ["engineers"]}),
+    "platform.classifications": ("platform", {"pii": {"masking": "always_null", "readers": ["analysts"]}}),
+    "platform.audit_logs": ("platform", False),
+    "connector.access.readers": ("orders", ["group:other-readers@example.com"]),
+    "connector.access.publishers": ("orders", ["group:other-publishers@example.com"]),
+    "connector.access.subscribers": ("orders", ["group:other-subscribers@example.com"]),
+    "connector.classify": ("orders", {"customer_id": "pii"}),
 }
 
 
@@ -460,7 +483,8 @@ def test_operational_fields_change_what_headwater_does(tmp_path, path):
     target = "platform" if path.startswith("platform.") else "orders"
     value = {"platform.policy.prune": True, "platform.policy.max_delete_fraction": 0.5, "platform.suspend": True,
              "connector.suspend": True, "platform.dataflow.region": "us-east1",
-             "connector.monitoring.sla_minutes": 15, "connector.monitoring.error_budget_percent": 50}[path]
+             "connector.monitoring.sla_minutes": 15, "connector.monitoring.error_budget_percent": 50,
+             "platform.access.reconciler": "serviceAccount:headwater-ops@headwater-demo.iam.gserviceaccount.com"}[path]
     _edit(repo, target, path, value)
     assert read(load_repo(repo)) != before
 
