@@ -95,6 +95,7 @@ def build_providers(
 
         monitoring = MonitoringProvider(project)
     governance = iam_provider(project, region, state_dir=state_dir, platform=platform)  # issue 13
+    column_security = column_security_providers(project, region, state_dir=state_dir)  # issue 13
     if runner == "local":
         from providers.localrunner import LocalRunnerProvider
 
@@ -120,6 +121,7 @@ def build_providers(
         transfers,
         monitoring,
         governance,
+        *column_security,
         *runtimes,
     ]
 
@@ -146,6 +148,35 @@ def iam_provider(project: str, region: str, *, state_dir: Path | str | None = No
     access = getattr(platform, "access", None)
     own = getattr(access, "reconciler", None) or f"serviceAccount:headwater-apply@{project}.iam.gserviceaccount.com"
     return IamProvider(project, region, landing, protected=[own])
+
+
+def column_security_providers(project: str, region: str, *, state_dir: Path | str | None = None) -> list[Provider]:
+    """The taxonomy, policy tags, data (masking) policies and column policies (issue 13,
+    docs/governance.md "PII and column-level security"): Data Catalog, BigQuery data policies and
+    the tables' schemas, sharing one directory of the policy tags; or on the emulators the
+    recording stand-in."""
+    from providers.datacatalog import IMMUTABLE_FIELDS as CATALOG_IMMUTABLE
+    from providers.datapolicies import IMMUTABLE_FIELDS as POLICY_IMMUTABLE
+    from reconciler.resources import Kind
+
+    if any(os.environ.get(var) for var in EMULATOR_VARS):
+        # EMULATOR DEPARTURE (Data Catalog has no emulator, none masks, bqemulator drops policyTags):
+        # recorded, one "skipped on the emulators" line per change; nothing is sent to bqemulator.
+        from providers.local_record import LocalRecordProvider
+
+        return [LocalRecordProvider(
+            project, Path(state_dir or os.environ.get("HEADWATER_STATE_DIR") or ".headwater"),
+            kinds={Kind.DATACATALOG_TAXONOMY: "no Data Catalog on the emulators",
+                   Kind.DATACATALOG_POLICY_TAG: "no Data Catalog on the emulators",
+                   Kind.BIGQUERY_DATA_POLICY: "no data masking on the emulators",
+                   Kind.BIGQUERY_COLUMN_POLICY: "bqemulator drops policy tags"},
+            immutable_fields={**CATALOG_IMMUTABLE, **POLICY_IMMUTABLE})]
+    from providers.bigquery_columns import ColumnPolicyProvider
+    from providers.datacatalog import DataCatalogProvider
+    from providers.datapolicies import DataPolicyProvider
+
+    catalog = DataCatalogProvider(project, region)
+    return [catalog, DataPolicyProvider(project, region, catalog), ColumnPolicyProvider(project, catalog)]
 
 
 def stop_local(state_dir: Path | str, project: str | None = None) -> list[str]:
