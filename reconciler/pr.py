@@ -153,7 +153,30 @@ def _column_changes(old: Source, new: Source) -> list[str]:
             lines.append(line)
         if before.version != after.version:
             lines.append(f"{prefix}version {before.version} → {after.version}")
+    lines += _classification_changes(old, new)
     return sorted(lines, key=lambda line: line.lstrip("+-~"))
+
+
+def _classification_changes(old: Source, new: Source) -> list[str]:
+    """Classified columns whose class changed (schema files or ``classify``; issue 13): each is an
+    access change, and a removed one makes the column readable by every reader of its table."""
+    from reconciler.governance import classified_columns
+
+    def classes(source: Source) -> dict[str, str]:
+        return {f"{c.table}/{c.path}" if source.tables else c.path: c.class_name
+                for c in classified_columns(source, "silver")}
+
+    before, after = classes(old), classes(new)
+    lines = []
+    for path in sorted(before.keys() | after.keys()):
+        if before.get(path) == after.get(path):
+            continue
+        was, now = before.get(path, "none"), after.get(path, "none")
+        line = f"~{path}: classification {was} → {now}"
+        if path not in after:
+            line += " (access: the column becomes readable in clear by every reader of its table)"
+        lines.append(line)
+    return lines
 
 
 # ---------------------------------------------------------------------- git

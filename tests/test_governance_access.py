@@ -526,3 +526,23 @@ def test_changes_that_touch_no_access_are_not_flagged():
     assert not next(c for c in plan.changes if c.address == "pubsub_topic.orders").security
     assert not next(c for c in plan.changes if c.address == "iam_binding.pubsub_topic:orders-dlq:roles/pubsub.publisher"
                     ).security  # no change: not listed
+
+
+def test_the_pr_summary_names_a_removed_classification(tmp_path):
+    from reconciler.pr import _column_changes
+
+    def unclassify(data):
+        data["fields"][2].pop("classification")
+
+    before = next(s for s in load_repo(EXAMPLE).sources if s.source_id == "orders")
+    repo = copy_example(tmp_path)
+    path = repo / "schemas" / "orders.json"
+    data = json.loads(path.read_text())
+    unclassify(data)
+    path.write_text(json.dumps(data))
+    edit_yaml(repo / "connectors" / "orders.yaml", lambda d: d.update(classify={"items.sku": "pii"}))
+    after = next(s for s in load_repo(repo).sources if s.source_id == "orders")
+    assert _column_changes(before, after) == [
+        "~customer_email: classification pii → none (access: the column becomes readable in clear by every reader "
+        "of its table)",
+        "~items.sku: classification none → pii"]
