@@ -233,15 +233,6 @@ def classified_columns(platform: Platform, names: Any, sources: Sequence[Any]) -
     return columns
 
 
-def has_classified_columns(source: Any) -> bool:
-    """Whether a source has a classified column (its Bronze table is then the engineers' alone)."""
-    connector = source.connector
-    if getattr(connector, "classify", None):
-        return True
-    schemas = [t.schema for t in source.tables] if connector.ingestion.pattern == "database_cdc" else [source.schema]
-    return any(schema is not None and dict(_leaf_classes(schema.fields)) for schema in schemas)
-
-
 # --------------------------------------------------------------------------- who reads
 
 

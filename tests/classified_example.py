@@ -48,7 +48,7 @@ def classified_state(classify: Mapping[str, Mapping[str, str]] | None = None, *,
 
 
 def _schema_classified(source) -> bool:
-    from reconciler.classification import has_classified_columns
+    from reconciler.governance import has_classified_columns
 
     return has_classified_columns(source)
 
