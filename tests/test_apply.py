@@ -23,7 +23,7 @@ def test_apply_creates_everything_then_plan_is_empty():
     engine, provider, state = engine_and_state()
     plan = engine.plan(state)
     result = engine.apply(plan)
-    assert result.ok and result.count(OK) == len(plan.actionable) == 98
+    assert result.ok and result.count(OK) == len(plan.actionable) == 137
     assert not engine.plan(state).has_changes
 
 
@@ -49,11 +49,14 @@ def test_failure_skips_dependents_and_continues_independent_work():
     # The job writes its dead letters to that topic: it is not launched without it.
     assert status["dataflow_job.orders-ingest"] == status["dataflow_job.orders-sweep"] == SKIPPED
     assert status["dataflow_job.orders-gold-orders-daily"] == OK
-    assert not result.ok and "1 failed, 4 skipped" in result.summary()
+    # issue 13: the Pub/Sub service agent's dead-letter grants wait for the topic and subscription too.
+    assert status["iam_binding.pubsub_topic:orders-dlq:roles/pubsub.publisher"] == SKIPPED
+    assert status["iam_binding.pubsub_subscription:orders-ingest:roles/pubsub.subscriber"] == SKIPPED
+    assert not result.ok and "1 failed, 6 skipped" in result.summary()
 
     del provider.fail["pubsub_topic.orders-dlq"]
     rerun = engine.apply(engine.plan(state))
-    assert rerun.ok and rerun.count(OK) == 5
+    assert rerun.ok and rerun.count(OK) == 7
     assert not engine.plan(state).has_changes
 
 
@@ -146,4 +149,4 @@ def test_cli_apply_asks_and_only_yes_applies(monkeypatch, capsys):
     assert cli.main(["apply", "--repo", str(EXAMPLE)]) == 1, "'y' is not 'yes'"
     assert provider.objects == {}
     assert cli.main(["apply", "--repo", str(EXAMPLE)]) == 0
-    assert len(provider.objects) == 98
+    assert len(provider.objects) == 137

@@ -47,8 +47,8 @@ def test_demo_converges_and_cleans_up(tmp_path, capsys):
     state_dir = tmp_path / "state"
     assert cli.main(["demo", "--state-dir", str(state_dir)]) == 0
     out, err = capsys.readouterr()
-    assert "Plan: 98 to create" in out
-    assert "Apply complete: 98 succeeded, 0 failed, 0 skipped" in out
+    assert "Plan: 137 to create" in out
+    assert "Apply complete: 137 succeeded, 0 failed, 0 skipped" in out
     assert "No changes. Live state matches the desired state." in out
     # The sample data went through the local jobs: bad and duplicate records included.
     assert ("orders: 23 records sent -> Silver 16 rows, dead letters 5 (1 dq_allowed_values, 1 dq_positive_number, "
