@@ -131,6 +131,28 @@ class FakeGcp:
         return types.ListSubscriptionsResponse(subscriptions=[self.subscriptions[n] for n in page],
                                                next_page_token=token)
 
+    def seed(self, body: dict) -> None:
+        """Store, as their create calls would, the topics and subscriptions (serialized protos,
+        base64) and tables (JSON) that headwater's providers built for their creates."""
+        import base64
+
+        with self._lock:
+            for data in body.get("topics", []):
+                topic = types.Topic.deserialize(base64.b64decode(data))
+                self.topics[topic.name] = topic
+            for data in body.get("subscriptions", []):
+                sub = types.Subscription.deserialize(base64.b64decode(data))
+                if not sub.ack_deadline_seconds:
+                    sub.ack_deadline_seconds = 10
+                if "message_retention_duration" not in sub:
+                    sub.message_retention_duration = {"seconds": 7 * 24 * 3600}
+                self.subscriptions[sub.name] = sub
+            for table in body.get("tables", []):
+                ref = table["tableReference"]
+                self.tables.setdefault((ref["projectId"], ref["datasetId"]), {})[ref["tableId"]] = {
+                    "kind": "bigquery#table", "id": f"{ref['projectId']}:{ref['datasetId']}.{ref['tableId']}",
+                    "type": "TABLE", **table}
+
     # -- JSON APIs (Storage, BigQuery) --
 
     def answer(self, method: str, path: str, query: dict[str, str], body: dict) -> tuple[int, dict]:
@@ -332,6 +354,9 @@ def serve(fake: FakeGcp, *, threads: int = 64) -> tuple[str, str, Callable[[], N
             if url.path == "/_fake/latency":  # control: set the latency (not counted, not delayed)
                 fake.latency = float(query["seconds"])
                 status, reply = 200, {"latency": fake.latency}
+            elif url.path == "/_fake/seed":  # control: bulk seeding (the requests headwater's providers built)
+                fake.seed(body)
+                status, reply = 200, {}
             elif url.path == "/_fake/calls":  # control: the calls counted so far, then reset
                 with fake._lock:
                     status, reply = 200, dict(fake.calls)
