@@ -400,7 +400,11 @@ def predefined_roles() -> frozenset[str]:
     if _ROLES is None:
         from pathlib import Path
 
-        text = (Path(__file__).resolve().parent / "data" / "iam_predefined_roles.txt").read_text()
+        path = Path(__file__).resolve().parent / "data" / "iam_predefined_roles.txt"
+        if not path.is_file():  # an installation built without the package data
+            raise RuntimeError(f"headwater's list of GCP predefined roles is missing ({path}): reinstall headwater "
+                               "with its package data (pyproject.toml [tool.setuptools.package-data] data/*.txt)")
+        text = path.read_text()
         _ROLES = frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
     return _ROLES
 
