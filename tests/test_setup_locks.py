@@ -239,7 +239,7 @@ def test_every_daemon_module_imports_without_beam():
 
 def test_setup_installs_from_the_lock_with_uv():
     text = (ROOT / "scripts" / "setup").read_text()
-    assert "uv\" pip sync" in text and "deploy/dev.lock" in text
+    assert "uv\" pip sync --compile-bytecode" in text and "deploy/dev.lock" in text
     assert "lock_requirements.py --check-dev" in text
     assert "pip install -e" not in text, "no resolving install: the lock, then headwater editable"
     assert re.fullmatch(r"\d+\.\d+\.\d+", lock_requirements.UV_VERSION)
