@@ -319,6 +319,7 @@ def _within_bounds(data: dict) -> bool:
 
 
 _STR = "tag:yaml.org,2002:str"
+_COLLECTION_NODES = (yaml.MappingNode, yaml.SequenceNode)
 _PLAIN_COLLECTIONS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 
 
@@ -327,37 +328,32 @@ class _Builder:
 
     def __init__(self, source_map: SourceMap) -> None:
         self.source_map = source_map
+        self.positions = source_map.positions
         self.count = 0
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
         self.count += 1
+        mark = node.start_mark
+        here = (mark.line + 1, mark.column + 1)
         if self.count > MAX_NODES:
-            raise LoadError(
-                node.start_mark.line + 1,
-                node.start_mark.column + 1,
-                f"document expands to more than {MAX_NODES} values (YAML aliases?); not loaded",
-            )
-        self.source_map.positions.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
+            raise LoadError(*here, f"document expands to more than {MAX_NODES} values (YAML aliases?); not loaded")
+        self.positions.setdefault(loc, here)
         if len(loc) > MAX_DEPTH:
-            raise LoadError(node.start_mark.line + 1, node.start_mark.column + 1,
-                            f"nested more than {MAX_DEPTH} levels deep; not loaded")
-        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_COLLECTIONS:
+            raise LoadError(*here, f"nested more than {MAX_DEPTH} levels deep; not loaded")
+        if isinstance(node, _COLLECTION_NODES) and node.tag not in _PLAIN_COLLECTIONS:
             # e.g. !!python/object/apply on a sequence: never constructed, whatever the tag.
-            raise LoadError(node.start_mark.line + 1, node.start_mark.column + 1, f"unsupported YAML tag {node.tag!r}")
+            raise LoadError(*here, f"unsupported YAML tag {node.tag!r}")
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:
+                key_mark = key_node.start_mark
                 if key_node.tag == "tag:yaml.org,2002:merge":
-                    raise LoadError(
-                        key_node.start_mark.line + 1, key_node.start_mark.column + 1, "YAML merge keys (<<) are not supported"
-                    )
+                    raise LoadError(key_mark.line + 1, key_mark.column + 1, "YAML merge keys (<<) are not supported")
                 key = self._key(key_node)
                 if key in result:
-                    raise LoadError(
-                        key_node.start_mark.line + 1, key_node.start_mark.column + 1, f"duplicate key {key!r}"
-                    )
+                    raise LoadError(key_mark.line + 1, key_mark.column + 1, f"duplicate key {key!r}")
                 child = (*loc, key)
-                self.source_map.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                self.positions[child] = (key_mark.line + 1, key_mark.column + 1)
                 result[key] = self.build(value_node, child)
             return result
         if isinstance(node, yaml.SequenceNode):
