@@ -1,4 +1,5 @@
-"""Benchmark: throughput of the validate / data-quality / dedup path, Beam vs plain Python.
+"""Benchmark: throughput of the validate / data-quality / dedup path: Beam (per-record and
+columnar), plain Python, and DuckDB.
 
 Generates N records (default 1,000,000; 5% injected bad records of every reason, 5%
 duplicates - ``beam.common.synthetic``) as one JSON-lines file, then processes that file twice
@@ -8,15 +9,24 @@ dedup on ``id`` + ``timestamp``):
 * **beam** - the shared ``ValidateAndDedup`` transform, fed by the gcs_to_bigquery file
   reader, on the local ``FnApiRunner`` (in-process, one worker): batched DoFns, the dedup
   shuffle, counters. Timed from pipeline construction to the end of the run.
+* **columnar** - the columnar batch path (``beam.common.columnar``: file chunks, Arrow
+  screen/parse/clearing, the per-record checker for everything else, Arrow dedup shuffle) fed
+  by ``ReadChunks``, on the same runner: what batch ``gcs_to_bigquery`` runs on JSON lines.
+* **duckdb** - the same checks as one DuckDB SQL statement, one thread (``SET threads=1``):
+  JSON parse, the reason of each record (first failure, in the checker's order), and dedup on
+  the canonical key, ending in the kept rows as an Arrow table. Exact accounting on this data;
+  a baseline, not a second definition of the rules.
 * **plain** - a single-process Python loop over the same file calling the same record
   checker (``beam.common.checker``: validation, rules and dedup key in one generated function),
   with a dict for dedup: what the rules cost without any framework. The ratio is therefore Beam's overhead on identical per-record work.
 
-Both must agree on every count (valid, duplicates, invalid by reason), or the run fails.
+All must agree on every count (valid, duplicates, invalid by reason), or the run fails. The
+paths run alternating within each round (``--repeat``); each path's best round counts.
 records/s is wall-clock; records/s per core divides by the CPU seconds the process used (on a
 shared machine the wall clock also counts time spent waiting for a core).
 
     .venv/bin/python bench/beam_throughput.py [--records 1000000] [--repeat 3] [--json out.json]
+        [--paths plain,beam,columnar,duckdb]
 """
 
 from __future__ import annotations
@@ -38,16 +48,23 @@ sys.path.insert(0, str(ROOT))
 
 # Everything is imported before any timing starts (importing apache_beam takes ~1.5 s).
 import apache_beam as beam  # noqa: E402
+import pyarrow as pa  # noqa: E402
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: E402
 
 from beam.common import files  # noqa: E402
 from beam.common.checker import RecordChecker  # noqa: E402
+from beam.common.columnar import ColumnarValidateAndDedup, _lines  # noqa: E402
 from beam.common.runner import counters  # noqa: E402
 from beam.common.spec import PipelineSpec, parse_spec  # noqa: E402
 from beam.common.synthetic import SPEC, Expected, generate  # noqa: E402
 from beam.common.transforms import ValidateAndDedup  # noqa: E402
 from beam.common.validation import Invalid, parse_json  # noqa: E402
-from beam.gcs_to_bigquery.readers import ReadRecords  # noqa: E402
+from beam.gcs_to_bigquery.readers import ReadChunks, ReadRecords  # noqa: E402
+
+try:
+    import duckdb  # noqa: E402 - the baseline only (not in the beam extra)
+except ImportError:  # pragma: no cover
+    duckdb = None
 
 
 def _cpu_seconds() -> float:
@@ -113,6 +130,81 @@ def run_beam(path: Path, spec: PipelineSpec) -> Counter[str]:
                     or k == "duplicates" or k.startswith("invalid_")})
 
 
+def run_columnar(path: Path, spec: PipelineSpec) -> Counter[str]:
+    p = beam.Pipeline(runner=FnApiRunner())
+    _ = (
+        p
+        | beam.Create(files.match(str(path)))
+        | "ReadChunks" >> beam.ParDo(ReadChunks("json", "none"))
+        | "ValidateAndDedup" >> ColumnarValidateAndDedup(spec)
+    )
+    result = p.run()
+    result.wait_until_finish()
+    return Counter({k: v for k, v in counters(result).items() if k == "records_in" or k == "valid"
+                    or k == "duplicates" or k.startswith("invalid_")})
+
+
+# The synthetic spec's checks in SQL, in the checker's order (fields in schema order: missing,
+# then type; unknown fields; then the rules in order). $paths: the fields' JSON paths.
+DUCKDB_CLASSIFY = r"""
+CREATE OR REPLACE TEMP TABLE classified AS
+WITH src AS (SELECT line FROM lines WHERE trim(line, ' \t\r\n') <> ''),
+p AS (SELECT line, json_valid(line) AS ok FROM src),
+o AS (SELECT line, ok, CASE WHEN ok THEN json_type(line) END AS jt FROM p),
+f AS (SELECT ok, jt,
+   CASE WHEN jt = 'OBJECT' THEN json_type(line, $paths) END AS ty,
+   CASE WHEN jt = 'OBJECT' THEN json_extract_string(line, $paths) END AS v,
+   CASE WHEN jt = 'OBJECT' THEN json_keys(line) END AS k
+ FROM o)
+SELECT v, CASE
+  WHEN NOT ok THEN 'unparseable'
+  WHEN jt <> 'OBJECT' THEN 'not_an_object'
+  WHEN coalesce(ty[1], 'NULL') = 'NULL' THEN 'missing_required'
+  WHEN ty[1] <> 'VARCHAR' THEN 'wrong_type'
+  WHEN coalesce(ty[2], 'NULL') NOT IN ('VARCHAR', 'NULL') THEN 'wrong_type'
+  WHEN coalesce(ty[3], 'NULL') = 'NULL' THEN 'missing_required'
+  WHEN ty[3] NOT IN ('DOUBLE', 'BIGINT', 'UBIGINT') AND TRY_CAST(v[3] AS DOUBLE) IS NULL THEN 'wrong_type'
+  WHEN coalesce(ty[4], 'NULL') = 'NULL' THEN 'missing_required'
+  WHEN ty[4] <> 'VARCHAR' OR TRY_CAST(v[4] AS TIMESTAMPTZ) IS NULL THEN 'wrong_type'
+  WHEN coalesce(ty[5], 'NULL') NOT IN ('VARCHAR', 'NULL') THEN 'wrong_type'
+  WHEN coalesce(ty[6], 'NULL') NOT IN ('VARCHAR', 'NULL') THEN 'wrong_type'
+  WHEN coalesce(ty[7], 'NULL') NOT IN ('BIGINT', 'UBIGINT', 'NULL') AND TRY_CAST(trim(v[7]) AS BIGINT) IS NULL
+    THEN 'wrong_type'
+  WHEN len(list_filter(k, x -> x NOT IN ('id', 'customer_id', 'amount', 'timestamp', 'email', 'status',
+    'quantity'))) > 0 THEN 'unknown_field'
+  WHEN v[2] IS NULL THEN 'dq_not_null'
+  WHEN v[5] IS NOT NULL AND NOT regexp_full_match(v[5], '[^@\s]+@[^@\s.]+(\.[^@\s.]+)+') THEN 'dq_valid_email'
+  WHEN TRY_CAST(v[3] AS DOUBLE) <= 0 THEN 'dq_positive_number'
+  WHEN v[7] IS NOT NULL AND NOT (TRY_CAST(v[7] AS BIGINT) BETWEEN 1 AND 100) THEN 'dq_range'
+  WHEN NOT regexp_matches(v[1], '^txn-[0-9]+$') THEN 'dq_regex'
+  WHEN v[6] IS NOT NULL AND v[6] NOT IN ('new', 'paid', 'refunded') THEN 'dq_allowed_values'
+  END AS reason
+FROM f
+"""
+DUCKDB_KEPT = """
+SELECT v[1] AS id, v[2] AS customer_id, CAST(v[3] AS DOUBLE) AS amount, CAST(v[4] AS TIMESTAMPTZ) AS timestamp,
+       v[5] AS email, v[6] AS status, CAST(v[7] AS BIGINT) AS quantity
+FROM classified WHERE reason IS NULL
+QUALIFY row_number() OVER (PARTITION BY v[1], CAST(v[4] AS TIMESTAMPTZ) ORDER BY v::VARCHAR) = 1
+"""
+
+
+def run_duckdb(path: Path, spec: PipelineSpec) -> Counter[str]:
+    """The baseline: DuckDB, one thread, the file's lines handed over as an Arrow column."""
+    con = duckdb.connect(config={"threads": 1})
+    con.register("lines", pa.table({"line": _lines(path.read_bytes())}))
+    con.execute(DUCKDB_CLASSIFY, {"paths": [f"$.{f.name}" for f in spec.fields]})
+    counts: Counter[str] = Counter()
+    for reason, n in con.execute("SELECT reason, count(*) FROM classified GROUP BY ALL").fetchall():
+        counts["valid_before_dedup" if reason is None else f"invalid_{reason}"] += n
+    kept = con.execute(DUCKDB_KEPT).to_arrow_table()
+    con.close()
+    counts["records_in"] = sum(counts.values())
+    counts["valid"] = len(kept)
+    counts["duplicates"] = counts.pop("valid_before_dedup") - len(kept)
+    return counts
+
+
 def _timed(fn: Any, *args: Any) -> tuple[Counter[str], float, float]:
     wall, cpu = time.perf_counter(), _cpu_seconds()
     out = fn(*args)
@@ -130,7 +222,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=1, help="runs of each path (alternating); the best counts")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--paths", default="plain,beam,columnar,duckdb",
+                    help="which paths to run, comma-separated (plain, beam, columnar, duckdb)")
     args = ap.parse_args(argv)
+    paths = [p for p in args.paths.split(",") if p]
+    runners = {"plain": run_plain, "beam": run_beam, "columnar": run_columnar, "duckdb": run_duckdb}
+    if duckdb is None and "duckdb" in paths:
+        print("duckdb is not installed: no DuckDB baseline")
+        paths.remove("duckdb")
 
     spec = parse_spec(SPEC)
     t = time.perf_counter()
@@ -142,51 +241,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del payloads
         print(f"generated {args.records:,} records ({size_mb:.0f} MB) in {time.perf_counter() - t:.1f} s")
 
-        # Alternate the two paths and keep each one's best run: on a shared machine a
-        # neighbour's burst should not decide the ratio.
-        plain_runs, beam_runs = [], []
+        # Alternate the paths and keep each one's best run: on a shared machine a neighbour's
+        # burst should not decide the ratios.
+        runs: dict[str, list[tuple[Counter[str], float, float]]] = {name: [] for name in paths}
         for _ in range(args.repeat):
-            plain_runs.append(_timed(run_plain, path, spec))
-            beam_runs.append(_timed(run_beam, path, spec))
-        plain, plain_wall, _ = min(plain_runs, key=lambda r: r[1])
-        plain_cpu = min(r[2] for r in plain_runs)
-        beam_counts, beam_wall, _ = min(beam_runs, key=lambda r: r[1])
-        beam_cpu = min(r[2] for r in beam_runs)
+            for name in paths:
+                runs[name].append(_timed(runners[name], path, spec))
 
     want = expected_counts(exp)
-    for name, got in (("plain", plain), ("beam", beam_counts)):
-        if +got != +want:
-            raise SystemExit(f"{name} disagrees with the generated data's accounting:\n got {dict(got)}\nwant {dict(want)}")
+    for name in paths:
+        for got, _wall, _cpu in runs[name]:
+            if +got != +want:
+                raise SystemExit(f"{name} disagrees with the generated data's accounting:\n got {dict(got)}\n"
+                                 f"want {dict(want)}")
 
     n = args.records
-    results = {
-        "machine": machine(),
-        "records": n,
-        "repeat": args.repeat,
-        "megabytes": round(size_mb, 1),
-        "plain": {"seconds": round(plain_wall, 2), "records_per_s": round(n / plain_wall),
-                  "records_per_cpu_s": round(n / plain_cpu)},
-        "beam_fnapi": {"seconds": round(beam_wall, 2), "records_per_s": round(n / beam_wall),
-                       "records_per_cpu_s": round(n / beam_cpu)},
-        "ratio_beam_over_plain": round(beam_wall / plain_wall, 2),
-        "ratio_beam_over_plain_cpu": round(beam_cpu / plain_cpu, 2),
-        "accounting": dict(sorted(want.items())),
-    }
+    keys = {"plain": "plain", "beam": "beam_fnapi", "columnar": "columnar_fnapi", "duckdb": "duckdb_1thread"}
+    results: dict[str, Any] = {"machine": machine(), "records": n, "repeat": args.repeat, "megabytes": round(size_mb, 1)}
+    for name in paths:
+        wall = min(r[1] for r in runs[name])
+        cpu = min(r[2] for r in runs[name])
+        results[keys[name]] = {"seconds": round(wall, 2), "records_per_s": round(n / wall),
+                               "records_per_cpu_s": round(n / cpu),
+                               "rounds_records_per_cpu_s": [round(n / r[2]) for r in runs[name]]}
+    cpu_of = {name: results[keys[name]]["records_per_cpu_s"] for name in paths}
+    ratios = {}
+    if "beam" in cpu_of and "plain" in cpu_of:
+        ratios["beam_cpu_over_plain_cpu"] = round(cpu_of["plain"] / cpu_of["beam"], 2)
+    if "columnar" in cpu_of and "beam" in cpu_of:
+        ratios["columnar_speedup_over_beam_per_cpu_s"] = round(cpu_of["columnar"] / cpu_of["beam"], 2)
+    if "columnar" in cpu_of and "duckdb" in cpu_of:
+        ratios["duckdb_over_columnar_per_cpu_s"] = round(cpu_of["duckdb"] / cpu_of["columnar"], 2)
+    results["ratios"] = ratios
+    results["accounting"] = dict(sorted(want.items()))
     m = results["machine"]
     print(f"machine: {m['platform']}, {m['cpu']}, nproc={m['nproc']}, Python {m['python']}, "
           f"apache-beam {m['apache_beam']}")
-    print(f"{'path':<22}{'seconds':>9}{'records/s':>12}{'records/cpu-s':>15}")
-    for label, key in (("plain Python loop", "plain"), ("Beam FnApiRunner", "beam_fnapi")):
-        r = results[key]
-        print(f"{label:<22}{r['seconds']:>9.2f}{r['records_per_s']:>12,}{r['records_per_cpu_s']:>15,}")
-    print(f"Beam takes {results['ratio_beam_over_plain']:.2f}x the plain loop's wall time, "
-          f"{results['ratio_beam_over_plain_cpu']:.2f}x its CPU time "
-          f"(target: <= 2x, and >= 100,000 records/s per core)")
+    print(f"{'path':<26}{'seconds':>9}{'records/s':>12}{'records/cpu-s':>15}")
+    labels = {"plain": "plain Python loop", "beam": "Beam FnApiRunner", "columnar": "Beam columnar (Arrow)",
+              "duckdb": "DuckDB, 1 thread"}
+    for name in paths:
+        r = results[keys[name]]
+        print(f"{labels[name]:<26}{r['seconds']:>9.2f}{r['records_per_s']:>12,}{r['records_per_cpu_s']:>15,}")
+    for k, v in ratios.items():
+        print(f"{k}: {v}x")
+    print("targets: columnar >= 3x Beam per CPU-second; DuckDB within 1.5x of columnar")
     load = m["load_average_1m"]
     if load > 1.5 * (m["nproc"] or 1):
         print(f"note: load average {load:.1f} on {m['nproc']} cores during the run; wall-clock "
               "figures include waiting for the CPU, the per-CPU-second ones less so")
-    print(f"accounting (both agree): {results['accounting']}")
+    print(f"accounting (all agree): {results['accounting']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results

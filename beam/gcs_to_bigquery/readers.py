@@ -255,8 +255,28 @@ class ReadChunks(ReadRecords):
         return self.read(file, self._json_chunks, records_unit)
 
     def _json_chunks(self, stream: IO[bytes], path: str, attrs: Attributes) -> Iterator[tuple[Any, int]]:
-        from beam.common.columnar import FileChunk
+        from beam.common.columnar import BLANK_UNCOUNTED, FileChunk
 
+        if not isinstance(stream, gzip.GzipFile):
+            # Not compressed: reading the bytes cannot fail as a format, so there is no "where
+            # the error was" to reproduce; read blocks, cut at the last newline, and leave the
+            # blank lines to the columnar step (BLANK_UNCOUNTED). The counts yielded are lines.
+            first, rest = 1, b""
+            while block := stream.read(CHUNK_BYTES):
+                data = rest + block if rest else block
+                cut = data.rfind(b"\n") + 1
+                if not cut:
+                    rest = data
+                    continue
+                chunk, rest = (data[:cut], data[cut:]) if cut < len(data) else (data, b"")
+                lines = chunk.count(b"\n")
+                yield FileChunk(path, attrs, first, chunk, BLANK_UNCOUNTED), lines
+                first += lines
+            if rest:
+                yield FileChunk(path, attrs, first, rest, BLANK_UNCOUNTED), 1
+            return
+        # gzip: the same readlines() calls as ReadRecords, so a stream that breaks part-way
+        # ends at the same record, with the same "after N records" in its dead letter.
         first = 1
         blank_total = 0
         pending: list[bytes] = []
