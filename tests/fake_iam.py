@@ -136,7 +136,9 @@ class FakeIam:
     def clients(self) -> dict[str, Any]:
         """The official clients `IamProvider` takes (``clients=``), each pointed here."""
         from google.cloud import bigquery, bigquery_datapolicies_v1, pubsub_v1, resourcemanager_v3, storage
-        from google.cloud.datacatalog_v1.services.policy_tag_manager.transports import PolicyTagManagerGrpcTransport
+        from google.cloud.datacatalog_v1.services.policy_tag_manager.transports import (
+            PolicyTagManagerGrpcTransport,
+        )
 
         options = ClientOptions(api_endpoint=self.endpoint)
         anonymous = AnonymousCredentials()

@@ -9,7 +9,7 @@ https://cloud.google.com/bigquery/docs/column-level-security).
 
 Server names are ids the server chose; headwater names a tag by its taxonomy's display name and
 its own display name. They are resolved by listing the region's taxonomies and each
-``headwater``-named taxonomy's tags once per provider (``ListTaxonomies`` + ``ListPolicyTags``),
+taxonomy's tags once per provider (``ListTaxonomies`` + ``ListPolicyTags``),
 and listed again once when a name is not found (a taxonomy the same apply just created).
 """
 
