@@ -12,6 +12,9 @@ dedup on ``id`` + ``timestamp``):
 * **columnar** - the columnar batch path (``beam.common.columnar``: file chunks, Arrow
   screen/parse/clearing, the per-record checker for everything else, Arrow dedup shuffle) fed
   by ``ReadChunks``, on the same runner: what batch ``gcs_to_bigquery`` runs on JSON lines.
+  Its valid rows end as dicts, like the per-record path's (what the insertAll sink sends).
+* **columnar_arrow** - the same, its valid rows ending as Arrow tables (``ROWS_AS_ARROW``):
+  the stage without building a Python dict per row (the DuckDB baseline builds none either).
 * **duckdb** - the same checks as one DuckDB SQL statement, one thread (``SET threads=1``):
   JSON parse, the reason of each record (first failure, in the checker's order), and dedup on
   the canonical key, ending in the kept rows as an Arrow table. Exact accounting on this data;
@@ -53,7 +56,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: E
 
 from beam.common import files  # noqa: E402
 from beam.common.checker import RecordChecker  # noqa: E402
-from beam.common.columnar import ColumnarValidateAndDedup, _lines  # noqa: E402
+from beam.common.columnar import ROWS_AS_ARROW, ROWS_AS_DICTS, ColumnarValidateAndDedup, _lines  # noqa: E402
 from beam.common.runner import counters  # noqa: E402
 from beam.common.spec import PipelineSpec, parse_spec  # noqa: E402
 from beam.common.synthetic import SPEC, Expected, generate  # noqa: E402
@@ -130,13 +133,13 @@ def run_beam(path: Path, spec: PipelineSpec) -> Counter[str]:
                     or k == "duplicates" or k.startswith("invalid_")})
 
 
-def run_columnar(path: Path, spec: PipelineSpec) -> Counter[str]:
+def run_columnar(path: Path, spec: PipelineSpec, rows: str = ROWS_AS_DICTS) -> Counter[str]:
     p = beam.Pipeline(runner=FnApiRunner())
     _ = (
         p
         | beam.Create(files.match(str(path)))
         | "ReadChunks" >> beam.ParDo(ReadChunks("json", "none"))
-        | "ValidateAndDedup" >> ColumnarValidateAndDedup(spec)
+        | "ValidateAndDedup" >> ColumnarValidateAndDedup(spec, rows)
     )
     result = p.run()
     result.wait_until_finish()
@@ -189,6 +192,10 @@ QUALIFY row_number() OVER (PARTITION BY v[1], CAST(v[4] AS TIMESTAMPTZ) ORDER BY
 """
 
 
+def run_columnar_arrow(path: Path, spec: PipelineSpec) -> Counter[str]:
+    return run_columnar(path, spec, ROWS_AS_ARROW)
+
+
 def run_duckdb(path: Path, spec: PipelineSpec) -> Counter[str]:
     """The baseline: DuckDB, one thread, the file's lines handed over as an Arrow column."""
     con = duckdb.connect(config={"threads": 1})
@@ -222,11 +229,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=1, help="runs of each path (alternating); the best counts")
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--paths", default="plain,beam,columnar,duckdb",
-                    help="which paths to run, comma-separated (plain, beam, columnar, duckdb)")
+    ap.add_argument("--paths", default="plain,beam,columnar,columnar_arrow,duckdb",
+                    help="which paths to run, comma-separated (plain, beam, columnar, columnar_arrow, duckdb)")
     args = ap.parse_args(argv)
     paths = [p for p in args.paths.split(",") if p]
-    runners = {"plain": run_plain, "beam": run_beam, "columnar": run_columnar, "duckdb": run_duckdb}
+    runners = {"plain": run_plain, "beam": run_beam, "columnar": run_columnar, "columnar_arrow": run_columnar_arrow,
+               "duckdb": run_duckdb}
     if duckdb is None and "duckdb" in paths:
         print("duckdb is not installed: no DuckDB baseline")
         paths.remove("duckdb")
@@ -256,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  f"want {dict(want)}")
 
     n = args.records
-    keys = {"plain": "plain", "beam": "beam_fnapi", "columnar": "columnar_fnapi", "duckdb": "duckdb_1thread"}
+    keys = {"plain": "plain", "beam": "beam_fnapi", "columnar": "columnar_fnapi", "columnar_arrow": "columnar_arrow_fnapi",
+            "duckdb": "duckdb_1thread"}
     results: dict[str, Any] = {"machine": machine(), "records": n, "repeat": args.repeat, "megabytes": round(size_mb, 1)}
     for name in paths:
         wall = min(r[1] for r in runs[name])
@@ -272,14 +281,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratios["columnar_speedup_over_beam_per_cpu_s"] = round(cpu_of["columnar"] / cpu_of["beam"], 2)
     if "columnar" in cpu_of and "duckdb" in cpu_of:
         ratios["duckdb_over_columnar_per_cpu_s"] = round(cpu_of["duckdb"] / cpu_of["columnar"], 2)
+    if "columnar_arrow" in cpu_of and "beam" in cpu_of:
+        ratios["columnar_arrow_speedup_over_beam_per_cpu_s"] = round(cpu_of["columnar_arrow"] / cpu_of["beam"], 2)
+    if "columnar_arrow" in cpu_of and "duckdb" in cpu_of:
+        ratios["duckdb_over_columnar_arrow_per_cpu_s"] = round(cpu_of["duckdb"] / cpu_of["columnar_arrow"], 2)
     results["ratios"] = ratios
     results["accounting"] = dict(sorted(want.items()))
     m = results["machine"]
     print(f"machine: {m['platform']}, {m['cpu']}, nproc={m['nproc']}, Python {m['python']}, "
           f"apache-beam {m['apache_beam']}")
     print(f"{'path':<26}{'seconds':>9}{'records/s':>12}{'records/cpu-s':>15}")
-    labels = {"plain": "plain Python loop", "beam": "Beam FnApiRunner", "columnar": "Beam columnar (Arrow)",
-              "duckdb": "DuckDB, 1 thread"}
+    labels = {"plain": "plain Python loop", "beam": "Beam FnApiRunner", "columnar": "Beam columnar, dict rows",
+              "columnar_arrow": "Beam columnar, Arrow rows", "duckdb": "DuckDB, 1 thread"}
     for name in paths:
         r = results[keys[name]]
         print(f"{labels[name]:<26}{r['seconds']:>9.2f}{r['records_per_s']:>12,}{r['records_per_cpu_s']:>15,}")

@@ -73,6 +73,7 @@ from beam.common.transforms import (
 COLUMNAR_TYPES = {"STRING": pa.string(), "INT64": pa.int64(), "FLOAT64": pa.float64(), "BOOL": pa.bool_(),
                   "TIMESTAMP": pa.string()}
 MESSAGE_ID = "_message_id"
+LINE = "__line"  # a row's line (or row) number in its file: its _message_id is "<path>#<line>"
 
 
 BLANK_UNCOUNTED = -1
@@ -198,11 +199,12 @@ def _safe_items(items: Iterable[Any]) -> bool:
 
 
 class Checked(NamedTuple):
-    """A chunk's verdicts: ``table`` the valid rows (columns: the schema's fields, canonical
-    values, and ``_message_id``), ``dead`` the dead letters, ``reasons`` their count by reason,
+    """A chunk's verdicts: ``table`` the valid rows of the file ``path`` (columns: the schema's
+    fields, canonical values, and ``LINE``: ``_message_id`` is ``<path>#<line>``), ``dead`` the dead letters, ``reasons`` their count by reason,
     ``records_in`` the chunk's records, ``dropped_unknown`` lenient drops (checker rows only),
     ``checked_per_record`` how many records the checker decided."""
 
+    path: str
     table: pa.Table
     dead: list[DeadLetter]
     reasons: dict[str, int]
@@ -223,7 +225,7 @@ class ColumnarChecker:
         self.key_paths = key_paths
         self.checker = RecordChecker(fields, validation, rules, key_paths)
         self.json_schema = pa.schema([(f.name, COLUMNAR_TYPES[f.type]) for f in fields])
-        self.schema = self.json_schema.append(pa.field(MESSAGE_ID, pa.string()))
+        self.schema = self.json_schema.append(pa.field(LINE, pa.int64()))
         self.pattern = line_pattern(fields)
         self.by_name = {f.name: f for f in fields}
         self.read_options = pajson.ReadOptions(use_threads=False, block_size=1 << 30)
@@ -234,7 +236,7 @@ class ColumnarChecker:
 
     def __call__(self, chunk: FileChunk) -> Checked:
         if chunk.records is not None:
-            return self._per_record(list(chunk.records), [])
+            return self._per_record(chunk.path, list(chunk.records), [])
         data = chunk.data
         lines = _lines(data)
         n = len(lines)
@@ -266,10 +268,9 @@ class ColumnarChecker:
         else:
             ok, columns = self._cleared(table)
             cleared_idx = fast_idx[ok]
-            numbers = pa.array(cleared_idx + chunk.first_line).cast(pa.string())
-            origins = pc.binary_join_element_wise(f"{chunk.path}#", numbers, "")
             mask = pa.array(ok)
-            fast_table = pa.table([c.filter(mask) for c in columns] + [origins], schema=self.schema)
+            numbers = pa.array(cleared_idx + chunk.first_line)
+            fast_table = pa.table([c.filter(mask) for c in columns] + [numbers], schema=self.schema)
         # Every other non-blank line goes to the checker, in file order.
         rest = np.ones(n, dtype=bool)
         rest[cleared_idx] = False
@@ -286,16 +287,24 @@ class ColumnarChecker:
                 number = str(i + first)
                 records.append((line.rstrip(b"\r\n"), None, origin + number, attrs + (("line", number),)))
         counted = int(blank.sum()) if blank is not None and chunk.blank == BLANK_UNCOUNTED else 0
-        return self._per_record(records, [fast_table], fast=len(cleared_idx), blank=counted)
+        return self._per_record(chunk.path, records, [fast_table], fast=len(cleared_idx), blank=counted)
 
-    def _per_record(self, records: list[Raw], tables: list[pa.Table], fast: int = 0, blank: int = 0) -> Checked:
+    def _per_record(self, path: str, records: list[Raw], tables: list[pa.Table], fast: int = 0,
+                    blank: int = 0) -> Checked:
         rows, _keys, dead, reasons = check_raw(self.checker.check, records)
         dropped = self.checker.dropped_unknown
         self.checker.dropped_unknown = 0
         if rows:
-            tables.append(pa.Table.from_pylist(rows, schema=self.schema))
+            numbers = []
+            for row in rows:  # the origin the checker stamped: "<path>#<n>", n back to a column
+                where, _hash, number = row.pop(MESSAGE_ID).rpartition("#")
+                if where != path:
+                    raise AssertionError(f"a record of {path} has the origin {where}#{number}")
+                numbers.append(int(number))
+            table = pa.Table.from_pylist(rows, schema=self.json_schema)
+            tables.append(table.append_column(LINE, pa.array(numbers, pa.int64())))
         table = pa.concat_tables(tables) if len(tables) > 1 else (tables[0] if tables else self.schema.empty_table())
-        return Checked(table, dead, reasons, fast + len(records), dropped, len(records), blank)
+        return Checked(path, table, dead, reasons, fast + len(records), dropped, len(records), blank)
 
     def _cleared(self, table: pa.Table) -> tuple[np.ndarray, list[pa.Array]]:
         """Step 3: which parsed rows the checker would pass unchanged, and the canonical columns."""
@@ -470,7 +479,7 @@ def _column_hash(col: pa.Array) -> np.ndarray:
     return h
 
 
-def by_shard(table: pa.Table, key_paths: tuple[str, ...]) -> list[tuple[int, "ArrowChunk"]]:
+def by_shard(table: pa.Table, key_paths: tuple[str, ...], path: str) -> list[tuple[int, "ArrowChunk"]]:
     """The rows of ``table`` as one ``(shard, ArrowChunk)`` pair per shard they fall in, by
     their key hash, which travels along as the column ``HASH``. (Not the per-record path's
     shards: the two paths never share a shuffle.)"""
@@ -485,7 +494,7 @@ def by_shard(table: pa.Table, key_paths: tuple[str, ...]) -> list[tuple[int, "Ar
     start = 0
     for s in np.flatnonzero(counts).tolist():
         n = int(counts[s])
-        out.append((s, ArrowChunk(ordered.slice(start, n))))
+        out.append((s, ArrowChunk(ordered.slice(start, n), path)))
         start += n
     return out
 
@@ -519,41 +528,49 @@ def to_rows(table: pa.Table) -> list[Row]:
     return rows
 
 
-def dedup_table(table: pa.Table, key_paths: tuple[str, ...]) -> tuple[list[Row], int]:
+def with_message_id(table: pa.Table, path: str) -> pa.Table:
+    """``LINE`` -> Silver's ``_message_id`` (``<path>#<line>``, the record's origin)."""
+    ids = pc.binary_join_element_wise(f"{path}#", table.column(LINE).cast(pa.string()), "")
+    return table.drop_columns([LINE]).append_column(MESSAGE_ID, ids)
+
+
+def dedup_table(table: pa.Table, key_paths: tuple[str, ...]) -> pa.Table:
     """One row per key, the kept row of a duplicate set the one whose canonical JSON sorts first
-    (``transforms._canonical``, as the per-record path). ``table`` has the ``HASH`` column.
+    (``transforms._canonical``, as the per-record path). ``table``: Silver's columns and
+    ``HASH``; returns Silver's columns.
 
     Rows whose key hash occurs once are kept as they are; the others (the duplicates, the rows
-    they repeat, and any hash collision) become dicts and are grouped on their exact key values
-    in Python. Returns the rows and how many were seen."""
-    n = len(table)
-    if not n:
-        return [], 0
+    they repeat, and any hash collision) become dicts and are grouped on the per-record path's
+    key (``key_function``) in Python."""
+    if not len(table):
+        return table.drop_columns([HASH])
     h = table.column(HASH).to_numpy()
     _values, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
     repeated = counts[inverse] > 1
-    if not repeated.any():
-        return to_rows(table), n
-    rows = to_rows(table.filter(pa.array(~repeated)))
-    kept: dict[str, tuple[bytes, Row]] = {}
-    key_of = key_function(key_paths)  # the per-record path's key: its equality decides
-    for row in to_rows(table.filter(pa.array(repeated))):
-        key = key_of(row)
-        canon = _canonical(row)
-        old = kept.get(key)
-        if old is None or canon < old[0]:
-            kept[key] = (canon, row)
-    rows.extend(row for _canon, row in kept.values())
-    return rows, n
+    if repeated.any():
+        candidates = np.flatnonzero(repeated)
+        best: dict[str, tuple[bytes, int]] = {}
+        key_of = key_function(key_paths)  # the per-record path's key: its equality decides
+        for i, row in zip(candidates.tolist(), to_rows(table.take(pa.array(candidates))), strict=True):
+            key, canon = key_of(row), _canonical(row)
+            old = best.get(key)
+            if old is None or canon < old[0]:
+                best[key] = (canon, i)
+        keep = ~repeated
+        keep[[i for _canon, i in best.values()]] = True
+        table = table.filter(pa.array(keep))
+    return table.drop_columns([HASH])
 
 
 class ArrowChunk:
-    """A shard's rows of one chunk, through the dedup shuffle as one element (Arrow IPC)."""
+    """Rows as an Arrow table, one element: a shard's rows of one file chunk through the dedup
+    shuffle (``path``: their file, ``table`` with ``LINE``), or Silver rows (``path`` empty)."""
 
-    __slots__ = ("table",)
+    __slots__ = ("path", "table")
 
-    def __init__(self, table: pa.Table) -> None:
+    def __init__(self, table: pa.Table, path: str = "") -> None:
         self.table = table
+        self.path = path
 
     def __len__(self) -> int:
         return len(self.table)
@@ -564,12 +581,15 @@ class ArrowChunkCoder(beam.coders.Coder):
 
     def encode(self, value: ArrowChunk) -> bytes:
         sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, value.table.schema) as writer:
-            writer.write_table(value.table)
+        table = value.table.replace_schema_metadata({b"path": value.path.encode("utf-8", "surrogatepass")})
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
         return sink.getvalue().to_pybytes()
 
     def decode(self, encoded: bytes) -> ArrowChunk:
-        return ArrowChunk(pa.ipc.open_stream(encoded).read_all())
+        table = pa.ipc.open_stream(encoded).read_all()
+        path = table.schema.metadata[b"path"].decode("utf-8", "surrogatepass")
+        return ArrowChunk(table.replace_schema_metadata(None), path)
 
     def is_deterministic(self) -> bool:
         return False  # only ever a value, never a key
@@ -584,13 +604,19 @@ beam.coders.registry.register_coder(ArrowChunk, ArrowChunkCoder)
 # --------------------------------------------------------------------------- the DoFns
 
 
-class ValidateChunks(beam.DoFn):
-    """``FileChunk`` -> ``(shard, ArrowChunk)`` (with a dedup key) or batches of rows (without),
-    and dead letters (``DEAD_LETTERS``). Counters as ``ValidateRows``: ``records_in``,
-    ``invalid_<reason>``, ``unknown_fields_dropped``; and ``records_checked_per_record``."""
+ROWS_AS_DICTS = "dicts"  # Silver rows as the per-record path gives them (what WriteRows sends)
+ROWS_AS_ARROW = "arrow"  # Silver rows as ArrowChunk tables (Silver's columns), for a columnar sink
 
-    def __init__(self, spec: PipelineSpec) -> None:
+
+class ValidateChunks(beam.DoFn):
+    """``FileChunk`` -> ``(shard, ArrowChunk)`` (with a dedup key) or the valid rows (without:
+    a list of dicts, or an ``ArrowChunk``), and dead letters (``DEAD_LETTERS``). Counters as
+    ``ValidateRows``: ``records_in``, ``invalid_<reason>``, ``unknown_fields_dropped``; and
+    ``blank_lines`` (of uncompressed files) and ``records_checked_per_record``."""
+
+    def __init__(self, spec: PipelineSpec, rows: str = ROWS_AS_DICTS) -> None:
         self.spec = spec
+        self.rows = rows
 
     def setup(self) -> None:
         freeze_long_lived_objects()
@@ -618,17 +644,15 @@ class ValidateChunks(beam.DoFn):
         if checked.blank_lines:
             self.blank_lines.inc(checked.blank_lines)
         if self.key_paths:
-            yield from by_shard(checked.table, self.key_paths)
+            yield from by_shard(checked.table, self.key_paths, checked.path)
         elif len(checked.table):
-            yield to_rows(checked.table)
+            table = with_message_id(checked.table, checked.path)
+            yield to_rows(table) if self.rows == ROWS_AS_DICTS else ArrowChunk(table)
         for letter in checked.dead:
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
 
 
-class DedupArrowShard(beam.DoFn):
-    """``(shard, [ArrowChunk])`` -> batches of the shard's rows, one per key (``dedup_table``);
-    counts ``valid`` and ``duplicates``."""
-
+class _DedupShard(beam.DoFn):
     def __init__(self, key_paths: tuple[str, ...]) -> None:
         self.key_paths = key_paths
 
@@ -636,18 +660,37 @@ class DedupArrowShard(beam.DoFn):
         self.valid = counter("valid")
         self.duplicates = counter("duplicates")
 
+    def kept(self, element: tuple[int, Iterable[ArrowChunk]]) -> pa.Table:
+        tables = [with_message_id(c.table, c.path) for c in element[1]]
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        with gc_paused():
+            kept = dedup_table(table, self.key_paths)
+        self.valid.inc(len(kept))
+        self.duplicates.inc(len(table) - len(kept))
+        return kept
+
+
+class DedupArrowShard(_DedupShard):
+    """``(shard, [ArrowChunk])`` -> batches of the shard's rows (dicts), one per key
+    (``dedup_table``); counts ``valid`` and ``duplicates``."""
+
     def infer_output_type(self, input_type: Any) -> Any:
         return dict[str, Any]
 
     @beam.DoFn.yields_batches
     def process(self, element: tuple[int, Iterable[ArrowChunk]]) -> Iterator[List[Row]]:  # noqa: UP006
-        tables = [c.table for c in element[1]]
-        with gc_paused():
-            rows, seen = dedup_table(pa.concat_tables(tables) if len(tables) > 1 else tables[0], self.key_paths)
-        self.valid.inc(len(rows))
-        self.duplicates.inc(seen - len(rows))
-        for i in range(0, len(rows), OUTPUT_BATCH):
-            yield rows[i:i + OUTPUT_BATCH]
+        kept = self.kept(element)
+        for start in range(0, len(kept), OUTPUT_BATCH):
+            with gc_paused():
+                rows = to_rows(kept.slice(start, OUTPUT_BATCH))
+            yield rows
+
+
+class DedupArrowShardToArrow(_DedupShard):
+    """:class:`DedupArrowShard` ending in one ``ArrowChunk`` of Silver's columns per shard."""
+
+    def process(self, element: tuple[int, Iterable[ArrowChunk]]) -> Iterator[ArrowChunk]:
+        yield ArrowChunk(self.kept(element))
 
 
 class CountValidBatches(beam.DoFn):
@@ -663,6 +706,29 @@ class CountValidBatches(beam.DoFn):
     def process(self, rows: list[Row]) -> Iterator[List[Row]]:  # noqa: UP006
         self.valid.inc(len(rows))
         yield rows
+
+
+class CountValidArrow(beam.DoFn):
+    def setup(self) -> None:
+        self.valid = counter("valid")
+
+    def process(self, rows: ArrowChunk) -> Iterator[ArrowChunk]:
+        self.valid.inc(len(rows))
+        yield rows
+
+
+class ArrowToRows(beam.DoFn):
+    """``ArrowChunk`` of Silver rows -> batches of dicts (what ``WriteRows`` sends)."""
+
+    def infer_output_type(self, input_type: Any) -> Any:
+        return dict[str, Any]
+
+    @beam.DoFn.yields_batches
+    def process(self, chunk: ArrowChunk) -> Iterator[List[Row]]:  # noqa: UP006
+        for start in range(0, len(chunk.table), OUTPUT_BATCH):
+            with gc_paused():
+                rows = to_rows(chunk.table.slice(start, OUTPUT_BATCH))
+            yield rows
 
 
 class ChunkRecords(beam.DoFn):
@@ -681,24 +747,29 @@ def _identity(x: Any) -> Any:
 
 
 class ColumnarValidateAndDedup(beam.PTransform):
-    """``FileChunk`` elements -> ``{"valid": rows for Silver, "dead_letters": DeadLetter}``:
-    the batch ``ValidateAndDedup`` of the per-record path, a chunk at a time."""
+    """``FileChunk`` elements -> ``{"valid": Silver rows, "dead_letters": DeadLetter}``: the batch
+    ``ValidateAndDedup`` of the per-record path, a chunk at a time. ``rows``: the valid rows as
+    dicts in batches (``ROWS_AS_DICTS``, what the per-record path gives) or as ``ArrowChunk``
+    elements (``ROWS_AS_ARROW``; ``ArrowToRows`` makes the dicts)."""
 
-    def __init__(self, spec: PipelineSpec) -> None:
+    def __init__(self, spec: PipelineSpec, rows: str = ROWS_AS_DICTS) -> None:
         super().__init__()
         self.spec = spec
+        self.rows = rows
 
     def expand(self, chunks):  # no annotations: Beam would read them as output type hints
-        checked = chunks | "ValidateChunks" >> beam.ParDo(ValidateChunks(self.spec)).with_outputs(
+        checked = chunks | "ValidateChunks" >> beam.ParDo(ValidateChunks(self.spec, self.rows)).with_outputs(
             DEAD_LETTERS, main="rows")
         dedup = self.spec.dedup
+        arrow = self.rows == ROWS_AS_ARROW
         if dedup is None:
-            valid = checked.rows | "CountValid" >> beam.ParDo(CountValidBatches())
+            valid = checked.rows | "CountValid" >> beam.ParDo(CountValidArrow() if arrow else CountValidBatches())
         else:
             valid = (
                 checked.rows
                 | "TypeShards" >> beam.Map(_identity).with_output_types(tuple[int, ArrowChunk])
                 | "GroupShards" >> beam.GroupByKey()
-                | "DedupShards" >> beam.ParDo(DedupArrowShard(dedup.key))
+                | "DedupShards" >> beam.ParDo(DedupArrowShardToArrow(dedup.key) if arrow
+                                              else DedupArrowShard(dedup.key))
             )
         return {"valid": valid, "dead_letters": checked[DEAD_LETTERS]}

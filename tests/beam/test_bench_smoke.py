@@ -16,4 +16,5 @@ def test_benchmark_runs_and_both_paths_agree(capsys) -> None:
     results = bench.main(["--records", "1000"])  # exits if Beam and plain Python disagree
     assert results["accounting"]["records_in"] == 1000
     assert results["beam_fnapi"]["records_per_s"] > 0 and results["plain"]["records_per_s"] > 0
+    assert results["columnar_fnapi"]["records_per_s"] > 0 and results["duckdb_1thread"]["records_per_s"] > 0
     assert "nproc=" in capsys.readouterr().out
