@@ -13,7 +13,9 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/headwater
 WORKDIR /src
-# Dependencies first: this layer is rebuilt only when the lock changes.
+# Dependencies first: this layer is rebuilt only when the lock changes. The daemon's lock is
+# [project].dependencies alone: no Apache Beam (the Flex Template images carry it), no emulators,
+# no test tools; tests/test_setup_locks.py holds it and the daemon's code to that.
 COPY deploy/requirements.lock deploy/requirements.lock
 RUN /opt/headwater/bin/pip install --no-deps -r deploy/requirements.lock
 # Then headwater itself, without letting pip resolve anything else.
