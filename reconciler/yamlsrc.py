@@ -140,21 +140,47 @@ def read_limited(path: Path, within: Path | None = None) -> str:
 
 
 def _open_inside(path: Path, within: Path | None) -> int | None:
-    """A descriptor of the file ``path`` resolves to, when that is plainly fine: every part of the
-    path exists, it resolves lexically inside ``within`` as given (`load_repo` passes it resolved)
-    and it opens. None otherwise: `_open_checked` then decides and words why."""
+    """A descriptor of the file ``path`` resolves to, when that is plainly fine: it opens (every
+    part of the path exists, the last is not a symbolic link) and what was opened resolves lexically
+    inside ``within`` as given (`load_repo` passes it resolved). None otherwise: `_open_checked`
+    then decides and words why.
+
+    Where the file opened resolves to is asked of the kernel (``/proc/self/fd``: one call, and the
+    answer is about the file opened, not about the path a moment before); without ``/proc``, of
+    `os.path.realpath` before opening."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        os.close(fd)
+        return _open_resolved(path, within)
+    if _lexically_inside(real, within):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _open_resolved(path: Path, within: Path | None) -> int | None:
     try:
         real = os.path.realpath(path, strict=True)
     except OSError:
         return None
-    if within is not None:
-        base = str(within)
-        if not (real.startswith(base) and real[len(base):len(base) + 1] in ("", os.sep)):
-            return None
+    if not _lexically_inside(real, within):
+        return None
     try:
         return os.open(real, _OPEN_FLAGS)
     except OSError:
         return None
+
+
+def _lexically_inside(real: str, within: Path | None) -> bool:
+    if within is None:
+        return True
+    base = str(within)
+    return real.startswith(base) and real[len(base):len(base) + 1] in ("", os.sep)
 
 
 # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the path was resolved.

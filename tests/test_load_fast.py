@@ -125,10 +125,13 @@ def test_an_error_keeps_its_message_and_position(tmp_path):
 
 
 def _read_both_ways(path, within, monkeypatch):
-    """`read_limited` as it is, and with every file taking the fully checked way."""
+    """`read_limited` as it is, as it is without /proc, and with every file taking the fully
+    checked way."""
     outcomes = []
-    for fast in (True, False):
-        if not fast:
+    for way in ("proc", "realpath", "checked"):
+        if way == "realpath":
+            monkeypatch.setattr(yamlsrc, "_open_inside", yamlsrc._open_resolved)
+        if way == "checked":
             monkeypatch.setattr(yamlsrc, "_open_inside", lambda path, within: None)
         try:
             outcomes.append(("ok", yamlsrc.read_limited(path, within)))
@@ -157,9 +160,17 @@ def test_the_quick_open_reads_what_the_checked_one_would(tmp_path, monkeypatch):
              "sub", "sub/b.json", "sub/../a.json", "missing/../a.json", "nope.json"]
     for name in cases:
         for within in (repo, repo / "sub" / "..", None):
-            fast, checked = _read_both_ways(repo / name, within, monkeypatch)
-            assert fast == checked, (name, within, fast, checked)
+            proc, resolved, checked = _read_both_ways(repo / name, within, monkeypatch)
+            assert proc == resolved == checked, (name, within, proc, resolved, checked)
     assert _read_both_ways(repo / "out.json", repo, monkeypatch)[0][0] == "error"
+    # The quick ways do take the plain files (and only those).
+    for quick in (yamlsrc._open_inside, yamlsrc._open_resolved):
+        for name in ("a.json", "sub/b.json", "sub/../a.json"):
+            fd = quick(repo / name, repo)
+            assert fd is not None, (quick, name)
+            os.close(fd)
+        for name in ("out.json", "dirlink/secret.json", "dangling.json", "loop.json", "nope.json"):
+            assert quick(repo / name, repo) is None, (quick, name)
 
 
 @pytest.mark.parametrize("depth", [62, 63, 64, 65, 66])
