@@ -29,7 +29,18 @@ records/s is wall-clock; records/s per core divides by the CPU seconds the proce
 shared machine the wall clock also counts time spent waiting for a core).
 
     .venv/bin/python bench/beam_throughput.py [--records 1000000] [--repeat 3] [--json out.json]
-        [--paths plain,beam,columnar,duckdb]
+        [--paths plain,beam,columnar,columnar_arrow,duckdb]
+
+**Streaming** (``--streaming N``, instead of the above): the streaming path's ceiling on the
+local runner. Starts a Pub/Sub emulator, publishes N generated records to a topic (a backlog,
+published before the job starts), and runs ``pubsub_to_bigquery``'s read and transform -
+``ReadFromPubSub`` -> ``to_raw`` -> ``ValidateAndDedup(streaming=True)`` (per-record: the
+stateful dedup) - on ``BundleBasedDirectRunner`` in a child process, the sinks replaced by a
+counter of outputs (no BigQuery). Reports records/s from the first output to the last (every
+record ends as a Silver row or a dead letter; duplicates as neither), the time to the first
+output, and the child's CPU seconds.
+
+    .venv/bin/python bench/beam_throughput.py --streaming 20000 [--json bench/results/beam_streaming.json]
 """
 
 from __future__ import annotations
@@ -224,6 +235,126 @@ def expected_counts(exp: Expected) -> Counter[str]:
     return c
 
 
+# --------------------------------------------------------------------------- streaming
+
+
+class _Progress(beam.DoFn):
+    """Appends how many outputs each bundle had to a file (the parent process reads it)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def start_bundle(self) -> None:
+        self.n = 0
+
+    def process(self, element: Any) -> None:
+        self.n += 1
+
+    def finish_bundle(self) -> None:
+        if self.n:
+            with open(self.out, "a") as f:
+                f.write(f"{time.time()} {self.n}\n")
+
+
+def streaming_child(subscription: str, out: str) -> None:
+    """The streaming job (runs until killed): Pub/Sub -> Raw -> ValidateAndDedup -> _Progress."""
+    from beam.common.runner import make_pipeline
+    from beam.pubsub_to_bigquery.pipeline import to_raw
+
+    spec = parse_spec(SPEC)
+    p = make_pipeline([], streaming=True)
+    raw = (p | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
+           | "ToRaw" >> beam.Map(to_raw))
+    out_ = raw | "ValidateAndDedup" >> ValidateAndDedup(spec, streaming=True)
+    _ = (out_["valid"], out_["dead_letters"]) | beam.Flatten() | beam.ParDo(_Progress(out))
+    p.run().wait_until_finish()
+
+
+def _cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_streaming(n: int, timeout_s: float = 900.0) -> dict[str, Any]:
+    """See the module docstring (``--streaming``). Starts and stops its own emulator and job."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from google.cloud import pubsub_v1
+
+    from reconciler.local import PUBSUB_LAUNCHER, _gcloud_sdk_root
+
+    sdk = _gcloud_sdk_root()
+    if sdk is None or not (sdk / PUBSUB_LAUNCHER).exists():
+        raise SystemExit("the Pub/Sub emulator is not installed (see scripts/setup)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tmp = Path(tempfile.mkdtemp(prefix="beam-stream-"))
+    emulator = subprocess.Popen([str(sdk / PUBSUB_LAUNCHER), "--host=127.0.0.1", f"--port={port}"],
+                                stdout=(tmp / "emulator.log").open("wb"), stderr=subprocess.STDOUT)
+    child = None
+    try:
+        host = f"127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if urllib.request.urlopen(f"http://{host}/", timeout=1).read().strip() == b"Ok":
+                    break
+            except OSError:
+                time.sleep(0.1)
+        os.environ["PUBSUB_EMULATOR_HOST"] = host
+        project = "hw-bench"
+        publisher = pubsub_v1.PublisherClient(
+            batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000, max_latency=0.05))
+        subscriber = pubsub_v1.SubscriberClient()
+        topic = publisher.topic_path(project, "records")
+        sub = subscriber.subscription_path(project, "records-job")
+        publisher.create_topic(name=topic)
+        subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=60)
+        payloads, exp = generate(n)
+        t = time.perf_counter()
+        for future in [publisher.publish(topic, payload) for payload in payloads]:
+            future.result(timeout=120)
+        published_s = time.perf_counter() - t
+        progress = tmp / "progress"
+        progress.touch()
+        start = time.time()
+        child = subprocess.Popen([sys.executable, __file__, "--streaming-child", sub, str(progress)],
+                                 env={**os.environ}, stdout=(tmp / "job.log").open("wb"), stderr=subprocess.STDOUT)
+        want = exp.records_in - exp.duplicates  # each ends as a Silver row or a dead letter
+        seen, first, last = 0, None, None
+        while time.time() - start < timeout_s and child.poll() is None:
+            entries = [line.split() for line in progress.read_text().splitlines() if line.strip()]
+            seen = sum(int(c) for _ts, c in entries)
+            if entries:
+                first = float(entries[0][0])
+                last = float(entries[-1][0])
+            if seen >= want:
+                break
+            time.sleep(0.5)
+        cpu = _cpu_of(child.pid)
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        emulator.terminate()
+        try:
+            emulator.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            emulator.kill()
+        os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+    if seen < want:
+        raise SystemExit(f"streaming: {seen} of {want} outputs within {timeout_s} s (see {tmp}/job.log)")
+    assert first is not None and last is not None
+    span = max(last - first, 1e-9)
+    return {"machine": machine(), "records": n, "outputs": seen, "published_s": round(published_s, 2),
+            "first_output_after_s": round(first - start, 2), "drain_s": round(span, 2),
+            "records_per_s": round(n / (last - start)), "records_per_s_after_first_output": round(n / span),
+            "job_cpu_s": round(cpu, 2), "records_per_cpu_s": round(n / cpu),
+            "runner": "BundleBasedDirectRunner", "sinks": "none (outputs counted)"}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=1_000_000)
@@ -231,7 +362,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--paths", default="plain,beam,columnar,columnar_arrow,duckdb",
                     help="which paths to run, comma-separated (plain, beam, columnar, columnar_arrow, duckdb)")
+    ap.add_argument("--streaming", type=int, metavar="N",
+                    help="instead: the streaming path's records/s from a Pub/Sub emulator (N records)")
+    ap.add_argument("--streaming-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.streaming_child:
+        streaming_child(*args.streaming_child)
+        return {}
+    if args.streaming:
+        res = run_streaming(args.streaming)
+        m = res["machine"]
+        print(f"machine: {m['platform']}, {m['cpu']}, nproc={m['nproc']}, Python {m['python']}, "
+              f"apache-beam {m['apache_beam']}")
+        print(f"streaming, {res['records']:,} records from the Pub/Sub emulator on {res['runner']}: "
+              f"{res['records_per_s']:,} records/s from the job's start ({res['first_output_after_s']} s to the "
+              f"first output), {res['records_per_s_after_first_output']:,} records/s after it; "
+              f"{res['records_per_cpu_s']:,} records per CPU-second of the job")
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2) + "\n")
+        return res
     paths = [p for p in args.paths.split(",") if p]
     runners = {"plain": run_plain, "beam": run_beam, "columnar": run_columnar, "columnar_arrow": run_columnar_arrow,
                "duckdb": run_duckdb}
