@@ -389,9 +389,11 @@ def _zone_grants(grants: _Grants, platform: Platform, names: Any, sources: Seque
     datasets["gold"] += [r.address for r in desired if r.kind == Kind.BIGQUERY_DATASET and r.name in (REPORTING, FEATURES)]
     buckets = {zone: [address(Kind.STORAGE_BUCKET, names.buckets[zone])] for zone in ("landing", "bronze", "silver")}
     restricted = sorted(s.source_id for s in sources if has_classified_columns(s))
-    open_bronze = [r.address for s in sources if not has_classified_columns(s)
-                   for r in desired if r.kind == Kind.BIGQUERY_TABLE and r.source_id == s.source_id
-                   and r.name.startswith(names.datasets["bronze"] + ".")]
+    bronze_tables: dict[str | None, list[str]] = {}  # by source, in compile order (one pass: O(resources))
+    for r in desired:
+        if r.kind == Kind.BIGQUERY_TABLE and r.name.startswith(names.datasets["bronze"] + "."):
+            bronze_tables.setdefault(r.source_id, []).append(r.address)
+    open_bronze = [table for s in sources if not has_classified_columns(s) for table in bronze_tables.get(s.source_id, [])]
     engineers = set(platform.access.tiers.get(ENGINEERS_TIER, []))
     for zone in ZONES:
         entries = zone_readers(platform, zone)
