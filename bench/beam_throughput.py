@@ -17,7 +17,7 @@ dedup on ``id`` + ``timestamp``):
   the stage without building a Python dict per row (the DuckDB baseline builds none either).
 * **duckdb** - the same checks as one DuckDB SQL statement, one thread (``SET threads=1``):
   JSON parse, the reason of each record (first failure, in the checker's order), and dedup on
-  the canonical key, ending in the kept rows as an Arrow table. Exact accounting on this data;
+  the canonical key (``DISTINCT ON``), ending in the kept rows as an Arrow table. Exact accounting on this data;
   a baseline, not a second definition of the rules.
 * **plain** - a single-process Python loop over the same file calling the same record
   checker (``beam.common.checker``: validation, rules and dedup key in one generated function),
@@ -159,7 +159,8 @@ def run_columnar(path: Path, spec: PipelineSpec, rows: str = ROWS_AS_DICTS) -> C
 
 
 # The synthetic spec's checks in SQL, in the checker's order (fields in schema order: missing,
-# then type; unknown fields; then the rules in order). $paths: the fields' JSON paths.
+# then type; unknown fields; then the rules in order). $paths: the fields' JSON paths. Each
+# JSON function parses the line again (~0.1-0.3 us each here); the casts are made once.
 DUCKDB_CLASSIFY = r"""
 CREATE OR REPLACE TEMP TABLE classified AS
 WITH src AS (SELECT line FROM lines WHERE trim(line, ' \t\r\n') <> ''),
@@ -169,38 +170,35 @@ f AS (SELECT ok, jt,
    CASE WHEN jt = 'OBJECT' THEN json_type(line, $paths) END AS ty,
    CASE WHEN jt = 'OBJECT' THEN json_extract_string(line, $paths) END AS v,
    CASE WHEN jt = 'OBJECT' THEN json_keys(line) END AS k
- FROM o)
-SELECT v, CASE
+ FROM o),
+t AS (SELECT *, TRY_CAST(v[3] AS DOUBLE) AS amount, TRY_CAST(v[4] AS TIMESTAMPTZ) AS ts,
+             TRY_CAST(trim(v[7]) AS BIGINT) AS quantity FROM f)
+SELECT v[1] AS id, v[2] AS customer_id, amount, ts AS timestamp, v[5] AS email, v[6] AS status, quantity, CASE
   WHEN NOT ok THEN 'unparseable'
   WHEN jt <> 'OBJECT' THEN 'not_an_object'
   WHEN coalesce(ty[1], 'NULL') = 'NULL' THEN 'missing_required'
   WHEN ty[1] <> 'VARCHAR' THEN 'wrong_type'
   WHEN coalesce(ty[2], 'NULL') NOT IN ('VARCHAR', 'NULL') THEN 'wrong_type'
   WHEN coalesce(ty[3], 'NULL') = 'NULL' THEN 'missing_required'
-  WHEN ty[3] NOT IN ('DOUBLE', 'BIGINT', 'UBIGINT') AND TRY_CAST(v[3] AS DOUBLE) IS NULL THEN 'wrong_type'
+  WHEN amount IS NULL THEN 'wrong_type'
   WHEN coalesce(ty[4], 'NULL') = 'NULL' THEN 'missing_required'
-  WHEN ty[4] <> 'VARCHAR' OR TRY_CAST(v[4] AS TIMESTAMPTZ) IS NULL THEN 'wrong_type'
+  WHEN ty[4] <> 'VARCHAR' OR ts IS NULL THEN 'wrong_type'
   WHEN coalesce(ty[5], 'NULL') NOT IN ('VARCHAR', 'NULL') THEN 'wrong_type'
   WHEN coalesce(ty[6], 'NULL') NOT IN ('VARCHAR', 'NULL') THEN 'wrong_type'
-  WHEN coalesce(ty[7], 'NULL') NOT IN ('BIGINT', 'UBIGINT', 'NULL') AND TRY_CAST(trim(v[7]) AS BIGINT) IS NULL
-    THEN 'wrong_type'
+  WHEN coalesce(ty[7], 'NULL') <> 'NULL' AND quantity IS NULL THEN 'wrong_type'
   WHEN len(list_filter(k, x -> x NOT IN ('id', 'customer_id', 'amount', 'timestamp', 'email', 'status',
     'quantity'))) > 0 THEN 'unknown_field'
   WHEN v[2] IS NULL THEN 'dq_not_null'
   WHEN v[5] IS NOT NULL AND NOT regexp_full_match(v[5], '[^@\s]+@[^@\s.]+(\.[^@\s.]+)+') THEN 'dq_valid_email'
-  WHEN TRY_CAST(v[3] AS DOUBLE) <= 0 THEN 'dq_positive_number'
-  WHEN v[7] IS NOT NULL AND NOT (TRY_CAST(v[7] AS BIGINT) BETWEEN 1 AND 100) THEN 'dq_range'
+  WHEN amount <= 0 THEN 'dq_positive_number'
+  WHEN quantity IS NOT NULL AND NOT (quantity BETWEEN 1 AND 100) THEN 'dq_range'
   WHEN NOT regexp_matches(v[1], '^txn-[0-9]+$') THEN 'dq_regex'
   WHEN v[6] IS NOT NULL AND v[6] NOT IN ('new', 'paid', 'refunded') THEN 'dq_allowed_values'
   END AS reason
-FROM f
+FROM t
 """
-DUCKDB_KEPT = """
-SELECT v[1] AS id, v[2] AS customer_id, CAST(v[3] AS DOUBLE) AS amount, CAST(v[4] AS TIMESTAMPTZ) AS timestamp,
-       v[5] AS email, v[6] AS status, CAST(v[7] AS BIGINT) AS quantity
-FROM classified WHERE reason IS NULL
-QUALIFY row_number() OVER (PARTITION BY v[1], CAST(v[4] AS TIMESTAMPTZ) ORDER BY v::VARCHAR) = 1
-"""
+# One row per key (id, instant): the kept rows, as an Arrow table.
+DUCKDB_KEPT = "SELECT DISTINCT ON (id, timestamp) * EXCLUDE (reason) FROM classified WHERE reason IS NULL"
 
 
 def run_columnar_arrow(path: Path, spec: PipelineSpec) -> Counter[str]:
