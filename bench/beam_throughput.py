@@ -254,12 +254,12 @@ class _Progress(beam.DoFn):
                 f.write(f"{time.time()} {self.n}\n")
 
 
-def streaming_child(subscription: str, out: str) -> None:
+def streaming_child(subscription: str, out: str, dedup: str = "dedup") -> None:
     """The streaming job (runs until killed): Pub/Sub -> Raw -> ValidateAndDedup -> _Progress."""
     from beam.common.runner import make_pipeline
     from beam.pubsub_to_bigquery.pipeline import to_raw
 
-    spec = parse_spec(SPEC)
+    spec = parse_spec(SPEC if dedup == "dedup" else {k: v for k, v in SPEC.items() if k != "deduplication"})
     p = make_pipeline([], streaming=True)
     raw = (p | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
            | "ToRaw" >> beam.Map(to_raw))
@@ -273,7 +273,7 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_streaming(n: int, timeout_s: float = 900.0) -> dict[str, Any]:
+def run_streaming(n: int, timeout_s: float = 900.0, dedup: bool = True) -> dict[str, Any]:
     """See the module docstring (``--streaming``). Starts and stops its own emulator and job."""
     import socket
     import subprocess
@@ -318,9 +318,11 @@ def run_streaming(n: int, timeout_s: float = 900.0) -> dict[str, Any]:
         progress = tmp / "progress"
         progress.touch()
         start = time.time()
-        child = subprocess.Popen([sys.executable, __file__, "--streaming-child", sub, str(progress)],
+        child = subprocess.Popen([sys.executable, __file__, "--streaming-child", sub, str(progress),
+                                  "dedup" if dedup else "none"],
                                  env={**os.environ}, stdout=(tmp / "job.log").open("wb"), stderr=subprocess.STDOUT)
-        want = exp.records_in - exp.duplicates  # each ends as a Silver row or a dead letter
+        # Each ends as a Silver row or a dead letter (with dedup, duplicates as neither).
+        want = exp.records_in - (exp.duplicates if dedup else 0)
         seen, first, last = 0, None, None
         while time.time() - start < timeout_s and child.poll() is None:
             entries = [line.split() for line in progress.read_text().splitlines() if line.strip()]
@@ -350,7 +352,8 @@ def run_streaming(n: int, timeout_s: float = 900.0) -> dict[str, Any]:
             "first_output_after_s": round(first - start, 2), "drain_s": round(span, 2),
             "records_per_s": round(n / (last - start)), "records_per_s_after_first_output": round(n / span),
             "job_cpu_s": round(cpu, 2), "records_per_cpu_s": round(n / cpu),
-            "runner": "BundleBasedDirectRunner", "sinks": "none (outputs counted)"}
+            "runner": "BundleBasedDirectRunner", "sinks": "none (outputs counted)",
+            "dedup": "stateful, window_seconds 600" if dedup else "none (spec without deduplication)"}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -362,17 +365,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="which paths to run, comma-separated (plain, beam, columnar, columnar_arrow, duckdb)")
     ap.add_argument("--streaming", type=int, metavar="N",
                     help="instead: the streaming path's records/s from a Pub/Sub emulator (N records)")
-    ap.add_argument("--streaming-child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--streaming-no-dedup", action="store_true",
+                    help="with --streaming: a spec without deduplication (no stateful DoFn)")
+    ap.add_argument("--streaming-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.streaming_child:
         streaming_child(*args.streaming_child)
         return {}
     if args.streaming:
-        res = run_streaming(args.streaming)
+        res = run_streaming(args.streaming, dedup=not args.streaming_no_dedup)
         m = res["machine"]
         print(f"machine: {m['platform']}, {m['cpu']}, nproc={m['nproc']}, Python {m['python']}, "
               f"apache-beam {m['apache_beam']}")
-        print(f"streaming, {res['records']:,} records from the Pub/Sub emulator on {res['runner']}: "
+        print(f"streaming ({res['dedup']}), {res['records']:,} records from the Pub/Sub emulator on {res['runner']}: "
               f"{res['records_per_s']:,} records/s from the job's start ({res['first_output_after_s']} s to the "
               f"first output), {res['records_per_s_after_first_output']:,} records/s after it; "
               f"{res['records_per_cpu_s']:,} records per CPU-second of the job")
