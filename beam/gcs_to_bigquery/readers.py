@@ -237,9 +237,12 @@ def _records_as_batch(batch: list[Raw], _file: files.FileInfo) -> list[Raw]:
 
 class ReadChunks(ReadRecords):
     """A listed file -> ``FileChunk`` elements for the columnar path (``beam.common.columnar``):
-    ~``CHUNK_BYTES`` of whole JSON lines each, read exactly as ``ReadRecords`` reads them (the
-    same ``readlines`` calls, so an unreadable file ends at the same record); files of other
-    formats, and an unreadable file's failure, as chunks of ``Raw`` records."""
+    ~``CHUNK_BYTES`` of whole JSON lines each. A gzip stream is read with ``ReadRecords``' own
+    ``readlines`` calls, so one that breaks part-way ends at the same record with the same dead
+    letter; an uncompressed file (whose bytes cannot fail as a format) in blocks. Files of other
+    formats, and an unreadable file's failure, as chunks of ``Raw`` records. (A generation
+    deleted mid-read - ``vanished_files`` - ends where the read stopped, on both paths; where
+    that is depends on timing, and here on the block size.)"""
 
     def infer_output_type(self, input_type: Any) -> Any:
         from beam.common.columnar import FileChunk
