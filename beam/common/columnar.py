@@ -86,6 +86,8 @@ FILE = "__file"  # a row's file, as an index into its ArrowChunk's paths
 
 
 BLANK_UNCOUNTED = -1
+PARSE_LEAF = 32  # screened lines the Arrow reader is still tried on, when a larger read failed
+PARSE_FAILURES = 16  # failed parts a chunk's reads are split around, before the rest is left to the checker
 
 
 class FileChunk(NamedTuple):
@@ -286,14 +288,7 @@ class ColumnarChecker:
         fast_idx = np.flatnonzero(fast.to_numpy(zero_copy_only=False))
         table = None
         if len(fast_idx):
-            picked = lines.filter(fast)
-            try:
-                table = pajson.read_json(pa.BufferReader(picked.buffers()[2]), self.read_options,
-                                         self.parse_options)
-            except pa.ArrowInvalid:  # e.g. a duplicated key: the checker decides every line
-                table = None
-            if table is not None and len(table) != len(fast_idx):
-                table = None  # cannot happen for screened lines; never trust a miscount
+            table, fast_idx = self._parse(lines, fast_idx)
         if table is None:
             fast_idx = np.empty(0, dtype=np.int64)
             cleared_idx = fast_idx
@@ -321,6 +316,41 @@ class ColumnarChecker:
                 records.append((line.rstrip(b"\r\n"), None, origin + number, attrs + (("line", number),)))
         counted = int(blank.sum()) if blank is not None and chunk.blank == BLANK_UNCOUNTED else 0
         return self._per_record(chunk.path, records, [fast_table], fast=len(cleared_idx), blank=counted)
+
+    def _parse(self, lines: pa.Array, idx: np.ndarray) -> tuple[pa.Table | None, np.ndarray]:
+        """Step 2 on the screened lines ``idx``: their Arrow rows, and which lines they are.
+
+        Arrow's reader fails a whole read for one line it will not take although the screen
+        passed it (a duplicated key, bytes that are not UTF-8): then the lines are read in
+        halves, down to ``PARSE_LEAF`` lines, and a part that still fails is left to the
+        checker - at most ``PARSE_FAILURES`` such parts per chunk, after which every failing
+        part is."""
+        tables: list[pa.Table] = []
+        parsed: list[np.ndarray] = []
+        failures = 0
+
+        def read(part: np.ndarray) -> None:
+            nonlocal failures
+            picked = lines.take(pa.array(part))
+            try:
+                got = pajson.read_json(pa.BufferReader(picked.buffers()[2]), self.read_options, self.parse_options)
+            except pa.ArrowInvalid:
+                got = None
+            if got is not None and len(got) == len(part):  # a miscount cannot happen; never trusted
+                tables.append(got)
+                parsed.append(part)
+                return
+            if len(part) <= PARSE_LEAF or failures >= PARSE_FAILURES:
+                failures += 1
+                return
+            half = len(part) // 2
+            read(part[:half])
+            read(part[half:])
+
+        read(idx)
+        if not tables:
+            return None, np.empty(0, dtype=np.int64)
+        return (pa.concat_tables(tables) if len(tables) > 1 else tables[0]), np.concatenate(parsed)
 
     def _per_record(self, path: str, records: list[Raw], tables: list[pa.Table], fast: int = 0,
                     blank: int = 0) -> Checked:

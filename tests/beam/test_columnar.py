@@ -263,3 +263,16 @@ def test_screened_numbers_parse_as_orjson_does() -> None:
         assert repr(got) == repr(want), text
     for text, got in zip(ints, table.column("i").to_pylist(), strict=False):
         assert got == orjson.loads(text), text
+
+
+def test_a_line_arrow_will_not_read_costs_its_neighbourhood_not_its_chunk() -> None:
+    """A screened line Arrow's reader rejects (a duplicated key) sends at most PARSE_LEAF lines
+    of its chunk to the checker; the verdicts are the checker's either way (the test above)."""
+    spec = SPECS["strict"]
+    payloads, _exp = generate(5000, bad_rate=0.0, dup_rate=0.0)
+    payloads[2345] = b'{"id":"txn-1","id":"txn-2","customer_id":"c1","amount":1,"timestamp":"2026-11-01T00:00:00Z"}'
+    checker = columnar.ColumnarChecker(spec.fields, spec.validation, spec.quality_rules, spec.dedup.key)
+    checked = checker(columnar.FileChunk("f.json", (), 1, b"\n".join(payloads) + b"\n", columnar.BLANK_UNCOUNTED))
+    assert 1 <= checked.checked_per_record <= columnar.PARSE_LEAF
+    # orjson keeps a duplicated key's last value: the line is a valid row, like the others.
+    assert checked.records_in == 5000 and len(checked.table) == 5000 and not checked.reasons
