@@ -21,8 +21,8 @@ chunk and column:
 
 Everything else - a line the screen does not pass (malformed JSON, not an object, a wrong or
 converted type, an unknown field, escapes Arrow and orjson might decode differently), a row a
-predicate does not clear, or every line of a chunk whose Arrow parse fails as a whole (a
-duplicated key) - goes through the per-record checker itself (``check_raw``), which decides
+predicate does not clear, or the lines around one Arrow's reader rejects although screened (a
+duplicated key: the reads are split in halves down to ``PARSE_LEAF`` lines) - goes through the per-record checker itself (``check_raw``), which decides
 its fate, reason and detail. The vectorized steps therefore only ever *skip* the checker for
 rows it would pass unchanged: there is one definition of the rules (``validation.py``,
 ``quality.py``), and the accounting, the dead letters and their reasons are the per-record
