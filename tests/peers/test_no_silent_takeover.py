@@ -46,6 +46,13 @@ def test_a_bucket_another_team_owns_under_a_declared_name_is_left_alone_until_ad
     labels = {k: v for k, v in bucket.labels.items() if v is not None}
     assert labels["owner"] == "finance-team" and labels["managed-by"] == "headwater", "adopted, its labels kept"
     assert list(bucket.lifecycle_rules), "managed from now on"
+    # adopt imports the named address only: what the blocked import held back (the bucket's
+    # readers, issue 13) is planned now, and the next apply converges.
+    code, out, _ = hw("plan", "--repo", repo, "--format", "json")
+    pending = [(c["action"], c["address"]) for c in json.loads(out)["changes"] if c["action"] != "no-op"]
+    assert pending and all(action == "create" and f"{unique}-bronze" in created for action, created in pending), pending
+    code, out, err = hw("apply", "--repo", repo, "--auto-approve")
+    assert code == 0, out + err
     code, out, _ = hw("plan", "--repo", repo)
     assert code == 0 and "No changes." in out, out
 
