@@ -26,6 +26,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     model_validator,
 )
 
@@ -452,7 +453,7 @@ class Access(Strict):
         default_factory=dict, description="Named groups of principals in IAM's member form (user:, group:, "
                                           "serviceAccount:, domain:)")
     zones: AccessZones = Field(default_factory=AccessZones)
-    exclusive: bool = Field(
+    exclusive: StrictBool = Field(
         default=False, description="false: additive, headwater manages only the members it declares and derives, "
                                    "per role; true: the declared members are the whole binding of each role "
                                    "headwater declares on the zones' datasets and buckets (the plan shows each "
@@ -525,7 +526,7 @@ class Platform(Strict):
     classifications: dict[ClassName, Classification] = Field(
         default_factory=dict, description="Classes of sensitive columns (a schema field's classification): who "
                                           "reads clear values, how the others' are masked")
-    audit_logs: bool = Field(default=False, description="Data Access audit logs (ADMIN_READ, DATA_READ, DATA_WRITE) "
+    audit_logs: StrictBool = Field(default=False, description="Data Access audit logs (ADMIN_READ, DATA_READ, DATA_WRITE) "
                                                         "for BigQuery and Cloud Storage on the project")
 
 

@@ -625,6 +625,10 @@ def _message(error: dict, model: type[BaseModel], data: Any, loc: tuple) -> str:
         return f"unknown key {naming.shown(loc[-1])}{_did_you_mean(str(loc[-1]), allowed)}"
     if kind == "missing":
         return "required field is missing"
+    if kind == "bool_type":  # a StrictBool (issue 13's governance switches): no "yes"/1 coerced to true
+        value = error.get("input")
+        quoted = naming.shown(value) if isinstance(value, str) else repr(value)
+        return f"{quoted} is not a boolean: write true or false"
     message = error["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):

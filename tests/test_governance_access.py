@@ -348,6 +348,11 @@ BAD = [
          d.update(access={"publishers": ["group:web@example.com"]}))),
      "connectors/clickstream.yaml", "publishers", "access.publishers",
      "the topic projects/shared-events-prod/topics/web-events is another project's"),
+    # Governance switches are strict booleans: no "yes" or 1 coerced to true.
+    ("exclusive-not-a-boolean", platform(lambda d: d["access"].update(exclusive="yes")),
+     "platform.yaml", "exclusive: 'yes'", "access.exclusive", "'yes' is not a boolean: write true or false"),
+    ("audit-logs-not-a-boolean", platform(lambda d: d.update(audit_logs=1)),
+     "platform.yaml", "audit_logs: 1", "audit_logs", "1 is not a boolean: write true or false"),
     ("unknown-access-key", platform(lambda d: d["access"].update(exclusiv=True)),
      "platform.yaml", "exclusiv: true", "access.exclusiv", "unknown key 'exclusiv' (did you mean 'exclusive'?)"),
 ]
