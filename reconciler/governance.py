@@ -51,6 +51,7 @@ AUDIT_SERVICES = ("bigquery.googleapis.com", "storage.googleapis.com")
 AUDIT_LOG_TYPES = ["ADMIN_READ", "DATA_READ", "DATA_WRITE"]
 SERVICE_AGENT = "serviceAgent:"  # serviceAgent:<service>: the project's service agent of that service
 ZONES = ("landing", "bronze", "silver", "gold")
+BRONZE_OPEN = "no source has classified columns any more"
 # A roles/<service>.<role> grantable on a zone's dataset or bucket; custom roles go on both.
 _DATASET_ROLE = re.compile(r"^roles/bigquery\.")
 _BUCKET_ROLE = re.compile(r"^roles/storage\.")
@@ -415,10 +416,13 @@ def _zone_grants(grants: _Grants, platform: Platform, names: Any, sources: Seque
                            f"{'has' if len(restricted) == 1 else 'have'} classified columns, whose raw records only "
                            f"the {ENGINEERS_TIER} tier reads")
         else:
+            # Bronze open to all its readers is the state a removed last classification returns to:
+            # the plan says why the whole zone is readable (docs/governance.md, "Bronze and classified columns").
+            why = (f"{BRONZE_OPEN}: Bronze readers read the whole zone" if zone == "bronze" else None)
             for target in datasets.get(zone, []):
-                grants.add(target, DATASET_READER, readers)
+                grants.add(target, DATASET_READER, readers, why)
             for target in buckets.get(zone, []):
-                grants.add(target, BUCKET_READER, readers)
+                grants.add(target, BUCKET_READER, readers, why)
         for role, entries_ in getattr(platform.access.zones, zone).bindings.items():
             members = resolve(platform, entries_)
             custom = role.startswith(("projects/", "organizations/"))

@@ -134,6 +134,13 @@ def test_without_classified_columns_bronze_readers_read_the_whole_zone(tmp_path)
 
     granted = bindings(_compiled(tmp_path, schema_change=unclassify))
     assert granted["bigquery_dataset:bronze:roles/bigquery.dataViewer"].spec["members"] == [ANALYSTS, ENGINEERS]
+    # The plan says why the whole zone is open again (the last classification was removed).
+    why = "no source has classified columns any more: Bronze readers read the whole zone"
+    for name in ("bigquery_dataset:bronze:roles/bigquery.dataViewer",
+                 f"storage_bucket:{BRONZE_BUCKET}:roles/storage.objectViewer"):
+        assert granted[name].options.get("why") == why
+        change = reconcile([granted[name]], [], {}, PlanOptions()).changes[0]
+        assert change.security_summary.endswith(" — " + why), change.security_summary
     assert granted[f"storage_bucket:{BRONZE_BUCKET}:roles/storage.objectViewer"].spec["members"] == [ANALYSTS,
                                                                                                      ENGINEERS]
     assert not any(name.startswith("bigquery_table:bronze.") for name in granted)
