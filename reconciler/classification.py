@@ -142,7 +142,8 @@ def _leaf_classes(fields: Iterable[SchemaField], prefix: str = "") -> Iterator[t
 
 def schema_classes(schema: SourceSchema | None, classify: Mapping[str, str] | None = None) -> dict[str, str]:
     """Dotted path → class of one schema: its fields' own classifications, then ``classify``
-    (a source's map, which wins: it is the later, more specific word)."""
+    (a source's map; a classify entry whose class differs from the schema field's is refused at
+    validate, `reconciler.governance.check`, so the two agree wherever both are given)."""
     found = dict(_leaf_classes(schema.fields)) if schema is not None else {}
     found.update(classify or {})
     return found

@@ -234,14 +234,28 @@ def _check_classify_paths(source: Any, at) -> None:
             continue
         field = schema.find(path)
         if field is None:
-            names = [f.name for f in schema.fields]
-            close = difflib.get_close_matches(path.split(".")[0], names, n=1, cutoff=0.6)
+            # Suggest a leaf path (items.skuu -> items.sku): a RECORD is itself no classify target.
+            close = difflib.get_close_matches(path, _leaf_paths(schema.fields), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             at(source.connector_file, source.connector_map, loc,
                f"policy tag on a field that does not exist: {path!r} is not a field of {where}{hint}")
         elif field.fields:
             at(source.connector_file, source.connector_map, loc,
                f"{path!r} is a {field.type}: BigQuery puts policy tags on leaf columns only; classify its nested fields")
+        elif field.class_name and field.class_name != connector.classify[dotted]:
+            key = "classification" if field.classification else "policy_tag"
+            at(source.connector_file, source.connector_map, loc,
+               f"classify {dotted!r}: {connector.classify[dotted]!r} conflicts with {key} "
+               f"{field.class_name!r} of {path!r} in {where}: a column has one class; give it in one place")
+
+
+def _leaf_paths(fields: Sequence[SchemaField], prefix: str = "") -> list[str]:
+    """The dotted paths of a schema's leaf fields (the columns a policy tag can go on)."""
+    paths: list[str] = []
+    for item in fields:
+        path = f"{prefix}{item.name}"
+        paths += _leaf_paths(item.fields, path + ".") if item.fields else [path]
+    return paths
 
 
 def _schema_map(source: Any, schema_file: str) -> Any:
