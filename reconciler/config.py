@@ -456,7 +456,8 @@ class Access(Strict):
     exclusive: StrictBool = Field(
         default=False, description="false: additive, headwater manages only the members it declares and derives, "
                                    "per role; true: the declared members are the whole binding of each role "
-                                   "headwater declares on the zones' datasets and buckets (the plan shows each "
+                                   "headwater grants on the zones' datasets and buckets and on the classes' policy "
+                                   "tags and data policies (docs/governance.md, \"Exclusive\"; the plan shows each "
                                    "removal; removing headwater's own identity or a service agent is refused)")
     reconciler: Annotated[str, _check(iam_member_problem)] | None = Field(
         default=None, description="headwater's own identity, never removed by exclusive; default "

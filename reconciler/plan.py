@@ -728,6 +728,27 @@ def security_phrase(change: Change) -> str:
             text = f"removes the masking policy {name}: its masked readers no longer read the tagged columns"
         else:
             text = f"changes the masking of {name}: {live.spec.get('masking')} → {desired.spec.get('masking')}"
+    elif kind == Kind.DATACATALOG_TAXONOMY:
+        fine_grained = "FINE_GRAINED_ACCESS_CONTROL"
+        if action == Action.CREATE:
+            text = (f"creates the taxonomy {name}"
+                    + (" with fine-grained access control activated: the columns its policy tags tag are read in "
+                       "clear by the tags' fine-grained readers only" if fine_grained in (
+                        spec.get("activated_policy_types") or []) else ""))
+        elif action == Action.DELETE:
+            text = (f"deletes the taxonomy {name} and its policy tags: the columns they tag become readable by every "
+                    "reader of their datasets")
+        else:
+            was = fine_grained in (live.spec.get("activated_policy_types") or [])
+            now = fine_grained in (desired.spec.get("activated_policy_types") or [])
+            if was and not now:
+                text = (f"deactivates fine-grained access control on the taxonomy {name}: the columns its policy tags "
+                        "tag become readable by every reader of their datasets")
+            elif now and not was:
+                text = (f"activates fine-grained access control on the taxonomy {name}: the columns its policy tags "
+                        "tag are read in clear by the tags' fine-grained readers only")
+            else:
+                text = f"changes the taxonomy {name}: {', '.join(d.path for d in change.diff)}"
     elif kind == Kind.DATACATALOG_POLICY_TAG:
         if action == Action.DELETE:
             text = (f"deletes the policy tag {name}: the columns it tags become readable by every reader of their "

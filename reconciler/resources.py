@@ -113,6 +113,7 @@ DATA_KINDS = frozenset({
 SECURITY_KINDS = frozenset({
     Kind.IAM_BINDING,
     Kind.PROJECT_AUDIT_CONFIG,
+    Kind.DATACATALOG_TAXONOMY,  # activates fine-grained access control on its tags' columns
     Kind.DATACATALOG_POLICY_TAG,
     Kind.BIGQUERY_DATA_POLICY,
     Kind.BIGQUERY_COLUMN_POLICY,

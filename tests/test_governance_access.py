@@ -567,3 +567,23 @@ def test_the_pr_summary_names_a_removed_classification(tmp_path):
         "~customer_email: classification pii → none (access: the column becomes readable in clear by every reader "
         "of its table)",
         "~items.sku: classification none → pii"]
+
+
+def test_the_taxonomy_is_a_security_kind_with_its_phrase():
+    # The taxonomy activates fine-grained access control on its tags' columns (docs/governance.md:
+    # every kind of the Contract's table is in SECURITY_KINDS).
+    from reconciler.resources import SECURITY_KINDS
+
+    assert Kind.DATACATALOG_TAXONOMY in SECURITY_KINDS
+    spec = {"display_name": "headwater-dev", "description": "d", "location": "europe-west1",
+            "activated_policy_types": ["FINE_GRAINED_ACCESS_CONTROL"]}
+    taxonomy = Resource(Kind.DATACATALOG_TAXONOMY, "headwater-dev", spec, LABELS)
+    off = replace(taxonomy, spec={**spec, "activated_policy_types": []})
+    options = PlanOptions(environment="dev", max_delete_fraction=1)
+    created = reconcile([taxonomy], [], {}, options).changes[0]
+    assert created.security and created.security_summary.startswith(
+        "creates the taxonomy headwater-dev with fine-grained access control activated")
+    turned_off = reconcile([off], [taxonomy], {}, options).changes[0]
+    assert turned_off.security and turned_off.security_summary.startswith(
+        "deactivates fine-grained access control on the taxonomy headwater-dev: the columns its policy tags tag "
+        "become readable by every reader of their datasets")
