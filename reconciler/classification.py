@@ -25,10 +25,14 @@ What it compiles
                                                             computed from one (the rule below)
 ``iam_binding.datacatalog_policy_tag:<tag>:roles/``         the class's ``readers`` (tiers
 ``datacatalog.categoryFineGrainedReader``                   resolved), plus the pipelines' service
-                                                            account: they read clear values
+                                                            account, plus the data API's when its
+                                                            views expose a column of the class:
+                                                            they read clear values
 ``iam_binding.bigquery_data_policy:<class>_mask:roles/``    every other reader of the zones and
-``bigquerydatapolicy.maskedReader``                         tables those columns are in: they read
-                                                            masked values
+``bigquerydatapolicy.maskedReader``                         tables those columns are in (zone
+                                                            readers, zone ``bindings`` of a
+                                                            data-reading role): they read masked
+                                                            values
 ==========================================================  =====================================
 
 Which Gold columns inherit (the rule)
@@ -55,14 +59,17 @@ Readers are tier names (resolved against ``access.tiers``) or IAM members. A zon
 ``access.zones.<zone>.readers``, or the seed's defaults (bronze: engineers; silver: engineers,
 analysts; gold: engineers, analysts, bi), each tier that is declared. A Silver column is read by
 the Silver zone's readers, a Gold or feature column by the Gold zone's (which covers the reporting
-and features datasets); both by the source's own ``access.readers``. The masked readers of a class
+and features datasets), and by the members of that zone's ``bindings`` whose role reads table data
+(`DATA_READ_ROLES`); both by the source's own ``access.readers``. The masked readers of a class
 are every such reader of a column of the class who is not among its clear-value readers.
 
 The pipelines' identity (``dataflow.service_account``) is a clear-value reader of every class:
 the jobs move clear values from Bronze to Silver and compute Gold from them (a job reading masked
 values would write hashes into Gold). Without a declared service account the jobs run as the
 Compute Engine default service account, whose e-mail needs the project number: headwater does not
-grant it (declare ``dataflow.service_account``; docs/governance.md).
+grant it (declare ``dataflow.service_account``; docs/governance.md). Likewise the data API's
+identity (``api.service_account``) is a clear-value reader of each class a Gold column served
+through its authorized views carries: the API enforces the ``pii`` scope itself (serving/api).
 """
 
 from __future__ import annotations
@@ -252,13 +259,43 @@ def zone_readers(platform: Platform, zone: str) -> set[str]:
     return resolve(platform, governance.zone_readers(platform, zone))
 
 
-def clear_readers(platform: Platform, class_name: str) -> set[str]:
-    """Who reads the class's clear values: its readers, and the pipelines' service account."""
+# The roles of a zone's ``bindings`` that read a dataset's table data (bigquery.tables.getData);
+# their holders read a classified column as every zone reader does: masked, unless clear readers.
+# (A custom role's permissions are not known at compile time: it is left out; docs/governance.md.)
+DATA_READ_ROLES = frozenset({"roles/bigquery.dataViewer", "roles/bigquery.dataEditor", "roles/bigquery.dataOwner",
+                             "roles/bigquery.admin"})
+
+
+def clear_readers(platform: Platform, class_name: str, api_exposed: bool = False) -> set[str]:
+    """Who reads the class's clear values: its readers, the pipelines' service account, and the
+    data API's (``api.service_account``) when its authorized views expose a column of the class:
+    the API enforces the ``pii`` scope itself (serving/api) and must read clear values to do so."""
     members = resolve(platform, platform.classifications[class_name].readers)
     account = platform.dataflow.service_account
     if account:
         members.add(f"serviceAccount:{account}")
+    api = platform.api.service_account
+    if api and api_exposed:
+        members.add(f"serviceAccount:{api}")
     return members
+
+
+def zone_data_readers(platform: Platform, zone: str) -> set[str]:
+    """Everyone who reads a zone's dataset: its readers and the members of its ``bindings`` roles
+    that read table data (`DATA_READ_ROLES`)."""
+    members = zone_readers(platform, zone)
+    for role, entries in getattr(platform.access.zones, zone).bindings.items():
+        if role in DATA_READ_ROLES:
+            members |= resolve(platform, entries)
+    return members
+
+
+def api_exposed_classes(names: Any, sources: Sequence[Any], columns: Sequence[Column]) -> set[str]:
+    """The classes of the Gold columns the data API's authorized views (``api.<gold table>``) read:
+    the Gold tables of the sources that declare ``serving.third_party_api``."""
+    served = {s.connector.source_id for s in sources if s.connector.serving.third_party_api}
+    gold = names.datasets["gold"]
+    return {c.class_name for c in columns if c.dataset == gold and c.source_id in served}
 
 
 # --------------------------------------------------------------------------- resources
@@ -282,6 +319,7 @@ def classification_resources(platform: Platform, names: Any, sources: Sequence[A
     for column in columns:
         by_class.setdefault(column.class_name, []).append(column)
     source_readers = {s.connector.source_id: resolve(platform, s.connector.access.readers) for s in sources}
+    api_classes = api_exposed_classes(names, sources, columns)
     exclusive = platform.access.exclusive
     for cls, members in sorted(by_class.items()):
         tag = policy_tag_name(platform, cls)
@@ -301,7 +339,7 @@ def classification_resources(platform: Platform, names: Any, sources: Sequence[A
             resources.append(Resource(
                 Kind.BIGQUERY_COLUMN_POLICY, column.name, {"policy_tags": [tag]}, dict(labels),
                 depends_on=(column.table_address, tag_address, policy_address)))
-        clear = clear_readers(platform, cls)
+        clear = clear_readers(platform, cls, api_exposed=cls in api_classes)
         if clear:
             resources.append(Resource(
                 Kind.IAM_BINDING, binding_name(Kind.DATACATALOG_POLICY_TAG, tag, FINE_GRAINED_READER),
@@ -310,7 +348,7 @@ def classification_resources(platform: Platform, names: Any, sources: Sequence[A
                 dict(labels), depends_on=(tag_address,)))
         readers: set[str] = set()
         for column in members:
-            readers |= zone_readers(platform, column.zone) | source_readers.get(column.source_id, set())
+            readers |= zone_data_readers(platform, column.zone) | source_readers.get(column.source_id, set())
         masked = readers - clear
         if masked:
             resources.append(Resource(

@@ -98,6 +98,39 @@ def test_masked_readers_are_the_zones_and_tables_other_readers_and_the_pipelines
         "the engineers' alone"
 
 
+API = "serviceAccount:data-api@headwater-demo.iam.gserviceaccount.com"
+
+
+def _with_api_account(state):
+    return dataclasses.replace(state, platform=state.platform.model_copy(update={
+        "api": state.platform.api.model_copy(update={"service_account": API.split(":", 1)[1]})}))
+
+
+def test_the_data_apis_account_reads_clear_the_classes_its_views_expose():
+    # orders serves gold.orders_daily through the data API (third_party_api): classifying
+    # customer_id tags gold.orders_daily/customer_id, which the API's authorized view reads. The
+    # API enforces the pii scope itself (serving/api): its account must read clear values.
+    state = _with_api_account(classified_state({"orders": {"customer_id": "pii"}}))
+    resources = compiled(state)
+    fine = resources[f"iam_binding.datacatalog_policy_tag:headwater-dev/pii:{FINE}"].spec["members"]
+    assert API in fine
+    assert API not in resources[f"iam_binding.bigquery_data_policy:pii_mask:{MASKED}"].spec["members"]
+    # Only Silver's customer_email classified: no Gold column the API serves carries pii.
+    silver_only = compiled(_with_api_account(classified_state()))
+    assert API not in silver_only[f"iam_binding.datacatalog_policy_tag:headwater-dev/pii:{FINE}"].spec["members"]
+
+
+def test_members_of_a_zone_binding_that_reads_data_are_masked_readers():
+    auditor, writer = "group:auditors@example.com", "user:loader@example.com"
+    access = Access(tiers={"engineers": [ENGINEERS], "analysts": [ANALYSTS], "bi": [BI]},
+                    zones=AccessZones(silver=ZoneAccess(bindings={
+                        "roles/bigquery.dataViewer": [auditor], "roles/bigquery.dataEditor": [writer],
+                        "roles/bigquery.metadataViewer": ["user:meta@example.com"]})))
+    masked = compiled(classified_state(access=access))[f"iam_binding.bigquery_data_policy:pii_mask:{MASKED}"]
+    assert auditor in masked.spec["members"] and writer in masked.spec["members"]
+    assert "user:meta@example.com" not in masked.spec["members"], "metadata only: reads no column"
+
+
 @pytest.mark.parametrize("masking, expression", [
     ("sha256", "SHA256"), ("always_null", "ALWAYS_NULL"), ("default_value", "DEFAULT_MASKING_VALUE"),
     ("routine:masking.hash_email", "routine:masking.hash_email")])
