@@ -309,10 +309,11 @@ _ACCOUNT_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A
                             r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
 _SERVICE_ACCOUNT_EMAIL = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z][a-z0-9.-]*[a-z0-9]\.gserviceaccount\.com$"
                                     r"|^[0-9]+-compute@developer\.gserviceaccount\.com$"
-                                    r"|^[a-z0-9-]+@appspot\.gserviceaccount\.com$")
+                                    r"|^[a-z0-9-]+@appspot\.gserviceaccount\.com$"
+                                    r"|^[0-9]+@cloudservices\.gserviceaccount\.com$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
-MEMBER_FORMS = ("user:NAME@DOMAIN, group:NAME@DOMAIN, serviceAccount:NAME@PROJECT.iam.gserviceaccount.com "
-                "or domain:DOMAIN")
+MEMBER_FORMS = ("user:NAME@DOMAIN, group:NAME@DOMAIN, serviceAccount:NAME@PROJECT.iam.gserviceaccount.com, "
+                "domain:DOMAIN or serviceAgent:SERVICE")
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 
 
@@ -325,23 +326,35 @@ def iam_member_problem(value: str) -> str | None:
     """Why ``value`` is not an IAM member headwater grants data access to, or None.
 
     Accepted: ``user:``/``group:`` with an e-mail address, ``serviceAccount:`` with a service
-    account's e-mail (``*.gserviceaccount.com``), ``domain:`` with a domain name. Refused with the
+    account's e-mail (``*.gserviceaccount.com``), ``domain:`` with a domain name, and
+    ``serviceAgent:<service>``, the project's service agent of a service the IAM provider knows
+    (`reconciler.governance.SERVICE_AGENT_SERVICES`). Case does not matter (IAM compares e-mails
+    without it): the value is checked in its `naming.normalized_member` form. Refused with the
     reason: ``allUsers``/``allAuthenticatedUsers`` (public data), anything else."""
     if value in PUBLIC_MEMBERS:
         return (f"{value} is refused: it would make the platform's data readable by "
                 f"{'anyone on the internet' if value == 'allUsers' else 'every Google account'}; name the groups, "
                 "users or service accounts that may read it")
+    shown_value = value
+    value = naming.normalized_member(value)
     kind, sep, rest = value.partition(":")
+    if kind == "serviceAgent":
+        from reconciler.governance import SERVICE_AGENT_SERVICES
+
+        return None if rest in SERVICE_AGENT_SERVICES else (
+            f"{_q(shown_value)}: {_q(rest)} is not a service agent headwater resolves: serviceAgent:"
+            f"{', serviceAgent:'.join(SERVICE_AGENT_SERVICES)}")
     if not sep or kind not in ("user", "group", "serviceAccount", "domain"):
-        return f"{_q(value)} is not an IAM member: expected {MEMBER_FORMS}"
+        return f"{_q(shown_value)} is not an IAM member: expected {MEMBER_FORMS}"
+    written = shown_value.partition(":")[2]
     if kind == "domain":
-        return None if _DOMAIN.match(rest) else f"{_q(value)}: {_q(rest)} is not a domain name"
+        return None if _DOMAIN.match(rest) else f"{_q(shown_value)}: {_q(written)} is not a domain name"
     if kind == "serviceAccount":
         return None if _SERVICE_ACCOUNT_EMAIL.match(rest) else (
-            f"{_q(value)}: {_q(rest)} is not a service account e-mail "
+            f"{_q(shown_value)}: {_q(written)} is not a service account e-mail "
             "(NAME@PROJECT.iam.gserviceaccount.com)")
     if len(rest) > 254 or not _ACCOUNT_EMAIL.match(rest):
-        return f"{_q(value)}: {_q(rest)} is not an e-mail address ({kind}:NAME@DOMAIN)"
+        return f"{_q(shown_value)}: {_q(written)} is not an e-mail address ({kind}:NAME@DOMAIN)"
     return None
 
 
@@ -356,14 +369,28 @@ def _member_or_tier(value: str) -> str:
             raise ValueError(f"{_q(value)} is neither a tier name (lower case letters, digits, _ and -) "
                              f"nor an IAM member ({MEMBER_FORMS})")
         return value
+    return _member(value)
+
+
+def _member(value: str) -> str:
+    """An IAM member, checked, in its canonical form (`naming.normalized_member`: the e-mail or
+    domain in lower case, as IAM compares them)."""
     problem = iam_member_problem(value)
     if problem:
         raise ValueError(problem)
-    return value
+    return naming.normalized_member(value)
 
 
-Member = Annotated[str, _check(iam_member_problem)]
+def _each_once(values: list[str]) -> list[str]:
+    """A member list without repeats (``group:A@x.com`` and ``group:a@x.com`` are one member once
+    normalized), in the order written."""
+    return list(dict.fromkeys(values))
+
+
+Member = Annotated[str, AfterValidator(_member)]
 MemberOrTier = Annotated[str, AfterValidator(_member_or_tier)]
+MemberList = Annotated[list[Member], AfterValidator(_each_once)]
+MemberOrTierList = Annotated[list[MemberOrTier], AfterValidator(_each_once)]
 TierName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 ClassName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
@@ -427,11 +454,11 @@ class ZoneAccess(Strict):
     """Who reads one zone (its dataset with roles/bigquery.dataViewer, its bucket with
     roles/storage.objectViewer), and any other role on them."""
 
-    readers: list[MemberOrTier] | None = Field(
+    readers: MemberOrTierList | None = Field(
         default=None, description="Tier names (of access.tiers) or IAM members; default the seed's tiers for the "
                                   "zone (bronze: engineers; silver: engineers, analysts; gold: engineers, analysts, "
                                   "bi), those declared")
-    bindings: dict[Role, list[MemberOrTier]] = Field(
+    bindings: dict[Role, MemberOrTierList] = Field(
         default_factory=dict, description="More roles on the zone's dataset and bucket: a GCP predefined role "
                                           "(roles/...) or a custom role (projects/<p>/roles/<id>) -> tier names or "
                                           "IAM members. A dataset takes roles/bigquery.* only, a bucket "
@@ -449,7 +476,7 @@ class AccessZones(Strict):
 class Access(Strict):
     """Who may read what (docs/governance.md)."""
 
-    tiers: dict[TierName, Annotated[list[Member], Field(min_length=1)]] = Field(
+    tiers: dict[TierName, Annotated[MemberList, Field(min_length=1)]] = Field(
         default_factory=dict, description="Named groups of principals in IAM's member form (user:, group:, "
                                           "serviceAccount:, domain:)")
     zones: AccessZones = Field(default_factory=AccessZones)
@@ -459,7 +486,7 @@ class Access(Strict):
                                    "headwater grants on the zones' datasets and buckets and on the classes' policy "
                                    "tags and data policies (docs/governance.md, \"Exclusive\"; the plan shows each "
                                    "removal; removing headwater's own identity or a service agent is refused)")
-    reconciler: Annotated[str, _check(iam_member_problem)] | None = Field(
+    reconciler: Member | None = Field(
         default=None, description="headwater's own identity, never removed by exclusive; default "
                                   "serviceAccount:headwater-apply@<project>.iam.gserviceaccount.com (deploy/iam.md)")
 
@@ -482,7 +509,7 @@ class Classification(Strict):
     masking: Annotated[str, AfterValidator(_masking)] = Field(
         default="sha256", json_schema_extra={"pattern": _MASKING.pattern}, description="sha256 | always_null | default_value | routine:<dataset>.<routine> (a "
                                       "BigQuery masking routine)")
-    readers: list[MemberOrTier] = Field(
+    readers: MemberOrTierList = Field(
         default_factory=list, description="Tier names or IAM members who read the clear values")
 
     @property
@@ -495,12 +522,12 @@ class Classification(Strict):
 class SourceAccess(Strict):
     """A source's own readers, publishers and subscribers, beside the zones' (table- and topic-level)."""
 
-    readers: list[MemberOrTier] = Field(
+    readers: MemberOrTierList = Field(
         default_factory=list, description="Read the source's Silver and Gold tables (roles/bigquery.dataViewer on "
                                           "each table)")
-    publishers: list[MemberOrTier] = Field(
+    publishers: MemberOrTierList = Field(
         default_factory=list, description="Publish to the source's topic (roles/pubsub.publisher on it)")
-    subscribers: list[MemberOrTier] = Field(
+    subscribers: MemberOrTierList = Field(
         default_factory=list, description="Attach their own subscriptions to the source's topic "
                                           "(roles/pubsub.subscriber on the topic); never the ingest subscription, "
                                           "whose records would be taken from the pipeline")

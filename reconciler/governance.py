@@ -50,6 +50,9 @@ DATAFLOW_WORKER = "roles/dataflow.worker"
 AUDIT_SERVICES = ("bigquery.googleapis.com", "storage.googleapis.com")
 AUDIT_LOG_TYPES = ["ADMIN_READ", "DATA_READ", "DATA_WRITE"]
 SERVICE_AGENT = "serviceAgent:"  # serviceAgent:<service>: the project's service agent of that service
+# The services whose agent a member ``serviceAgent:<service>`` may name: the ones providers/iam/agents.py
+# resolves from the project number (its FORMS; tests/providers/test_iam.py holds the two equal).
+SERVICE_AGENT_SERVICES = ("pubsub", "storage", "datastream", "storagetransfer")
 ZONES = ("landing", "bronze", "silver", "gold")
 BRONZE_OPEN = "no source has classified columns any more"
 # A roles/<service>.<role> grantable on a zone's dataset or bucket; custom roles go on both.
@@ -612,9 +615,30 @@ def exclusive_problems(state: Any, plan: Any) -> list[Any]:
         for member in sorted(removed):
             if member == own or is_service_agent(member):
                 who = "headwater's own identity (access.reconciler)" if member == own else "a service agent"
+                role, target = change.desired.spec["role"], change.desired.spec["target"]
                 problems.append(Problem(
                     "platform.yaml", line, column, "access.exclusive",
-                    f"exclusive would remove {member}, {who}, from {change.desired.spec['role']} on "
-                    f"{change.desired.spec['target']}: refused (the platform's own operating grants are never "
-                    f"removed); declare it in access.zones (bindings) or set access.exclusive: false"))
+                    f"exclusive would remove {member}, {who}, from {role} on {target}: refused (the platform's "
+                    f"own operating grants are never removed); {_keep_advice(platform, member, role, target)} "
+                    "or set access.exclusive: false"))
     return problems
+
+
+def _keep_advice(platform: Platform, member: str, role: str, target: str) -> str:
+    """Where to declare ``member`` so that the exclusive binding keeps it (each place takes the
+    member in this form: `reconciler.config.iam_member_problem` accepts serviceAgent:<service>)."""
+    from reconciler.compile import zone_names
+    from reconciler.serving import FEATURES, REPORTING
+
+    kind, _, name = target.partition(".")
+    if kind == Kind.DATACATALOG_POLICY_TAG:
+        return f"declare {member} in classifications.{name.rsplit('/', 1)[-1]}.readers"
+    if kind == Kind.BIGQUERY_DATA_POLICY:
+        return (f"declare {member} among the readers of the zone holding the class's columns "
+                "(access.zones.<zone>.readers)")
+    names = zone_names(platform)
+    zone = next((z for z, d in names.datasets.items() if kind == Kind.BIGQUERY_DATASET and d == name), None)
+    zone = zone or next((z for z, b in names.buckets.items() if kind == Kind.STORAGE_BUCKET and b == name), None)
+    if kind == Kind.BIGQUERY_DATASET and name in (REPORTING, FEATURES):
+        zone = "gold"
+    return f"declare {member} in access.zones.{zone or '<zone>'}.bindings under {role}"

@@ -15,6 +15,25 @@ from collections.abc import Callable
 
 Rule = Callable[[str], str | None]
 
+# --------------------------------------------------------------------------- IAM members
+
+# The member kinds whose value is an e-mail address or a domain, which IAM compares without
+# regard to case (terraform-provider-google#3880: a policy read back holds the lower-case form).
+_CASELESS_MEMBER_KINDS = ("user", "group", "serviceAccount", "domain", "serviceAgent")
+
+
+def normalized_member(member: str) -> str:
+    """An IAM member in its canonical form: the e-mail / domain part (after the type prefix) in
+    lower case, the prefix as it is (``group:Analysts@Example.com`` -> ``group:analysts@example.com``;
+    ``serviceAccount:`` stays ``serviceAccount:``). Other forms (``principal://...``, ``deleted:...``)
+    are returned as they are. Used by validation (reconciler.config) and by providers/iam/ on the
+    members it reads, so that desired and live compare equal."""
+    kind, sep, rest = member.partition(":")
+    if sep and kind in _CASELESS_MEMBER_KINDS:
+        return f"{kind}:{rest.lower()}"
+    return member
+
+
 # --------------------------------------------------------------------------- quoting values
 #
 # Messages go to terminals, /status, logs and alerts. A value that fails a rule may be a

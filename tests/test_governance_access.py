@@ -408,6 +408,54 @@ def test_a_custom_role_and_every_member_form_are_accepted(tmp_path):
         "user:ana@partner.example.com"]
 
 
+def test_member_emails_are_case_normalized_and_deduplicated(tmp_path):
+    # IAM compares e-mails without case (terraform-provider-google#3880): two spellings of one
+    # group are one member, in lower case, and the prefix (serviceAccount:) stays as written.
+    def cases(data):
+        data["access"]["tiers"]["analysts"] = ["group:Analysts@Example.com", "group:analysts@example.com"]
+        data["access"]["tiers"]["bi"] = ["serviceAccount:Looker@headwater-demo.iam.gserviceaccount.com"]
+        data["access"]["zones"]["gold"]["bindings"] = {"roles/bigquery.dataEditor": ["domain:Partner.Example.com"]}
+
+    repo = copy_example(tmp_path)
+    edit_yaml(repo / "platform.yaml", cases)
+    state = load_repo(repo)
+    assert state.platform.access.tiers["analysts"] == [ANALYSTS]
+    assert state.platform.access.tiers["bi"] == [BI]
+    granted = bindings(compile_resources(state))
+    assert granted["bigquery_dataset:silver:roles/bigquery.dataViewer"].spec["members"] == [ANALYSTS, ENGINEERS]
+    assert granted["bigquery_dataset:gold:roles/bigquery.dataEditor"].spec["members"] == ["domain:partner.example.com"]
+
+
+def test_a_service_agent_is_a_member_form_in_tiers_readers_and_bindings(tmp_path):
+    def agents(data):
+        data["access"]["tiers"]["transfer"] = ["serviceAgent:storagetransfer"]
+        data["access"]["zones"]["silver"]["bindings"] = {"roles/storage.objectViewer": ["transfer"],
+                                                         "roles/bigquery.dataViewer": ["serviceAgent:datastream"]}
+
+    granted = bindings(_compiled(tmp_path, agents))
+    assert "serviceAgent:storagetransfer" in granted[
+        f"storage_bucket:{SILVER_BUCKET}:roles/storage.objectViewer"].spec["members"]
+    assert "serviceAgent:datastream" in granted["bigquery_dataset:silver:roles/bigquery.dataViewer"].spec["members"]
+
+
+def test_an_unknown_service_agent_is_refused_naming_the_known_ones(tmp_path):
+    repo = copy_example(tmp_path)
+    edit_yaml(repo / "platform.yaml",
+              lambda d: d["access"]["zones"]["silver"].update(readers=["engineers", "serviceAgent:dataflow"]))
+    with pytest.raises(InvalidDesiredState) as raised:
+        load_repo(repo)
+    assert any("access.zones.silver.readers[1]: 'serviceAgent:dataflow': 'dataflow' is not a service agent headwater "
+               "resolves: serviceAgent:pubsub, serviceAgent:storage, serviceAgent:datastream, "
+               "serviceAgent:storagetransfer" in str(p) for p in raised.value.problems), raised.value.problems
+
+
+def test_the_service_agent_forms_agree_with_the_iam_provider():
+    from providers.iam.agents import FORMS
+    from reconciler.governance import SERVICE_AGENT_SERVICES
+
+    assert set(SERVICE_AGENT_SERVICES) == set(FORMS)
+
+
 # --------------------------------------------------------------------------- plan time: exclusive
 
 
@@ -434,10 +482,19 @@ def test_exclusive_refuses_to_remove_headwaters_own_identity_or_a_service_agent(
     assert f"platform.yaml:{line}:" in err and "access.exclusive: exclusive would remove " + own in err
     assert "serviceAgent:storagetransfer, a service agent, from roles/bigquery.dataViewer on bigquery_dataset.silver" \
         in err
+    assert ("declare serviceAgent:storagetransfer in access.zones.silver.bindings under roles/bigquery.dataViewer or "
+            "set access.exclusive: false") in err
     assert "someone-else" not in err  # removing a member someone added is what exclusive is for
     assert "nothing was changed" in err
     assert provider.objects == before
     assert not any(call in provider.calls for call in ("memory.create", "memory.update", "memory.delete"))
+
+    # The advice is true: declared there (a member form bindings accept), the agent is kept.
+    edit_yaml(repo / "platform.yaml", lambda d: d["access"]["zones"]["silver"].update(
+        bindings={"roles/bigquery.dataViewer": ["serviceAgent:storagetransfer", own]}))
+    assert cli.main(["plan", "--repo", str(repo)]) in (0, 2), capsys.readouterr().err
+    err = capsys.readouterr()
+    assert "exclusive would remove" not in err.err + err.out
 
 
 def test_exclusive_removes_other_members_and_the_plan_says_so(tmp_path):

@@ -82,6 +82,7 @@ from providers.iam.policy import Adapter, Policy
 from providers.iam.project import LOG_TYPES, ProjectAdapter, audit_log_types
 from providers.iam.pubsub import PubSubAdapter
 from providers.iam.storage import BucketAdapter
+from reconciler.naming import normalized_member
 from reconciler.resources import Kind, Resource
 
 KINDS = (Kind.IAM_BINDING, Kind.PROJECT_AUDIT_CONFIG)
@@ -230,7 +231,7 @@ class IamProvider:
                 continue
             live = {self._unresolve(m) for m in policy.of(entry["role"])}
             exclusive = bool(entry.get("exclusive"))
-            members = live if exclusive else live & set(entry.get("members") or ())
+            members = live if exclusive else live & {normalized_member(m) for m in entry.get("members") or ()}
             resources.append(Resource(Kind.IAM_BINDING, name, {
                 "target": entry["target"], "role": entry["role"], "members": sorted(members), "exclusive": exclusive,
             }, dict(entry.get("labels") or {})))
@@ -350,6 +351,8 @@ class IamProvider:
             return self._number
 
     def _resolve(self, member: str) -> str:
+        """A declared or ledger member as IAM holds it: an agent's e-mail, e-mails in lower case (as `Policy.of`)."""
+        member = normalized_member(member)
         return agents.resolve(member, self.project_number()) if agents.is_agent(member) else member
 
     def _unresolve(self, member: str) -> str:

@@ -23,6 +23,8 @@ from typing import Any, Protocol, TypeVar
 from google.api_core import exceptions as gexc
 from google.iam.v1 import policy_pb2
 
+from reconciler.naming import normalized_member
+
 T = TypeVar("T")
 
 # IAM policy version 3 is the one that can hold conditional bindings: asking for it means a
@@ -40,7 +42,11 @@ class Policy:
     etag: Any = None
 
     def of(self, role: str) -> set[str]:
-        return set(self.members.get(role, ()))
+        """The role's unconditional members, each in its canonical form (`reconciler.naming.normalized_member`:
+        e-mails and domains in lower case): IAM compares them without case (terraform-provider-google#3880),
+        so ``group:Analysts@Example.com`` read back equals the declared ``group:analysts@example.com``
+        and a write never holds the two spellings side by side."""
+        return {normalized_member(m) for m in self.members.get(role, ())}
 
 
 class Adapter(Protocol):

@@ -105,6 +105,29 @@ def test_each_target_grants_beside_others_members_and_observes_equal(fake, targe
                    for b in fake.policies[key]["bindings"])
 
 
+@pytest.mark.parametrize("target", ["storage_bucket.silver-b", "bigquery_dataset.silver", "pubsub_topic.orders-dlq"])
+def test_members_compare_without_case_as_iam_does(fake, target):
+    # IAM compares e-mails case-insensitively (terraform-provider-google#3880): a live
+    # group:Analysts@Example.com is the declared (validated, lower-case) group:analysts@example.com,
+    # never granted a second time; a ledger written in another case still revokes it.
+    p = provider(fake)
+    key, role = TARGETS[target]
+    declared = binding(target, ["group:analysts@example.com"])
+    p.create(dataclasses.replace(declared, spec={**declared.spec, "members": ["group:Analysts@Example.com"]}))
+    assert fake.members(key, role) in ({OTHER, "group:Analysts@Example.com"}, {OTHER, "group:analysts@example.com"})
+
+    (live,) = p.observe(Kind.IAM_BINDING)
+    assert live.spec["members"] == ["group:analysts@example.com"]
+    assert [c.action for c in reconcile([declared], [live], immutable(p)).changes] == [Action.NOOP]
+    p.update(binding(target, []), ["members"])  # the ledger's mixed-case member is revoked
+    assert fake.members(key, role) == {OTHER}
+
+    p.create(dataclasses.replace(declared, spec={**declared.spec, "members": ["group:Analysts@Example.com"]}))
+    p.update(declared, ["members"])  # the other spelling: one member, not two
+    assert {m.lower() for m in fake.members(key, role)} == {OTHER, "group:analysts@example.com"}
+    assert len(fake.members(key, role)) == 2
+
+
 def test_requests_parse_as_the_client_libraries_types(fake):
     p = provider(fake)
     for target in ("pubsub_topic.orders-dlq", "storage_bucket.silver-b", "bigquery_dataset.silver",
