@@ -462,7 +462,9 @@ class ZoneAccess(Strict):
         default_factory=dict, description="More roles on the zone's dataset and bucket: a GCP predefined role "
                                           "(roles/...) or a custom role (projects/<p>/roles/<id>) -> tier names or "
                                           "IAM members. A dataset takes roles/bigquery.* only, a bucket "
-                                          "roles/storage.* only; other roles are refused")
+                                          "roles/storage.* only, and not the project-level-only ones "
+                                          "(roles/bigquery.jobUser, ...: docs/governance.md); other roles are "
+                                          "refused")
 
 
 class AccessZones(Strict):

@@ -58,6 +58,23 @@ BRONZE_OPEN = "no source has classified columns any more"
 # A roles/<service>.<role> grantable on a zone's dataset or bucket; custom roles go on both.
 _DATASET_ROLE = re.compile(r"^roles/bigquery\.")
 _BUCKET_ROLE = re.compile(r"^roles/storage\.")
+# Of those, the predefined roles a dataset / bucket IAM policy takes (their "lowest-level resource"
+# is the dataset / bucket or below it, https://cloud.google.com/iam/docs/roles-permissions/bigquery
+# and .../storage). The others of the service (roles/bigquery.jobUser, roles/storage.hmacKeyAdmin,
+# ...) are granted on a project only, and would fail at apply: refused at validate. A short list on
+# purpose; a role missing from it that a dataset or bucket does take is a one-line addition here.
+DATASET_GRANTABLE_ROLES = frozenset({
+    "roles/bigquery.dataViewer", "roles/bigquery.dataEditor", "roles/bigquery.dataOwner",
+    "roles/bigquery.metadataViewer", "roles/bigquery.user", "roles/bigquery.admin",
+    "roles/bigquery.routineAdmin", "roles/bigquery.routineDataEditor", "roles/bigquery.routineDataViewer",
+    "roles/bigquery.routineMetadataViewer",
+})
+BUCKET_GRANTABLE_ROLES = frozenset({
+    "roles/storage.objectViewer", "roles/storage.objectCreator", "roles/storage.objectUser",
+    "roles/storage.objectAdmin", "roles/storage.admin", "roles/storage.bucketViewer", "roles/storage.folderAdmin",
+    "roles/storage.legacyBucketReader", "roles/storage.legacyBucketWriter", "roles/storage.legacyBucketOwner",
+    "roles/storage.legacyObjectReader", "roles/storage.legacyObjectOwner",
+})
 # Service agents' e-mails as a provider may report them when it cannot map them back
 # (service-<n>@gcp-sa-<service>..., the Cloud Storage and Storage Transfer agents' own forms).
 _AGENT_EMAIL = re.compile(r"^serviceAccount:(service-[0-9]+@gcp-sa-[a-z0-9-]+\.iam\.gserviceaccount\.com|"
@@ -272,15 +289,25 @@ def _zone_role_problem(zone: str, role: str) -> str | None:
     if role.startswith(("projects/", "organizations/")):
         return None  # a custom role: granted on each of the zone's targets
     if _DATASET_ROLE.match(role):
-        return None if has_dataset else (f"{role} is a BigQuery role and the landing zone has no dataset (only its "
-                                         "bucket): grant roles/storage.* here")
+        if not has_dataset:
+            return (f"{role} is a BigQuery role and the landing zone has no dataset (only its bucket): grant "
+                    "roles/storage.* here")
+        return None if role in DATASET_GRANTABLE_ROLES else _project_only(role, "dataset", DATASET_GRANTABLE_ROLES)
     if _BUCKET_ROLE.match(role):
-        return None if has_bucket else (f"{role} is a Cloud Storage role and the gold zone has no bucket (only its "
-                                        "dataset): grant roles/bigquery.* here")
+        if not has_bucket:
+            return (f"{role} is a Cloud Storage role and the gold zone has no bucket (only its dataset): grant "
+                    "roles/bigquery.* here")
+        return None if role in BUCKET_GRANTABLE_ROLES else _project_only(role, "bucket", BUCKET_GRANTABLE_ROLES)
     targets = " or ".join(t for t, ok in (("roles/bigquery.* (its dataset)", has_dataset),
                                           ("roles/storage.* (its bucket)", has_bucket)) if ok)
     what = "dataset and bucket" if has_dataset and has_bucket else "dataset" if has_dataset else "bucket"
     return f"{role} cannot be granted on the {zone} zone's {what}: a zone binding takes {targets}, or a custom role"
+
+
+def _project_only(role: str, what: str, grantable: frozenset[str]) -> str:
+    names = ", ".join(sorted(r.removeprefix("roles/") for r in grantable))
+    return (f"{role} cannot be granted on a {what} (it is granted on a project; it would fail at apply): a zone "
+            f"binding takes a {what}-level role ({names}) or a custom role")
 
 
 def _dotted(loc: tuple) -> str:
