@@ -302,7 +302,7 @@ def reconcile(
         else:
             changes.append(Change(addr, want.kind, want.name, Action.CREATE, want, None,
                                   reason="declared but does not exist"))
-    changes += [_orphan(r, options) for addr, r in ours.items()
+    changes += [_orphan(r, options, desired_by_address) for addr, r in ours.items()
                 if addr not in desired_by_address and not r.status.get(LEAVING)]
     ordered = _block_dependents(_order(changes))
     refused = _refusal(ordered, ours, declared_sources, options)
@@ -580,12 +580,20 @@ def _destroy_block(resource: Resource, options: PlanOptions, verb: str, live: Re
     return None
 
 
-def _orphan(live: Resource, options: PlanOptions) -> Change:
+def _orphan(live: Resource, options: PlanOptions, declared: Mapping[str, Resource]) -> Change:
     common = _common(live, live, None)
     if live.kind in UNPRUNED_ORPHANS:
-        # Access settings take effect when they leave the desired state (docs/governance.md): stale
-        # access is the unsafe direction, and a removed classification or audit setting is a decision.
-        return Change(action=Action.DELETE, reason=UNPRUNED_ORPHANS[live.kind], **common)
+        target = _security_target(live)
+        if target is None or target in declared or options.prune:
+            # Access settings take effect when they leave the desired state (docs/governance.md):
+            # stale access is the unsafe direction, and a removed classification or audit setting
+            # is a decision.
+            return Change(action=Action.DELETE, reason=UNPRUNED_ORPHANS[live.kind], **common)
+        # Its target is no longer declared either, and is kept (no --prune): so are the grants and
+        # tags on it. A removed source's kept subscription and job keep working - dead-lettering
+        # needs the Pub/Sub agent's grants - until --prune deletes them together.
+        return Change(action=Action.NOOP, reason=f"no longer declared; kept with {target}, which is kept too "
+                                                 "(use --prune to delete both)", **common)
     if not options.prune:
         return Change(action=Action.NOOP, reason="no longer declared; kept (use --prune to delete)", **common)
     if live.kind == Kind.DATAFLOW_JOB:
@@ -596,6 +604,17 @@ def _orphan(live: Resource, options: PlanOptions) -> Change:
     probe = Resource(live.kind, live.name, deletion_protection=protected)
     return Change(action=Action.DELETE, reason="no longer declared (pruning)" + _job_consequence(live, Action.DELETE),
                   blocked=_destroy_block(probe, options, "delete", live), **common)
+
+
+def _security_target(live: Resource) -> str | None:
+    """The address of the resource an `UNPRUNED_ORPHANS` resource acts on: an IAM binding's target,
+    a column policy's table; None for project-wide settings (the project is always there)."""
+    if live.kind == Kind.IAM_BINDING:
+        target = str(live.spec.get("target") or "")
+        return None if not target or target.startswith("project.") else target
+    if live.kind == Kind.BIGQUERY_COLUMN_POLICY:
+        return f"{Kind.BIGQUERY_TABLE}.{live.name.split('/', 1)[0]}"
+    return None
 
 
 # --------------------------------------------------------------------------- whole plan

@@ -554,9 +554,10 @@ def security_plan():
     webhook = Resource(Kind.CLOUD_RUN_SERVICE, "shipments-connector", {"image": "img:1", "public": True},
                        {**LABELS, "headwater-source": "shipments"})
     topic = Resource(Kind.PUBSUB_TOPIC, "orders", {}, {**LABELS, "headwater-source": "orders"})
-    desired = [silver, dlq, raw, audit, webhook, topic]
+    table = Resource(Kind.BIGQUERY_TABLE, "silver.orders", {}, {**LABELS, "headwater-source": "orders"})
+    desired = [silver, dlq, raw, audit, webhook, topic, table]
     live = [replace(silver, spec={**silver.spec, "members": [ANALYSTS, ENGINEERS]}), dlq, old_publisher, column,
-            replace(webhook, spec={**webhook.spec, "public": False}), topic]
+            replace(webhook, spec={**webhook.spec, "public": False}), topic, table]
     return reconcile(desired, live, {}, PlanOptions(environment="dev", max_delete_fraction=1),
                      revision="0123456789abcdef" * 2)
 
@@ -605,6 +606,26 @@ def test_an_undeclared_binding_is_revoked_without_prune():
     # A removed classification takes effect without --prune too: the column policy's delete removes its tags.
     column = next(c for c in plan.changes if c.kind == Kind.BIGQUERY_COLUMN_POLICY)
     assert column.action == Action.DELETE and not column.blocked and "classification was removed" in column.reason
+
+
+def test_grants_and_tags_on_a_kept_undeclared_resource_are_kept_with_it_until_prune():
+    # A removed source's topic, subscription and job are kept without --prune, and keep working:
+    # the grants on them (the Pub/Sub agent's dead-lettering grants) and the tags on its kept
+    # table stay too. With --prune, they go with their targets.
+    dlq = _binding("pubsub_topic.payments-dlq", "roles/pubsub.publisher", ["serviceAgent:pubsub"])
+    column = Resource(Kind.BIGQUERY_COLUMN_POLICY, "silver.payments/card_holder", {"policy_tags": ["headwater-dev/pii"]},
+                      LABELS)
+    audit = Resource(Kind.PROJECT_AUDIT_CONFIG, "bigquery.googleapis.com", {"log_types": ["DATA_READ"]}, LABELS)
+    live = [dlq, column, audit]
+    kept = reconcile([], live, {}, PlanOptions(environment="dev", max_delete_fraction=1), declared_sources=1)
+    by_address = {c.address: c for c in kept.changes}
+    for resource, target in ((dlq, "pubsub_topic.payments-dlq"), (column, "bigquery_table.silver.payments")):
+        change = by_address[resource.address]
+        assert change.action == Action.NOOP and f"kept with {target}" in change.reason, change
+    assert by_address[audit.address].action == Action.DELETE, "project-wide: no target to keep it"
+    pruned = reconcile([], live, {}, PlanOptions(environment="dev", max_delete_fraction=1, prune=True),
+                       declared_sources=1)
+    assert {c.address: c.action for c in pruned.changes} == {r.address: Action.DELETE for r in live}
 
 
 def test_changes_that_touch_no_access_are_not_flagged():

@@ -95,7 +95,7 @@ def test_a_reader_bound_to_emulators_that_are_gone_is_failed_then_restarted(tmp_
 
     from providers.errors import AlreadyExists
     from providers.local_datastream import FAILED, LocalDatastreamProvider, StreamRecord
-    from providers.localprocess import process_start, write_json_atomic
+    from providers.localprocess import endpoints_in_effect, process_start, write_json_atomic
     from reconciler.resources import Kind, Resource
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1111")
@@ -104,7 +104,7 @@ def test_a_reader_bound_to_emulators_that_are_gone_is_failed_then_restarted(tmp_
     try:
         record = StreamRecord(name="shop", project="proj", pid=sleeper.pid, process_start=process_start(sleeper.pid),
                               spec={"state": "RUNNING"}, labels={}, source={}, destination={}, log=str(tmp_path / "log"),
-                              started_at="now", stream_name=STREAM, endpoints={"STORAGE_EMULATOR_HOST": "http://127.0.0.1:1111"})
+                              started_at="now", stream_name=STREAM, endpoints=endpoints_in_effect())
         write_json_atomic(local._stream_path("shop"), asdict(record))
         (live,) = local.observe(Kind.DATASTREAM_STREAM)
         assert live.spec["state"] == "RUNNING", "bound to the emulators in effect: running"
