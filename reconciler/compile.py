@@ -127,6 +127,9 @@ def zone_names(platform: Platform) -> ZoneNames:
 
 def compile_resources(state: DesiredState) -> list[Resource]:
     """All resources of the desired state, sorted by address."""
+    compiled = getattr(state, "_compiled", None)
+    if compiled is not None:  # compiled by load_repo's limits check (reconciler/load.py): the same list
+        return list(compiled)
     platform = state.platform
     names = zone_names(platform)
     resources = list(_platform_resources(platform, names))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -72,10 +72,11 @@ def scheduler_job_id(job: Resource) -> str:
     return f"headwater-{job.labels.get(PLATFORM_KEY, '')}-{job.name}"
 
 
-def compiled_problems(state: DesiredState) -> list[Problem]:
-    """Every limit the compiled resources of ``state`` exceed (module docstring)."""
+def compiled_problems(state: DesiredState, resources: Sequence[Resource] | None = None) -> list[Problem]:
+    """Every limit the compiled resources of ``state`` exceed (module docstring). ``resources``:
+    ``state`` already compiled, if it has been."""
     problems: list[Problem] = []
-    resources = compile_resources(state)
+    resources = compile_resources(state) if resources is None else resources
     by_source = {s.source_id: s for s in state.sources}
     seen: set[tuple[str, str]] = set()
 

@@ -107,6 +107,10 @@ class DesiredState:
     sources: tuple[Source, ...]
     revision: str | None = None
     platform_map: SourceMap | None = field(default=None, compare=False, repr=False)
+    # What `reconciler.compile.compile_resources` made of this platform and these sources while
+    # loading (the limits check compiles them), so that a plan does not compile them again. Not an
+    # argument: `dataclasses.replace` (other sources, another platform) leaves it unset.
+    _compiled: tuple[Any, ...] | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def source_ids(self) -> list[str]:
@@ -274,19 +278,24 @@ def _load_repo(root: Path | str, within: Path | str | None) -> DesiredState:
         governance.check(collector, platform, platform_map, sources)
     if platform is not None:
         # GCP's limits on what compile builds, with the file and line of the setting that exceeds them.
+        from reconciler.compile import compile_resources
         from reconciler.limits import compiled_problems
 
+        compiled: tuple[Any, ...] | None = None
+        checked = DesiredState(root, platform, tuple(sources), platform_map=platform_map)
         try:
-            collector.problems += compiled_problems(DesiredState(root, platform, tuple(sources),
-                                                                 platform_map=platform_map))
+            compiled = tuple(compile_resources(checked))
+            collector.problems += compiled_problems(checked, compiled)
         except Exception:
             if not collector.problems:
                 raise
             # What compile needs is among the problems already found: those come first.
     if collector.problems or platform is None:
         raise InvalidDesiredState(collector.problems)
-    return DesiredState(root=root, platform=platform, sources=tuple(sources), revision=git_revision(root),
-                        platform_map=platform_map)
+    state = DesiredState(root=root, platform=platform, sources=tuple(sources), revision=git_revision(root),
+                         platform_map=platform_map)
+    object.__setattr__(state, "_compiled", compiled)  # compile reads only the platform and the sources
+    return state
 
 
 def git_revision(root: Path) -> str | None:

@@ -38,7 +38,7 @@ def meaning(kind: Kind | str, key: str, value: Any) -> Any:
 
 def canonical_pipeline(document: dict[str, Any]) -> dict[str, Any]:
     """A pipeline spec document (``beam/common/spec.py``) with its order-free lists sorted."""
-    result = copy.deepcopy(document)
+    result = _copied(document)
     schema = result.get("schema")
     if isinstance(schema, dict) and isinstance(schema.get("fields"), list):
         schema["fields"] = canonical_fields(schema["fields"])
@@ -46,6 +46,23 @@ def canonical_pipeline(document: dict[str, Any]) -> dict[str, Any]:
         if isinstance(rule, dict) and rule.get("check") == "allowed_values" and isinstance(rule.get("values"), list):
             rule["values"] = sorted(rule["values"], key=_value_order)
     return result
+
+
+def _copied(value: Any) -> Any:
+    """A deep copy of a JSON-like document (dicts, lists, scalars), as `copy.deepcopy` makes it but
+    without its per-object bookkeeping (a spec is compared for every Dataflow job of every plan).
+    Anything else is handed to `copy.deepcopy`."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _copied(item) for key, item in value.items()}
+    if kind is list:
+        return [_copied(item) for item in value]
+    if kind in _SCALARS:
+        return value
+    return copy.deepcopy(value)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def canonical_fields(fields: list[Any]) -> list[Any]:
