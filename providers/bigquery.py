@@ -903,7 +903,9 @@ class BigQueryProvider:
             for number, page in enumerate(rows.pages):
                 if number:  # the first page came with the query
                     self._count("query")
-                result.extend(dict(row.items()) for row in page)
+                # row[key], not row.items(): items() deep-copies every value of every row (the
+                # rows are ours alone; ~0.15 s of a 1,000-source observe).
+                result.extend({key: row[key] for key in row.keys()} for row in page)
             return result
 
         return call(attempt, f"bigquery.query {self.project}")

@@ -115,10 +115,13 @@ def _label_problems(state: DesiredState, source: Source | None, resource: Resour
     declared_source = source.connector.labels if source else {}
     own = len(set(labels) - set(declared_platform) - set(declared_source))
     # The source's labels push a resource over when it fits without them; else platform.yaml's do.
-    trimmed = replace(resource, labels={k: v for k, v in resource.labels.items()
-                                        if k not in declared_source or k in declared_platform})
+    # (Made only when a limit is exceeded: this runs for every compiled resource of every load.)
+    def trimmed() -> Resource:
+        return replace(resource, labels={k: v for k, v in resource.labels.items()
+                                         if k not in declared_source or k in declared_platform})
+
     if len(labels) > MAX_LABELS:
-        by_source = bool(declared_source) and len(_carried_labels(trimmed)[0]) <= MAX_LABELS
+        by_source = bool(declared_source) and len(_carried_labels(trimmed())[0]) <= MAX_LABELS
         yield _at(state, source if by_source else None, ("labels",),
                   f"{resource.address} would carry {len(labels)} labels ({len(declared_platform)} from platform.yaml"
                   + (f", {len(declared_source)} from this source" if declared_source else "")
@@ -137,7 +140,7 @@ def _label_problems(state: DesiredState, source: Source | None, resource: Resour
     if resource.kind == Kind.DATAFLOW_JOB and not resource.spec.get("streaming"):
         text = scheduler_description(resource)
         if len(text) > SCHEDULER_DESCRIPTION_MAX:
-            by_source = bool(declared_source) and len(scheduler_description(trimmed)) <= SCHEDULER_DESCRIPTION_MAX
+            by_source = bool(declared_source) and len(scheduler_description(trimmed())) <= SCHEDULER_DESCRIPTION_MAX
             yield _at(state, source if by_source else None, ("labels",),
                       f"{resource.address}: a batch job on Dataflow is a Cloud Scheduler job whose description "
                       f"holds its labels as JSON (Cloud Scheduler jobs have no labels): it would be {len(text)} "
