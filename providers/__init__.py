@@ -94,8 +94,11 @@ def build_providers(
         from providers.monitoring_resources import MonitoringProvider
 
         monitoring = MonitoringProvider(project)
-    governance = iam_provider(project, region, state_dir=state_dir, platform=platform)  # issue 13
     column_security = column_security_providers(project, region, state_dir=state_dir)  # issue 13
+    # IAM on policy tags resolves their names through the catalog's tag directory (one listing a run).
+    catalog = next((p for p in column_security if hasattr(p, "tag_id")), None)
+    governance = iam_provider(project, region, state_dir=state_dir, platform=platform,
+                              policy_tag_id=getattr(catalog, "tag_id", None))  # issue 13
     if runner == "local":
         from providers.localrunner import LocalRunnerProvider
 
@@ -127,9 +130,10 @@ def build_providers(
 
 
 def iam_provider(project: str, region: str, *, state_dir: Path | str | None = None,
-                 platform: Platform | None = None) -> Provider:
+                 platform: Platform | None = None, policy_tag_id=None) -> Provider:
     """``iam_binding`` and ``project_audit_config`` (issue 13): `providers.iam`, its ledger in the
-    platform's landing bucket; or on the emulators the recording stand-in."""
+    platform's landing bucket; or on the emulators the recording stand-in. ``policy_tag_id``: the
+    shared tag directory's resolver (`providers.datacatalog.DataCatalogProvider.tag_id`)."""
     from providers.iam import IMMUTABLE_FIELDS, KINDS
 
     if any(os.environ.get(var) for var in EMULATOR_VARS):
@@ -147,7 +151,7 @@ def iam_provider(project: str, region: str, *, state_dir: Path | str | None = No
     landing = zone_names(platform).buckets["landing"] if platform is not None else f"landing-{project}-{region}"
     access = getattr(platform, "access", None)
     own = getattr(access, "reconciler", None) or f"serviceAccount:headwater-apply@{project}.iam.gserviceaccount.com"
-    return IamProvider(project, region, landing, protected=[own])
+    return IamProvider(project, region, landing, protected=[own], policy_tag_id=policy_tag_id)
 
 
 def column_security_providers(project: str, region: str, *, state_dir: Path | str | None = None) -> list[Provider]:

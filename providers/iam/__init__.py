@@ -68,7 +68,7 @@ enforces the grants (docs/governance.md, "Providers and verification").
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from providers.calls import CallCounter
@@ -141,7 +141,11 @@ class IamProvider:
     immutable_fields: Mapping[Kind, frozenset[str]] = IMMUTABLE_FIELDS
 
     def __init__(self, project: str, region: str, landing_bucket: str, *, protected: Collection[str] = (),
-                 clients: Mapping[str, Any] | None = None) -> None:
+                 clients: Mapping[str, Any] | None = None,
+                 policy_tag_id: Callable[[str], str | None] | None = None) -> None:
+        """``policy_tag_id``: resolves ``<taxonomy>/<class>`` to the tag's server name from the shared
+        tag directory (`providers.datacatalog.DataCatalogProvider.tag_id`); without it the policy
+        tag adapter lists the tags itself."""
         self.project = project
         self.region = region
         self.protected = frozenset(protected)
@@ -159,7 +163,7 @@ class IamProvider:
             "pubsub_subscription": PubSubAdapter(lambda: self._client("subscriber"), project, "subscriptions",
                                                  self._counter("pubsub")),
             "datacatalog_policy_tag": PolicyTagAdapter(lambda: self._client("policy_tags"), project, region,
-                                                       self._counter("datacatalog")),
+                                                       self._counter("datacatalog"), resolve=policy_tag_id),
             "bigquery_data_policy": DataPolicyAdapter(lambda: self._client("data_policies"), project, region,
                                                       self._counter("bigquerydatapolicy")),
             "project": self._project,

@@ -8,9 +8,11 @@ the etag read (https://cloud.google.com/data-catalog/docs/reference/rest/v1/proj
 https://cloud.google.com/bigquery/docs/column-level-security).
 
 Server names are ids the server chose; headwater names a tag by its taxonomy's display name and
-its own display name. They are resolved by listing the region's taxonomies and each
-taxonomy's tags once per provider (``ListTaxonomies`` + ``ListPolicyTags``),
-and listed again once when a name is not found (a taxonomy the same apply just created).
+its own display name. When built with ``resolve`` - the `providers.datacatalog.DataCatalogProvider`'s
+``tag_id``, whose tag directory the data policies and column policies share - that directory
+answers (listed once a run, and told of every tag the same apply creates). Without it (the
+adapter alone, as in its request tests) they are resolved by listing the region's taxonomies and
+each taxonomy's tags (``ListTaxonomies`` + ``ListPolicyTags``), again once when a name is not found.
 """
 
 from __future__ import annotations
@@ -30,14 +32,22 @@ _OPTS: dict[str, Any] = {"retry": None, "timeout": RPC_TIMEOUT_S}
 class PolicyTagAdapter:
     service = "datacatalog"
 
-    def __init__(self, client: Callable[[], Any], project: str, region: str, calls: CallCounter) -> None:
+    def __init__(self, client: Callable[[], Any], project: str, region: str, calls: CallCounter,
+                 resolve: Callable[[str], str | None] | None = None) -> None:
         self._client, self.project, self.region, self._calls = client, project, region, calls
+        self._resolve = resolve
         self._names: dict[str, str] | None = None  # "<taxonomy>/<tag>" (display names) -> server name
         self._lock = threading.Lock()
 
     def path(self, name: str) -> str:
         if name.startswith("projects/"):
             return name
+        if self._resolve is not None:
+            found = self._resolve(name)
+            if found is None:
+                raise NotFound(f"datacatalog_policy_tag.{name}: no policy tag of that taxonomy and display name in "
+                               f"projects/{self.project}/locations/{self.region}")
+            return found
         with self._lock:
             if self._names is None or name not in self._names:
                 self._names = self._list()

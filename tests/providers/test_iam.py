@@ -367,3 +367,31 @@ def test_a_missing_policy_tag_is_named(fake):
     with pytest.raises(PermanentError, match="no policy tag of that taxonomy and display name"):
         p.create(binding("datacatalog_policy_tag.headwater-dev/secret", ["group:a@example.com"],
                          role="roles/datacatalog.categoryFineGrainedReader"))
+
+
+def test_policy_tags_resolve_through_the_shared_tag_directory_without_listing_again(fake):
+    # build_providers hands the IAM provider the catalog's tag directory (DataCatalogProvider.tag_id),
+    # which the data and column policies share: no ListTaxonomies/ListPolicyTags of its own.
+    tag, role = TARGETS["datacatalog_policy_tag.headwater-dev/pii"]
+    asked: list[str] = []
+    p = provider(fake, policy_tag_id=lambda name: asked.append(name) or {"headwater-dev/pii": tag}.get(name))
+
+    p.create(binding("datacatalog_policy_tag.headwater-dev/pii", ["group:a@example.com"]))
+
+    assert asked and set(asked) == {"headwater-dev/pii"}
+    assert "group:a@example.com" in {m for b in fake.policies[tag]["bindings"] if b["role"] == role
+                                     for m in b["members"]}
+    assert not {k for k in p.api_calls() if "list_" in k}, p.api_calls()
+    with pytest.raises(PermanentError, match="no policy tag of that taxonomy and display name"):
+        p.create(binding("datacatalog_policy_tag.headwater-dev/secret", ["group:a@example.com"], role=role))
+
+
+def test_build_providers_wires_the_catalogs_tag_directory_into_iam(monkeypatch):
+    import providers
+
+    for var in providers.EMULATOR_VARS:
+        monkeypatch.delenv(var, raising=False)
+    built = providers.build_providers(PROJECT, REGION, runner="local")
+    iam = next(p for p in built if isinstance(p, IamProvider))
+    catalog = next(p for p in built if hasattr(p, "tag_id"))
+    assert iam.adapters["datacatalog_policy_tag"]._resolve == catalog.tag_id
