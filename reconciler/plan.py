@@ -694,6 +694,21 @@ def _members_words(members: Iterable[str]) -> str:
     return ", ".join(shown) or "nobody"
 
 
+# Replacing these deletes the server's object first: what is lost until the successor is in place.
+_CATALOG_WORDS = {Kind.DATACATALOG_TAXONOMY: "the taxonomy", Kind.DATACATALOG_POLICY_TAG: "the policy tag",
+                  Kind.BIGQUERY_DATA_POLICY: "the masking policy"}
+_CATALOG_REPLACE_LOSS = {
+    Kind.DATACATALOG_TAXONOMY: "deleting it deletes its policy tags and their grants, so the columns they tag are "
+                               "readable by every reader of their datasets until the tags are created again and "
+                               "attached (by the next plan's apply)",
+    Kind.DATACATALOG_POLICY_TAG: "deleting it untags the columns it tags and drops its grants: they are readable by "
+                                 "every reader of their datasets until the new tag is attached (by the next plan's "
+                                 "apply)",
+    Kind.BIGQUERY_DATA_POLICY: "deleting it drops its masked readers' grant: until the new policy and its grant are "
+                               "in place they read no masked values of the tagged columns",
+}
+
+
 def security_phrase(change: Change) -> str:
     """The human phrase of a security change (`Change.security`), e.g. "grants
     roles/bigquery.dataViewer on dataset silver to group:analysts@example.com"; a binding's
@@ -740,13 +755,19 @@ def security_phrase(change: Change) -> str:
         else:
             text = (f"column {column}'s policy tags change: {', '.join(live.spec.get('policy_tags') or []) or 'none'} "
                     f"→ {tags or 'none'}")
+    elif action == Action.REPLACE and kind in _CATALOG_REPLACE_LOSS:
+        # What a replacement loses in between (its delete runs first): said like a data kind's loss.
+        paths = ", ".join(sorted({d.path.split(".")[0].split("[")[0] for d in change.diff if d.forces_replacement}))
+        text = f"replaces {_CATALOG_WORDS[kind]} {name} ({paths}): " + _CATALOG_REPLACE_LOSS[kind]
     elif kind == Kind.BIGQUERY_DATA_POLICY:
         if action == Action.CREATE:
             text = f"masks the columns tagged {spec.get('policy_tag')} with {spec.get('masking')} for their masked readers"
         elif action == Action.DELETE:
             text = f"removes the masking policy {name}: its masked readers no longer read the tagged columns"
-        else:
+        elif live.spec.get("masking") != desired.spec.get("masking"):
             text = f"changes the masking of {name}: {live.spec.get('masking')} → {desired.spec.get('masking')}"
+        else:
+            text = f"changes the masking policy {name}: {', '.join(d.path for d in change.diff)}"
     elif kind == Kind.DATACATALOG_TAXONOMY:
         fine_grained = "FINE_GRAINED_ACCESS_CONTROL"
         if action == Action.CREATE:

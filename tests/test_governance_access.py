@@ -673,3 +673,32 @@ def test_the_taxonomy_is_a_security_kind_with_its_phrase():
     assert turned_off.security and turned_off.security_summary.startswith(
         "deactivates fine-grained access control on the taxonomy headwater-dev: the columns its policy tags tag "
         "become readable by every reader of their datasets")
+
+
+@pytest.mark.parametrize(("kind", "name", "live_spec", "desired_spec", "immutable", "loss"), [
+    pytest.param(Kind.DATACATALOG_TAXONOMY, "headwater-dev", {"display_name": "headwater-dev", "location": "europe-west1"},
+                 {"display_name": "headwater-dev", "location": "us"}, "location",
+                 "deletes its policy tags and their grants, so the columns they tag are readable by every reader",
+                 id="taxonomy-location"),
+    pytest.param(Kind.DATACATALOG_POLICY_TAG, "headwater-dev/pii", {"taxonomy": "headwater-dev", "display_name": "pii"},
+                 {"taxonomy": "headwater-dev", "display_name": "PII"}, "display_name",
+                 "untags the columns it tags and drops its grants", id="policy-tag-name"),
+    pytest.param(Kind.BIGQUERY_DATA_POLICY, "pii_mask", {"policy_tag": "headwater-dev/pii", "masking": "SHA256"},
+                 {"policy_tag": "headwater-dev/pii2", "masking": "SHA256"}, "policy_tag",
+                 "they read no masked values of the tagged columns", id="data-policy-tag"),
+])
+def test_replacing_a_catalog_kind_says_what_is_lost_in_between(kind, name, live_spec, desired_spec, immutable, loss):
+    plan = reconcile([Resource(kind, name, desired_spec, LABELS)], [Resource(kind, name, live_spec, LABELS)],
+                     {kind: frozenset({immutable})}, PlanOptions(environment="dev", max_delete_fraction=1))
+    (change,) = plan.changes
+    assert change.action == Action.REPLACE and change.security
+    assert change.security_summary.startswith("replaces the ") and f"({immutable})" in change.security_summary
+    assert loss in change.security_summary
+    assert loss in render(plan, "markdown").split("#### Access changes", 1)[1]
+
+
+def test_a_data_policy_update_names_what_changes_not_an_unchanged_masking():
+    live = Resource(Kind.BIGQUERY_DATA_POLICY, "pii_mask", {"policy_tag": "headwater-dev/pii", "masking": "SHA256"}, LABELS)
+    changed = replace(live, spec={**live.spec, "masking": "ALWAYS_NULL"})
+    (change,) = reconcile([changed], [live], {}, PlanOptions(environment="dev")).changes
+    assert change.security_summary == "changes the masking of pii_mask: SHA256 → ALWAYS_NULL"
