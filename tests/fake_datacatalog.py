@@ -18,13 +18,8 @@ server behaviour they must cope with, not a model of the services:
 
 from __future__ import annotations
 
-import itertools
-import threading
-from concurrent import futures
-from dataclasses import dataclass
-from typing import Any
-
 import grpc
+from fake_grpc import Abort, GrpcFake, copy_message
 from google.cloud import bigquery_datapolicies_v1 as dp
 from google.cloud import datacatalog_v1 as dc
 from google.cloud.bigquery_datapolicies_v1.services.data_policy_service.transports import (
@@ -34,30 +29,13 @@ from google.cloud.datacatalog_v1.services.policy_tag_manager.transports import P
 from google.protobuf import empty_pb2
 
 
-@dataclass(frozen=True)
-class Call:
-    method: str
-    request: Any
-
-
-class Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class FakeDataCatalog:
+class FakeDataCatalog(GrpcFake):
     """Taxonomies, policy tags and data policies of any project and location."""
 
     def __init__(self) -> None:
-        self.calls: list[Call] = []
         self.taxonomies: dict[str, dc.Taxonomy] = {}
         self.tags: dict[str, dc.PolicyTag] = {}
         self.policies: dict[str, dp.DataPolicy] = {}
-        self.page_size: int | None = None
-        self._ids = itertools.count(7001)
-        self._lock = threading.Lock()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         services = {
             "google.cloud.datacatalog.v1.PolicyTagManager": {
                 "ListTaxonomies": (dc.ListTaxonomiesRequest, self._list_taxonomies),
@@ -76,58 +54,15 @@ class FakeDataCatalog:
                 "DeleteDataPolicy": (dp.DeleteDataPolicyRequest, self._delete_policy),
             },
         }
-        handlers = []
-        for service, methods in services.items():
-            table = {name: grpc.unary_unary_rpc_method_handler(
-                self._handler(name, request_type, fn), request_deserializer=request_type.deserialize,
-                response_serializer=_serialize) for name, (request_type, fn) in methods.items()}
-            handlers.append(grpc.method_handlers_generic_handler(service, table))
-        self.server.add_generic_rpc_handlers(handlers)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-        self._channels: list[grpc.Channel] = []
-
-    def _channel(self) -> grpc.Channel:
-        opened = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self._channels.append(opened)
-        return opened
+        super().__init__(services, first_id=7001)
 
     def catalog_client(self) -> dc.PolicyTagManagerClient:
-        return dc.PolicyTagManagerClient(transport=PolicyTagManagerGrpcTransport(channel=self._channel()))
+        return dc.PolicyTagManagerClient(transport=PolicyTagManagerGrpcTransport(channel=self.channel()))
 
     def policy_client(self) -> dp.DataPolicyServiceClient:
-        return dp.DataPolicyServiceClient(transport=DataPolicyServiceGrpcTransport(channel=self._channel()))
-
-    def close(self) -> None:
-        for opened in self._channels:
-            opened.close()
-        self.server.stop(None)
-
-    def methods(self) -> list[str]:
-        return [c.method for c in self.calls]
-
-    def mutating(self) -> list[Call]:
-        return [c for c in self.calls if not c.method.startswith(("List", "Get"))]
+        return dp.DataPolicyServiceClient(transport=DataPolicyServiceGrpcTransport(channel=self.channel()))
 
     # -- plumbing --
-
-    def _handler(self, name: str, request_type: Any, fn: Any) -> Any:
-        def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            with self._lock:
-                self.calls.append(Call(name, request_type.deserialize(request_type.serialize(request))))
-                try:
-                    return fn(request)
-                except Abort as exc:
-                    context.abort(exc.code, str(exc))
-        return handle
-
-    def _page(self, request: Any, items: list[Any]) -> tuple[list[Any], str]:
-        start = int(request.page_token or 0)
-        size = self.page_size or request.page_size or len(items) or 1
-        return items[start:start + size], (str(start + size) if start + size < len(items) else "")
-
-    def _next(self) -> str:
-        return str(next(self._ids))
 
     # -- taxonomies --
 
@@ -137,7 +72,7 @@ class FakeDataCatalog:
         return dc.ListTaxonomiesResponse(taxonomies=items, next_page_token=token)
 
     def _create_taxonomy(self, request: dc.CreateTaxonomyRequest) -> dc.Taxonomy:
-        taxonomy = _copy(request.taxonomy)
+        taxonomy = copy_message(request.taxonomy)
         if taxonomy.name:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "name must not be set on create")
         if not taxonomy.display_name:
@@ -178,7 +113,7 @@ class FakeDataCatalog:
     def _create_tag(self, request: dc.CreatePolicyTagRequest) -> dc.PolicyTag:
         if request.parent not in self.taxonomies:
             raise Abort(grpc.StatusCode.NOT_FOUND, f"{request.parent} not found")
-        tag = _copy(request.policy_tag)
+        tag = copy_message(request.policy_tag)
         if tag.name:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "name must not be set on create")
         siblings = [t for n, t in self.tags.items() if n.startswith(request.parent + "/")
@@ -222,7 +157,7 @@ class FakeDataCatalog:
         return dp.ListDataPoliciesResponse(data_policies=items, next_page_token=token)
 
     def _create_policy(self, request: dp.CreateDataPolicyRequest) -> dp.DataPolicy:
-        policy = _copy(request.data_policy)
+        policy = copy_message(request.data_policy)
         if not policy.data_policy_id:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "data_policy_id is required")
         project = request.parent.split("/locations/")[0]
@@ -256,11 +191,3 @@ class FakeDataCatalog:
         return empty_pb2.Empty()
 
 
-def _serialize(message: Any) -> bytes:
-    if hasattr(message, "SerializeToString"):
-        return message.SerializeToString()
-    return type(message).serialize(message)
-
-
-def _copy(message: Any) -> Any:
-    return type(message).deserialize(type(message).serialize(message))

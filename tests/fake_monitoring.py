@@ -21,13 +21,10 @@ provider needs, plus the server behaviour it must cope with, not a model of the 
 
 from __future__ import annotations
 
-import itertools
-import threading
-from concurrent import futures
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from fake_grpc import Abort, GrpcFake, copy_message
 from google.cloud import monitoring_dashboard_v1 as dash
 from google.cloud import monitoring_v3 as mon
 from google.cloud.monitoring_dashboard_v1.services.dashboards_service.transports import (
@@ -45,36 +42,19 @@ from google.protobuf import empty_pb2
 AUTO_CLOSE_S = 7 * 24 * 3600
 
 
-@dataclass(frozen=True)
-class Call:
-    method: str
-    request: Any
-
-
-class Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def _mask(request: Any) -> list[str]:
     return list(request.update_mask.paths) if "update_mask" in request else []
 
 
-class FakeMonitoring:
+class FakeMonitoring(GrpcFake):
     """Notification channels, alert policies, metric descriptors, time series and dashboards."""
 
     def __init__(self) -> None:
-        self.calls: list[Call] = []
         self.channels: dict[str, mon.NotificationChannel] = {}
         self.policies: dict[str, mon.AlertPolicy] = {}
         self.descriptors: dict[str, Any] = {}  # metric type -> descriptor (google.api.metric_pb2)
         self.time_series: list[mon.TimeSeries] = []
         self.dashboards: dict[str, dash.Dashboard] = {}
-        self.page_size: int | None = None
-        self._ids = itertools.count(1001)
-        self._lock = threading.Lock()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         services = {
             "google.monitoring.v3.NotificationChannelService": {
                 "ListNotificationChannels": (mon.ListNotificationChannelsRequest, self._list_channels),
@@ -100,62 +80,19 @@ class FakeMonitoring:
                 "DeleteDashboard": (dash.DeleteDashboardRequest, self._delete_dashboard),
             },
         }
-        handlers = []
-        for service, methods in services.items():
-            table = {name: grpc.unary_unary_rpc_method_handler(
-                self._handler(name, request_type, fn), request_deserializer=request_type.deserialize,
-                response_serializer=_serialize) for name, (request_type, fn) in methods.items()}
-            handlers.append(grpc.method_handlers_generic_handler(service, table))
-        self.server.add_generic_rpc_handlers(handlers)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-        self._channels: list[grpc.Channel] = []
+        super().__init__(services, first_id=1001)
 
     def clients(self) -> dict[str, Any]:
         """The official clients, on gRPC channels to this server (what `MonitoringProvider` takes)."""
-        def channel() -> grpc.Channel:
-            opened = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-            self._channels.append(opened)
-            return opened
-
         return {
             "channels": mon.NotificationChannelServiceClient(
-                transport=NotificationChannelServiceGrpcTransport(channel=channel())),
-            "policies": mon.AlertPolicyServiceClient(transport=AlertPolicyServiceGrpcTransport(channel=channel())),
-            "metrics": mon.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel())),
-            "dashboards": dash.DashboardsServiceClient(transport=DashboardsServiceGrpcTransport(channel=channel())),
+                transport=NotificationChannelServiceGrpcTransport(channel=self.channel())),
+            "policies": mon.AlertPolicyServiceClient(transport=AlertPolicyServiceGrpcTransport(channel=self.channel())),
+            "metrics": mon.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=self.channel())),
+            "dashboards": dash.DashboardsServiceClient(transport=DashboardsServiceGrpcTransport(channel=self.channel())),
         }
 
-    def close(self) -> None:
-        for opened in self._channels:
-            opened.close()
-        self.server.stop(None)
-
-    def mutating(self) -> list[Call]:
-        return [c for c in self.calls if not c.method.startswith(("List", "Get"))]
-
-    def methods(self) -> list[str]:
-        return [c.method for c in self.calls]
-
     # -- plumbing --
-
-    def _handler(self, name: str, request_type: Any, fn: Any) -> Any:
-        def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            with self._lock:
-                self.calls.append(Call(name, request_type.deserialize(request_type.serialize(request))))
-                try:
-                    return fn(request)
-                except Abort as exc:
-                    context.abort(exc.code, str(exc))
-        return handle
-
-    def _page(self, request: Any, items: list[Any]) -> tuple[list[Any], str]:
-        start = int(request.page_token or 0)
-        size = self.page_size or request.page_size or len(items) or 1
-        return items[start:start + size], (str(start + size) if start + size < len(items) else "")
-
-    def _next(self) -> str:
-        return str(next(self._ids))
 
     # -- notification channels --
 
@@ -165,7 +102,7 @@ class FakeMonitoring:
         return mon.ListNotificationChannelsResponse(notification_channels=items, next_page_token=token)
 
     def _create_channel(self, request: mon.CreateNotificationChannelRequest) -> mon.NotificationChannel:
-        channel = _copy(request.notification_channel)
+        channel = copy_message(request.notification_channel)
         if channel.name:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "name must not be set on create")
         if channel.type_ == "email" and "email_address" not in channel.labels:
@@ -184,7 +121,7 @@ class FakeMonitoring:
         paths = _mask(request)
         assert paths, "headwater always sends an update mask"
         for path in paths:
-            _set(current, path, _copy(sent))
+            _set(current, path, copy_message(sent))
         return current
 
     def _delete_channel(self, request: mon.DeleteNotificationChannelRequest) -> empty_pb2.Empty:
@@ -233,7 +170,7 @@ class FakeMonitoring:
         return policy
 
     def _create_policy(self, request: mon.CreateAlertPolicyRequest) -> mon.AlertPolicy:
-        policy = _copy(request.alert_policy)
+        policy = copy_message(request.alert_policy)
         if policy.name:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "name must not be set on create")
         self._check_policy(policy)
@@ -251,7 +188,7 @@ class FakeMonitoring:
         assert paths, "headwater always sends an update mask"
         self._check_policy(sent)
         for path in paths:
-            _set(current, path, _copy(sent))
+            _set(current, path, copy_message(sent))
         return self._with_defaults(current, current.name)
 
     def _delete_policy(self, request: mon.DeleteAlertPolicyRequest) -> empty_pb2.Empty:
@@ -299,7 +236,7 @@ class FakeMonitoring:
         return dashboard
 
     def _create_dashboard(self, request: dash.CreateDashboardRequest) -> dash.Dashboard:
-        dashboard = _copy(request.dashboard)
+        dashboard = copy_message(request.dashboard)
         if not dashboard.name:
             dashboard.name = f"{request.parent}/dashboards/{self._next()}"
         if not dashboard.name.startswith(request.parent + "/dashboards/"):
@@ -310,7 +247,7 @@ class FakeMonitoring:
         return dashboard
 
     def _update_dashboard(self, request: dash.UpdateDashboardRequest) -> dash.Dashboard:
-        dashboard = _copy(request.dashboard)
+        dashboard = copy_message(request.dashboard)
         current = self.dashboards.get(dashboard.name)
         if current is None:
             raise Abort(grpc.StatusCode.NOT_FOUND, f"{dashboard.name} not found")
@@ -325,14 +262,6 @@ class FakeMonitoring:
         return empty_pb2.Empty()
 
 
-def _serialize(message: Any) -> bytes:
-    if hasattr(message, "SerializeToString"):
-        return message.SerializeToString()
-    return type(message).serialize(message)
-
-
-def _copy(message: Any) -> Any:
-    return type(message).deserialize(type(message).serialize(message))
 
 
 def _set(target: Any, path: str, source: Any) -> None:
