@@ -111,6 +111,9 @@ class DesiredState:
     # loading (the limits check compiles them), so that a plan does not compile them again. Not an
     # argument: `dataclasses.replace` (other sources, another platform) leaves it unset.
     _compiled: tuple[Any, ...] | None = field(default=None, init=False, compare=False, repr=False)
+    # What compile made of each part (`reconciler.compile`), for the next revision's compile to
+    # reuse where its platform and sources are these very objects (`load_repo`'s ``previous``).
+    _compile_memo: Any = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def source_ids(self) -> list[str]:
