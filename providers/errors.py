@@ -436,7 +436,7 @@ def call(
     def attempt() -> T:
         _wait_for_budget(service, rate, give_up_at(None), what, sleep, clock)
         try:
-            result = circuit.call(fn)
+            result = _through_circuit(circuit, fn)
         except pybreaker.CircuitBreakerError:
             raise CircuitOpen(f"{what}: {service} is failing ({settings.breaker_failures} consecutive temporary "
                               f"errors); its circuit is open, no request sent") from None
@@ -474,6 +474,34 @@ def call(
         final = type(exc)(f"{exc} ({why})")
         final.retry_after = exc.retry_after
         raise final from exc
+
+
+def _through_circuit(circuit: pybreaker.CircuitBreaker, fn: Callable[[], T]) -> T:
+    """``fn()`` under the API's circuit, concurrently with the API's other requests.
+
+    pybreaker's ``CircuitBreaker.call`` holds the breaker's lock for the whole call, so every
+    request to one API would wait for the one in flight before it: the observe threads' BigQuery
+    requests went out one at a time (issue 14). While the circuit is closed the request runs
+    outside the lock and only its outcome is recorded under it (the same counting as
+    ``call``); an open or half-open circuit goes through pybreaker's own ``call``, so the trial
+    call is still one at a time. Raises what ``fn`` raises, or `pybreaker.CircuitBreakerError`.
+    """
+    with circuit._lock:
+        closed = circuit.current_state == pybreaker.STATE_CLOSED
+    if not closed:
+        return circuit.call(fn)
+    try:
+        result = fn()
+    except BaseException as exc:
+        with circuit._lock:
+            try:  # counts the failure and may open the circuit; pybreaker re-raises exc as it does
+                circuit.state._handle_error(exc, reraise=False)
+            except BaseException:  # noqa: BLE001 - exc itself is raised below
+                pass
+        raise
+    with circuit._lock:
+        circuit.state._handle_success()
+    return result
 
 
 def _wait_for_budget(service: str, rate: limits.RateLimitItem | None, until: float, what: str,
