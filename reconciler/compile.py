@@ -125,8 +125,8 @@ def zone_names(platform: Platform) -> ZoneNames:
     return ZoneNames(buckets, datasets)
 
 
-def compile_resources(state: DesiredState) -> list[Resource]:
-    """All resources of the desired state, sorted by address."""
+def compile_resources(state: DesiredState, previous: DesiredState | None = None) -> list[Resource]:
+    """All resources of the desired state, sorted by address. (``previous``: reserved for reuse.)"""
     compiled = getattr(state, "_compiled", None)
     if compiled is not None:  # compiled by load_repo's limits check (reconciler/load.py): the same list
         return list(compiled)
