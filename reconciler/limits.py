@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -72,9 +72,12 @@ def scheduler_job_id(job: Resource) -> str:
     return f"headwater-{job.labels.get(PLATFORM_KEY, '')}-{job.name}"
 
 
-def compiled_problems(state: DesiredState, resources: Sequence[Resource] | None = None) -> list[Problem]:
+def compiled_problems(state: DesiredState, resources: Sequence[Resource] | None = None,
+                      skip_sources: Collection[int] = frozenset()) -> list[Problem]:
     """Every limit the compiled resources of ``state`` exceed (module docstring). ``resources``:
-    ``state`` already compiled, if it has been."""
+    ``state`` already compiled, if it has been (or the part of it to check: `load_repo` passes
+    only what compile made anew). ``skip_sources``: ``id()`` of `Source` objects whose own
+    settings were checked by an earlier load under the same platform (`load_repo`'s ``previous``)."""
     problems: list[Problem] = []
     resources = compile_resources(state) if resources is None else resources
     by_source = {s.source_id: s for s in state.sources}
@@ -94,6 +97,8 @@ def compiled_problems(state: DesiredState, resources: Sequence[Resource] | None 
         for problem in _name_problems(state, source, resource):
             add(problem)
     for source in state.sources:
+        if id(source) in skip_sources:
+            continue
         for problem in _source_problems(state, source):
             add(problem)
     return problems

@@ -24,6 +24,7 @@ import difflib
 import functools
 import gc
 import os
+import time
 import types
 import typing
 from collections.abc import Iterable
@@ -114,6 +115,10 @@ class DesiredState:
     # What compile made of each part (`reconciler.compile`), for the next revision's compile to
     # reuse where its platform and sources are these very objects (`load_repo`'s ``previous``).
     _compile_memo: Any = field(default=None, init=False, compare=False, repr=False)
+    # What each file looked like when it was read (`FileStamp` by absolute path) and when the load
+    # began (ns): the next `load_repo(previous=...)` reuses what an unchanged file made.
+    _stamps: dict[str, Any] | None = field(default=None, init=False, compare=False, repr=False)
+    _loaded_at_ns: int = field(default=0, init=False, compare=False, repr=False)
 
     @property
     def source_ids(self) -> list[str]:
@@ -177,14 +182,64 @@ class _Collector:
             return str(path)
 
 
-def load_repo(root: Path | str, within: Path | str | None = None) -> DesiredState:
+def load_repo(root: Path | str, within: Path | str | None = None,
+              previous: DesiredState | None = None) -> DesiredState:
     """Read and validate the desired state under ``root``; raise `InvalidDesiredState` on any problem.
 
     ``within``: the directory every file read must resolve inside (default ``root``); the daemon
     passes its checkout's root when the desired state is a subdirectory of the repository.
+
+    ``previous``: the last state loaded from the same directory (the daemon's last revision), to
+    load a commit in time that grows with what it changed (issue 14, "Incremental convergence").
+    A source whose connector and schema files are unchanged since ``previous`` was loaded, under
+    an unchanged ``platform.yaml``, is ``previous``'s very `Source` object, not read again; an
+    unchanged ``platform.yaml`` gives ``previous``'s very `Platform`; compile then reuses what
+    it made of them (`reconciler.compile.compile_resources`' ``previous``), and the limits check
+    looks only at what compile made anew. Unchanged means the same `FileStamp` (size, mtime,
+    ctime, inode - git's own test of a work-tree file, `git-update-index(1)`), and not "racily
+    clean": a file modified at, or `RACY_WINDOW_NS` before, the moment ``previous``'s load began
+    is read again, because a later change within the file system's timestamp granularity would
+    not show. Every
+    check that spans files (duplicate ids, webhook paths, landing prefixes, serving and
+    governance across sources) runs over all sources as always; the result equals a load
+    without ``previous`` (tests/test_load_incremental.py).
     """
     with _collection_paused():
-        return _load_repo(root, within)
+        return _load_repo(root, within, previous)
+
+
+# A file changed less than this before a load began is read again by the next load whatever its
+# stamp: file times come from a coarse clock (a kernel tick behind time.time_ns(), or 2 s on FAT),
+# so a change just after a load began may carry a time before it.
+RACY_WINDOW_NS = 2 * 10**9
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What a file looked like when it was read (``os.stat``; times in ns since the epoch)."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path | str) -> FileStamp | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _unchanged(previous: DesiredState | None, path: Path | str, stamps: dict[str, Any]) -> bool:
+    """``path`` is as ``previous`` read it (`load_repo`'s docstring); its stamp goes in ``stamps``."""
+    key = str(path)
+    stamp = stamps[key] = FileStamp.of(key)
+    if previous is None or not previous._stamps or stamp is None:
+        return False
+    racy = max(stamp.mtime_ns, stamp.ctime_ns) >= previous._loaded_at_ns - RACY_WINDOW_NS
+    return not racy and previous._stamps.get(key) == stamp
 
 
 @contextlib.contextmanager
@@ -203,7 +258,9 @@ def _collection_paused():
             gc.enable()
 
 
-def _load_repo(root: Path | str, within: Path | str | None) -> DesiredState:
+def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredState | None) -> DesiredState:
+    loaded_at_ns = time.time_ns()
+    stamps: dict[str, Any] = {}
     given = Path(root)
     if not given.is_dir():
         what = "is a file, not a directory" if given.exists() else "does not exist"
@@ -215,15 +272,21 @@ def _load_repo(root: Path | str, within: Path | str | None) -> DesiredState:
         raise RepoNotFound([Problem(str(given), 0, 0, "", "the desired-state directory resolves outside the "
                                     "repository (a symbolic link?); headwater reads only files inside it")])
     collector = _Collector(root, boundary)
+    if previous is not None and (previous.root != root or previous._stamps is None):
+        previous = None  # another directory: nothing to reuse
     platform = None
     platform_path = root / PLATFORM_FILE
     if not os.path.lexists(platform_path):
         collector.add(PLATFORM_FILE, (1, 1), "", f"missing: a desired-state repo needs {PLATFORM_FILE} at its root")
+    elif _unchanged(previous, platform_path, stamps) and not os.path.islink(platform_path):
+        platform, platform_map = previous.platform, previous.platform_map
     else:
+        previous = None  # platform.yaml changed: every source is checked against the new one
         loaded = collector.load(platform_path, load_yaml, Platform, precheck=platform_precheck)
         if loaded:
             platform, platform_map = loaded
             _check_platform_names(collector, platform, platform_map)
+    reusable = {s.connector_file: s for s in previous.sources if not s.tables} if previous is not None else {}
 
     sources = []
     seen: dict[str, str] = {}
@@ -232,6 +295,13 @@ def _load_repo(root: Path | str, within: Path | str | None) -> DesiredState:
     connectors_dir = root / CONNECTORS_DIR
     files = sorted([*connectors_dir.glob("*.yaml"), *connectors_dir.glob("*.yml")]) if connectors_dir.is_dir() else []
     for path in files:
+        kept = _reusable(reusable, collector, path, stamps, previous)
+        if kept is not None and kept.source_id not in seen:  # as read before: only the checks across files
+            seen[kept.source_id] = kept.connector_file
+            _check_ingestion(collector, kept.connector, platform, kept.connector_file, kept.connector_map,
+                             webhook_paths)
+            sources.append(kept)
+            continue
         loaded = collector.load(path, load_yaml, Connector, precheck=connector_precheck)
         if not loaded:
             continue
@@ -261,6 +331,7 @@ def _load_repo(root: Path | str, within: Path | str | None) -> DesiredState:
         schema_result = _load_schema(collector, connector, rel, source_map)
         if schema_result:
             schema, schema_rel, schema_map = schema_result
+            stamps.setdefault(str(root / schema_rel), FileStamp.of(root / schema_rel))  # for the next load
             _check_fields(collector, connector, schema, rel, source_map)
             _check_table_limits(collector, schema, schema_rel, schema_map)
             if schema.primary_key is not None:  # issue 10: a database_cdc table's key, nothing here
@@ -287,8 +358,12 @@ def _load_repo(root: Path | str, within: Path | str | None) -> DesiredState:
         compiled: tuple[Any, ...] | None = None
         checked = DesiredState(root, platform, tuple(sources), platform_map=platform_map)
         try:
-            compiled = tuple(compile_resources(checked))
-            collector.problems += compiled_problems(checked, compiled)
+            compiled = tuple(compile_resources(checked, previous=previous))
+            # What compile reused unchanged was checked when it was made (the previous load passed).
+            known = {id(r) for r in previous._compiled} if previous is not None and previous._compiled else set()
+            fresh = [r for r in compiled if id(r) not in known] if known else compiled
+            kept_sources = {id(s) for s in previous.sources} if known else set()
+            collector.problems += compiled_problems(checked, fresh, skip_sources=kept_sources)
         except Exception:
             if not collector.problems:
                 raise
@@ -298,7 +373,24 @@ def _load_repo(root: Path | str, within: Path | str | None) -> DesiredState:
     state = DesiredState(root=root, platform=platform, sources=tuple(sources), revision=git_revision(root),
                          platform_map=platform_map)
     object.__setattr__(state, "_compiled", compiled)  # compile reads only the platform and the sources
+    object.__setattr__(state, "_compile_memo", checked._compile_memo)
+    object.__setattr__(state, "_stamps", stamps)
+    object.__setattr__(state, "_loaded_at_ns", loaded_at_ns)
     return state
+
+
+def _reusable(reusable: dict[str, Source], collector: _Collector, path: Path, stamps: dict[str, Any],
+              previous: DesiredState | None) -> Source | None:
+    """The previous load's `Source` of connector file ``path`` when neither it nor its schema
+    file changed (and neither is a symbolic link, whose target may have moved), else None."""
+    connector_unchanged = _unchanged(previous, path, stamps)  # stamped whatever happens next
+    source = reusable.get(collector.rel(path))
+    if source is None or not connector_unchanged or os.path.islink(path):
+        return None
+    schema = collector.root / source.schema_file
+    if not _unchanged(previous, schema, stamps) or os.path.islink(schema):
+        return None
+    return source
 
 
 def git_revision(root: Path) -> str | None:
