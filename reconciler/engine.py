@@ -49,7 +49,7 @@ from providers.errors import ProviderError
 from reconciler.apply import ApplyResult, Listener, apply_plan
 from reconciler.compile import compile_resources
 from reconciler.load import DesiredState, InvalidDesiredState, Problem
-from reconciler.plan import Action, Plan, PlanOptions, reconcile
+from reconciler.plan import Action, Plan, PlanOptions, ReconcileMemo, reconcile
 from reconciler.resources import DATA_KINDS, WOULD_LOSE, Kind, Resource
 
 log = logging.getLogger(__name__)
@@ -159,14 +159,16 @@ class Engine:
         return live + self.read_unobserved(desired, live)
 
     def plan_live(self, desired: Sequence[Resource], live: Sequence[Resource], options: PlanOptions, *,
-                  revision: str | None = None, declared_sources: int | None = None) -> Plan:
+                  revision: str | None = None, declared_sources: int | None = None,
+                  memo: ReconcileMemo | None = None) -> Plan:
         """Reconcile ``desired`` with ``live`` (`reconciler.plan.reconcile`, pure), then ask the
-        providers what the gated deletes and replacements would destroy and quote it."""
+        providers what the gated deletes and replacements would destroy and quote it. ``memo``:
+        the last reconcile's decisions, to reuse where their inputs are unchanged (`ReconcileMemo`)."""
         live = list(live)
 
         def plan_of(resources: list[Resource]) -> Plan:
             return reconcile(desired, resources, self.immutable_fields, options, revision=revision,
-                             declared_sources=declared_sources)
+                             declared_sources=declared_sources, memo=memo)
 
         plan = plan_of(live)
         gated = [c.live for c in plan.changes

@@ -25,7 +25,11 @@ API (what the daemon and ``bench/`` call)
       entries stay readable until then. Unknown addresses are fine (a resource created outside
       headwater is found by reading its name). Returns how many addresses were marked;
     * ``clear()``: forget everything (the next plan is a full one);
-    * ``age(now=None)``, ``entries()``, ``get(address)``, ``invalid()``, ``live()``.
+    * ``age(now=None)``, ``entries()``, ``get(address)``, ``invalid()``, ``live()``, ``size()``;
+    * ``reconcile_memo``: the decisions of the last plan made against the cache
+      (`reconciler.plan.ReconcileMemo`), which `plan_change` and `recheck` pass to the reconcile:
+      a resource whose desired object (compile's memo) and cached live object are the ones the
+      last plan saw keeps its decision without being diffed again. The plan is the same either way.
 
 ``plan_change(engine, state, options=None, *, cache, previous=None, full=False, max_age=None,
 max_read_fraction=0.5, small_scope=64, desired=None, previous_desired=None) -> ScopedPlan``
@@ -43,8 +47,9 @@ max_read_fraction=0.5, small_scope=64, desired=None, previous_desired=None) -> S
       resource belongs to no single source (`platform_wide`: no source label,
       `reconciler.resources.SOURCE_KEY` - buckets, datasets, notification channels - unless all
       it depends on is one source's, as an IAM binding on a source's topic);
-    * the addresses to re-read exceed ``max_read_fraction`` of all addresses (and
-      ``small_scope``): a list per kind is then cheaper than a get per name.
+    * the addresses to re-read exceed ``max_read_fraction`` of all addresses (the larger of the
+      declared, the previously declared and the cached; and ``small_scope``): a list per kind is
+      then cheaper than a get per name.
 
 ``recheck(engine, state, applied, *, cache, desired=None, options=None) -> ScopedPlan``
     The check after an apply: re-reads only the addresses ``applied`` (a `Plan` - its actionable
@@ -88,7 +93,7 @@ from typing import Any
 
 from reconciler.compile import compile_resources
 from reconciler.load import DesiredState
-from reconciler.plan import Plan, PlanOptions
+from reconciler.plan import Plan, PlanOptions, ReconcileMemo
 from reconciler.resources import SOURCE_KEY, Kind, Resource
 
 FULL = "full"
@@ -119,6 +124,9 @@ class ObservedCache:
         self._kinds: frozenset[Kind] = frozenset()
         self._invalid: dict[str, float] = {}  # address -> when it was invalidated
         self.refreshed_at: float | None = None  # start of the last full observe
+        # The decisions of the last plan made against this cache, reused where a resource's
+        # desired and cached live objects are unchanged (`reconciler.plan.ReconcileMemo`).
+        self.reconcile_memo = ReconcileMemo()
 
     def refresh(self, live: Iterable[Resource], kinds: Collection[Kind], at: float | None = None) -> None:
         """A full observe of ``kinds`` (started at ``at``) replaces everything. Invalidations that
@@ -163,6 +171,7 @@ class ObservedCache:
         """Forget everything: the next plan observes in full."""
         with self._lock:
             self._entries, self._kinds, self._invalid, self.refreshed_at = {}, frozenset(), {}, None
+            self.reconcile_memo = ReconcileMemo()
 
     def age(self, now: float | None = None) -> float | None:
         """Seconds since the last full observe started, or None before the first."""
@@ -180,6 +189,10 @@ class ObservedCache:
     def get(self, address: str) -> Entry | None:
         with self._lock:
             return self._entries.get(address)
+
+    def size(self) -> int:
+        """How many addresses are cached."""
+        return len(self._entries)
 
     def entries(self) -> dict[str, Entry]:
         with self._lock:
@@ -209,48 +222,55 @@ class Changed:
         return len(self.all)
 
 
-def changed_addresses(previous: Iterable[Resource], desired: Iterable[Resource]) -> Changed:
+def _by_address(resources: Iterable[Resource] | Mapping[str, Resource]) -> Mapping[str, Resource]:
+    return resources if isinstance(resources, Mapping) else {r.address: r for r in resources}
+
+
+def changed_addresses(previous: Iterable[Resource] | Mapping[str, Resource],
+                      desired: Iterable[Resource] | Mapping[str, Resource]) -> Changed:
     """Compare two compiled desired states resource by resource (`Resource` equality: spec,
-    labels, depends_on, options...)."""
-    before = {r.address: r for r in previous}
-    after = {r.address: r for r in desired}
+    labels, depends_on, options...). Either side may be given by address already."""
+    before, after = _by_address(previous), _by_address(desired)
+    # An unchanged source's resources are the previous revision's very objects (compile's memo):
+    # ``is`` settles most of them without comparing specs.
     return Changed(added=frozenset(after.keys() - before.keys()), removed=frozenset(before.keys() - after.keys()),
-                   modified=frozenset(a for a in after.keys() & before.keys() if after[a] != before[a]))
+                   modified=frozenset(a for a, r in after.items() if a in before and before[a] is not r
+                                      and before[a] != r))
 
 
-def scope(changed: Changed, previous: Iterable[Resource], desired: Iterable[Resource]) -> set[str]:
+def scope(changed: Changed, previous: Iterable[Resource] | Mapping[str, Resource],
+          desired: Iterable[Resource] | Mapping[str, Resource]) -> set[str]:
     """The addresses a change touches (module docstring, "What a change touches"): the changed
     ones, what they depend on transitively, and what depends on them directly, by either
     revision's ``depends_on``."""
-    deps: dict[str, set[str]] = {}
-    dependents: dict[str, set[str]] = {}
-    for resource in [*previous, *desired]:
-        for dep in resource.depends_on:
-            deps.setdefault(resource.address, set()).add(dep)
-            dependents.setdefault(dep, set()).add(resource.address)
+    revisions = (_by_address(previous), _by_address(desired))
     touched = set(changed.all)
     stack = list(touched)
     while stack:  # blocked-by chains: everything the changed resources depend on
-        for dep in deps.get(stack.pop(), ()):
-            if dep not in touched:
-                touched.add(dep)
-                stack.append(dep)
-    for address in changed.all:
-        touched |= dependents.get(address, set())
+        address = stack.pop()
+        for revision in revisions:
+            resource = revision.get(address)
+            for dep in resource.depends_on if resource is not None else ():
+                if dep not in touched:
+                    touched.add(dep)
+                    stack.append(dep)
+    changed_all = changed.all
+    for revision in revisions:  # and what depends on a changed resource directly
+        touched.update(a for a, r in revision.items() if r.depends_on and not changed_all.isdisjoint(r.depends_on))
     return touched
 
 
-def platform_wide(changed: Changed, previous: Iterable[Resource], desired: Iterable[Resource]) -> str | None:
+def platform_wide(changed: Changed, previous: Iterable[Resource] | Mapping[str, Resource],
+                  desired: Iterable[Resource] | Mapping[str, Resource]) -> str | None:
     """Why a change is platform-wide, or None: an added, removed or modified resource belongs to
     no single source. A resource belongs to the source of its label; one without a label (an IAM
     binding on a source's topic) belongs to a source when everything it depends on does."""
-    by_address = {r.address: r for r in previous}
-    by_address.update({r.address: r for r in desired})
+    before, after = _by_address(previous), _by_address(desired)
     owners: dict[str, frozenset[str]] = {}
 
     def owner(address: str, path: frozenset[str] = frozenset()) -> frozenset[str]:
         if address not in owners:
-            resource = by_address.get(address)
+            resource = after.get(address) or before.get(address)
             if resource is None or address in path:
                 return frozenset()
             if resource.labels.get(SOURCE_KEY):
@@ -300,12 +320,14 @@ def plan_change(engine: Any, state: DesiredState, options: PlanOptions | None = 
         before = tuple(compile_resources(previous))
     elif previous is not None:
         before = tuple(previous)
-    changed = changed_addresses(before, desired) if before is not None else Changed()
-    reason = "asked" if full else _full_reason(engine, state, previous, before, desired, changed, cache, max_age)
+    after = {r.address: r for r in desired}
+    before_by = {r.address: r for r in before} if before is not None else None
+    changed = changed_addresses(before_by, after) if before_by is not None else Changed()
+    reason = "asked" if full else _full_reason(engine, state, previous, before_by, after, changed, cache, max_age)
     touched: set[str] = set()
     if not reason:
-        touched = scope(changed, before or (), desired) | cache.invalid()
-        total = len({r.address for r in (*(before or ()), *desired)} | cache.entries().keys())
+        touched = scope(changed, before_by or {}, after) | cache.invalid()
+        total = max(len(after), len(before_by or ()), cache.size())  # all addresses, near enough
         if len(touched) > small_scope and len(touched) > max_read_fraction * total:
             reason = f"{len(touched)} of {total} addresses to re-read (more than {max_read_fraction:g})"
     if reason:
@@ -314,7 +336,8 @@ def plan_change(engine: Any, state: DesiredState, options: PlanOptions | None = 
     else:
         live, read, observed, calls = _reread(engine, cache, touched)
         scoped = dict(mode=INCREMENTAL, read=frozenset(read), observed=observed, calls=calls)
-    plan = engine.plan_live(desired, live, options, revision=state.revision, declared_sources=len(state.sources))
+    plan = engine.plan_live(desired, live, options, revision=state.revision, declared_sources=len(state.sources),
+                            memo=cache.reconcile_memo)
     engine.check_references_of(state, desired)
     engine.check_plan(state, plan)  # issue 13: access.exclusive never removes headwater's own grants
     return ScopedPlan(plan=plan, desired=desired, changed=changed, **scoped)
@@ -331,13 +354,14 @@ def recheck(engine: Any, state: DesiredState, applied: Plan | Iterable[str], *, 
     desired = tuple(desired if desired is not None else compile_resources(state))
     addresses = {c.address for c in applied.actionable} if isinstance(applied, Plan) else set(applied)
     live, read, observed, calls = _reread(engine, cache, addresses | cache.invalid())
-    plan = engine.plan_live(desired, live, options, revision=state.revision, declared_sources=len(state.sources))
+    plan = engine.plan_live(desired, live, options, revision=state.revision, declared_sources=len(state.sources),
+                            memo=cache.reconcile_memo)
     return ScopedPlan(plan=plan, desired=desired, mode=INCREMENTAL, read=frozenset(read), observed=observed,
                       calls=calls)
 
 
-def _full_reason(engine: Any, state: DesiredState, previous: Any, before: Sequence[Resource] | None,
-                 desired: Sequence[Resource], changed: Changed, cache: ObservedCache,
+def _full_reason(engine: Any, state: DesiredState, previous: Any, before: Mapping[str, Resource] | None,
+                 desired: Mapping[str, Resource], changed: Changed, cache: ObservedCache,
                  max_age: float | None) -> str:
     if before is None:
         return "no previous revision"

@@ -272,6 +272,29 @@ class PlanOptions:
     adopt: frozenset[str] = frozenset()
 
 
+class ReconcileMemo:
+    """What the last reconcile decided for each declared resource that exists, by the identity of
+    its inputs, so that the next reconcile of a mostly unchanged platform skips their diffs.
+
+    `reconcile`'s decision for a declared, live resource of ours (`_change_for`) is a pure function
+    of the desired `Resource`, the live one, the kind's immutable fields and the `PlanOptions`.
+    Resources are immutable values, and an unchanged source's are the very same objects from one
+    revision to the next (`reconcile`'s callers reuse them: `load_repo(previous=...)`, compile's
+    memo, `reconciler.incremental`'s cache of live state). So when both objects are the ones the
+    last reconcile saw (``is``) under equal options and immutable fields, its `Change` is reused
+    as it is. Each reconcile keeps only the entries it used or made (no growth across revisions).
+    Not thread-safe: one memo per planning loop (the daemon's worker; `reconciler.incremental`).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, int], tuple[Resource, Resource, frozenset[str], Change]] = {}
+        self._options: PlanOptions | None = None
+        self.hits = 0  # decisions reused by the last reconcile (for tests and logs)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 def reconcile(
     desired: Iterable[Resource],
     live: Iterable[Resource],
@@ -279,8 +302,11 @@ def reconcile(
     options: PlanOptions = PlanOptions(),
     revision: str | None = None,
     declared_sources: int | None = None,
+    memo: ReconcileMemo | None = None,
 ) -> Plan:
-    """Match desired to live and decide each resource's action. Pure: no I/O."""
+    """Match desired to live and decide each resource's action. Pure: no I/O. ``memo``: the
+    decisions of the last reconcile to reuse where their inputs are unchanged (`ReconcileMemo`);
+    the plan is the same with or without it."""
     desired_by_address = {r.address: r for r in desired}
     ours: dict[str, Resource] = {}
     others: dict[str, Resource] = {}  # declared addresses that exist but are not this platform's
@@ -291,12 +317,19 @@ def reconcile(
         elif resource.address in desired_by_address:
             others[resource.address] = resource
     changes = []
+    reused: dict[tuple[int, int], tuple[Resource, Resource, frozenset[str], Change]] = {}
+    known = memo._entries if memo is not None and memo._options == options else {}
     for addr, want in desired_by_address.items():
         immutable = immutable_fields.get(want.kind, frozenset())
         if want.external:
             changes.append(_reference(want, ours.get(addr) or others.get(addr)))
         elif addr in ours:
-            changes.append(_change_for(want, ours[addr], immutable, options))
+            have = ours[addr]
+            entry = known.get((id(want), id(have)))
+            if entry is None or entry[0] is not want or entry[1] is not have or entry[2] != immutable:
+                entry = (want, have, immutable, _change_for(want, have, immutable, options))
+            reused[(id(want), id(have))] = entry
+            changes.append(entry[3])
         elif addr in others:
             changes.append(_import(want, others[addr], immutable, options))
         else:
@@ -304,6 +337,9 @@ def reconcile(
                                   reason="declared but does not exist"))
     changes += [_orphan(r, options, desired_by_address) for addr, r in ours.items()
                 if addr not in desired_by_address and not r.status.get(LEAVING)]
+    if memo is not None:
+        memo.hits = sum(1 for key, entry in reused.items() if known.get(key) is entry)
+        memo._entries, memo._options = reused, options
     ordered = _block_dependents(_order(changes))
     refused = _refusal(ordered, ours, declared_sources, options)
     return Plan(tuple(ordered), revision=revision, refused=refused,

@@ -1,0 +1,86 @@
+"""Issue 14: `reconcile(memo=...)` reuses the last reconcile's decision for a resource whose desired
+and live objects are unchanged, and the plan is exactly the plan without the memo."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from reconciler.plan import Action, PlanOptions, ReconcileMemo, reconcile
+from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, PLATFORM_KEY, Kind, Resource
+
+LABELS = {MANAGED_BY_KEY: MANAGED_BY_VALUE, PLATFORM_KEY: "test"}
+IMMUTABLE = {Kind.PUBSUB_SUBSCRIPTION: frozenset({"topic"})}
+
+
+def topic(name: str, retention: str = "604800s", **labels: str) -> Resource:
+    return Resource(Kind.PUBSUB_TOPIC, name, spec={"message_retention_duration": retention},
+                    labels={**LABELS, **labels})
+
+
+def subscription(name: str, on: str, deadline: int = 60) -> Resource:
+    return Resource(Kind.PUBSUB_SUBSCRIPTION, name, spec={"topic": on, "ack_deadline_seconds": deadline},
+                    labels=dict(LABELS), depends_on=(f"pubsub_topic.{on}",), deletion_protection=False)
+
+
+def plans(desired, live, options=PlanOptions(), memo=None):
+    """The plan with ``memo`` and the plan without one: they must be equal."""
+    return (reconcile(desired, live, IMMUTABLE, options, memo=memo),
+            reconcile(desired, live, IMMUTABLE, options))
+
+
+def test_unchanged_objects_keep_their_decisions_and_the_plan_is_the_same():
+    desired = [topic("a"), topic("b"), subscription("s", "a")]
+    live = [topic("a"), topic("b", retention="86400s"), subscription("s", "a", deadline=30)]
+    memo = ReconcileMemo()
+    first, plain = plans(desired, live, memo=memo)
+    assert first == plain and memo.hits == 0 and len(memo) == 3
+    second, plain = plans(desired, live, memo=memo)
+    assert second == plain
+    assert memo.hits == 3
+    assert {c.address: c.action for c in second.changes} == {
+        "pubsub_topic.a": Action.NOOP, "pubsub_topic.b": Action.UPDATE, "pubsub_subscription.s": Action.UPDATE}
+
+
+def test_a_new_object_is_diffed_again_even_when_equal_to_the_old_one():
+    desired = [topic("a"), topic("b")]
+    live = [topic("a"), topic("b")]
+    memo = ReconcileMemo()
+    plans(desired, live, memo=memo)
+    changed_live = [live[0], topic("b", retention="1s")]  # a re-read found b changed
+    after, plain = plans(desired, changed_live, memo=memo)
+    assert after == plain and memo.hits == 1
+    assert [c.action for c in after.changes if c.address == "pubsub_topic.b"] == [Action.UPDATE]
+
+
+def test_other_options_decide_afresh():
+    desired = [subscription("s", "b")]
+    live = [subscription("s", "a")]  # topic is immutable: a replace, blocked without --allow-destroy
+    memo = ReconcileMemo()
+    blocked, _ = plans(desired, live, memo=memo)
+    assert blocked.changes[0].action == Action.REPLACE and blocked.changes[0].blocked
+    allowed, plain = plans(desired, live, PlanOptions(allow_destroy=True), memo=memo)
+    assert allowed == plain and memo.hits == 0
+    assert not allowed.changes[0].blocked
+
+
+def test_blocking_still_follows_the_dependencies_of_reused_decisions():
+    """A reused decision of a dependent is blocked afresh when what it depends on becomes blocked."""
+    sub_desired = subscription("s", "a", deadline=90)
+    desired = [topic("a"), sub_desired]
+    live = [topic("a"), subscription("s", "a")]
+    memo = ReconcileMemo()
+    plans(desired, live, memo=memo)
+    taken = dataclasses.replace(live[0], labels={"owner": "someone-else"})  # topic a is no longer ours
+    after, plain = plans(desired, [taken, live[1]], memo=memo)
+    assert after == plain and memo.hits == 1
+    sub = next(c for c in after.changes if c.address == "pubsub_subscription.s")
+    assert sub.blocked and sub.blocked_by == ("pubsub_topic.a",)
+
+
+def test_the_memo_keeps_only_what_the_last_reconcile_used():
+    memo = ReconcileMemo()
+    desired = [topic(f"t{i}") for i in range(5)]
+    live = list(desired)
+    plans(desired, live, memo=memo)
+    plans(desired[:2], live[:2], memo=memo)
+    assert len(memo) == 2
