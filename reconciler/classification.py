@@ -357,3 +357,107 @@ def classification_resources(platform: Platform, names: Any, sources: Sequence[A
                  "exclusive": exclusive},
                 dict(labels), depends_on=(policy_address,)))
     return resources
+
+
+# --------------------------------------------------------------------------- per source (compile's memo)
+# `classification_resources` in two parts, so that compile reuses a source's part while other
+# sources change: `source_classification` (one source's column policies and what the platform-wide
+# part needs of it) and `classification_aggregate` (taxonomy, policy tags, data policies and the
+# reader bindings, from those parts). Together they make exactly `classification_resources`.
+
+
+@dataclass(frozen=True)
+class SourceClasses:
+    """One source's classified columns (with a class platform.yaml declares), their column
+    policies, and per class the zones its columns are in; the source's resolved ``access.readers``
+    and whether the data API serves a Gold column of each class."""
+
+    columns: tuple[Column, ...]
+    policies: tuple[Resource, ...]
+    zones: tuple[tuple[str, frozenset[str]], ...]  # (class, zones), by class
+    readers: frozenset[str]
+    api_classes: frozenset[str]
+
+
+NO_CLASSES = SourceClasses((), (), (), frozenset(), frozenset())
+
+
+def source_classification(platform: Platform, names: Any, source: Any) -> SourceClasses:
+    columns = [c for c in silver_columns(platform, names, source) + gold_columns(platform, names, source)
+               if c.class_name in platform.classifications]
+    if not columns:
+        return NO_CLASSES
+    labels = {MANAGED_BY_KEY: MANAGED_BY_VALUE, PLATFORM_KEY: platform.environment}
+    taxonomy = taxonomy_name(platform)
+    policies = []
+    zones: dict[str, set[str]] = {}
+    for column in sorted(columns, key=lambda c: c.class_name):  # by class, as classification_resources
+        tag = policy_tag_name(platform, column.class_name)
+        policies.append(Resource(
+            Kind.BIGQUERY_COLUMN_POLICY, column.name, {"policy_tags": [tag]}, dict(labels),
+            depends_on=(column.table_address, address(Kind.DATACATALOG_POLICY_TAG, f"{taxonomy}/{column.class_name}"),
+                        address(Kind.BIGQUERY_DATA_POLICY, data_policy_name(column.class_name)))))
+        zones.setdefault(column.class_name, set()).add(column.zone)
+    api = api_exposed_classes(names, [source], columns)
+    return SourceClasses(tuple(columns), tuple(policies), tuple((c, frozenset(z)) for c, z in sorted(zones.items())),
+                         frozenset(resolve(platform, source.connector.access.readers)), frozenset(api))
+
+
+def classification_aggregate(platform: Platform, parts: Iterable[SourceClasses]) -> list[Resource]:
+    """The taxonomy, policy tags, data policies and reader bindings of the sources' `SourceClasses`
+    (those with classified columns; their column policies are not repeated here)."""
+    by_class: dict[str, set[str]] = {}  # class -> the readers of its columns (zones' and sources')
+    api_classes: set[str] = set()
+    zone_members: dict[str, set[str]] = {}
+    for part in parts:
+        if not part.columns:
+            continue
+        api_classes |= part.api_classes
+        for cls, zones in part.zones:
+            readers = by_class.setdefault(cls, set())
+            for zone in zones:
+                if zone not in zone_members:
+                    zone_members[zone] = zone_data_readers(platform, zone)
+                readers |= zone_members[zone]
+            readers |= part.readers
+    if not by_class:
+        return []
+    labels = {MANAGED_BY_KEY: MANAGED_BY_VALUE, PLATFORM_KEY: platform.environment}
+    taxonomy = taxonomy_name(platform)
+    taxonomy_address = address(Kind.DATACATALOG_TAXONOMY, taxonomy)
+    resources = [Resource(
+        Kind.DATACATALOG_TAXONOMY, taxonomy,
+        {"display_name": taxonomy,
+         "description": f"headwater {platform.environment}: classes of sensitive columns (docs/governance.md)",
+         "location": platform.region, "activated_policy_types": list(ACTIVATED_POLICY_TYPES)},
+        dict(labels))]
+    exclusive = platform.access.exclusive
+    for cls, readers in sorted(by_class.items()):
+        tag = policy_tag_name(platform, cls)
+        tag_address = address(Kind.DATACATALOG_POLICY_TAG, tag)
+        policy = data_policy_name(cls)
+        policy_address = address(Kind.BIGQUERY_DATA_POLICY, policy)
+        resources.append(Resource(
+            Kind.DATACATALOG_POLICY_TAG, tag,
+            {"taxonomy": taxonomy, "display_name": cls,
+             "description": f"Columns classified {cls} (headwater {platform.environment})"},
+            dict(labels), depends_on=(taxonomy_address,)))
+        resources.append(Resource(
+            Kind.BIGQUERY_DATA_POLICY, policy,
+            {"policy_tag": tag, "masking": platform.classifications[cls].masking_expression},
+            dict(labels), depends_on=(tag_address,)))
+        clear = clear_readers(platform, cls, api_exposed=cls in api_classes)
+        if clear:
+            resources.append(Resource(
+                Kind.IAM_BINDING, binding_name(Kind.DATACATALOG_POLICY_TAG, tag, FINE_GRAINED_READER),
+                {"target": tag_address, "role": FINE_GRAINED_READER, "members": sorted(clear),
+                 "exclusive": exclusive},
+                dict(labels), depends_on=(tag_address,)))
+        masked = readers - clear
+        if masked:
+            resources.append(Resource(
+                Kind.IAM_BINDING, binding_name(Kind.BIGQUERY_DATA_POLICY, policy, MASKED_READER),
+                {"target": policy_address, "role": MASKED_READER, "members": sorted(masked),
+                 "exclusive": exclusive},
+                dict(labels), depends_on=(policy_address,)))
+    return resources

@@ -1,6 +1,8 @@
 """Compile: each source's ``monitoring:`` block as Cloud Monitoring resources (issue 11).
 
-Pure, like `reconciler.compile` (which calls `monitoring_resources` once). What is built and
+Pure, like `reconciler.compile`, which calls `monitoring_resources` once, or, to reuse a source's
+part while other sources change, `source_monitoring` per source and `notification_channel` per
+distinct e-mail (the same resources). What is built and
 why is in docs/monitoring.md; in short, per platform and source:
 
 =====================================================  ===========================================
@@ -114,6 +116,28 @@ def monitoring_resources(platform: Platform, names: ZoneNames, sources: Sequence
         result.append(alert_policy(platform, where, source, sorted(streaming_jobs.get(sid, [])), labels))
         result.append(dashboard(platform, where, source, labels))
     return result
+
+
+def source_monitoring(platform: Platform, names: ZoneNames, source: Source,
+                      own: Iterable[Resource]) -> list[Resource]:
+    """One source's alert policy and dashboard (``own``: the resources compiled for that source,
+    `reconciler.compile`'s per-source part; its streaming jobs and tables are read from them).
+    What `monitoring_resources` makes for the source, for compile's per-source memo."""
+    sid = source.source_id
+    jobs: list[str] = []
+    tables: dict[str, list[str]] = {}
+    for resource in own:
+        if resource.source_id != sid:
+            continue
+        if resource.kind == Kind.DATAFLOW_JOB and resource.spec.get("streaming"):
+            jobs.append(resource.name)
+        if resource.kind == Kind.BIGQUERY_TABLE and not resource.external:
+            dataset, _, table = resource.name.partition(".")
+            tables.setdefault(dataset, []).append(table)
+    labels = {**base_labels(platform), **source.connector.labels, SOURCE_KEY: sid}
+    where = Tables(names.datasets["bronze"], sorted(tables.get(names.datasets["bronze"], [])),
+                   names.datasets["silver"], sorted(tables.get(names.datasets["silver"], [])))
+    return [alert_policy(platform, where, source, sorted(jobs), labels), dashboard(platform, where, source, labels)]
 
 
 def notification_channel(platform: Platform, email: str) -> Resource:

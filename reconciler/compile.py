@@ -126,10 +126,31 @@ def zone_names(platform: Platform) -> ZoneNames:
 
 
 def compile_resources(state: DesiredState, previous: DesiredState | None = None) -> list[Resource]:
-    """All resources of the desired state, sorted by address. (``previous``: reserved for reuse.)"""
+    """All resources of the desired state, sorted by address.
+
+    ``previous``: a state compiled before (the previous revision, `reconciler.load.load_repo`'s).
+    When its platform is this state's very object, the parts of each source whose `Source` is the
+    very object it compiled are reused, and only what depends on several sources is made again
+    (`_compile_memoized`): the result is the same list as without it. The parts are kept on the
+    state (``_compile_memo``) for the next revision.
+    """
     compiled = getattr(state, "_compiled", None)
     if compiled is not None:  # compiled by load_repo's limits check (reconciler/load.py): the same list
         return list(compiled)
+    memo = getattr(previous, "_compile_memo", None) if previous is not None else None
+    if memo is not None and memo.platform is not state.platform:
+        memo = None  # a platform-wide change: everything again
+    try:
+        resources, memo = _compile_memoized(state, memo)
+    except _Unsupported:
+        resources, memo = _compile_plain(state), None
+    object.__setattr__(state, "_compile_memo", memo)
+    return resources
+
+
+def _compile_plain(state: DesiredState) -> list[Resource]:
+    """Everything, in one pass over the sources (no memo): the reference the memoized compile
+    equals, used where that cannot hold its shape (two resources of one address)."""
     platform = state.platform
     names = zone_names(platform)
     resources = list(_platform_resources(platform, names))
@@ -152,6 +173,308 @@ def compile_resources(state: DesiredState, previous: DesiredState | None = None)
     resources = [r for r in resources
                  if not r.external or not (r.address in references or references.add(r.address))]
     return sorted((_with_protection_label(r) for r in resources), key=lambda r: r.address)
+
+
+# --------------------------------------------------------------------------- the memo (issue 14)
+
+
+class _Unsupported(Exception):
+    """A state the memoized compile does not take (two resources of one address): compiled plainly."""
+
+
+@dataclass
+class _Part:
+    """What one source compiled to, and what the platform-wide steps need of it."""
+
+    source: Source
+    own: tuple[Resource, ...]  # _source_resources
+    monitoring: tuple[Resource, ...]  # its alert policy and dashboard
+    classes: Any  # reconciler.classification.SourceClasses
+    known: frozenset[str]  # serving.declared_tables of this source
+    has_views: bool  # reporting views with SQL: they read every source's tables
+    serving: Any  # reconciler.serving.ServingPart
+    fixed: tuple[Resource, ...] = ()  # serving.resources with their dataset dependency
+    fixed_for: frozenset[str] | None = None  # the serving datasets `fixed` was made for
+    grants: tuple[Any, ...] = ()  # governance.source_grants
+    grants_for: tuple[tuple[str, ...], tuple[Resource, ...]] | None = None
+    chunk: tuple[Resource, ...] = ()  # its resources in the result (protection labels on)
+    desired: tuple[Resource, ...] = ()  # own + monitoring + fixed: governance's "declared"
+
+
+@dataclass
+class _Memo:
+    platform: Platform
+    parts: dict[str, _Part]
+    known: frozenset[str] | None
+    datasets: frozenset[str]
+    restricted: tuple[str, ...]
+    index: Any  # reconciler.governance.GrantIndex
+    platform_grants: tuple[Any, ...]
+    declared: dict[str, int]  # address -> how many non-governance resources have it
+    zone_targets: set[str]
+    sinks: dict[str, int]  # storage transfer sinks (bucket addresses) -> how many jobs
+    aggregates: dict[str, tuple[Resource, ...]]  # platform-wide chunks, labelled
+    final: list[Resource]  # the result
+    external: dict[str, int]  # external addresses -> how many sources name them
+
+
+def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Resource], _Memo]:
+    """`_compile_plain`'s result from per-source parts (those of ``memo`` reused where the source
+    is the same object) and platform-wide aggregates over them; the memo of this state."""
+    from reconciler import cdc, governance, serving
+    from reconciler.classification import classification_aggregate, source_classification
+    from reconciler.cloud_monitoring import notification_channel, source_monitoring
+
+    platform = state.platform
+    if SOURCE_KEY in platform.labels:
+        raise _Unsupported  # every resource would look like that source's
+    names = zone_names(platform)
+    base = base_labels(platform)
+    before = memo.parts if memo is not None else {}
+    parts: dict[str, _Part] = {}
+    fresh: set[str] = set()
+    for source in state.sources:
+        sid = source.source_id
+        if sid in parts:
+            raise _Unsupported
+        old = before.get(sid)
+        if old is not None and old.source is source:
+            parts[sid] = old
+            continue
+        fresh.add(sid)
+        own = tuple(_source_resources(platform, names, source))
+        tables = serving.gold_tables(source)
+        reporting = source.connector.serving.reporting_block
+        parts[sid] = _Part(source, own, tuple(source_monitoring(platform, names, source, own)),
+                           source_classification(platform, names, source), serving.source_known(names, source),
+                           bool(reporting is not None and tables and reporting.views), None)
+
+    # Serving: reporting views read every source's tables; the rest is the source's own.
+    known = None
+    if any(p.has_views for p in parts.values()):
+        known = frozenset().union(*(p.known for p in parts.values()))
+    aliases = serving.dataset_aliases(names, known) if known is not None else {}
+    known_changed = memo is None or known != memo.known
+    for sid, part in parts.items():
+        if part.serving is None or (part.has_views and known_changed):
+            if sid not in fresh:
+                part = parts[sid] = replace(part)
+                fresh.add(sid)
+            part.serving = serving.source_serving(platform, names, part.source, base, known or frozenset(), aliases)
+            part.fixed_for = None
+    datasets = frozenset().union(*(p.serving.datasets for p in parts.values() if p.serving.datasets))
+    api_sources: list[dict[str, Any]] = []
+    api_views: list[str] = []
+    for part in parts.values():
+        if part.serving.api_sources:
+            api_sources += part.serving.api_sources
+            api_views += part.serving.api_views
+    for sid, part in parts.items():
+        if part.fixed_for != datasets:
+            if sid not in fresh:
+                part = parts[sid] = replace(part)
+                fresh.add(sid)
+            part.fixed = tuple(serving.with_dataset_dependency(part.serving.resources, datasets))
+            part.fixed_for = datasets
+            part.desired = (*part.own, *part.monitoring, *part.fixed)
+
+    # Governance: each source's grants, then the bindings of the targets whose grants changed.
+    restricted = tuple(sorted(sid for sid, p in parts.items() if governance.has_classified_columns(p.source)))
+    for sid, part in parts.items():
+        if part.grants_for is None or part.grants_for[0] != restricted or part.grants_for[1] is not part.desired:
+            if sid not in fresh:
+                part = parts[sid] = replace(part)
+                fresh.add(sid)
+            part.grants = governance.source_grants(platform, names, part.source, (*part.own, *part.fixed), restricted)
+            part.grants_for = (restricted, part.desired)
+            labelled = (*part.desired, *part.classes.policies)
+            part.chunk = tuple(_with_protection_label(r) for r in labelled)
+
+    aggregates: dict[str, tuple[Resource, ...]] = {}
+    cdc_sources = [p.source for p in parts.values() if p.source.connector.ingestion.pattern == "database_cdc"]
+    platform_part = [*_platform_resources(platform, names),
+                     *cdc.platform_resources(platform, names.buckets["landing"], cdc_sources, base)]
+    emails = sorted({p.source.connector.monitoring.alert_email for p in parts.values()
+                     if p.source.connector.monitoring.alert_email})
+    serving_part = serving.serving_aggregate(platform, datasets, api_sources, tuple(api_views), base)
+    aggregates["platform"] = tuple(platform_part)
+    aggregates["monitoring"] = tuple(notification_channel(platform, email) for email in emails)
+    aggregates["serving"] = tuple(serving_part)
+
+    index = memo.index.copy() if memo is not None else governance.GrantIndex()
+    declared = dict(memo.declared) if memo is not None else {}
+    sinks = dict(memo.sinks) if memo is not None else {}
+    crossed: set[str] = set()  # addresses declared or undeclared by this revision
+
+    def count(counter: dict[str, int], key: str, step: int) -> None:
+        value = counter.get(key, 0) + step
+        if (value > 0) != (key in counter):
+            crossed.add(key)
+        if value > 0:
+            counter[key] = value
+        else:
+            counter.pop(key, None)
+
+    def transfer_sinks(part: _Part) -> list[str]:
+        return [address(Kind.STORAGE_BUCKET, r.spec["sink"]["bucket"]) for r in part.desired
+                if r.kind == Kind.STORAGE_TRANSFER_JOB and r.spec.get("service_agent_grants")]
+
+    changed_parts = [(sid, before.get(sid), parts.get(sid)) for sid in (fresh | (before.keys() - parts.keys()))]
+    for sid, old, new in changed_parts:
+        old_desired = old.desired if old is not None else ()
+        new_desired = new.desired if new is not None else ()
+        if old_desired is not new_desired:
+            for r in old_desired:
+                count(declared, r.address, -1)
+            for r in new_desired:
+                count(declared, r.address, 1)
+            for bucket in transfer_sinks(old) if old is not None else ():
+                count(sinks, bucket, -1)
+            for bucket in transfer_sinks(new) if new is not None else ():
+                count(sinks, bucket, 1)
+        index.update(sid, old.grants if old is not None else (), new.grants if new is not None else ())
+    old_aggregates = memo.aggregates if memo is not None else {}
+    for name in ("platform", "serving"):  # the platform-wide parts the grants see ("monitoring": no targets)
+        old_part = old_aggregates.get(f"{name}-raw", ())
+        new_part = aggregates[name]
+        if old_part != new_part:
+            for r in old_part:
+                count(declared, r.address, -1)
+            for r in new_part:
+                count(declared, r.address, 1)
+        else:
+            aggregates[name] = old_part
+    any_job = any(r.kind == Kind.DATAFLOW_JOB for p in parts.values() for r in p.desired)
+    any_stream = any(r.kind == Kind.DATASTREAM_STREAM for p in parts.values()
+                     if p.source.connector.ingestion.pattern == "database_cdc"
+                     for r in p.desired)
+    api_service = any(r.kind == Kind.CLOUD_RUN_SERVICE and r.name == serving.API_SERVICE for r in serving_part)
+    platform_grants = governance.platform_grants(platform, names, datasets, restricted, any_job, api_service,
+                                                 any_stream)
+    if memo is not None and platform_grants == memo.platform_grants:
+        platform_grants = memo.platform_grants
+    index.update("", memo.platform_grants if memo is not None else (), platform_grants)
+    zone_targets = {address(Kind.BIGQUERY_DATASET, d) for d in names.datasets.values()}
+    zone_targets |= {address(Kind.STORAGE_BUCKET, b) for b in names.buckets.values()}
+    zone_targets |= {address(Kind.BIGQUERY_DATASET, d) for d in datasets if d in (serving.REPORTING, serving.FEATURES)}
+    crossed |= zone_targets ^ (memo.zone_targets if memo is not None else set())
+    index.dirty |= {target for target in crossed if target in index.roles}
+    positions: dict[str, int] = {}
+
+    def order() -> dict[str, int]:
+        if not positions:
+            positions.update((s.source_id, i) for i, s in enumerate(state.sources))
+        return positions
+
+    binding_changes = index.bindings(platform, declared, zone_targets, sinks, base, order)
+    classification = classification_aggregate(platform, (p.classes for p in parts.values() if p.classes.columns))
+    if any(r.kind == Kind.IAM_BINDING and (r.spec["target"], r.spec["role"]) in index.made for r in classification):
+        raise _Unsupported  # merged with a binding of the grants: governance_resources merges them
+    if platform.audit_logs:
+        from reconciler.governance import AUDIT_LOG_TYPES, AUDIT_SERVICES
+
+        classification += [Resource(Kind.PROJECT_AUDIT_CONFIG, service, {"log_types": list(AUDIT_LOG_TYPES)}, base)
+                           for service in AUDIT_SERVICES]
+    aggregates["governance"] = tuple(classification)
+    for name in ("platform", "monitoring", "serving", "governance"):
+        aggregates[f"{name}-raw"] = aggregates[name]
+        old_raw = old_aggregates.get(f"{name}-raw")
+        if old_raw is aggregates[name] or old_raw == aggregates[name]:
+            aggregates[f"{name}-raw"] = old_raw
+            aggregates[name] = old_aggregates[name]
+        else:
+            aggregates[name] = tuple(_with_protection_label(r) for r in aggregates[name])
+
+    # The result: from the chunks, or the previous result with the changed chunks swapped.
+    if memo is None:
+        external: dict[str, int] = {}
+        everything: list[Resource] = []
+        for part in parts.values():
+            everything += part.chunk
+        for name in ("platform", "monitoring", "serving", "governance"):
+            everything += aggregates[name]
+        everything += [_with_protection_label(r) for r in index.made.values()]
+        final = []
+        for r in everything:
+            if r.external:
+                external[r.address] = external.get(r.address, 0) + 1
+                if external[r.address] > 1:
+                    continue
+            final.append(r)
+        final.sort(key=lambda r: r.address)
+        if any(final[i].address == final[i + 1].address for i in range(len(final) - 1)):
+            raise _Unsupported
+    else:
+        removed: list[Resource] = []
+        added: list[Resource] = []
+        for sid, old, new in changed_parts:
+            old_chunk = old.chunk if old is not None else ()
+            new_chunk = new.chunk if new is not None else ()
+            if old_chunk is not new_chunk:
+                removed += old_chunk
+                added += new_chunk
+        for name in ("platform", "monitoring", "serving", "governance"):
+            if old_aggregates[name] is not aggregates[name]:
+                removed += old_aggregates[name]
+                added += aggregates[name]
+        for old_binding, new_binding in binding_changes:
+            if old_binding is not None:
+                removed.append(_with_protection_label(old_binding))
+            if new_binding is not None:
+                added.append(_with_protection_label(new_binding))
+        final, external = _patched(memo.final, memo.external, removed, added)
+    result = list(final)
+    return result, _Memo(platform, parts, known, datasets, restricted, index, platform_grants, declared,
+                         zone_targets, sinks, aggregates, final, external)
+
+
+def _patched(final: list[Resource], external: dict[str, int], removed: list[Resource],
+             added: list[Resource]) -> tuple[list[Resource], dict[str, int]]:
+    """``final`` (sorted by address, each address once) without ``removed`` and with ``added``
+    (references to another project's resource counted: kept while some source names them).
+    Few changes are made in place (a binary search and a move each); many, by sorting again."""
+    from bisect import bisect_left
+
+    external = dict(external)
+    drop: list[Resource] = []
+    for r in removed:
+        if r.external:
+            external[r.address] -= 1
+            if external[r.address]:
+                continue
+            del external[r.address]
+        drop.append(r)
+    put: list[Resource] = []
+    for r in added:
+        if r.external:
+            external[r.address] = external.get(r.address, 0) + 1
+            if external[r.address] > 1:
+                continue
+        put.append(r)
+    if len(drop) + len(put) > 2000:
+        gone = {r.address for r in drop}
+        new = [r for r in final if r.address not in gone] + put
+        new.sort(key=lambda r: r.address)
+        if any(new[i].address == new[i + 1].address for i in range(len(new) - 1)):
+            raise _Unsupported
+        return new, external
+    new = list(final)
+    key = _address_of
+    for r in drop:
+        i = bisect_left(new, r.address, key=key)
+        if i == len(new) or new[i].address != r.address:
+            raise _Unsupported  # not there: two of one address before
+        del new[i]
+    for r in put:
+        i = bisect_left(new, r.address, key=key)
+        if i < len(new) and new[i].address == r.address:
+            raise _Unsupported  # two resources of one address
+        new.insert(i, r)
+    return new, external
+
+
+def _address_of(resource: Resource) -> str:
+    return resource.address
 
 
 def _with_protection_label(resource: Resource) -> Resource:

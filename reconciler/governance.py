@@ -669,3 +669,342 @@ def _keep_advice(platform: Platform, member: str, role: str, target: str) -> str
     if kind == Kind.BIGQUERY_DATASET and name in (REPORTING, FEATURES):
         zone = "gold"
     return f"declare {member} in access.zones.{zone or '<zone>'}.bindings under {role}"
+
+
+# --------------------------------------------------------------------------- per source (compile's memo)
+# `access_grants` + `bindings_of` again, in a form compile can update for the sources that changed
+# (issue 14): each grant `_Grants.add` would make is a `Grant` of one origin (a source, or the
+# platform), and `GrantIndex` keeps, per (target, role), how many grants give each member and each
+# note. A binding is made again only for the targets whose grants, or whose standing (declared,
+# a zone's target, a transfer's sink), changed. Same resources as `governance_resources`: the
+# classes below stand for where in `access_grants` a grant is made, since `_drop_implied` runs
+# between them and the notes keep the order of their first grant.
+
+ZONE_OR_SOURCE = "a"  # _zone_grants, _source_grants: before _drop_implied
+WORKER = "b"  # the Dataflow workers' account: before _drop_implied, only on a declared target
+ACCOUNTS = "c"  # the connectors' and the data API's accounts: after it, only on a declared target
+AGENTS = "e"  # _service_agent_grants
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One `_Grants.add`: ``rank`` orders its note among the notes of the same (target, role):
+    (phase, step, position in its origin's grants); ``by_origin``: the order of the origins
+    (sources, in the state's order) matters too (a note naming its source)."""
+
+    target: str
+    role: str
+    members: frozenset[str]
+    note: str | None
+    cls: str
+    rank: tuple[int, int, int]
+    by_origin: bool = False
+
+
+def _restricted_note(restricted: Sequence[str]) -> str:
+    return (f"a table-level read instead of the Bronze dataset: {', '.join(restricted)} "
+            f"{'has' if len(restricted) == 1 else 'have'} classified columns, whose raw records only "
+            f"the {ENGINEERS_TIER} tier reads")
+
+
+def _bronze_readers(platform: Platform) -> tuple[list[str], list[str]]:
+    """Bronze's readers when some source has classified columns: (the whole zone's, the others)."""
+    entries = zone_readers(platform, "bronze")
+    readers = resolve(platform, entries)
+    engineers = set(platform.access.tiers.get(ENGINEERS_TIER, []))
+    whole = [m for m in readers if m in engineers and ENGINEERS_TIER in entries]
+    return whole, [m for m in readers if m not in whole]
+
+
+def source_grants(platform: Platform, names: Any, source: Any, own: Sequence[Resource],
+                  restricted: Sequence[str]) -> tuple[Grant, ...]:
+    """The grants `access_grants` makes for one source, from ``own`` (the resources compiled for it,
+    in compile order) and ``restricted`` (the sources with classified columns, sorted)."""
+    from reconciler.compile import is_foreign, topic_id
+    from reconciler.serving import API_SERVICE
+
+    out: list[Grant] = []
+    sid = source.source_id
+
+    def add(target: str, role: str, members: Iterable[str], note: str | None, cls: str, phase: int, step: int,
+            by_origin: bool) -> None:
+        members = frozenset(members)
+        if members:
+            out.append(Grant(target, role, members, note, cls, (phase, step, len(out)), by_origin))
+
+    bronze, silver, gold = names.datasets["bronze"] + ".", names.datasets["silver"] + ".", names.datasets["gold"] + "."
+    if restricted and not has_classified_columns(source):
+        _whole, others = _bronze_readers(platform)
+        note = _restricted_note(restricted)
+        for r in own:
+            if r.kind == Kind.BIGQUERY_TABLE and r.name.startswith(bronze) and r.source_id == sid:
+                add(r.address, DATASET_READER, others, note, ZONE_OR_SOURCE, 1, 1, True)
+    access = source.connector.access
+    readers = resolve(platform, access.readers)
+    if readers:
+        for r in own:
+            if r.kind == Kind.BIGQUERY_TABLE and r.source_id == sid and r.name.startswith((silver, gold)):
+                add(r.address, DATASET_READER, readers, f"access.readers of {sid}", ZONE_OR_SOURCE, 2, 0, True)
+    topic = topic_id(source.connector, platform.project)
+    if not is_foreign(topic):
+        add(address(Kind.PUBSUB_TOPIC, topic), TOPIC_PUBLISHER, resolve(platform, access.publishers),
+            f"access.publishers of {sid}", ZONE_OR_SOURCE, 2, 0, True)
+        add(address(Kind.PUBSUB_TOPIC, topic), SUBSCRIBER, resolve(platform, access.subscribers),
+            f"access.subscribers of {sid}: they attach their own subscriptions to the topic", ZONE_OR_SOURCE, 2, 0,
+            True)
+    worker = platform.dataflow.service_account
+    if worker:
+        member = [f"serviceAccount:{worker}"]
+        why = "the Dataflow workers' account (dataflow.service_account)"
+        for job in own:
+            if job.kind != Kind.DATAFLOW_JOB:
+                continue
+            spec, pipeline = job.spec, job.spec.get("pipeline") or {}
+            subscription = (spec.get("parameters") or {}).get("input_subscription")
+            if subscription:
+                target = address(Kind.PUBSUB_SUBSCRIPTION, subscription.rsplit("/", 1)[-1])
+                add(target, SUBSCRIBER, member, why, WORKER, 3, 1, False)
+                add(target, PUBSUB_VIEWER, member, why + ": Dataflow reads the subscription's settings", WORKER, 3, 2,
+                    False)
+            topic_name = (pipeline.get("dead_letter") or {}).get("topic")
+            if topic_name:
+                add(address(Kind.PUBSUB_TOPIC, topic_name.rsplit("/", 1)[-1]), TOPIC_PUBLISHER, member, why, WORKER,
+                    3, 1, False)
+            reads_silver = spec.get("template") == "bigquery_to_bigquery"
+            written = [pipeline.get(k, {}).get("table") for k in ("bronze", "gold", "features")]
+            written += [] if reads_silver else [pipeline.get("silver", {}).get("table")]
+            for table in (pipeline.get("cdc") or {}).get("tables", []):
+                written += [table.get("bronze", {}).get("table"), table.get("silver", {}).get("table")]
+            for table in filter(None, written):
+                add(address(Kind.BIGQUERY_DATASET, _dataset_of(table)), DATASET_WRITER, member, why, WORKER, 3, 1,
+                    False)
+            if reads_silver and pipeline.get("silver", {}).get("table"):
+                add(address(Kind.BIGQUERY_DATASET, _dataset_of(pipeline["silver"]["table"])), DATASET_READER,
+                    member, why, WORKER, 3, 1, False)
+            pattern = (spec.get("parameters") or {}).get("input_pattern")
+            if pattern:
+                add(address(Kind.STORAGE_BUCKET, _bucket_of(pattern)), BUCKET_WRITER, member, why, WORKER, 3, 1, False)
+            bronze_bucket = (pipeline.get("bronze") or {}).get("bucket")
+            if bronze_bucket:
+                add(address(Kind.STORAGE_BUCKET, _bucket_of(bronze_bucket)), BUCKET_WRITER, member, why, WORKER, 3, 1,
+                    False)
+    connectors = platform.connectors.service_account
+    if connectors:
+        member = [f"serviceAccount:{connectors}"]
+        why = "the connectors' account (connectors.service_account)"
+        for service in own:
+            document = service.spec.get("connector") or {}
+            if service.kind != Kind.CLOUD_RUN_SERVICE or service.name == API_SERVICE:
+                continue
+            for key in ("topic", "dead_letter_topic"):
+                if document.get(key):
+                    add(address(Kind.PUBSUB_TOPIC, document[key].rsplit("/", 1)[-1]), TOPIC_PUBLISHER, member, why,
+                        ACCOUNTS, 3, 3, False)
+    pubsub = f"{SERVICE_AGENT}pubsub"
+    for sub in own:
+        policy = sub.spec.get("dead_letter_policy") if sub.kind == Kind.PUBSUB_SUBSCRIPTION else None
+        if not policy:
+            continue
+        why = f"dead-lettering of {sub.name}: Pub/Sub forwards undeliverable messages as its service agent"
+        add(sub.address, SUBSCRIBER, [pubsub], why, AGENTS, 4, 0, True)
+        add(address(Kind.PUBSUB_TOPIC, policy["dead_letter_topic"]), TOPIC_PUBLISHER, [pubsub], why, AGENTS, 4, 0, True)
+    return tuple(out)
+
+
+def platform_grants(platform: Platform, names: Any, serving_datasets: Iterable[str], restricted: Sequence[str],
+                    any_job: bool, api_service: bool, any_stream: bool) -> tuple[Grant, ...]:
+    """The grants `access_grants` makes for the platform: the zones' (``serving_datasets``: the
+    reporting / features datasets compiled), the accounts' project-wide ones (when some Dataflow
+    job, the data API service, some Datastream stream is compiled)."""
+    from reconciler.serving import API, FEATURES, REPORTING
+
+    out: list[Grant] = []
+
+    def add(target: str, role: str, members: Iterable[str], note: str | None, cls: str, rank: tuple) -> None:
+        members = frozenset(members)
+        if members:
+            out.append(Grant(target, role, members, note, cls, (*rank[:2], len(out))))
+
+    datasets = {zone: [address(Kind.BIGQUERY_DATASET, names.datasets[zone])] for zone in ("bronze", "silver", "gold")}
+    datasets["gold"] += [address(Kind.BIGQUERY_DATASET, d) for d in sorted(serving_datasets) if d in (REPORTING, FEATURES)]
+    buckets = {zone: [address(Kind.STORAGE_BUCKET, names.buckets[zone])] for zone in ("landing", "bronze", "silver")}
+    for zone in ZONES:
+        entries = zone_readers(platform, zone)
+        readers = resolve(platform, entries)
+        if zone == "bronze" and restricted:
+            whole, _others = _bronze_readers(platform)
+            why = (f"Bronze holds the raw records of {', '.join(restricted)}, which have classified columns: only the "
+                   f"{ENGINEERS_TIER} tier reads the whole zone")
+            for target in datasets[zone]:
+                add(target, DATASET_READER, whole, why, ZONE_OR_SOURCE, (1, 0))
+            for target in buckets[zone]:
+                add(target, BUCKET_READER, whole, why, ZONE_OR_SOURCE, (1, 0))
+        else:
+            why = (f"{BRONZE_OPEN}: Bronze readers read the whole zone" if zone == "bronze" else None)
+            for target in datasets.get(zone, []):
+                add(target, DATASET_READER, readers, why, ZONE_OR_SOURCE, (1, 0))
+            for target in buckets.get(zone, []):
+                add(target, BUCKET_READER, readers, why, ZONE_OR_SOURCE, (1, 0))
+        for role, entries_ in getattr(platform.access.zones, zone).bindings.items():
+            members = resolve(platform, entries_)
+            custom = role.startswith(("projects/", "organizations/"))
+            if custom or _DATASET_ROLE.match(role):
+                for target in datasets.get(zone, []):
+                    add(target, role, members, None, ZONE_OR_SOURCE, (1, 0))
+            if custom or _BUCKET_ROLE.match(role):
+                for target in buckets.get(zone, []):
+                    add(target, role, members, None, ZONE_OR_SOURCE, (1, 0))
+    project = f"project.{platform.project}"
+    worker = platform.dataflow.service_account
+    if worker and any_job:
+        member = [f"serviceAccount:{worker}"]
+        why = "the Dataflow workers' account (dataflow.service_account)"
+        add(project, DATAFLOW_WORKER, member, why, WORKER, (3, 1))
+        add(project, JOB_USER, member, why, WORKER, (3, 1))
+        temp = platform.dataflow.temp_location or f"gs://{names.buckets['landing']}/dataflow/tmp"
+        add(address(Kind.STORAGE_BUCKET, _bucket_of(temp)), BUCKET_WRITER, member, why + ": temporary files", WORKER,
+            (3, 0))
+    api = platform.api.service_account
+    if api and api_service:
+        member = [f"serviceAccount:{api}"]
+        why = "the data API's account (api.service_account)"
+        add(address(Kind.BIGQUERY_DATASET, API), DATASET_READER, member, why, ACCOUNTS, (3, 4))
+        add(project, JOB_USER, member, why, ACCOUNTS, (3, 4))
+    if any_stream:
+        landing = address(Kind.STORAGE_BUCKET, names.buckets["landing"])
+        why = "Datastream writes the change events of database_cdc sources into the landing bucket"
+        add(landing, BUCKET_WRITER, [f"{SERVICE_AGENT}datastream"], why, AGENTS, (4, 1))
+        add(landing, BUCKET_METADATA_READER, [f"{SERVICE_AGENT}datastream"], why, AGENTS, (4, 1))
+    return tuple(out)
+
+
+class _Entry:
+    """The grants of one (target, role): how many give each (class, member) and each note."""
+
+    __slots__ = ("members", "notes")
+
+    def __init__(self, other: _Entry | None = None) -> None:
+        self.members: dict[tuple[str, str], int] = dict(other.members) if other else {}
+        self.notes: dict[tuple, int] = dict(other.notes) if other else {}
+
+
+class GrantIndex:
+    """Every origin's grants by (target, role), and the binding each target's grants make.
+
+    `update` replaces one origin's grants; `bindings` makes the bindings of the targets touched
+    since the index was copied (`copy`: the previous revision's index is left as it was)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], _Entry] = {}
+        self.roles: dict[str, set[str]] = {}  # target -> roles with grants
+        self.made: dict[tuple[str, str], Resource] = {}  # (target, role) -> its binding
+        self.dirty: set[str] = set()  # targets to make again
+        self._own: set[tuple[str, str]] = set()  # entries this copy may change in place
+
+    def copy(self) -> GrantIndex:
+        new = GrantIndex()
+        new.entries, new.roles, new.made = dict(self.entries), dict(self.roles), dict(self.made)
+        return new
+
+    def _entry(self, key: tuple[str, str]) -> _Entry:
+        if key not in self._own:
+            self._own.add(key)
+            self.entries[key] = _Entry(self.entries.get(key))
+            roles = self.roles.get(key[0])
+            if roles is None or key[1] not in roles:
+                self.roles[key[0]] = {*(roles or ()), key[1]}
+        return self.entries[key]
+
+    def update(self, origin: str, old: Sequence[Grant], new: Sequence[Grant]) -> None:
+        """``origin`` (a source id, or "" for the platform) now grants ``new`` instead of ``old``."""
+        if old is new:
+            return
+        for grants, step in ((old, -1), (new, 1)):
+            for g in grants:
+                key = (g.target, g.role)
+                entry = self._entry(key)
+                for member in g.members:
+                    _count(entry.members, (g.cls, member), step)
+                if g.note:
+                    _count(entry.notes, (g.rank, g.note, g.cls, origin if g.by_origin else None), step)
+                self.dirty.add(g.target)
+
+    def bindings(self, platform: Platform, declared: Mapping[str, int], zone_targets: set[str],
+                 transfer_sinks: Mapping[str, int], labels: Mapping[str, str], order: Any) -> list[tuple]:
+        """Make the bindings of the dirty targets again (``declared``: the addresses compiled besides
+        governance's, with counts; ``order()``: source id -> its position in the state); the
+        bindings that changed, as (before, after) pairs, None for none."""
+        changed: list[tuple[Resource | None, Resource | None]] = []
+        worker = platform.dataflow.service_account
+        worker = f"serviceAccount:{worker}" if worker else None
+        for target in sorted(self.dirty):
+            for role in sorted(self.roles.get(target, ())):
+                key = (target, role)
+                binding = self._make(platform, key, declared, zone_targets, transfer_sinks, labels, order, worker)
+                before = self.made.get(key)
+                if binding != before:
+                    changed.append((before, binding))
+                    if binding is None:
+                        self.made.pop(key, None)
+                    else:
+                        self.made[key] = binding
+        self.dirty = set()
+        return changed
+
+    def _members(self, key: tuple[str, str], classes: str) -> set[str]:
+        entry = self.entries.get(key)
+        return {m for (cls, m) in entry.members if cls in classes} if entry else set()
+
+    def _make(self, platform: Platform, key: tuple[str, str], declared: Mapping[str, int], zone_targets: set[str],
+              transfer_sinks: Mapping[str, int], labels: Mapping[str, str], order: Any,
+              worker: str | None) -> Resource | None:
+        target, role = key
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        active = target in declared or target.startswith("project.")
+        early = ZONE_OR_SOURCE + (WORKER if active else "")
+        late = AGENTS + (ACCOUNTS if active else "")
+        pre = self._members(key, early)
+        keep_early = True
+        if worker and role == DATASET_READER and worker in pre and worker in self._members((target, DATASET_WRITER),
+                                                                                              early):
+            pre.discard(worker)  # _drop_implied
+            keep_early = bool(pre)
+        members = pre | self._members(key, late)
+        if not members:
+            return None
+
+        def ordered(classes: str) -> list[str]:
+            found = [k for k in entry.notes if k[2] in classes]
+            if any(k[3] is not None for k in found):
+                positions = order()
+                found.sort(key=lambda k: (k[0][0], k[0][1], -1 if k[3] is None else positions[k[3]], k[0][2]))
+            else:
+                found.sort(key=lambda k: k[0])
+            return [k[1] for k in found]
+
+        notes: list[str] = []
+        for note in (ordered(early) if keep_early else []) + ordered(late):
+            if note not in notes:
+                notes.append(note)
+        if (platform.access.exclusive and target in transfer_sinks
+                and role in ("roles/storage.legacyBucketWriter", BUCKET_READER)):
+            members.add(f"{SERVICE_AGENT}storagetransfer")
+            note = "kept for the Storage Transfer jobs (their own grant) under access.exclusive"
+            if note not in notes:
+                notes.append(note)
+        return Resource(
+            Kind.IAM_BINDING, binding_name(target, role),
+            {"target": target, "role": role, "members": sorted(members),
+             "exclusive": platform.access.exclusive and target in zone_targets},
+            dict(labels), depends_on=(target,) if target in declared else (),
+            deletion_protection=False, options={"why": "; ".join(notes)} if notes else {})
+
+
+def _count(counter: dict, key: Any, step: int) -> None:
+    value = counter.get(key, 0) + step
+    if value:
+        counter[key] = value
+    else:
+        counter.pop(key, None)

@@ -1,6 +1,8 @@
 """The serving layer (issue 12): what a source's ``serving:`` block compiles to, and its checks.
 
-Pure, no I/O (called by `reconciler.compile` and `reconciler.load`). Per source, over its Gold
+Pure, no I/O (called by `reconciler.compile` and `reconciler.load`; compile reuses a source's part,
+`source_serving`, while other sources change, and `serving_aggregate` makes the platform-wide
+part). Per source, over its Gold
 tables (the ``silver_to_gold`` aggregates):
 
 =================================================  ==============================================
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from reconciler import sqltext
@@ -185,6 +188,114 @@ def serving_resources(platform: Platform, names, sources: Sequence, base: dict[s
                                                      address(Kind.BIGQUERY_DATASET, r.name.split(".")[0])))),
                      deletion_protection=r.deletion_protection, options=r.options)
             for r in resources]
+
+
+# Per source, for compile's memo (`reconciler.compile`): what `serving_resources` makes of one
+# source (`source_serving`) and what it makes of all of them together (`serving_aggregate`).
+
+
+@dataclass(frozen=True)
+class ServingPart:
+    """What one source's ``serving:`` block compiles to, before the platform-wide step: its
+    resources (their dataset dependency not yet added), the serving datasets they need, its
+    data API entries (`api_document`'s ``sources``) and authorized views' addresses, and whether
+    they read `declared_tables` (reporting views with SQL: then they depend on every source)."""
+
+    resources: tuple[Resource, ...] = ()
+    datasets: frozenset[str] = frozenset()
+    api_sources: tuple[dict[str, Any], ...] = ()
+    api_views: tuple[str, ...] = ()
+    reads_known: bool = False
+
+
+def source_known(names, source) -> frozenset[str]:
+    """The ``dataset.table`` names one source adds to `declared_tables`."""
+    return frozenset(declared_tables(None, names, (source,)))
+
+
+def source_serving(platform: Platform, names, source, base: dict[str, str], known: set[str] | frozenset[str],
+                   dataset_names: dict[str, str]) -> ServingPart:
+    """One source's part of `serving_resources` (``known``/``dataset_names``: `declared_tables`
+    of every source and its `dataset_aliases`, read only by reporting views with SQL)."""
+    from reconciler.compile import _gold_spec, partition_field
+
+    project, gold = platform.project, names.datasets["gold"]
+    connector = source.connector
+    serving = connector.serving
+    sid = connector.source_id
+    tables = gold_tables(source)
+    if not tables and not serving.ml_features:
+        return ServingPart()
+    labels = {**base, **connector.labels, "headwater-source": sid}
+    resources: list[Resource] = []
+    datasets: set[str] = set()
+    api_sources: list[dict[str, Any]] = []
+    api_views: list[str] = []
+    reads_known = False
+    specs = {table: _gold_spec(connector, source.schema, aggregate, partition_field(connector, source.schema))
+             for table, aggregate in tables}
+    reporting = serving.reporting_block
+    if reporting is not None and tables:
+        datasets.add(REPORTING)
+        for table in specs:
+            resources.append(_plain_view(project, REPORTING, table, gold, specs[table], labels,
+                                         f"Gold table {table} of {sid}"))
+        for view in reporting.views:
+            reads_known = True
+            query = sqltext.qualify(view.sql, project, dataset_names)
+            if view.materialized:
+                resources.append(_materialized_view(project, view, query, specs, gold, labels, known,
+                                                     connector.deletion_protection))
+            else:
+                resources.append(Resource(
+                    Kind.BIGQUERY_VIEW, f"{REPORTING}.{view.name}",
+                    {"query": sqltext.normalize(query), "description": f"Reporting view of {sid}",
+                     "authorized_on": []},
+                    labels, depends_on=_reads(query, project, known)))
+        for rule in reporting.row_access:
+            resources.append(Resource(
+                Kind.BIGQUERY_ROW_ACCESS_POLICY, f"{gold}.{rule.table}.{rule.name}",
+                {"table": f"{gold}.{rule.table}", "grantees": sorted(set(rule.principals)),
+                 "filter": sqltext.normalize(rule.filter)},
+                labels, depends_on=(address(Kind.BIGQUERY_TABLE, f"{gold}.{rule.table}"),)))
+    if serving.third_party_api and tables:
+        datasets.add(API)
+        for (table, aggregate) in tables:
+            view = _plain_view(project, API, table, gold, specs[table], labels,
+                               f"Gold table {table} of {sid}, as the data API serves it")
+            view = Resource(view.kind, view.name, {**view.spec, "authorized_on": [gold]}, view.labels,
+                            depends_on=(*view.depends_on, address(Kind.BIGQUERY_DATASET, gold)))
+            resources.append(view)
+            api_views.append(view.address)
+            api_sources.append(_api_source(project, sid, table, aggregate, specs[table]))
+    if serving.ml_features:
+        datasets.add(FEATURES)
+        resources.extend(_feature_resources(platform, names, source, labels))
+    return ServingPart(tuple(resources), frozenset(datasets), tuple(api_sources), tuple(api_views), reads_known)
+
+
+def with_dataset_dependency(resources: Iterable[Resource], datasets: set[str] | frozenset[str]) -> list[Resource]:
+    """Every view and table of a serving dataset waits for its dataset (``datasets``: the serving
+    datasets compiled)."""
+    return [r if r.kind == Kind.BIGQUERY_DATASET or r.name.split(".")[0] not in datasets else
+            Resource(r.kind, r.name, r.spec, r.labels,
+                     depends_on=tuple(dict.fromkeys((*r.depends_on,
+                                                     address(Kind.BIGQUERY_DATASET, r.name.split(".")[0])))),
+                     deletion_protection=r.deletion_protection, options=r.options)
+            for r in resources]
+
+
+def serving_aggregate(platform: Platform, datasets: set[str] | frozenset[str], api_sources: list[dict[str, Any]],
+                      api_views: tuple[str, ...], base: dict[str, str]) -> list[Resource]:
+    """The platform-wide part of `serving_resources`: the serving datasets some source needs and
+    the data API service (``api_sources``/``api_views``: every source's, in source order)."""
+    resources = [Resource(
+        Kind.BIGQUERY_DATASET, dataset,
+        {"location": platform.region, "description": f"headwater {dataset} ({platform.environment})"},
+        {**base, "headwater-zone": dataset}) for dataset in sorted(datasets)]
+    if api_sources:
+        resources.append(_api_service(platform, api_sources, base, tuple(api_views)))
+    return with_dataset_dependency(resources, datasets)
 
 
 def _columns(spec: dict[str, Any]) -> list[str]:
