@@ -151,6 +151,9 @@ class Daemon:
         # Revision bookkeeping; the worker thread alone writes these.
         self._head: str | None = None  # branch head last fetched
         self._candidate: DesiredState | None = None  # newest valid revision, to sync
+        # The last state loaded from the checkout: the next load reads again only the files that
+        # the checkout changed since (`load_repo`'s ``previous``).
+        self._loaded: DesiredState | None = None
         self._served: DesiredState | None = None  # last good revision: drift is measured against it
         self._retry_at: float | None = None  # when to re-run the sync of _candidate
         self._failures = 0
@@ -426,11 +429,15 @@ class Daemon:
             self._reconcile(self._candidate, log.bind(revision=self._candidate.revision), started)
 
     def _load(self, sha: str, log: Any) -> DesiredState | None:
-        """Check ``sha`` out and validate it; None (reported) when it is invalid."""
+        """Check ``sha`` out and validate it; None (reported) when it is invalid. Files the
+        checkout left as they were are not read again (`load_repo`'s ``previous``)."""
+        previous = None
         try:
             root = self.git.checkout(sha)
             # Every file read must resolve inside the checkout (not just the --path directory).
-            state = load_repo(root / self.settings.path, within=root)
+            previous = self._loaded
+            state = load_repo(root / self.settings.path, within=root, previous=previous)
+            self._loaded = state
         except GitSourceError as exc:
             problems = [str(exc)]
         except InvalidDesiredState as exc:
@@ -438,6 +445,9 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - a loader bug must not crash the loop
             problems = [f"could not load the desired state: {type(exc).__name__}: {exc}"]
         else:
+            kept = {id(s) for s in previous.sources} if previous is not None else set()
+            log.info("sync.loaded", revision=sha, sources=len(state.sources),
+                     reused_sources=sum(1 for s in state.sources if id(s) in kept))
             self.metrics.head_valid.set(1)
             self._set_status(head={"revision": sha, "valid": True, "problems": [], "error": None})
             return state
@@ -462,7 +472,8 @@ class Daemon:
         for sha in ancestors:
             try:
                 root = self.git.checkout(sha)
-                state = load_repo(root / self.settings.path, within=root)
+                state = load_repo(root / self.settings.path, within=root, previous=self._loaded)
+                self._loaded = state
             except Exception:  # noqa: BLE001 - invalid (or unreadable): look further back
                 continue
             log.info("sync.serving_last_good", revision=sha, head=head)
