@@ -21,8 +21,9 @@ a fresh measuring process (its peak RSS is headwater's, not the fake's) times:
 * the no-op plan: ``load_repo`` + ``Engine.plan`` (compile, observe, plan), median of ``--repeat``;
 * a one-source commit (one source's Silver clustering changed), converged: load, plan, apply
   (a table PATCH) and the check after it - by the full path (a full plan before and after, as the
-  daemon's sync did) and, on a second change, by `reconciler.incremental` (``plan_change`` against
-  the cache a full observe left, ``recheck`` of what was applied); ``commit`` in the JSON;
+  daemon's sync did) and, on a second change, as the daemon does it: ``load_repo(previous=...)``
+  (only the changed files read again), `reconciler.incremental` (``plan_change`` against the
+  cache a full observe left, ``recheck`` of what was applied); ``commit`` in the JSON;
 * API calls by method, as the fake counted them (and the modeled lists);
 * peak RSS (``ru_maxrss``) after the plans, and the RSS after imports for scale;
 * beside it, the naive baseline: one get per declared resource through the same clients
@@ -364,7 +365,7 @@ def measure(args) -> dict:
         before_modeled = Counter(modeled.calls)
         started = time.perf_counter()
         edit(repo, "cluster_by: [id]", "cluster_by: [kind]")
-        state = load_repo(repo)
+        state = load_repo(repo, previous=previous)  # the daemon's load: only the changed files read again
         scoped = plan_change(engine, state, cache=cache, previous=previous, previous_desired=warm.desired)
         planned = time.perf_counter()
         result = engine.apply(scoped.plan, max_workers=8)
