@@ -6,14 +6,25 @@ talk to it exactly as they would to Google: real paths, real protobufs, real JSO
 The answers are the minimum those providers read, not a model of the services:
 
 * Pub/Sub (``google.pubsub.v1.Publisher`` / ``Subscriber``): Create/Get/List of topics and
-  subscriptions; lists paged at the request's ``page_size`` (the real API caps it at 1,000).
-* Cloud Storage (``/storage/v1/b``): insert, get, list (paged by ``maxResults``). The location
-  is upper-cased and the storage class defaults to STANDARD, as the real API does.
+  subscriptions; lists paged at the request's ``page_size``, at most 1,000 a page.
+* Cloud Storage (``/storage/v1/b``): insert, get, list (paged by ``maxResults``, at most 1,000 a
+  page, as documented: https://cloud.google.com/storage/docs/json_api/v1/buckets/list). The
+  location is upper-cased and the storage class defaults to STANDARD, as the real API does.
 * BigQuery (``/bigquery/v2``): datasets insert/get/list (the ``labels.k:v`` filter honoured),
   tables insert/get/patch/list (list items carry labels, partitioning and clustering, as the real
-  ``tables.list`` does; pages of at most ``maxResults``), and ``jobs.query`` answering the one
-  query headwater runs per dataset, `providers.bigquery.information_schema_query`, from the stored
-  tables (COLUMNS, COLUMN_FIELD_PATHS descriptions and TABLE_OPTIONS rows). Any other query is a 400.
+  ``tables.list`` does; pages of at most ``maxResults``, and at most 1,000), and ``jobs.query``
+  answering the one query headwater runs per dataset, `providers.bigquery.information_schema_query`,
+  from the stored tables (COLUMNS, COLUMN_FIELD_PATHS descriptions and TABLE_OPTIONS rows); any
+  other query is a 400. Its rows are paged as the real API pages them: at most ``maxResults`` rows
+  (no limit when unset) and at most 10 MB of them in one response, the rest by
+  ``jobs.getQueryResults`` with the ``pageToken`` (https://cloud.google.com/bigquery/docs/reference/rest/v2/jobs/query:
+  "responses are also limited to 10 MB").
+
+Page sizes: the fake never pages more coarsely than the real service. Cloud Storage documents
+its 1,000; ``tables.list`` and Pub/Sub's ``ListTopics`` / ``ListSubscriptions`` document no
+maximum page size (their references say only "maximum number ... to return"), so the fake caps
+them at 1,000, the usual maximum of Google's list APIs: if the real service pages more coarsely,
+the benchmark counts more list calls than GCP would, never fewer.
 
 Every request (each list page included) sleeps ``latency`` seconds before it is answered, in a
 server thread, so concurrent requests overlap as they would against Google. Requests are counted
@@ -40,6 +51,16 @@ from google.cloud import pubsub_v1
 types = pubsub_v1.types
 
 _INFORMATION_SCHEMA = re.compile(r"`([^`.]+)\.([^`.]+)`\.INFORMATION_SCHEMA")
+# A query response holds at most this many bytes of rows (the API reference's "10 MB").
+QUERY_PAGE_BYTES = 10_000_000
+LIST_PAGE_MAX = 1000
+
+
+class Raw:
+    """A reply already encoded as JSON (the query pages, built from pre-encoded rows)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 class FakeGcp:
@@ -52,6 +73,12 @@ class FakeGcp:
         self.buckets: dict[str, dict] = {}
         self.datasets: dict[tuple[str, str], dict] = {}
         self.tables: dict[tuple[str, str], dict[str, dict]] = {}  # (project, dataset) -> id -> table
+        # Query results still to be read: job id -> [schema fields, encoded rows, location, answers
+        # left that say "not complete yet"].
+        self.jobs: dict[str, list[Any]] = {}
+        # How many answers of a query (its jobs.query, then its jobs.getQueryResults) say the job is
+        # not complete yet, before one carries rows: 0, the fake's default, answers at once.
+        self.incomplete_answers = 0
 
     # -- common --
 
@@ -155,7 +182,7 @@ class FakeGcp:
 
     # -- JSON APIs (Storage, BigQuery) --
 
-    def answer(self, method: str, path: str, query: dict[str, str], body: dict) -> tuple[int, dict]:
+    def answer(self, method: str, path: str, query: dict[str, str], body: dict) -> tuple[int, dict | Raw]:
         parts = [unquote(p) for p in path.strip("/").split("/")]
         if parts[:2] == ["storage", "v1"]:
             return self._storage(method, parts[2:], query, body)
@@ -185,7 +212,7 @@ class FakeGcp:
             return (200, bucket) if bucket else _error(404, "The specified bucket does not exist.")
         return _error(400, f"storage: unsupported {method} {'/'.join(parts)}")
 
-    def _bigquery(self, method: str, parts: list[str], query: dict[str, str], body: dict) -> tuple[int, dict]:
+    def _bigquery(self, method: str, parts: list[str], query: dict[str, str], body: dict) -> tuple[int, dict | Raw]:
         if len(parts) < 3 or parts[0] != "projects":
             return _error(400, "bigquery: unsupported path")
         project, rest = parts[1], parts[2:]
@@ -257,9 +284,23 @@ class FakeGcp:
         if rest == ["queries"] and method == "POST":
             self._enter("bigquery.jobs.query")
             return self._query(project, body)
+        if len(rest) == 2 and rest[0] == "queries" and method == "GET":
+            self._enter("bigquery.jobs.getQueryResults")
+            with self._lock:
+                job = self.jobs.get(rest[1])
+                waiting = job is not None and job[3] > 0
+                if waiting:
+                    job[3] -= 1
+            if job is None:
+                return _error(404, f"Not found: Job {project}:{rest[1]}")
+            fields, rows, location, _ = job
+            if waiting:
+                return 200, _incomplete(project, rest[1], location)
+            return 200, self._query_page(project, rest[1], location, fields, rows, int(query.get("pageToken") or 0),
+                                         query.get("maxResults"))
         return _error(400, f"bigquery: unsupported {method} {'/'.join(parts)}")
 
-    def _query(self, project: str, body: dict) -> tuple[int, dict]:
+    def _query(self, project: str, body: dict) -> tuple[int, dict | Raw]:
         match = _INFORMATION_SCHEMA.search(body.get("query", ""))
         if not match:
             return _error(400, "fake BigQuery answers only headwater's INFORMATION_SCHEMA query")
@@ -279,15 +320,46 @@ class FakeGcp:
         names = [("row_kind", "STRING"), ("table_name", "STRING"), ("path", "STRING"),
                  ("ordinal_position", "INTEGER"), ("is_nullable", "STRING"), ("data_type", "STRING"),
                  ("text", "STRING")]
-        return 200, {
-            "kind": "bigquery#queryResponse",
-            "jobReference": {"projectId": project, "jobId": f"fake_{time.monotonic_ns()}",
-                             "location": body.get("location") or "US"},
+        fields = [{"name": n, "type": t, "mode": "NULLABLE"} for n, t in names]
+        encoded = [json.dumps({"f": [{"v": None if v is None else str(v)} for v in row]}) for row in rows]
+        job_id = f"fake_{time.monotonic_ns()}"
+        location = body.get("location") or "US"
+        if self.incomplete_answers:
+            with self._lock:
+                self.jobs[job_id] = [fields, encoded, location, self.incomplete_answers - 1]
+            return 200, _incomplete(project, job_id, location)
+        return 200, self._query_page(project, job_id, location, fields, encoded, 0, body.get("maxResults"))
+
+    def _query_page(self, project: str, job_id: str, location: str, fields: list[dict], rows: list[str],
+                    start: int, max_results: Any) -> Raw:
+        """One page of a query's rows from ``start``: at most ``max_results`` rows and at most
+        QUERY_PAGE_BYTES of them (at least one); the job is kept while rows remain."""
+        limit = int(max_results) if max_results not in (None, "") else len(rows)
+        end, size = start, 0
+        while end < len(rows) and end - start < limit and (end == start or size + len(rows[end]) + 1 <= QUERY_PAGE_BYTES):
+            size += len(rows[end]) + 1
+            end += 1
+        with self._lock:
+            if end < len(rows):
+                self.jobs[job_id] = [fields, rows, location, 0]
+            else:
+                self.jobs.pop(job_id, None)
+        head = {
+            "kind": "bigquery#queryResponse" if start == 0 else "bigquery#getQueryResultsResponse",
+            "jobReference": {"projectId": project, "jobId": job_id, "location": location},
             "jobComplete": True,
-            "schema": {"fields": [{"name": n, "type": t, "mode": "NULLABLE"} for n, t in names]},
-            "rows": [{"f": [{"v": None if v is None else str(v)} for v in row]} for row in rows],
+            "schema": {"fields": fields},
             "totalRows": str(len(rows)),
+            **({"pageToken": str(end)} if end < len(rows) else {}),
         }
+        text = json.dumps(head)[:-1] + ', "rows": [' + ",".join(rows[start:end]) + "]}"
+        return Raw(text.encode())
+
+
+def _incomplete(project: str, job_id: str, location: str) -> dict:
+    """A jobs.query / jobs.getQueryResults answer for a job still running: no rows, no schema."""
+    return {"kind": "bigquery#queryResponse", "jobComplete": False,
+            "jobReference": {"projectId": project, "jobId": job_id, "location": location}}
 
 
 def _data_type(field: dict) -> str:
@@ -320,7 +392,7 @@ def _label_filter(text: str) -> dict[str, str]:
 
 
 def _page(names: list[str], size: int, token: str) -> tuple[list[str], str]:
-    size = max(1, min(size or 1000, 1000))
+    size = max(1, min(size or LIST_PAGE_MAX, LIST_PAGE_MAX))
     start = int(token or 0)
     end = start + size
     return names[start:end], (str(end) if end < len(names) else "")
@@ -363,7 +435,7 @@ def serve(fake: FakeGcp, *, threads: int = 64) -> tuple[str, str, Callable[[], N
                     fake.calls.clear()
             else:
                 status, reply = fake.answer(self.command, url.path, query, body)
-            data = json.dumps(reply).encode()
+            data = reply.data if isinstance(reply, Raw) else json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
