@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -231,21 +232,33 @@ def gather(calls: Sequence[Callable[[], Any]], workers: int = OBSERVE_WORKERS) -
     set around the call applies in the workers too. Every call runs to its end; then, if any
     failed, the error of the first in order (a kind's own call before its parts) is raised, as
     running them one after another would have raised it.
+
+    Which call a free worker takes next (the results do not depend on it): the `_Split` calls
+    first, then the others in order, and a split's parts ahead of every call not yet started.
+    A split starts a chain of requests (BigQuery: list the datasets, then list each one's tables
+    and query its schemas), so it goes first; queued behind two dozen one-request kinds, its
+    parts waited for the pool to drain (issue 14: ~0.6 s of a 1,000-source observe at 100 ms a
+    request).
     """
     if not calls:
         return []
     slots: list[list[Any]] = [[] for _ in calls]
-    split: dict[int, bool] = {}
+    split = {i: isinstance(fn, _Split) for i, fn in enumerate(calls)}
     errors: dict[tuple[int, int], BaseException] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="headwater-observe") as pool:
+    workers = max(1, workers)
+    # Not started yet, in the order they are to start; at most `workers` are in the pool at once,
+    # so that a split's parts can still go ahead of the calls waiting here.
+    ready: deque[tuple[Callable[[], Any], tuple[int, int]]] = deque(
+        sorted(((fn, (i, -1)) for i, fn in enumerate(calls)), key=lambda item: not split[item[1][0]]))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headwater-observe") as pool:
         pending: dict[Future[Any], tuple[int, int]] = {}
 
-        def submit(fn: Callable[[], Any], where: tuple[int, int]) -> None:
-            pending[pool.submit(contextvars.copy_context().run, fn)] = where
+        def start() -> None:
+            while ready and len(pending) < workers:
+                fn, where = ready.popleft()
+                pending[pool.submit(contextvars.copy_context().run, fn)] = where
 
-        for i, fn in enumerate(calls):
-            split[i] = isinstance(fn, _Split)
-            submit(fn, (i, -1))
+        start()
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -257,12 +270,12 @@ def gather(calls: Sequence[Callable[[], Any]], workers: int = OBSERVE_WORKERS) -
                     continue
                 if split[i] and j < 0:
                     slots[i] = [None] * len(value)
-                    for k, part in enumerate(value):
-                        submit(part, (i, k))
+                    ready.extendleft(reversed([(part, (i, k)) for k, part in enumerate(value)]))
                 elif split[i]:
                     slots[i][j] = value
                 else:
                     slots[i] = [value]
+            start()
     if errors:
         raise errors[min(errors)]
     return [[r for part in parts for r in part] if split[i] else parts[0] for i, parts in enumerate(slots)]
