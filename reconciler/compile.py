@@ -199,6 +199,9 @@ class _Part:
     grants_for: tuple[tuple[str, ...], tuple[Resource, ...]] | None = None
     chunk: tuple[Resource, ...] = ()  # its resources in the result (protection labels on)
     desired: tuple[Resource, ...] = ()  # own + monitoring + fixed: governance's "declared"
+    classified: bool = False  # governance.has_classified_columns
+    cdc: bool = False  # a database_cdc source
+    email: str | None = None  # monitoring.alert_email
 
 
 @dataclass
@@ -247,7 +250,10 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
         reporting = source.connector.serving.reporting_block
         parts[sid] = _Part(source, own, tuple(source_monitoring(platform, names, source, own)),
                            source_classification(platform, names, source), serving.source_known(names, source),
-                           bool(reporting is not None and tables and reporting.views), None)
+                           bool(reporting is not None and tables and reporting.views), None,
+                           classified=governance.has_classified_columns(source),
+                           cdc=source.connector.ingestion.pattern == "database_cdc",
+                           email=source.connector.monitoring.alert_email)
 
     # Serving: reporting views read every source's tables; the rest is the source's own.
     known = None
@@ -279,7 +285,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
             part.desired = (*part.own, *part.monitoring, *part.fixed)
 
     # Governance: each source's grants, then the bindings of the targets whose grants changed.
-    restricted = tuple(sorted(sid for sid, p in parts.items() if governance.has_classified_columns(p.source)))
+    restricted = tuple(sorted(sid for sid, p in parts.items() if p.classified))
     for sid, part in parts.items():
         if part.grants_for is None or part.grants_for[0] != restricted or part.grants_for[1] is not part.desired:
             if sid not in fresh:
@@ -291,11 +297,10 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
             part.chunk = tuple(_with_protection_label(r) for r in labelled)
 
     aggregates: dict[str, tuple[Resource, ...]] = {}
-    cdc_sources = [p.source for p in parts.values() if p.source.connector.ingestion.pattern == "database_cdc"]
+    cdc_sources = [p.source for p in parts.values() if p.cdc]
     platform_part = [*_platform_resources(platform, names),
                      *cdc.platform_resources(platform, names.buckets["landing"], cdc_sources, base)]
-    emails = sorted({p.source.connector.monitoring.alert_email for p in parts.values()
-                     if p.source.connector.monitoring.alert_email})
+    emails = sorted({p.email for p in parts.values() if p.email})
     serving_part = serving.serving_aggregate(platform, datasets, api_sources, tuple(api_views), base)
     aggregates["platform"] = tuple(platform_part)
     aggregates["monitoring"] = tuple(notification_channel(platform, email) for email in emails)
@@ -345,9 +350,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
         else:
             aggregates[name] = old_part
     any_job = any(r.kind == Kind.DATAFLOW_JOB for p in parts.values() for r in p.desired)
-    any_stream = any(r.kind == Kind.DATASTREAM_STREAM for p in parts.values()
-                     if p.source.connector.ingestion.pattern == "database_cdc"
-                     for r in p.desired)
+    any_stream = any(r.kind == Kind.DATASTREAM_STREAM for p in parts.values() if p.cdc for r in p.desired)
     api_service = any(r.kind == Kind.CLOUD_RUN_SERVICE and r.name == serving.API_SERVICE for r in serving_part)
     platform_grants = governance.platform_grants(platform, names, datasets, restricted, any_job, api_service,
                                                  any_stream)
