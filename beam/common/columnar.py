@@ -69,7 +69,6 @@ from beam.common.records import Attributes, DeadLetter, Raw, Row
 from beam.common.spec import Field, PipelineSpec, QualityRule
 from beam.common.transforms import (
     DEAD_LETTERS,
-    DEDUP_SHARDS,
     OUTPUT_BATCH,
     _canonical,
     check_raw,
@@ -499,8 +498,14 @@ def _lines(data: bytes) -> pa.Array:
 _PRIME = np.uint64(1099511628211)
 _MIX = np.uint64(0xBF58476D1CE4E5B9)
 _NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
-_SAMPLES = 24  # bytes of a string the hash reads: all of a string this long or shorter
+_WORDS = 8  # 8-byte words of a string the hash reads from its start (and its last 8 bytes)
 HASH = "__h"  # the key hash column, added for the shuffle and the dedup
+# Shards of the columnar dedup shuffle: fewer than the per-record path's DEDUP_SHARDS, because
+# each (chunk, shard) element costs ~0.1 ms in the runner (IPC, data plane, grouping) whatever
+# its size: on FnApiRunner 16 measured ~10% faster than 64 (8: no faster; 1: slower, one sort
+# of everything). It bounds the dedup step's parallelism on Dataflow to 16 workers; that step
+# is ~10% of the path's work.
+SHARDS = 16
 
 
 def key_hash(table: pa.Table, key_paths: tuple[str, ...]) -> np.ndarray:
@@ -519,17 +524,7 @@ def key_hash(table: pa.Table, key_paths: tuple[str, ...]) -> np.ndarray:
 def _column_hash(col: pa.Array) -> np.ndarray:
     n = len(col)
     if pa.types.is_string(col.type):
-        offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset:col.offset + n + 1].astype(np.int64)
-        data = col.buffers()[2]
-        data = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
-        starts = offsets[:-1]
-        lengths = offsets[1:] - starts
-        h = lengths.astype(np.uint64)
-        nonempty = lengths > 0
-        last = len(data) - 1
-        for k in range(_SAMPLES):  # the byte at k/_SAMPLES of the string's length (every byte of a short one)
-            pos = np.minimum(starts + (lengths * k) // _SAMPLES, last)
-            h = h * np.uint64(31) + np.where(nonempty, data[pos], 0).astype(np.uint64)
+        h = _string_hash(col)
     elif pa.types.is_boolean(col.type):
         h = pc.fill_null(col, False).to_numpy(zero_copy_only=False).astype(np.uint64)
     else:
@@ -539,6 +534,43 @@ def _column_hash(col: pa.Array) -> np.ndarray:
     h ^= h >> np.uint64(31)
     if col.null_count:
         h[_mask(pc.is_null(col))] = _NULL_HASH
+    assert len(h) == n
+    return h
+
+
+# masks[r]: the low r bytes of a little-endian 8-byte word
+_WORD_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(9)], dtype=np.uint64)
+
+
+def _string_hash(col: pa.Array) -> np.ndarray:
+    """Per string, a hash of its length, its first ``_WORDS`` 8-byte words and its last 8 bytes:
+    every byte of a string of up to 8 * ``_WORDS`` bytes. Words are read at any byte offset
+    from one unaligned uint64 view of the data (8 zero bytes appended), the bytes past the
+    string's end masked off, so equal strings hash equal wherever they sit."""
+    n = len(col)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset:col.offset + n + 1].astype(np.int64)
+    buf = col.buffers()[2]
+    data = np.zeros((buf.size if buf is not None else 0) + 16, dtype=np.uint8)
+    if buf is not None and buf.size:
+        data[:buf.size] = np.frombuffer(buf, dtype=np.uint8)
+    # '<u8': the bytes past a string's end are the high ones on every host
+    words = np.ndarray((len(data) - 7,), dtype=np.dtype("<u8"), buffer=data, strides=(1,))
+    last = len(words) - 1
+    starts = offsets[:-1]
+    lengths = offsets[1:] - starts
+    h = lengths.astype(np.uint64)
+    longest = int(lengths.max()) if n else 0
+    for k in range(min((longest + 7) // 8, _WORDS)):
+        # A row's hash takes only its own words: how many the longest string has must not matter.
+        rem = np.clip(lengths - 8 * k, 0, 8)
+        w = words[np.minimum(starts + 8 * k, last)].astype(np.uint64) & _WORD_MASKS[rem]
+        mixed = (h ^ w) * _MIX
+        mixed ^= mixed >> np.uint64(29)
+        h = np.where(rem > 0, mixed, h) if longest > 8 * k + 8 or (rem < 8).any() else mixed
+    if longest > 8 * _WORDS:
+        tail = np.maximum(offsets[1:] - 8, starts)
+        mixed = (h ^ words[tail].astype(np.uint64)) * _MIX
+        h = np.where(lengths > 8 * _WORDS, mixed, h)
     return h
 
 
@@ -549,10 +581,10 @@ def by_shard(table: pa.Table, key_paths: tuple[str, ...]) -> list[tuple[int, pa.
     if not len(table):
         return []
     h = key_hash(table, key_paths)
-    shard = ((h >> np.uint64(40)) % np.uint64(DEDUP_SHARDS)).astype(np.int64)
+    shard = ((h >> np.uint64(40)) % np.uint64(SHARDS)).astype(np.int64)
     order = np.argsort(shard, kind="stable")
     ordered = table.append_column(HASH, pa.array(h)).take(pa.array(order))
-    counts = np.bincount(shard, minlength=DEDUP_SHARDS)
+    counts = np.bincount(shard, minlength=SHARDS)
     out = []
     start = 0
     for s in np.flatnonzero(counts).tolist():
@@ -603,32 +635,78 @@ def _with_file(table: pa.Table, index: int) -> pa.Table:
     return table.append_column(FILE, pa.array(np.full(len(table), index, dtype=np.int32)))
 
 
-def dedup_table(table: pa.Table, key_paths: tuple[str, ...]) -> pa.Table:
+def dedup_table(table: pa.Table, key_paths: tuple[str, ...], paths: tuple[str, ...]) -> pa.Table:
     """One row per key, the kept row of a duplicate set the one whose canonical JSON sorts first
-    (``transforms._canonical``, as the per-record path). ``table``: Silver's columns and
-    ``HASH``; returns Silver's columns.
+    (``transforms._canonical``, as the per-record path). ``table``: the schema's columns,
+    ``FILE`` (indexing ``paths``), ``LINE`` and ``HASH``; returns Silver's columns (the schema's
+    and ``_message_id``).
 
-    Rows whose key hash occurs once are kept as they are; the others (the duplicates, the rows
-    they repeat, and any hash collision) become dicts and are grouped on the per-record path's
-    key (``key_function``) in Python."""
-    if not len(table):
-        return table.drop_columns([HASH])
+    Rows whose key hash occurs once are kept as they are. The others (the duplicates, the rows
+    they repeat, and any hash collision) are decided by :func:`_first_by_message_id` when that
+    is exact for them, else as dicts (with their ``_message_id``) grouped on the per-record
+    path's key (``key_function``) in Python."""
     h = table.column(HASH).to_numpy()
-    _values, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
-    repeated = counts[inverse] > 1
-    if repeated.any():
-        candidates = np.flatnonzero(repeated)
-        best: dict[str, tuple[bytes, int]] = {}
-        key_of = key_function(key_paths)  # the per-record path's key: its equality decides
-        for i, row in zip(candidates.tolist(), to_rows(table.take(pa.array(candidates))), strict=True):
-            key, canon = key_of(row), _canonical(row)
-            old = best.get(key)
-            if old is None or canon < old[0]:
-                best[key] = (canon, i)
+    table = table.drop_columns([HASH])
+    order = np.argsort(h, kind="stable")
+    ordered = h[order]
+    same = ordered[1:] == ordered[:-1]
+    if same.any():
+        repeated_sorted = np.zeros(len(h), dtype=bool)
+        repeated_sorted[1:] |= same
+        repeated_sorted[:-1] |= same
+        candidates = np.sort(order[repeated_sorted])
+        repeated = np.zeros(len(h), dtype=bool)
+        repeated[candidates] = True
+        rows = with_message_id(table.take(pa.array(candidates)), paths)
+        kept = _first_by_message_id(rows, h[candidates], key_paths)
+        if kept is None:
+            best: dict[str, tuple[bytes, int]] = {}
+            key_of = key_function(key_paths)  # the per-record path's key: its equality decides
+            for i, row in enumerate(to_rows(rows)):
+                key, canon = key_of(row), _canonical(row)
+                old = best.get(key)
+                if old is None or canon < old[0]:
+                    best[key] = (canon, i)
+            kept = np.array([i for _canon, i in best.values()], dtype=np.int64)
         keep = ~repeated
-        keep[[i for _canon, i in best.values()]] = True
+        keep[candidates[kept]] = True
         table = table.filter(pa.array(keep))
-    return table.drop_columns([HASH])
+    return with_message_id(table, paths)
+
+
+def _first_by_message_id(rows: pa.Table, h: np.ndarray, key_paths: tuple[str, ...]) -> np.ndarray | None:
+    """The kept row of each duplicate set among ``rows`` (Silver's columns, hashes ``h``), as
+    indices into ``rows``, without making dicts - or None where that shortcut is not exact.
+
+    The canonical JSON has sorted keys; when every other field name sorts after
+    ``_message_id``, the message id is its first member, and since no two rows share one, the
+    comparison of two rows' canonical JSON is decided inside it: by the bytes of
+    ``<message id>"`` (orjson writes UTF-8 as is and escapes only ``"``, ``\\`` and control
+    characters, which must then be absent). Each hash must also be one key: every key column
+    equal across the rows that share the hash (floats by their bits), else there was a
+    collision and the caller decides in Python."""
+    if any(name < MESSAGE_ID for name in rows.column_names):
+        return None
+    ids = rows.column(MESSAGE_ID)
+    if pc.any(pc.match_substring_regex(ids, r'["\\\x00-\x1f]')).as_py():
+        return None
+    order = pc.sort_indices(pa.table({"h": pa.array(h), "m": pc.binary_join_element_wise(ids, '"', "")}),
+                            sort_keys=[("h", "ascending"), ("m", "ascending")]).to_numpy()
+    sh = h[order]
+    first = np.ones(len(sh), dtype=bool)
+    first[1:] = sh[1:] != sh[:-1]
+    group_first = order[np.maximum.accumulate(np.where(first, np.arange(len(sh)), 0))]
+    for path in key_paths:
+        col = rows.column(path).combine_chunks()
+        null = _mask(pc.is_null(col))
+        if pa.types.is_floating(col.type):
+            values = pc.fill_null(col, 0.0).to_numpy(zero_copy_only=False).view(np.int64)
+            equal = values[order] == values[group_first]
+        else:
+            equal = _mask(pc.equal(col.take(pa.array(order)), col.take(pa.array(group_first))))
+        if not (equal | (null[order] & null[group_first])).all():
+            return None
+    return order[first]
 
 
 class ArrowChunk:
@@ -739,10 +817,21 @@ class _DedupShard(beam.DoFn):
         self.duplicates = counter("duplicates")
 
     def kept(self, element: tuple[int, Iterable[ArrowChunk]]) -> pa.Table:
-        tables = [with_message_id(c.table, c.paths) for c in element[1]]
+        # One table for the shard, FILE renumbered into one list of paths; the message ids are
+        # made once, for the kept rows (and the dedup's candidates).
+        paths: dict[str, int] = {}
+        tables = []
+        for c in element[1]:
+            table = c.table
+            if c.paths:
+                files_ = [paths.setdefault(p, len(paths)) for p in c.paths]
+                if files_ != list(range(len(c.paths))):
+                    remap = pa.array(np.array(files_, dtype=np.int32))
+                    table = table.set_column(table.column_names.index(FILE), FILE, remap.take(table.column(FILE)))
+            tables.append(table)
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         with gc_paused():
-            kept = dedup_table(table, self.key_paths)
+            kept = dedup_table(table, self.key_paths, tuple(paths))
         self.valid.inc(len(kept))
         self.duplicates.inc(len(table) - len(kept))
         return kept

@@ -35,12 +35,15 @@ def require_ingest_targets(spec: PipelineSpec) -> None:
         raise SpecError(f"an ingesting pipeline needs {' and '.join(missing)} in its spec")
 
 
-def ingest(raw: Any, spec: PipelineSpec, *, streaming: bool, validated: dict[str, Any] | None = None) -> dict[str, Any]:
+def ingest(raw: Any, spec: PipelineSpec, *, streaming: bool, validated: dict[str, Any] | None = None,
+           arrow_rows: bool = False) -> dict[str, Any]:
     """Apply validation and the sinks; returns the intermediate PCollections (for tests).
 
     ``validated``: the ``{"valid", "dead_letters"}`` of a validation the caller applied (the
     columnar path, ``beam.common.columnar``); ``raw`` is then only what Bronze gets, and may be a
-    callable that makes it (called only when the spec has a Bronze table)."""
+    callable that makes it (called only when the spec has a Bronze table). ``arrow_rows``: its
+    valid rows are ``ArrowChunk`` tables (``ROWS_AS_ARROW``), written to Silver by
+    ``beam.common.arrow_sink.WriteArrowRows`` (the same requests as ``WriteRows``)."""
     require_ingest_targets(spec)
     assert spec.silver_table and spec.dead_letter_topic
     out = validated if validated is not None else raw | "ValidateAndDedup" >> ValidateAndDedup(spec, streaming=streaming)
@@ -54,13 +57,16 @@ def ingest(raw: Any, spec: PipelineSpec, *, streaming: bool, validated: dict[str
             | "WriteBronze" >> beam.ParDo(WriteRows(spec.table_ref(spec.bronze_table), project=spec.project,
                                                     row_ids=RowIdFromField("origin"), name="bronze"))
         )
-    row_ids = RowIdFromKey(spec.dedup.key) if spec.dedup else None
-    rejected.append(
-        out["valid"]
-        | "WriteSilver" >> beam.ParDo(WriteRows(spec.table_ref(spec.silver_table), project=spec.project,
-                                                row_ids=row_ids, name="silver", stamp=True,
-                                                schema_version=spec.schema_version))
-    )
+    if arrow_rows:
+        from beam.common.arrow_sink import WriteArrowRows  # pyarrow: only where Arrow rows are
+
+        silver = WriteArrowRows(spec.table_ref(spec.silver_table), project=spec.project,
+                                key_paths=spec.dedup.key if spec.dedup else None, schema_version=spec.schema_version)
+    else:
+        silver = WriteRows(spec.table_ref(spec.silver_table), project=spec.project,
+                           row_ids=RowIdFromKey(spec.dedup.key) if spec.dedup else None, name="silver", stamp=True,
+                           schema_version=spec.schema_version)
+    rejected.append(out["valid"] | "WriteSilver" >> beam.ParDo(silver))
     dead = (out["dead_letters"], *rejected) | "AllDeadLetters" >> beam.Flatten()
     published = dead | "PublishDeadLetters" >> beam.ParDo(PublishDeadLetters(spec.dead_letter_topic, spec.source_id))
     # Every sink's output PCollection (the publisher's is empty, the writers' hold their rejects):

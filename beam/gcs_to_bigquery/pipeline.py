@@ -88,7 +88,7 @@ from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Duration
 
 from beam.common import files
-from beam.common.columnar import ChunkRecords, ColumnarValidateAndDedup, eligible
+from beam.common.columnar import ROWS_AS_ARROW, ChunkRecords, ColumnarValidateAndDedup, eligible
 from beam.common.ingest import ingest, require_ingest_targets
 from beam.common.runner import make_pipeline, parse, run_pipeline
 from beam.common.spec import INPUT_FORMATS, PipelineSpec, load_spec
@@ -256,10 +256,11 @@ def build(pipeline: beam.Pipeline, spec: PipelineSpec, input_pattern: str, input
           claim_ttl_s: float = files.CLAIM_TTL_S, columnar: bool = True) -> dict[str, Any]:
     """The batch mode (the sweep): every file ``input_pattern`` names now, claimed first.
 
-    JSON lines go through the columnar path (``beam.common.columnar``: file chunks, Arrow) when
-    the spec fits it (``columnar.eligible``) and ``columnar`` is left on; otherwise, and for the
-    tests that compare the two, through the per-record path. Both give the same Silver rows,
-    dead letters and counters."""
+    JSON lines go through the columnar path (``beam.common.columnar``: file chunks, Arrow, Silver
+    rows as Arrow tables written by ``beam.common.arrow_sink.WriteArrowRows``) when the spec fits
+    it (``columnar.eligible``) and ``columnar`` is left on; otherwise, and for the tests that
+    compare the two, through the per-record path. Both give the same Silver rows, dead letters
+    and counters."""
     fmt = input_format or spec.input.format
     compression = input_compression or spec.input.compression
     claimed = (
@@ -271,9 +272,10 @@ def build(pipeline: beam.Pipeline, spec: PipelineSpec, input_pattern: str, input
     )
     if columnar and fmt in (None, "json") and eligible(spec):
         chunks = claimed | "ReadChunks" >> beam.ParDo(ReadChunks(fmt, compression))
-        validated = chunks | "ValidateAndDedup" >> ColumnarValidateAndDedup(spec)
+        # Silver rows stay Arrow tables up to the Silver sink (WriteArrowRows): no dict per row
+        validated = chunks | "ValidateAndDedup" >> ColumnarValidateAndDedup(spec, ROWS_AS_ARROW)
         out = ingest(lambda: chunks | "ChunkRecords" >> beam.ParDo(ChunkRecords()), spec, streaming=False,
-                     validated=validated)
+                     validated=validated, arrow_rows=True)
     else:
         raw = claimed | "ReadRecords" >> beam.ParDo(ReadRecords(fmt, compression))
         out = ingest(raw, spec, streaming=False)

@@ -29,6 +29,7 @@ from beam.common.columnar import ColumnarValidateAndDedup, _real_instants, eligi
 from beam.common.runner import counters
 from beam.common.spec import parse_spec
 from beam.common.synthetic import SPEC, generate
+from beam.common.checker import key_function
 from beam.common.transforms import ValidateAndDedup, _canonical
 from beam.gcs_to_bigquery import readers
 from beam.gcs_to_bigquery.readers import ReadChunks, ReadRecords
@@ -276,3 +277,46 @@ def test_a_line_arrow_will_not_read_costs_its_neighbourhood_not_its_chunk() -> N
     assert 1 <= checked.checked_per_record <= columnar.PARSE_LEAF
     # orjson keeps a duplicated key's last value: the line is a valid row, like the others.
     assert checked.records_in == 5000 and len(checked.table) == 5000 and not checked.reasons
+
+
+def _reference_dedup(table: pa.Table, key_paths: tuple[str, ...], paths: tuple[str, ...]) -> list[bytes]:
+    """The per-record rule: per key (``key_function``), the row whose canonical JSON sorts first."""
+    best: dict[str, bytes] = {}
+    key_of = key_function(key_paths)
+    for row in columnar.to_rows(columnar.with_message_id(table.drop_columns([columnar.HASH]), paths)):
+        canon = _canonical(row)
+        key = key_of(row)
+        if key not in best or canon < best[key]:
+            best[key] = canon
+    return sorted(best.values())
+
+
+@pytest.mark.parametrize("case", ["plain", "collisions", "quoted_path", "name_before_message_id", "prefix_paths"])
+def test_dedup_table_keeps_the_per_record_choice(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dedup_table`` keeps the row the per-record path keeps, by its vectorized shortcut
+    (``_first_by_message_id``) where that applies and in Python where it does not."""
+    rng = random.Random(case)
+    n = 3000
+    paths = ("gs://b/a.json", "gs://b/a.json#1 x", 'gs://b/"q".json') if case != "prefix_paths" else ("a", "a#1 ", "a#1!")
+    if case != "quoted_path":
+        paths = tuple(p.replace('"', "") for p in paths)
+    name = "A" if case == "name_before_message_id" else "amount"
+    table = pa.table({
+        "id": [f"txn-{rng.randrange(400)}" for _ in range(n)],
+        name: [rng.choice([0.0, -0.0, 1.5, 2.5, None]) for _ in range(n)],
+        "ts": [rng.choice(["2026-11-01T00:00:00+00:00", "2026-11-02T00:00:00+00:00", None]) for _ in range(n)],
+        columnar.FILE: pa.array([rng.randrange(len(paths)) for _ in range(n)], pa.int32()),
+        columnar.LINE: pa.array([rng.choice([1, 2, 5, 10, 11, 100]) + i * 1000 * (i % 2) for i in range(n)], pa.int64()),
+    })
+    key = ("id", name, "ts")
+    h = columnar.key_hash(table, key)
+    if case == "collisions":
+        h = h % 7  # many keys per hash: the key columns tell them apart
+    table = table.append_column(columnar.HASH, pa.array(h, pa.uint64()))
+    shortcut = []
+    real = columnar._first_by_message_id
+    monkeypatch.setattr(columnar, "_first_by_message_id",
+                        lambda *a: shortcut.append(r := real(*a)) or r)
+    got = sorted(_canonical(r) for r in columnar.to_rows(columnar.dedup_table(table, key, paths)))
+    assert got == _reference_dedup(table, key, paths)
+    assert (shortcut[0] is not None) == (case in ("plain", "prefix_paths"))
