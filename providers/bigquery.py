@@ -371,8 +371,13 @@ class _TypeParser:
             raise ValueError(f"unsupported BigQuery type {self.text!r}")
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(data_type: str) -> dict[str, Any]:
-    """A type string as a tree of ``{"type", "mode", "fields": [{"name", ...}] | None}`` nodes."""
+    """A type string as a tree of ``{"type", "mode", "fields": [{"name", ...}] | None}`` nodes.
+
+    Shared between callers (a platform's columns repeat a few dozen types: parsing each of
+    12,000 columns of 2,000 tables anew was ~0.1 s of observe, issue 14), so read-only: callers
+    build new dicts from it (`_described`) and never change it."""
     parser = _TypeParser(data_type)
     node = parser.type_()
     parser.end()
@@ -412,7 +417,7 @@ def column_spec(
     """
     node = _parse(data_type)
     if node["mode"] == "NULLABLE" and is_nullable.upper() == "NO":
-        node["mode"] = "REQUIRED"
+        node = {**node, "mode": "REQUIRED"}  # a copy: the parsed tree is shared
     return _described(name, node, descriptions, name)
 
 
