@@ -24,6 +24,7 @@ import difflib
 import functools
 import gc
 import os
+import stat
 import time
 import types
 import typing
@@ -225,9 +226,13 @@ class FileStamp:
 
     @classmethod
     def of(cls, path: Path | str) -> FileStamp | None:
+        """The stamp of a regular file; None for anything else (a symbolic link, whose target
+        may move without the link changing, is never taken as unchanged) or a missing file."""
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
             return None
         return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
@@ -278,7 +283,7 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
     platform_path = root / PLATFORM_FILE
     if not os.path.lexists(platform_path):
         collector.add(PLATFORM_FILE, (1, 1), "", f"missing: a desired-state repo needs {PLATFORM_FILE} at its root")
-    elif _unchanged(previous, platform_path, stamps) and not os.path.islink(platform_path):
+    elif _unchanged(previous, platform_path, stamps):
         platform, platform_map = previous.platform, previous.platform_map
     else:
         previous = None  # platform.yaml changed: every source is checked against the new one
@@ -293,7 +298,8 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
     webhook_paths: dict[str, str] = {}
     cdc_tables: dict[str, str] = {}  # database_cdc: BigQuery table names derived so far, by file
     connectors_dir = root / CONNECTORS_DIR
-    files = sorted([*connectors_dir.glob("*.yaml"), *connectors_dir.glob("*.yml")]) if connectors_dir.is_dir() else []
+    files = (sorted([*connectors_dir.glob("*.yaml"), *connectors_dir.glob("*.yml")], key=str)
+             if connectors_dir.is_dir() else [])
     for path in files:
         kept = _reusable(reusable, collector, path, stamps, previous)
         if kept is not None and kept.source_id not in seen:  # as read before: only the checks across files
@@ -382,15 +388,12 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
 def _reusable(reusable: dict[str, Source], collector: _Collector, path: Path, stamps: dict[str, Any],
               previous: DesiredState | None) -> Source | None:
     """The previous load's `Source` of connector file ``path`` when neither it nor its schema
-    file changed (and neither is a symbolic link, whose target may have moved), else None."""
+    file changed (`FileStamp`: neither is a symbolic link either), else None."""
     connector_unchanged = _unchanged(previous, path, stamps)  # stamped whatever happens next
     source = reusable.get(collector.rel(path))
-    if source is None or not connector_unchanged or os.path.islink(path):
+    if source is None or not connector_unchanged:
         return None
-    schema = collector.root / source.schema_file
-    if not _unchanged(previous, schema, stamps) or os.path.islink(schema):
-        return None
-    return source
+    return source if _unchanged(previous, f"{collector.root}{os.sep}{source.schema_file}", stamps) else None
 
 
 def git_revision(root: Path) -> str | None:

@@ -179,3 +179,16 @@ def test_another_directory_reuses_nothing(repo, tmp_path):
     state = load_repo(other, previous=previous)
     assert reused(state, previous) == set()
     assert state.platform is not previous.platform
+
+
+def test_a_source_whose_schema_is_a_symbolic_link_is_read_again_every_time(repo):
+    """A link's target may change without the link changing: never taken as unchanged."""
+    schema = repo / "schemas" / "orders.json"
+    (repo / "schemas" / "orders.real.json").write_text(schema.read_text())
+    schema.unlink()
+    schema.symlink_to("orders.real.json")
+    previous = settle(repo)
+    state, scratch = loaded(repo, previous)
+    assert_same(state, scratch)
+    assert "orders" not in reused(state, previous)
+    assert "payments" in reused(state, previous)
