@@ -377,8 +377,8 @@ class ColumnarChecker:
             if f.mode == "REQUIRED" and col.null_count:
                 ok &= _mask(pc.is_valid(col))
             if f.type == "TIMESTAMP" and len(col) > col.null_count:
-                ok &= _mask(pc.is_null(col)) | _real_instants(col, _mask(pc.match_substring_regex(col, _TIMESTAMP_Z)))
-                col = pc.binary_join_element_wise(pc.utf8_slice_codeunits(col, 0, 19), "+00:00", "")
+                real, col = _z_instants(col)
+                ok &= _mask(pc.is_null(col)) | real
             columns.append(col)
         values = {f.name: c for f, c in zip(self.fields, columns, strict=True)}
         for rule in self.rules:
@@ -402,30 +402,50 @@ class ColumnarChecker:
 _DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
 
 
-def _real_instants(col: pa.Array, z: np.ndarray) -> np.ndarray:
-    """Of the values ``z`` marks (``YYYY-MM-DDTHH:MM:SSZ``, years 1000-9999), those naming a
-    real instant, as ``datetime.fromisoformat`` decides: month 1-12, a day of that month
-    (leap years), hour <= 23, minute and second <= 59. Read from the digits with numpy."""
-    out = np.zeros(len(col), dtype=bool)
-    idx = np.flatnonzero(z)
-    if not len(idx):
-        return out
-    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset:col.offset + len(col) + 1]
-    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)
-    d = data[offsets[idx][:, None] + np.arange(19)].astype(np.int64) - 48
+_Z_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
+_Z_SEPARATORS = np.array([4, 7, 10, 13, 16, 19])
+_Z_SEPARATOR_BYTES = np.frombuffer(b"--T::Z", dtype=np.uint8)
+_Z_CANONICAL_SUFFIX = np.frombuffer(b"+00:00", dtype=np.uint8)
 
-    def num(a: int, b: int) -> np.ndarray:
-        v = np.zeros(len(idx), dtype=np.int64)
-        for i in range(a, b):
-            v = v * 10 + d[:, i]
-        return v
 
-    year, month, day = num(0, 4), num(5, 7), num(8, 10)
-    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    month_ok = (month >= 1) & (month <= 12)
-    days = _DAYS[np.where(month_ok, month, 0)] + (leap & (month == 2))
-    out[idx] = month_ok & (day >= 1) & (day <= days) & (num(11, 13) <= 23) & (num(14, 16) <= 59) & (num(17, 19) <= 59)
-    return out
+def _z_instants(col: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Per value of a TIMESTAMP column (utf8, as read): whether it is ``YYYY-MM-DDTHH:MM:SSZ``
+    (``_TIMESTAMP_Z``: 20 bytes, years 1000-9999) naming a real instant, as
+    ``datetime.fromisoformat`` decides - month 1-12, a day of that month (leap years), hour
+    <= 23, minute and second <= 59 -, and the column in the checker's canonical form for those
+    values (``YYYY-MM-DDTHH:MM:SS+00:00``; other values: a placeholder, nulls null). Read from
+    the bytes with numpy."""
+    n = len(col)
+    real = np.zeros(n, dtype=bool)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset:col.offset + n + 1].astype(np.int64)
+    buf = col.buffers()[2]
+    data = np.frombuffer(buf, dtype=np.uint8) if buf is not None and buf.size else np.zeros(0, np.uint8)
+    idx = np.flatnonzero(np.diff(offsets) == 20)
+    out = np.empty((n, 25), dtype=np.uint8)
+    out[:] = np.frombuffer(b"1970-01-01T00:00:00+00:00", dtype=np.uint8)
+    if len(idx):
+        d = data[offsets[idx][:, None] + np.arange(20)]
+        digits = d[:, _Z_DIGITS] - np.uint8(48)  # a byte below "0" wraps past 9
+        form = (digits <= 9).all(axis=1) & (digits[:, 0] >= 1)
+        form &= (d[:, _Z_SEPARATORS] == _Z_SEPARATOR_BYTES).all(axis=1)
+        v = digits.astype(np.int32)
+
+        def num(k: int) -> np.ndarray:  # the two digits at k, k + 1
+            return v[:, k] * 10 + v[:, k + 1]
+
+        year = num(0) * 100 + num(2)
+        month, day, hour, minute, second = num(4), num(6), num(8), num(10), num(12)
+        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+        month_ok = (month >= 1) & (month <= 12)
+        days = _DAYS[np.where(month_ok, month, 0)] + (leap & (month == 2))
+        real[idx] = form & month_ok & (day >= 1) & (day <= days) & (hour <= 23) & (minute <= 59) & (second <= 59)
+        out[idx, :19] = d[:, :19]
+    out[:, 19:] = _Z_CANONICAL_SUFFIX
+    canonical = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(np.arange(0, 25 * n + 1, 25, dtype=np.int32)),
+                                                       pa.py_buffer(out)])
+    if col.null_count:
+        canonical = pc.if_else(pc.is_valid(col), canonical, pa.scalar(None, pa.string()))
+    return real, canonical
 
 
 def _rule_passes(rule: QualityRule, f: Field, col: pa.Array) -> pa.Array | None:

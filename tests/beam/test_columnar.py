@@ -25,7 +25,7 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam.common import columnar, files
-from beam.common.columnar import ColumnarValidateAndDedup, _real_instants, eligible, re2_safe
+from beam.common.columnar import ColumnarValidateAndDedup, _z_instants, eligible, re2_safe
 from beam.common.runner import counters
 from beam.common.spec import parse_spec
 from beam.common.synthetic import SPEC, generate
@@ -196,20 +196,34 @@ def test_columnar_equals_per_record(name: str, landing: str, monkeypatch: pytest
 
 
 def test_timestamp_clearing_is_fromisoformat() -> None:
-    """A ``...Z`` stamp is cleared exactly when ``datetime.fromisoformat`` takes it."""
+    """A stamp is cleared exactly when it has the ``...Z`` form and ``datetime.fromisoformat``
+    takes it; the cleared ones become the checker's canonical text."""
+    import re
+
     rng = random.Random(3)
     values = [f"{rng.randrange(1000, 10000):04d}-{rng.randrange(0, 14):02d}-{rng.randrange(0, 33):02d}T"
               f"{rng.randrange(0, 26):02d}:{rng.randrange(0, 62):02d}:{rng.randrange(0, 62):02d}Z" for _ in range(20000)]
-    values += ["2000-02-29T00:00:00Z", "1900-02-29T00:00:00Z", "2024-02-29T23:59:59Z", "2023-02-29T00:00:00Z"]
+    values += ["2000-02-29T00:00:00Z", "1900-02-29T00:00:00Z", "2024-02-29T23:59:59Z", "2023-02-29T00:00:00Z",
+               "0999-01-01T00:00:00Z", "2026-11-01T00:00:00z", "2026-11-01 00:00:00Z", "2026-11-01T00:00:00+00:00",
+               "2026-11-01T00:00:0AZ", "2026-1١-01T00:00:00Z", "2026-11-01T00:00:00ZZ", "", "x" * 20, None,
+               "2026-11-01T00:00:00.5Z", "2026-11-01T00:00:00"]
+    rng.shuffle(values)
     col = pa.array(values, pa.string())
-    cleared = _real_instants(col, [True] * len(values))
-    for value, ok in zip(values, cleared.tolist(), strict=True):
+    cleared, canonical = _z_instants(col)
+    for value, ok, canon in zip(values, cleared.tolist(), canonical.to_pylist(), strict=True):
+        if value is None:
+            assert not ok and canon is None
+            continue
         try:
-            dt.datetime.fromisoformat(value)
-            valid = True
+            instant = dt.datetime.fromisoformat(value)
+            valid = re.fullmatch(columnar._TIMESTAMP_Z, value) is not None
         except ValueError:
             valid = False
         assert ok == valid, value
+        if ok:
+            assert canon == instant.isoformat()
+    sliced = col.slice(7)
+    assert _z_instants(sliced)[0].tolist() == cleared[7:].tolist()
 
 
 def test_regex_rules_vectorized_only_where_re2_agrees() -> None:
