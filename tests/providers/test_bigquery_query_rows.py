@@ -11,6 +11,7 @@ complete yet" first.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from google.cloud import bigquery
 
 from providers.bigquery import (
     BigQueryProvider,
+    decode_query_page,
     information_schema_query,
     rows_from_query_page,
     table_specs_from_information_schema,
@@ -163,12 +165,17 @@ def test_a_failing_query_is_a_permanent_error(fake) -> None:
         provider._metadata_rows("SELECT 1", location="EU")  # the fake answers 400, as to a bad query
 
 
-def test_rows_from_a_page_decode_strings_integers_and_nulls() -> None:
-    page = {"schema": {"fields": [{"name": "s", "type": "STRING"}, {"name": "n", "type": "INTEGER"},
-                                  {"name": "m", "type": "INT64"}]},
-            "rows": [{"f": [{"v": "a"}, {"v": "12"}, {"v": None}]}, {"f": [{"v": None}, {"v": "-3"}, {"v": "0"}]}]}
+def test_a_page_decodes_strings_integers_and_nulls() -> None:
+    api = {"kind": "bigquery#queryResponse", "jobReference": {"projectId": "p", "jobId": "j", "location": "EU"},
+           "jobCreationReason": {"code": "REQUESTED"}, "jobComplete": True, "totalRows": "2",
+           "schema": {"fields": [{"name": "s", "type": "STRING", "mode": "NULLABLE"},
+                                 {"name": "n", "type": "INTEGER"}, {"name": "m", "type": "INT64"}]},
+           "rows": [{"f": [{"v": "a"}, {"v": "12"}, {"v": None}]}, {"f": [{"v": None}, {"v": "-3"}, {"v": "0"}]}]}
+    page = decode_query_page(json.dumps(api).encode())
+    assert page["rows"] == [["a", "12", None], [None, "-3", "0"]]
+    assert {k: v for k, v in page.items() if k != "rows"} == {k: v for k, v in api.items() if k != "rows"}
     assert rows_from_query_page(page) == [{"s": "a", "n": 12, "m": None}, {"s": None, "n": -3, "m": 0}]
-    schema = page["schema"]["fields"]
+    schema = api["schema"]["fields"]
     assert rows_from_query_page({"rows": page["rows"][:1]}, schema) == [{"s": "a", "n": 12, "m": None}]
     assert rows_from_query_page({"schema": {"fields": schema}}) == []
     with pytest.raises(PermanentError, match="TIMESTAMP"):
