@@ -12,9 +12,10 @@ dedup on ``id`` + ``timestamp``):
 * **columnar** - the columnar batch path (``beam.common.columnar``: file chunks, Arrow
   screen/parse/clearing, the per-record checker for everything else, Arrow dedup shuffle) fed
   by ``ReadChunks``, on the same runner: what batch ``gcs_to_bigquery`` runs on JSON lines.
-  Its valid rows end as dicts, like the per-record path's (what the insertAll sink sends).
-* **columnar_arrow** - the same, its valid rows ending as Arrow tables (``ROWS_AS_ARROW``):
-  the stage without building a Python dict per row (the DuckDB baseline builds none either).
+  Its valid rows end as Arrow tables (``ROWS_AS_ARROW``), what its Silver sink
+  (``beam.common.arrow_sink.WriteArrowRows``) takes.
+* **columnar_dicts** - the same, its valid rows ending as dicts (``ROWS_AS_DICTS``, what
+  ``WriteRows`` takes): the columnar path as it was before its Arrow-native Silver sink.
 * **duckdb** - the same checks as one DuckDB SQL statement, one thread (``SET threads=1``):
   JSON parse, the reason of each record (first failure, in the checker's order), and dedup on
   the canonical key (``DISTINCT ON``), ending in the kept rows as an Arrow table. Exact accounting on this data;
@@ -23,13 +24,18 @@ dedup on ``id`` + ``timestamp``):
   checker (``beam.common.checker``: validation, rules and dedup key in one generated function),
   with a dict for dedup: what the rules cost without any framework. The ratio is therefore Beam's overhead on identical per-record work.
 
+Every path ends where its Silver sink begins: the sinks' own work is measured apart, after the
+rounds (**sink**: CPU per row of building the insertAll requests of the kept rows, HTTP
+excluded - ``WriteRows`` from dicts, as the per-record path writes, and ``WriteArrowRows`` from
+the Arrow table, as ``gcs_to_bigquery``'s columnar path writes).
+
 All must agree on every count (valid, duplicates, invalid by reason), or the run fails. The
 paths run alternating within each round (``--repeat``); each path's best round counts.
 records/s is wall-clock; records/s per core divides by the CPU seconds the process used (on a
 shared machine the wall clock also counts time spent waiting for a core).
 
     .venv/bin/python bench/beam_throughput.py [--records 1000000] [--repeat 3] [--json out.json]
-        [--paths plain,beam,columnar,columnar_arrow,duckdb]
+        [--paths plain,beam,columnar,columnar_dicts,duckdb]
 
 **Streaming** (``--streaming N``, instead of the above): the streaming path's ceiling on the
 local runner. Starts a Pub/Sub emulator, publishes N generated records to a topic (a backlog,
@@ -144,7 +150,7 @@ def run_beam(path: Path, spec: PipelineSpec) -> Counter[str]:
                     or k == "duplicates" or k.startswith("invalid_")})
 
 
-def run_columnar(path: Path, spec: PipelineSpec, rows: str = ROWS_AS_DICTS) -> Counter[str]:
+def run_columnar(path: Path, spec: PipelineSpec, rows: str = ROWS_AS_ARROW) -> Counter[str]:
     p = beam.Pipeline(runner=FnApiRunner())
     _ = (
         p
@@ -201,8 +207,8 @@ FROM t
 DUCKDB_KEPT = "SELECT DISTINCT ON (id, timestamp) * EXCLUDE (reason) FROM classified WHERE reason IS NULL"
 
 
-def run_columnar_arrow(path: Path, spec: PipelineSpec) -> Counter[str]:
-    return run_columnar(path, spec, ROWS_AS_ARROW)
+def run_columnar_dicts(path: Path, spec: PipelineSpec) -> Counter[str]:
+    return run_columnar(path, spec, ROWS_AS_DICTS)
 
 
 def run_duckdb(path: Path, spec: PipelineSpec) -> Counter[str]:
@@ -231,6 +237,68 @@ def expected_counts(exp: Expected) -> Counter[str]:
     c: Counter[str] = Counter(records_in=exp.records_in, valid=exp.valid, duplicates=exp.duplicates)
     c.update({f"invalid_{k}": v for k, v in exp.invalid.items()})
     return c
+
+
+class _NoCounter:
+    def inc(self, n: int = 1) -> None:
+        pass
+
+
+def measure_sinks(path: Path, spec: PipelineSpec, limit: int = 200_000, repeat: int = 3) -> dict[str, Any]:
+    """CPU per row of the Silver sinks' request building (HTTP excluded: the client's
+    ``_call_api`` serialises the body as its connection would and returns no errors), on the
+    valid rows of the first ``limit`` records: ``WriteRows`` from dicts (the per-record path's
+    sink; ``insert_rows_json`` + ``json.dumps``), ``WriteArrowRows`` from the Arrow table (the
+    columnar path's), and ``to_rows`` (the dicts the columnar path made before its own sink)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    from beam.common.arrow_sink import WriteArrowRows
+    from beam.common.columnar import BLANK_UNCOUNTED, ArrowChunk, ColumnarChecker, FileChunk, _with_file, to_rows
+    from beam.common.columnar import with_message_id
+    from beam.common.sinks import RowIdFromKey, WriteRows
+
+    data = path.read_bytes()
+    cut = 0
+    for _ in range(limit):
+        cut = data.find(b"\n", cut) + 1
+        if not cut:
+            cut = len(data)
+            break
+    key = spec.dedup.key if spec.dedup else None
+    checked = ColumnarChecker(spec.fields, spec.validation, spec.quality_rules, key)(
+        FileChunk(str(path), (), 1, data[:cut], BLANK_UNCOUNTED))
+    table = with_message_id(_with_file(checked.table, 0), (str(path),))
+    client = bigquery.Client(project="bench", credentials=AnonymousCredentials())
+
+    def call_api(retry: Any, **kwargs: Any) -> dict[str, Any]:
+        body = kwargs["data"]
+        if isinstance(body, dict):
+            json.dumps(body)  # what JSONConnection.api_request does with insert_rows_json's dict
+        return {}
+
+    client._call_api = call_api  # type: ignore[method-assign]
+    ref = "bench.silver.t"
+    dicts = WriteRows(ref, project="bench", row_ids=RowIdFromKey(key) if key else None, name="silver", stamp=True,
+                      schema_version=spec.schema_version)
+    arrow = WriteArrowRows(ref, project="bench", key_paths=key, schema_version=spec.schema_version)
+    for sink in (dicts, arrow):
+        sink.client, sink.written, sink.rejected = client, _NoCounter(), _NoCounter()
+    arrow.retry, arrow.path = None, "/projects/bench/datasets/silver/tables/t/insertAll"
+    best = {"write_rows": 1e9, "write_arrow_rows": 1e9, "to_rows": 1e9}
+    for _ in range(repeat):
+        rows = to_rows(table)
+        cpu = _cpu_seconds()
+        list(dicts.process_batch(rows))
+        best["write_rows"] = min(best["write_rows"], _cpu_seconds() - cpu)
+        cpu = _cpu_seconds()
+        list(arrow.process(ArrowChunk(table)))
+        best["write_arrow_rows"] = min(best["write_arrow_rows"], _cpu_seconds() - cpu)
+        cpu = _cpu_seconds()
+        to_rows(table)
+        best["to_rows"] = min(best["to_rows"], _cpu_seconds() - cpu)
+    n = len(table)
+    return {"rows": n, **{f"{k}_us_per_row": round(v * 1e6 / n, 2) for k, v in best.items()}}
 
 
 # --------------------------------------------------------------------------- streaming
@@ -361,8 +429,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=1, help="runs of each path (alternating); the best counts")
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--paths", default="plain,beam,columnar,columnar_arrow,duckdb",
-                    help="which paths to run, comma-separated (plain, beam, columnar, columnar_arrow, duckdb)")
+    ap.add_argument("--paths", default="plain,beam,columnar,columnar_dicts,duckdb",
+                    help="which paths to run, comma-separated (plain, beam, columnar, columnar_dicts, duckdb)")
+    ap.add_argument("--no-sink", action="store_true", help="skip the Silver sinks' request-building measure")
     ap.add_argument("--streaming", type=int, metavar="N",
                     help="instead: the streaming path's records/s from a Pub/Sub emulator (N records)")
     ap.add_argument("--streaming-no-dedup", action="store_true",
@@ -385,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.json.write_text(json.dumps(res, indent=2) + "\n")
         return res
     paths = [p for p in args.paths.split(",") if p]
-    runners = {"plain": run_plain, "beam": run_beam, "columnar": run_columnar, "columnar_arrow": run_columnar_arrow,
+    runners = {"plain": run_plain, "beam": run_beam, "columnar": run_columnar, "columnar_dicts": run_columnar_dicts,
                "duckdb": run_duckdb}
     if duckdb is None and "duckdb" in paths:
         print("duckdb is not installed: no DuckDB baseline")
@@ -401,12 +470,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del payloads
         print(f"generated {args.records:,} records ({size_mb:.0f} MB) in {time.perf_counter() - t:.1f} s")
 
+        # One untimed run of each path on a small file first: one-time costs (lazy imports, the
+        # first call of each Arrow kernel, pattern compiles) would otherwise land in round 1.
+        warm = Path(tmp) / "warm.json"
+        warm_payloads, _warm_exp = generate(2_000, seed=1)
+        warm.write_bytes(b"\n".join(warm_payloads) + b"\n")
+        for name in paths:
+            runners[name](warm, spec)
+
         # Alternate the paths and keep each one's best run: on a shared machine a neighbour's
         # burst should not decide the ratios.
         runs: dict[str, list[tuple[Counter[str], float, float]]] = {name: [] for name in paths}
         for _ in range(args.repeat):
             for name in paths:
                 runs[name].append(_timed(runners[name], path, spec))
+        sinks = None if args.no_sink else measure_sinks(path, spec, min(args.records, 200_000))
 
     want = expected_counts(exp)
     for name in paths:
@@ -416,7 +494,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  f"want {dict(want)}")
 
     n = args.records
-    keys = {"plain": "plain", "beam": "beam_fnapi", "columnar": "columnar_fnapi", "columnar_arrow": "columnar_arrow_fnapi",
+    keys = {"plain": "plain", "beam": "beam_fnapi", "columnar": "columnar_fnapi", "columnar_dicts": "columnar_dicts_fnapi",
             "duckdb": "duckdb_1thread"}
     results: dict[str, Any] = {"machine": machine(), "records": n, "repeat": args.repeat, "megabytes": round(size_mb, 1)}
     for name in paths:
@@ -433,23 +511,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratios["columnar_speedup_over_beam_per_cpu_s"] = round(cpu_of["columnar"] / cpu_of["beam"], 2)
     if "columnar" in cpu_of and "duckdb" in cpu_of:
         ratios["duckdb_over_columnar_per_cpu_s"] = round(cpu_of["duckdb"] / cpu_of["columnar"], 2)
-    if "columnar_arrow" in cpu_of and "beam" in cpu_of:
-        ratios["columnar_arrow_speedup_over_beam_per_cpu_s"] = round(cpu_of["columnar_arrow"] / cpu_of["beam"], 2)
-    if "columnar_arrow" in cpu_of and "duckdb" in cpu_of:
-        ratios["duckdb_over_columnar_arrow_per_cpu_s"] = round(cpu_of["duckdb"] / cpu_of["columnar_arrow"], 2)
+    if "columnar_dicts" in cpu_of and "beam" in cpu_of:
+        ratios["columnar_dicts_speedup_over_beam_per_cpu_s"] = round(cpu_of["columnar_dicts"] / cpu_of["beam"], 2)
+    if "columnar_dicts" in cpu_of and "duckdb" in cpu_of:
+        ratios["duckdb_over_columnar_dicts_per_cpu_s"] = round(cpu_of["duckdb"] / cpu_of["columnar_dicts"], 2)
+    # Per round (the paths alternate within a round): the same ratios, round by round.
+    for a, b in (("columnar", "beam"), ("duckdb", "columnar")):
+        if a in runs and b in runs:
+            ratios[f"{a}_over_{b}_per_cpu_s_by_round"] = [round(rb[2] / ra[2], 2) for ra, rb in zip(runs[a], runs[b], strict=True)]
     results["ratios"] = ratios
+    if sinks:
+        results["silver_sink"] = sinks
     results["accounting"] = dict(sorted(want.items()))
     m = results["machine"]
     print(f"machine: {m['platform']}, {m['cpu']}, nproc={m['nproc']}, Python {m['python']}, "
           f"apache-beam {m['apache_beam']}")
     print(f"{'path':<26}{'seconds':>9}{'records/s':>12}{'records/cpu-s':>15}")
-    labels = {"plain": "plain Python loop", "beam": "Beam FnApiRunner", "columnar": "Beam columnar, dict rows",
-              "columnar_arrow": "Beam columnar, Arrow rows", "duckdb": "DuckDB, 1 thread"}
+    labels = {"plain": "plain Python loop", "beam": "Beam FnApiRunner", "columnar": "Beam columnar (Arrow rows)",
+              "columnar_dicts": "Beam columnar, dict rows", "duckdb": "DuckDB, 1 thread"}
     for name in paths:
         r = results[keys[name]]
         print(f"{labels[name]:<26}{r['seconds']:>9.2f}{r['records_per_s']:>12,}{r['records_per_cpu_s']:>15,}")
     for k, v in ratios.items():
-        print(f"{k}: {v}x")
+        print(f"{k}: {', '.join(f'{x}x' for x in v) if isinstance(v, list) else f'{v}x'}")
+    if sinks:
+        print(f"Silver sink request building, CPU per row ({sinks['rows']:,} rows, HTTP excluded): WriteRows from dicts "
+              f"{sinks['write_rows_us_per_row']} us, WriteArrowRows from Arrow {sinks['write_arrow_rows_us_per_row']} us; "
+              f"making the dicts (to_rows) {sinks['to_rows_us_per_row']} us")
     print("targets: columnar >= 3x Beam per CPU-second; DuckDB within 1.5x of columnar")
     load = m["load_average_1m"]
     if load > 1.5 * (m["nproc"] or 1):

@@ -42,11 +42,22 @@ from beam.common.clients import bigquery_client
 from beam.common.columnar import ArrowChunk, _mask, to_rows
 from beam.common.records import DeadLetter
 from beam.common.sinks import INSERT_BATCH, SINK_REJECTED, _error_text, _is_row_error
-from beam.common.transforms import counter, key_function, row_id
+from beam.common.checker import KEY_SEPARATOR, NULL_KEY
+from beam.common.transforms import counter, row_id
 
 _ESCAPED = r'["\\\x00-\x1f]'  # what a JSON string cannot hold as is
 _NOW = "\x01now\x01"  # the placeholder of a request's _ingested_at in the rows' JSON
 _NOW_BYTES = _NOW.encode()
+
+
+def key_strings(columns: list[list[Any]]) -> list[str]:
+    """``checker.key_function`` of each row, from the key fields' values (one list per field,
+    Python values, None for null) instead of a dict per row: the same expressions."""
+    if len(columns) == 1:
+        return [v if type(v) is str else (NULL_KEY if v is None else repr(v)) for v in columns[0]]
+    if len(columns) == 2:
+        return [f"{a!r}{KEY_SEPARATOR}{b!r}" for a, b in zip(*columns, strict=True)]
+    return [KEY_SEPARATOR.join(map(repr, values)) for values in zip(*columns, strict=True)]
 
 
 def json_values(col: pa.Array) -> pa.Array:
@@ -143,10 +154,7 @@ class WriteArrowRows(beam.DoFn):
         ``insert_rows_json`` does for ``row_ids=None``)."""
         if not self.key_paths:
             return [str(uuid.uuid4()) for _ in range(len(table))]
-        key_of = key_function(self.key_paths)
-        paths = self.key_paths
-        columns = [table.column(p).to_pylist() for p in paths]
-        return [row_id(key_of(dict(zip(paths, values, strict=True)))) for values in zip(*columns, strict=True)]
+        return [row_id(k) for k in key_strings([table.column(p).to_pylist() for p in self.key_paths])]
 
     def insert(self, body: bytes) -> dict[str, Any]:
         """One insertAll request, through the client's retry and transport, as
@@ -155,15 +163,19 @@ class WriteArrowRows(beam.DoFn):
             self.retry, span_name="BigQuery.insertRowsJson", span_attributes={"path": self.path},
             method="POST", path=self.path, data=body, content_type="application/json", timeout=None)
 
+    def bodies(self, table: pa.Table) -> Iterator[tuple[int, int, bytes]]:
+        """``(start, stop, body)`` per request for the rows ``table[start:stop]``, the body's
+        ``_ingested_at`` still the placeholder ``_NOW``. The rows' JSON is written once for the
+        whole table; each request's time goes in where the placeholder is (a raw control
+        character: no JSON text written here holds one)."""
+        metadata = {"_ingested_at": f'"{_NOW}"', "_schema_version": json.dumps(self.schema_version)}
+        return request_bodies(row_json(table, metadata, self.insert_ids(table)))
+
     def process(self, chunk: ArrowChunk) -> Iterator[DeadLetter]:
         table = chunk.table
         if not len(table):
             return
-        # The rows' JSON is written once for the chunk; each request's time goes in where the
-        # placeholder is (a raw control character: no JSON text written here holds one).
-        metadata = {"_ingested_at": f'"{_NOW}"', "_schema_version": json.dumps(self.schema_version)}
-        entries = row_json(table, metadata, self.insert_ids(table))
-        for start, stop, body in request_bodies(entries):
+        for start, stop, body in self.bodies(table):
             now = dt.datetime.now(dt.UTC).isoformat()  # per request, as WriteRows stamps it
             errors = self.insert(body.replace(_NOW_BYTES, now.encode())).get("insertErrors", [])
             bad = {e["index"]: e for e in errors if _is_row_error(e)}

@@ -141,3 +141,13 @@ def test_both_sinks_write_the_same_rows_on_bqemulator(emulators: Any, project_id
 
     dicts, arrow = read(refs["dicts"]), read(refs["arrow"])
     assert len(arrow) == len(table) and arrow == dicts
+
+
+@pytest.mark.parametrize("key", [("id",), ("name",), ("amount",), ("id", "amount"), ("name", "n", "ok", "at")])
+def test_key_strings_are_the_key_function(key: tuple[str, ...]) -> None:
+    from beam.common.arrow_sink import key_strings
+    from beam.common.checker import key_function
+
+    table = _table(300)
+    rows = table.to_pylist()  # nulls as None; key_function reads an absent field as None too
+    assert key_strings([table.column(p).to_pylist() for p in key]) == [key_function(key)(r) for r in rows]

@@ -17,4 +17,6 @@ def test_benchmark_runs_and_both_paths_agree(capsys) -> None:
     assert results["accounting"]["records_in"] == 1000
     assert results["beam_fnapi"]["records_per_s"] > 0 and results["plain"]["records_per_s"] > 0
     assert results["columnar_fnapi"]["records_per_s"] > 0 and results["duckdb_1thread"]["records_per_s"] > 0
+    assert results["columnar_dicts_fnapi"]["records_per_s"] > 0
+    assert results["silver_sink"]["write_arrow_rows_us_per_row"] > 0 and results["silver_sink"]["rows"] > 0
     assert "nproc=" in capsys.readouterr().out
