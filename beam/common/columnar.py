@@ -14,8 +14,9 @@ chunk and column:
 3. **Clear** each row with vectorized predicates that imply the checker's verdict is "valid"
    and its row equals the Arrow row (:meth:`ColumnarChecker._cleared`): REQUIRED fields
    present, a TIMESTAMP in the ``YYYY-MM-DDTHH:MM:SSZ`` form that names a real instant
-   (canonical: ``...+00:00``), and every data-quality rule passing where the rule has an exact
-   vectorized form (``not_null``, ``positive_number``, ``range`` with exactly comparable bounds,
+   (canonical: ``...+00:00``; read from the bytes with numpy, :func:`_z_instants`), and every
+   data-quality rule passing where the rule has an exact vectorized form (``not_null``,
+   ``positive_number``, ``range`` with exactly comparable bounds,
    ``allowed_values`` on STRING or INT64, ``valid_email``, and ``regex`` for patterns made only
    of constructs on which RE2 and Python's ``re`` agree, on ASCII values).
 
@@ -31,13 +32,17 @@ every dead-letter reason and the screen's edge cases, and compares Silver rows, 
 and counters.
 
 Dedup is the per-record path's batch dedup (exact over the run, the kept row of a duplicate set
-the one whose canonical JSON sorts first), on Arrow tables: rows are split into ``DEDUP_SHARDS``
+the one whose canonical JSON sorts first), on Arrow tables: rows are split into ``SHARDS`` (16)
 shards by a stable 64-bit hash of their key columns (:func:`key_hash`), and travel through one
 GroupByKey as Arrow IPC (:class:`ArrowChunkCoder`: buffers copied, no per-value encoding) with
 their hash, their file (an index into the element's paths) and line; in a shard, rows whose hash
 occurs once are kept as they are, the others (duplicates, the rows they repeat, collisions) are
-decided in Python on the per-record key (:func:`dedup_table`). Silver gets dicts as before (the
-sink is shared), or Arrow tables (``ROWS_AS_ARROW``).
+decided by their ``_message_id`` with Arrow kernels where that is exactly the canonical-JSON
+order (:func:`_first_by_message_id`), else in Python on the per-record key (:func:`dedup_table`).
+
+Silver rows leave as ``ArrowChunk`` tables (``ROWS_AS_ARROW``, what batch ``gcs_to_bigquery``
+runs: its Silver sink, ``beam.common.arrow_sink.WriteArrowRows``, writes the insertAll requests
+from the Arrow columns) or as dicts (``ROWS_AS_DICTS``, what ``WriteRows`` takes).
 
 Shapes and units: a ``FileChunk`` holds ~``readers.CHUNK_BYTES`` (4 MiB) of lines, ~27,000 of
 the benchmark's 155-byte records; Arrow columns hold canonical values (TIMESTAMP as the UTF-8
@@ -172,6 +177,7 @@ def line_pattern(fields: tuple[Field, ...]) -> str:
 
 
 BLANK = r"^[ \t\r\x0b\x0c]*\n?$"  # bytes.strip()'s whitespace: what the reader calls blank
+# The stamps cleared without the checker (read by _z_instants with numpy; the tests' reference).
 _TIMESTAMP_Z = r"^[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
 
 # Python's \s in a str pattern: every character str.isspace() calls whitespace.
@@ -777,7 +783,7 @@ beam.coders.registry.register_coder(ArrowChunk, ArrowChunkCoder)
 
 
 ROWS_AS_DICTS = "dicts"  # Silver rows as the per-record path gives them (what WriteRows sends)
-ROWS_AS_ARROW = "arrow"  # Silver rows as ArrowChunk tables (Silver's columns), for a columnar sink
+ROWS_AS_ARROW = "arrow"  # Silver rows as ArrowChunk tables (Silver's columns): what arrow_sink.WriteArrowRows takes
 
 
 class ValidateChunks(beam.DoFn):
@@ -937,7 +943,8 @@ class ColumnarValidateAndDedup(beam.PTransform):
     """``FileChunk`` elements -> ``{"valid": Silver rows, "dead_letters": DeadLetter}``: the batch
     ``ValidateAndDedup`` of the per-record path, a chunk at a time. ``rows``: the valid rows as
     dicts in batches (``ROWS_AS_DICTS``, what the per-record path gives) or as ``ArrowChunk``
-    elements (``ROWS_AS_ARROW``; ``ArrowToRows`` makes the dicts)."""
+    elements (``ROWS_AS_ARROW``: what ``gcs_to_bigquery`` uses, for ``arrow_sink.WriteArrowRows``;
+    ``ArrowToRows`` makes the dicts)."""
 
     def __init__(self, spec: PipelineSpec, rows: str = ROWS_AS_DICTS) -> None:
         super().__init__()
