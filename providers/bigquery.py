@@ -83,6 +83,13 @@ Observe: API calls
   metadata by etag was the alternative; ``tables.list`` returns no per-table etag, so checking
   the cache would itself cost one get per table.) The query needs ``bigquery.jobs.create`` in
   the project and is billed as a metadata query (the 10 MB minimum).
+
+  Issue 14 (time): the engine runs each dataset's part at once (`observe_parts`), and within it
+  the list and the query go out together (`BigQueryProvider._observe_tables`): after
+  ``datasets.list``, the tables of every dataset take one round trip (plus any further page),
+  not two per dataset one after another. A result
+  larger than one response (10 MB) is read on with ``jobs.getQueryResults``, each page counted;
+  its rows are decoded from the JSON directly (`decode_query_page`, `rows_from_query_page`).
 * Tables, emulator: one ``get_table`` per table instead of the query (see
   `BigQueryProvider._tables_via_get_on_emulator` for why).
 
