@@ -390,6 +390,8 @@ def measure(args) -> dict:
         "noop_total_seconds_median": round(statistics.median(totals), 3),
         "noop_load_seconds_median": round(statistics.median(loads), 3),
         "noop_plan_seconds_median": round(statistics.median(plans), 3),
+        # Every round, for spread: [load seconds, plan seconds].
+        "noop_rounds": [[round(a, 3), round(b, 3)] for a, b in zip(loads, plans)],
         "observe_seconds": round(observe_seconds, 3),
         "noop_api_calls": dict(sorted(calls.items())),
         "noop_api_calls_total": sum(calls.values()),
