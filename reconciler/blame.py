@@ -359,9 +359,13 @@ def drift_origins(state: Any, plan: Any, revision: str | None = None) -> dict[st
     for a missing resource (no fields), under ``""``, the line that declares it."""
     from reconciler.engine import drift_of
 
-    desired = {c.address: c.desired for c in plan.changes if c.desired is not None}
+    items = drift_of(plan)
+    if not items:  # the usual case; a plan may hold 100,000 changes
+        return {}
+    wanted = {item.address for item in items}
+    desired = {c.address: c.desired for c in plan.changes if c.desired is not None and c.address in wanted}
     result: dict[str, dict[str, Origin]] = {}
-    for item in drift_of(plan):
+    for item in items:
         resource = desired.get(item.address)
         if resource is None:
             continue

@@ -41,7 +41,9 @@ Safety rules decided here, so that every caller gets them:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -226,20 +228,34 @@ class Plan:
     refused: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    # The views below scan every change once and keep the result (a plan is immutable, and
+    # the daemon asks for them several times a sync: at 100,000 resources a scan is ~20 ms).
+    @functools.cached_property
+    def _actionable(self) -> tuple[Change, ...]:
+        if self.refused:
+            return ()
+        return tuple(c for c in self.changes if c.action not in (Action.NOOP, Action.READ) and not c.blocked)
+
+    @functools.cached_property
+    def _blocked(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.blocked)
+
+    @functools.cached_property
+    def _kept(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.orphan and c.action == Action.NOOP)
+
     @property
     def actionable(self) -> list[Change]:
         """Changes apply will execute, in order."""
-        if self.refused:
-            return []
-        return [c for c in self.changes if c.action not in (Action.NOOP, Action.READ) and not c.blocked]
+        return list(self._actionable)
 
     @property
     def blocked(self) -> list[Change]:
-        return [c for c in self.changes if c.blocked]
+        return list(self._blocked)
 
     @property
     def kept(self) -> list[Change]:
-        return [c for c in self.changes if c.orphan and c.action == Action.NOOP]
+        return list(self._kept)
 
     @property
     def has_changes(self) -> bool:
@@ -274,27 +290,57 @@ class PlanOptions:
 
 
 class ReconcileMemo:
-    """What the last reconcile decided for each declared resource that exists, by the identity of
-    its inputs, so that the next reconcile of a mostly unchanged platform skips their diffs.
+    """The last reconcile's inputs and decisions, so that the next reconcile of a mostly
+    unchanged platform decides again only where something changed (issue 14: a one-source
+    commit at 10,000 sources must not re-diff 110,000 resources, twice a sync).
 
-    `reconcile`'s decision for a declared, live resource of ours (`_change_for`) is a pure function
-    of the desired `Resource`, the live one, the kind's immutable fields and the `PlanOptions`.
-    Resources are immutable values, and an unchanged source's are the very same objects from one
-    revision to the next (`reconcile`'s callers reuse them: `load_repo(previous=...)`, compile's
-    memo, `reconciler.incremental`'s cache of live state). So when both objects are the ones the
-    last reconcile saw (``is``) under equal options and immutable fields, its `Change` is reused
-    as it is. Each reconcile keeps only the entries it used or made (no growth across revisions).
+    A declared resource's decision (`_decide`: create, update, replace, import, read or no-op)
+    is a pure function of its desired `Resource`, the live one of this platform or another's at
+    its address, the kind's immutable fields and the `PlanOptions`. Resources are immutable
+    values, and an unchanged source's are the very same objects from one revision to the next
+    (`load_repo(previous=...)`, compile's memo, `reconciler.incremental`'s cache of live state).
+    So `reconcile` with a memo compares each input with the last call's by identity (``is``),
+    decides again only the addresses where one differs, and keeps the rest of the decisions and
+    their order as they were. What depends on the whole plan is recomputed every time, exactly
+    as without a memo: orphans (live, ours, no longer declared), the order of deletes, blocked-by
+    chains and the refusal. With other options or immutable fields, or more than
+    `MAX_DELTA` differing addresses, it decides everything afresh. The plan is the same with or
+    without a memo (tests/test_reconcile_memo.py, a differential random walk among them).
+
     Not thread-safe: one memo per planning loop (the daemon's worker; `reconciler.incremental`).
     """
 
+    MAX_DELTA = 2000  # above this many differing addresses, deciding everything is as quick
+
     def __init__(self) -> None:
-        # id(desired) -> (desired, live, immutable fields, decision)
-        self._entries: dict[int, tuple[Resource, Resource, frozenset[str], Change]] = {}
-        self._options: PlanOptions | None = None
-        self.hits = 0  # decisions reused by the last reconcile (for tests and logs)
+        self._last: _Reconciled | None = None
+        self.hits = 0  # decisions the last reconcile reused (for tests and logs)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._last.decisions) if self._last is not None else 0
+
+
+@dataclass
+class _Reconciled:
+    """One reconcile's inputs (by address) and its decisions for the declared addresses, those
+    also in plan order (`_forward_key`)."""
+
+    options: PlanOptions
+    immutable_fields: Mapping[Kind, frozenset[str]]
+    desired: dict[str, Resource]
+    ours: dict[str, Resource]
+    others: dict[str, Resource]
+    decisions: dict[str, Change]
+    forward: list[Change]
+
+
+_RANK = {kind: i for i, kind in enumerate(KIND_ORDER)}
+_NO_FIELDS: frozenset[str] = frozenset()
+
+
+def _forward_key(change: Change) -> tuple[int, str]:
+    """Creates, updates and replaces go in dependency order (`_order`)."""
+    return _RANK[change.kind], change.address
 
 
 def reconcile(
@@ -306,9 +352,9 @@ def reconcile(
     declared_sources: int | None = None,
     memo: ReconcileMemo | None = None,
 ) -> Plan:
-    """Match desired to live and decide each resource's action. Pure: no I/O. ``memo``: the
-    decisions of the last reconcile to reuse where their inputs are unchanged (`ReconcileMemo`);
-    the plan is the same with or without it."""
+    """Match desired to live and decide each resource's action. Pure: no I/O. ``memo``: the last
+    reconcile's, to decide again only where the inputs changed (`ReconcileMemo`); the plan is
+    the same with or without it."""
     desired_by_address = {r.address: r for r in desired}
     ours: dict[str, Resource] = {}
     others: dict[str, Resource] = {}  # declared addresses that exist but are not this platform's
@@ -320,41 +366,67 @@ def reconcile(
             ours[resource.address] = resource
         elif resource.address in desired_by_address:
             others[resource.address] = resource
-    changes = []
-    reused: dict[int, tuple[Resource, Resource, frozenset[str], Change]] = {}
-    known = memo._entries if memo is not None and memo._options == options else {}
-    hits = 0
-    none: frozenset[str] = frozenset()
-    for addr, want in desired_by_address.items():
-        have = ours.get(addr)
-        if have is not None and not want.external:
-            immutable = immutable_fields.get(want.kind, none)
-            entry = known.get(id(want))  # the entry holds ``want``: its id is not reused meanwhile
-            if (entry is not None and entry[0] is want and entry[1] is have
-                    and (entry[2] is immutable or entry[2] == immutable)):
-                hits += 1
+
+    def decide(address: str) -> Change:
+        return _decide(desired_by_address[address], ours, others, immutable_fields, options)
+
+    last = memo._last if memo is not None else None
+    if last is not None and (last.options != options or last.immutable_fields is not immutable_fields):
+        last = None
+    delta = _delta(last, desired_by_address, ours, others) if last is not None else None
+    if delta is None or len(delta) > ReconcileMemo.MAX_DELTA:
+        decisions = {address: decide(address) for address in desired_by_address}
+        forward = sorted(decisions.values(), key=_forward_key)
+        hits = 0
+    else:
+        decisions = dict(last.decisions)
+        forward = [c for c in last.forward if c.address not in delta]
+        for address in delta:
+            if address in desired_by_address:
+                decisions[address] = change = decide(address)
+                bisect.insort(forward, change, key=_forward_key)
             else:
-                entry = (want, have, immutable, _change_for(want, have, immutable, options))
-            reused[id(want)] = entry
-            changes.append(entry[3])
-            continue
-        immutable = immutable_fields.get(want.kind, none)
-        if want.external:
-            changes.append(_reference(want, have or others.get(addr)))
-        elif addr in others:
-            changes.append(_import(want, others[addr], immutable, options))
-        else:
-            changes.append(Change(addr, want.kind, want.name, Action.CREATE, want, None,
-                                  reason="declared but does not exist"))
-    changes += [_orphan(r, options, desired_by_address) for addr, r in ours.items()
-                if addr not in desired_by_address and not r.status.get(LEAVING)]
+                decisions.pop(address, None)
+        hits = len(decisions) - sum(1 for address in delta if address in desired_by_address)
     if memo is not None:
-        memo._entries, memo._options, memo.hits = reused, options, hits
-    ordered = _block_dependents(_order(changes))
+        memo._last = _Reconciled(options, immutable_fields, desired_by_address, ours, others, decisions,
+                                 forward)
+        memo.hits = hits
+    orphans = [_orphan(r, options, desired_by_address) for addr, r in ours.items()
+               if addr not in desired_by_address and not r.status.get(LEAVING)]
+    ordered = _block_dependents(_order(orphans, forward))
     refused = _refusal(ordered, ours, declared_sources, options)
     return Plan(tuple(ordered), revision=revision, refused=refused,
                 options={"prune": options.prune, "allow_destroy": options.allow_destroy,
                          "adopt": sorted(options.adopt)})
+
+
+def _decide(want: Resource, ours: Mapping[str, Resource], others: Mapping[str, Resource],
+            immutable_fields: Mapping[Kind, frozenset[str]], options: PlanOptions) -> Change:
+    """The decision for one declared resource (module docstring)."""
+    address = want.address
+    have = ours.get(address)
+    if want.external:
+        return _reference(want, have or others.get(address))
+    immutable = immutable_fields.get(want.kind, _NO_FIELDS)
+    if have is not None:
+        return _change_for(want, have, immutable, options)
+    if address in others:
+        return _import(want, others[address], immutable, options)
+    return Change(address, want.kind, want.name, Action.CREATE, want, None, reason="declared but does not exist")
+
+
+def _delta(last: _Reconciled, desired: Mapping[str, Resource], ours: Mapping[str, Resource],
+           others: Mapping[str, Resource]) -> set[str]:
+    """Addresses whose desired, live-ours or live-other object is not (``is``) the last call's."""
+    before_desired, before_ours, before_others = last.desired, last.ours, last.others
+    delta = {a for a, r in desired.items() if before_desired.get(a) is not r}
+    delta.update(before_desired.keys() - desired.keys())
+    delta.update(a for a, r in ours.items() if before_ours.get(a) is not r)
+    delta.update(before_ours.keys() - ours.keys())
+    delta.update(a for a, r in others.items() if before_others.get(a) is not r)
+    delta.update(before_others.keys() - others.keys())
+    return delta
 
 
 # --------------------------------------------------------------------------- one resource
@@ -666,11 +738,14 @@ def _security_target(live: Resource) -> str | None:
 # --------------------------------------------------------------------------- whole plan
 
 
-def _order(changes: list[Change]) -> list[Change]:
-    """Creates, updates and replaces in dependency order; deletes after them, in reverse."""
-    rank = {kind: i for i, kind in enumerate(KIND_ORDER)}
-    forward = sorted((c for c in changes if c.action != Action.DELETE), key=lambda c: (rank[c.kind], c.address))
-    deletes = sorted((c for c in changes if c.action == Action.DELETE), key=lambda c: (-rank[c.kind], c.address))
+def _order(orphans: list[Change], forward: list[Change]) -> list[Change]:
+    """Creates, updates and replaces in dependency order; deletes after them, in reverse.
+    ``forward``: the declared resources' decisions, already in order (`_forward_key`);
+    ``orphans``: the undeclared ones' (deletes, or kept as they are), in any order."""
+    kept = [c for c in orphans if c.action != Action.DELETE]
+    deletes = sorted((c for c in orphans if c.action == Action.DELETE), key=lambda c: (-_RANK[c.kind], c.address))
+    if kept:
+        forward = sorted([*forward, *kept], key=_forward_key)
     return forward + deletes
 
 
@@ -706,10 +781,11 @@ def _brief(text: str, limit: int = 160) -> str:
 
 def _refusal(changes: list[Change], live: Mapping[str, Resource], declared_sources: int | None,
              options: PlanOptions) -> str | None:
-    live_sources = {r.labels.get(SOURCE_KEY) for r in live.values()} - {None}
-    if declared_sources == 0 and live_sources:
-        return (f"the desired state declares no sources while {len(live_sources)} are live; "
-                "refusing a plan that would leave the platform empty (is connectors/ missing?)")
+    if declared_sources == 0:
+        live_sources = {r.labels.get(SOURCE_KEY) for r in live.values()} - {None}
+        if live_sources:
+            return (f"the desired state declares no sources while {len(live_sources)} are live; "
+                    "refusing a plan that would leave the platform empty (is connectors/ missing?)")
     deletes = [c for c in changes if c.action == Action.DELETE and not c.blocked]
     if live and len(deletes) > options.max_delete_fraction * len(live):
         return (f"the plan deletes {len(deletes)} of {len(live)} managed resources, more than "

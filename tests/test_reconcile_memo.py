@@ -84,3 +84,43 @@ def test_the_memo_keeps_only_what_the_last_reconcile_used():
     plans(desired, live, memo=memo)
     plans(desired[:2], live[:2], memo=memo)
     assert len(memo) == 2
+
+
+def test_a_random_walk_of_changes_plans_as_without_a_memo():
+    """Each step changes a few inputs at random - desired added, removed or modified, live
+    changed, gone, taken by someone else, leaving, or an orphan appearing; options now and then
+    - and the memo's plan must equal the plain one (both reconcile the very same inputs)."""
+    import random
+
+    rng = random.Random(1414)
+    desired = {f"t{i}": topic(f"t{i}") for i in range(40)}
+    desired.update({f"s{i}": subscription(f"s{i}", f"t{i % 40}") for i in range(40)})
+    live = {name: r for name, r in desired.items() if rng.random() < 0.9}
+    memo = ReconcileMemo()
+    options = PlanOptions()
+    reused = 0
+    for step in range(300):
+        for _ in range(rng.randint(1, 4)):
+            name = rng.choice(sorted(set(desired) | set(live) | {f"x{rng.randint(0, 9)}"}))
+            roll = rng.random()
+            if roll < 0.2:
+                desired.pop(name, None)
+            elif roll < 0.4:
+                desired[name] = (topic(name, retention=rng.choice(["604800s", "86400s"])) if name[0] != "s"
+                                 else subscription(name, rng.choice(["t1", "t2"]), rng.choice([30, 60])))
+            elif roll < 0.55:
+                live.pop(name, None)
+            elif roll < 0.7 and name in desired:
+                live[name] = dataclasses.replace(desired[name])  # equal, but another object
+            elif roll < 0.8 and name in live:
+                live[name] = dataclasses.replace(live[name], labels={"owner": "someone-else"})
+            elif roll < 0.85 and name in live:
+                live[name] = dataclasses.replace(live[name], status={"leaving": "deleting"})
+            else:
+                live[name] = topic(name, retention="3600s") if name[0] != "s" else subscription(name, "t3")
+        if step % 50 == 49:
+            options = PlanOptions(prune=not options.prune, allow_destroy=rng.random() < 0.5)
+        with_memo, plain = plans(list(desired.values()), list(live.values()), options, memo=memo)
+        assert with_memo == plain, f"step {step}"
+        reused += memo.hits
+    assert reused > 300 * 40  # most decisions were reused, not made again

@@ -683,11 +683,13 @@ class Daemon:
         per_kind: dict[str, int] = {}
         drift_entries, drifted = [], {}
         origins = self._origins(plan, state)
+        by_kind: dict[tuple[Kind, str], int] = {}  # (str() of a Kind is slow at 100,000 changes: once a key)
         for change in plan.changes:
             if change.desired is None:
                 continue  # not declared: an orphan is not drift (see "kept" / pending deletes)
             state_name = resource_state(change)
-            counts[(str(change.kind), state_name)] = counts.get((str(change.kind), state_name), 0) + 1
+            key = (change.kind, state_name)
+            by_kind[key] = by_kind.get(key, 0) + 1
             if state_name in ("drifted", "missing"):
                 per_kind[str(change.kind)] = per_kind.get(str(change.kind), 0) + 1
                 mine = origins.get(change.address, {})
@@ -704,6 +706,7 @@ class Daemon:
                     else ", ".join(f"{d.path}: {_short(d.before)} → {_short(d.after)}"
                                    + (f" (desired value {mine[d.path].describe()})" if d.path in mine else "")
                                    for d in change.diff))
+        counts.update({(str(kind), state_name): n for (kind, state_name), n in by_kind.items()})
         self._drift_origins = {address: {path or "declared": o.to_dict() for path, o in found.items()}
                                for address, found in origins.items()}
         self.metrics.set_resources(counts, per_kind)
