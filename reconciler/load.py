@@ -184,7 +184,7 @@ class _Collector:
 
 
 def load_repo(root: Path | str, within: Path | str | None = None,
-              previous: DesiredState | None = None) -> DesiredState:
+              previous: DesiredState | None = None, changed: Iterable[str] | None = None) -> DesiredState:
     """Read and validate the desired state under ``root``; raise `InvalidDesiredState` on any problem.
 
     ``within``: the directory every file read must resolve inside (default ``root``); the daemon
@@ -200,13 +200,20 @@ def load_repo(root: Path | str, within: Path | str | None = None,
     ctime, inode - git's own test of a work-tree file, `git-update-index(1)`), and not "racily
     clean": a file modified at, or `RACY_WINDOW_NS` before, the moment ``previous``'s load began
     is read again, because a later change within the file system's timestamp granularity would
-    not show. Every
-    check that spans files (duplicate ids, webhook paths, landing prefixes, serving and
+    not show.
+
+    ``changed`` (with ``previous``): the files that differ between the revision ``previous`` was
+    loaded from and what is at ``root`` now, as paths relative to ``within`` - what git says
+    (the daemon: `git diff --name-only --no-renames`, on a checkout it forced clean). Then no
+    stamp is compared: a file not in ``changed`` that ``previous`` read as a regular file is
+    unchanged, racily clean or not (git compared contents).
+
+    Every check that spans files (duplicate ids, webhook paths, landing prefixes, serving and
     governance across sources) runs over all sources as always; the result equals a load
     without ``previous`` (tests/test_load_incremental.py).
     """
     with _collection_paused():
-        return _load_repo(root, within, previous)
+        return _load_repo(root, within, previous, changed)
 
 
 # A file changed less than this before a load began is read again by the next load whatever its
@@ -237,14 +244,30 @@ class FileStamp:
         return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def _unchanged(previous: DesiredState | None, path: Path | str, stamps: dict[str, Any]) -> bool:
-    """``path`` is as ``previous`` read it (`load_repo`'s docstring); its stamp goes in ``stamps``."""
-    key = str(path)
-    stamp = stamps[key] = FileStamp.of(key)
-    if previous is None or not previous._stamps or stamp is None:
-        return False
-    racy = max(stamp.mtime_ns, stamp.ctime_ns) >= previous._loaded_at_ns - RACY_WINDOW_NS
-    return not racy and previous._stamps.get(key) == stamp
+@dataclass
+class _Reuse:
+    """What a load may take from ``previous`` (`load_repo`'s docstring), and the stamps it takes."""
+
+    previous: DesiredState | None
+    changed: frozenset[str] | None = None  # absolute paths git says differ; None: compare stamps
+    stamps: dict[str, FileStamp | None] = field(default_factory=dict)  # this load's, for the next
+
+    def unchanged(self, path: Path | str) -> bool:
+        """``path`` is as ``previous`` read it; its stamp goes in ``stamps`` either way."""
+        key = str(path)
+        previous = self.previous
+        before = previous._stamps.get(key) if previous is not None and previous._stamps else None
+        if self.changed is not None:
+            if before is not None and key not in self.changed:
+                self.stamps[key] = before  # untouched since it was stamped (a forced, clean checkout)
+                return True
+            self.stamps[key] = FileStamp.of(key)
+            return False
+        stamp = self.stamps[key] = FileStamp.of(key)
+        if before is None or stamp is None:
+            return False
+        racy = max(stamp.mtime_ns, stamp.ctime_ns) >= previous._loaded_at_ns - RACY_WINDOW_NS
+        return not racy and before == stamp
 
 
 @contextlib.contextmanager
@@ -263,9 +286,9 @@ def _collection_paused():
             gc.enable()
 
 
-def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredState | None) -> DesiredState:
+def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredState | None,
+               changed: Iterable[str] | None) -> DesiredState:
     loaded_at_ns = time.time_ns()
-    stamps: dict[str, Any] = {}
     given = Path(root)
     if not given.is_dir():
         what = "is a file, not a directory" if given.exists() else "does not exist"
@@ -279,14 +302,16 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
     collector = _Collector(root, boundary)
     if previous is not None and (previous.root != root or previous._stamps is None):
         previous = None  # another directory: nothing to reuse
+    reuse = _Reuse(previous, None if changed is None else frozenset(os.path.join(boundary, p) for p in changed))
+    stamps = reuse.stamps
     platform = None
     platform_path = root / PLATFORM_FILE
     if not os.path.lexists(platform_path):
         collector.add(PLATFORM_FILE, (1, 1), "", f"missing: a desired-state repo needs {PLATFORM_FILE} at its root")
-    elif _unchanged(previous, platform_path, stamps):
+    elif reuse.unchanged(platform_path):
         platform, platform_map = previous.platform, previous.platform_map
     else:
-        previous = None  # platform.yaml changed: every source is checked against the new one
+        previous = reuse.previous = None  # platform.yaml changed: every source is checked against the new one
         loaded = collector.load(platform_path, load_yaml, Platform, precheck=platform_precheck)
         if loaded:
             platform, platform_map = loaded
@@ -301,7 +326,7 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
     files = (sorted([*connectors_dir.glob("*.yaml"), *connectors_dir.glob("*.yml")], key=str)
              if connectors_dir.is_dir() else [])
     for path in files:
-        kept = _reusable(reusable, collector, path, stamps, previous)
+        kept = _reusable(reusable, collector, path, reuse)
         if kept is not None and kept.source_id not in seen:  # as read before: only the checks across files
             seen[kept.source_id] = kept.connector_file
             _check_ingestion(collector, kept.connector, platform, kept.connector_file, kept.connector_map,
@@ -385,15 +410,14 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
     return state
 
 
-def _reusable(reusable: dict[str, Source], collector: _Collector, path: Path, stamps: dict[str, Any],
-              previous: DesiredState | None) -> Source | None:
+def _reusable(reusable: dict[str, Source], collector: _Collector, path: Path, reuse: _Reuse) -> Source | None:
     """The previous load's `Source` of connector file ``path`` when neither it nor its schema
     file changed (`FileStamp`: neither is a symbolic link either), else None."""
-    connector_unchanged = _unchanged(previous, path, stamps)  # stamped whatever happens next
+    connector_unchanged = reuse.unchanged(path)  # stamped whatever happens next
     source = reusable.get(collector.rel(path))
     if source is None or not connector_unchanged:
         return None
-    return source if _unchanged(previous, f"{collector.root}{os.sep}{source.schema_file}", stamps) else None
+    return source if reuse.unchanged(f"{collector.root}{os.sep}{source.schema_file}") else None
 
 
 def git_revision(root: Path) -> str | None:

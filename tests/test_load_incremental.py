@@ -192,3 +192,38 @@ def test_a_source_whose_schema_is_a_symbolic_link_is_read_again_every_time(repo)
     assert_same(state, scratch)
     assert "orders" not in reused(state, previous)
     assert "payments" in reused(state, previous)
+
+
+def test_what_git_says_changed_is_read_again_and_nothing_else_even_when_racily_clean(repo):
+    """With ``changed`` (the daemon: git diff between the two revisions) no stamp is compared:
+    files just written (racily clean) are reused unless git lists them."""
+    previous = load_repo(repo)  # files written a moment ago: by stamps alone, nothing is reused
+    edit_connector(repo, "orders", lambda d: d.setdefault("labels", {}).update({"team": "sales"}))
+    state = load_repo(repo, previous=previous, changed=["connectors/orders.yaml"])
+    assert state == load_repo(repo)
+    assert reused(state, previous) == {s.source_id for s in previous.sources if not s.tables} - {"orders"}
+
+
+def test_paths_from_gits_root_when_the_desired_state_is_a_subdirectory(tmp_path):
+    checkout = tmp_path / "checkout"
+    repo = copy_example(checkout)  # checkout/repo: the desired state, --path repo
+    previous = load_repo(repo, within=checkout)
+    path = repo / "schemas" / "orders.json"
+    path.write_text(path.read_text().replace('"Unique order id"', '"The order id"', 1))
+    state = load_repo(repo, within=checkout, previous=previous, changed=["repo/schemas/orders.json"])
+    assert state == load_repo(repo, within=checkout)
+    assert "orders" not in reused(state, previous) and "payments" in reused(state, previous)
+
+
+def test_git_mode_still_reads_a_symbolic_link_again(repo):
+    """git lists a link's target when it changes, not the link: a link is never reused."""
+    schema = repo / "schemas" / "orders.json"
+    (repo / "schemas" / "orders.real.json").write_text(schema.read_text())
+    schema.unlink()
+    schema.symlink_to("orders.real.json")
+    previous = load_repo(repo)
+    real = repo / "schemas" / "orders.real.json"
+    real.write_text(real.read_text().replace('"Unique order id"', '"The order id"', 1))
+    state = load_repo(repo, previous=previous, changed=["schemas/orders.real.json"])
+    assert state == load_repo(repo)
+    assert "orders" not in reused(state, previous)

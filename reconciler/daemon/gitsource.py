@@ -106,6 +106,15 @@ class GitSource:
         except (git.GitError, ValueError, OSError) as exc:
             raise GitSourceError(self._message("checkout", exc)) from None
 
+    def changed_files(self, old: str, new: str) -> set[str] | None:
+        """Paths (from the work tree's root) that differ between commits ``old`` and ``new``,
+        a rename as its two paths; None when git cannot tell (``old`` gone after a force-push)."""
+        try:
+            out = self._open().git.diff("--name-only", "--no-renames", "-z", old, new, "--")
+        except (git.GitError, ValueError, OSError):
+            return None
+        return {path for path in out.split("\0") if path}
+
     def first_parents(self, sha: str, limit: int) -> list[str]:
         """``sha`` and its first-parent ancestors, newest first (at most ``limit``)."""
         try:

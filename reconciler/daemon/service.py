@@ -429,14 +429,17 @@ class Daemon:
             self._reconcile(self._candidate, log.bind(revision=self._candidate.revision), started)
 
     def _load(self, sha: str, log: Any) -> DesiredState | None:
-        """Check ``sha`` out and validate it; None (reported) when it is invalid. Files the
-        checkout left as they were are not read again (`load_repo`'s ``previous``)."""
+        """Check ``sha`` out and validate it; None (reported) when it is invalid. Files that did
+        not change since the last load (git says which) are not read again (`load_repo`'s
+        ``previous`` and ``changed``)."""
         previous = None
         try:
             root = self.git.checkout(sha)
             # Every file read must resolve inside the checkout (not just the --path directory).
             previous = self._loaded
-            state = load_repo(root / self.settings.path, within=root, previous=previous)
+            # What git says changed since the last load (exact, unlike file times); None: stamps.
+            changed = self.git.changed_files(previous.revision, sha) if previous and previous.revision else None
+            state = load_repo(root / self.settings.path, within=root, previous=previous, changed=changed)
             self._loaded = state
         except GitSourceError as exc:
             problems = [str(exc)]

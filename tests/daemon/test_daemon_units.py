@@ -361,3 +361,26 @@ def test_filters_keep_the_cores_refusal():
     assert plan.refused
     assert heal_plan(plan, set()).refused == plan.refused and heal_plan(plan, set()).actionable == []
     assert without_sources(plan, {"x"}).actionable == []
+
+
+def test_git_changed_files_lists_both_paths_of_a_rename_and_none_for_an_unknown_commit(tmp_path: Path):
+    import git
+
+    remote = tmp_path / "remote"
+    work = git.Repo.init(remote, initial_branch="main")
+    with work.config_writer() as config:
+        config.set_value("user", "name", "t")
+        config.set_value("user", "email", "t@example.com")
+    (remote / "a.yaml").write_text("a: 1\n")
+    (remote / "b.yaml").write_text("b: 1\n")
+    work.index.add(["a.yaml", "b.yaml"])
+    first = work.index.commit("one").hexsha
+    work.index.move(["a.yaml", "renamed.yaml"])
+    (remote / "b.yaml").write_text("b: 2\n")
+    work.index.add(["b.yaml"])
+    second = work.index.commit("two").hexsha
+    source = GitSource(str(remote), "main", tmp_path / "cache")
+    assert source.fetch() == second
+    assert source.changed_files(first, second) == {"a.yaml", "renamed.yaml", "b.yaml"}
+    assert source.changed_files(second, second) == set()
+    assert source.changed_files("0" * 40, second) is None
