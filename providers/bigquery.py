@@ -868,7 +868,7 @@ class BigQueryProvider:
 
         The query needs nothing from the list, so the two requests go out together: a dataset
         costs one round trip, not two (issue 14). The query therefore runs for an empty managed
-        dataset too (it answered no rows before it was skipped for one): one more metadata
+        dataset too (it used to be skipped when the list came back empty): one more metadata
         query, billed at the 10 MB minimum, per empty managed dataset and observe. An empty
         dataset's tables are none, whatever that query answered; otherwise the list's error, if
         any, is raised first, then the query's.
@@ -987,7 +987,8 @@ class BigQueryProvider:
         while the job runs, one ``jobs.getQueryResults`` per wait of up to `QUERY_WAIT_MS`; then one
         ``jobs.getQueryResults`` per further page (a response holds at most 10 MB of rows:
         https://cloud.google.com/bigquery/docs/reference/rest/v2/jobs/query, ``rows[]``). A job not
-        finished after `QUERY_TIMEOUT_S` is a temporary error. A retry starts a new job.
+        finished after `QUERY_TIMEOUT_S` is a temporary error (the job, a metadata read, is left to
+        end by itself, not cancelled). A retry starts a new job.
         """
         client = self._bq()
 
