@@ -254,8 +254,15 @@ def measure_sinks(path: Path, spec: PipelineSpec, limit: int = 200_000, repeat: 
     from google.cloud import bigquery
 
     from beam.common.arrow_sink import WriteArrowRows
-    from beam.common.columnar import BLANK_UNCOUNTED, ArrowChunk, ColumnarChecker, FileChunk, _with_file, to_rows
-    from beam.common.columnar import with_message_id
+    from beam.common.columnar import (
+        BLANK_UNCOUNTED,
+        ArrowChunk,
+        ColumnarChecker,
+        FileChunk,
+        _with_file,
+        to_rows,
+        with_message_id,
+    )
     from beam.common.sinks import RowIdFromKey, WriteRows
 
     data = path.read_bytes()

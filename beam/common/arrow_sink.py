@@ -38,11 +38,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from beam.common.checker import KEY_SEPARATOR, NULL_KEY
 from beam.common.clients import bigquery_client
 from beam.common.columnar import ArrowChunk, _mask, to_rows
 from beam.common.records import DeadLetter
 from beam.common.sinks import INSERT_BATCH, SINK_REJECTED, _error_text, _is_row_error
-from beam.common.checker import KEY_SEPARATOR, NULL_KEY
 from beam.common.transforms import counter, row_id
 
 _ESCAPED = r'["\\\x00-\x1f]'  # what a JSON string cannot hold as is

@@ -25,11 +25,11 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam.common import columnar, files
+from beam.common.checker import key_function
 from beam.common.columnar import ColumnarValidateAndDedup, _z_instants, eligible, re2_safe
 from beam.common.runner import counters
 from beam.common.spec import parse_spec
 from beam.common.synthetic import SPEC, generate
-from beam.common.checker import key_function
 from beam.common.transforms import ValidateAndDedup, _canonical
 from beam.gcs_to_bigquery import readers
 from beam.gcs_to_bigquery.readers import ReadChunks, ReadRecords
