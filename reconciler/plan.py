@@ -371,8 +371,9 @@ def reconcile(
         return _decide(desired_by_address[address], ours, others, immutable_fields, options)
 
     last = memo._last if memo is not None else None
-    if last is not None and (last.options != options or last.immutable_fields is not immutable_fields):
-        last = None
+    if last is not None and (last.options != options or (last.immutable_fields is not immutable_fields
+                                                          and last.immutable_fields != immutable_fields)):
+        last = None  # (equal, not the same: the daemon makes an engine, and its immutable fields, per sync)
     delta = _delta(last, desired_by_address, ours, others) if last is not None else None
     if delta is None or len(delta) > ReconcileMemo.MAX_DELTA:
         decisions = {address: decide(address) for address in desired_by_address}
