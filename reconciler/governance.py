@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,9 +176,13 @@ def has_classified_columns(source: Any) -> bool:
 # --------------------------------------------------------------------------- load-time checks
 
 
-def check(collector: Any, platform: Platform | None, platform_map: Any, sources: Sequence[Any]) -> None:
+def check(collector: Any, platform: Platform | None, platform_map: Any, sources: Sequence[Any],
+          unchanged: Collection[int] = frozenset()) -> None:
     """The cross-file checks of the module docstring; each problem added to ``collector`` (a
-    `reconciler.load._Collector`) as file:line:col: field: message."""
+    `reconciler.load._Collector`) as file:line:col: field: message. ``unchanged``: ``id()`` of
+    sources an earlier load checked, without a problem, under this very platform object
+    (`load_repo`'s ``previous``): a source's checks here read only it and the platform, so they
+    are skipped."""
     if platform is None:
         return
     from reconciler.compile import is_foreign, topic_id
@@ -215,6 +219,8 @@ def check(collector: Any, platform: Platform | None, platform_map: Any, sources:
     classes = platform.classifications
     silver = platform.zones.silver.dataset or "silver"
     for source in sources:
+        if id(source) in unchanged:
+            continue
         connector, rel, smap = source.connector, source.connector_file, source.connector_map
         for key in ("readers", "publishers", "subscribers"):
             tier_refs(rel, smap, ("access", key), getattr(connector.access, key))

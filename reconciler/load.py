@@ -319,6 +319,7 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
     reusable = {s.connector_file: s for s in previous.sources if not s.tables} if previous is not None else {}
 
     sources = []
+    unchanged: set[int] = set()  # id() of the sources taken from ``previous`` as they were
     seen: dict[str, str] = {}
     webhook_paths: dict[str, str] = {}
     cdc_tables: dict[str, str] = {}  # database_cdc: BigQuery table names derived so far, by file
@@ -328,6 +329,7 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
     for path in files:
         kept = _reusable(reusable, collector, path, reuse)
         if kept is not None and kept.source_id not in seen:  # as read before: only the checks across files
+            unchanged.add(id(kept))
             seen[kept.source_id] = kept.connector_file
             _check_ingestion(collector, kept.connector, platform, kept.connector_file, kept.connector_map,
                              webhook_paths)
@@ -380,7 +382,7 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
     if platform is not None:  # issue 13: governance settings across files (reconciler/governance.py)
         from reconciler import governance
 
-        governance.check(collector, platform, platform_map, sources)
+        governance.check(collector, platform, platform_map, sources, unchanged)
     if platform is not None:
         # GCP's limits on what compile builds, with the file and line of the setting that exceeds them.
         from reconciler.compile import compile_resources
@@ -393,8 +395,7 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
             # What compile reused unchanged was checked when it was made (the previous load passed).
             known = {id(r) for r in previous._compiled} if previous is not None and previous._compiled else set()
             fresh = [r for r in compiled if id(r) not in known] if known else compiled
-            kept_sources = {id(s) for s in previous.sources} if known else set()
-            collector.problems += compiled_problems(checked, fresh, skip_sources=kept_sources)
+            collector.problems += compiled_problems(checked, fresh, skip_sources=unchanged)
         except Exception:
             if not collector.problems:
                 raise

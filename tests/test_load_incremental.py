@@ -227,3 +227,13 @@ def test_git_mode_still_reads_a_symbolic_link_again(repo):
     state = load_repo(repo, previous=previous, changed=["schemas/orders.real.json"])
     assert state == load_repo(repo)
     assert "orders" not in reused(state, previous)
+
+
+def test_a_governance_problem_in_the_changed_source_is_found(repo):
+    """The per-source governance checks are skipped for reused sources only."""
+    previous = settle(repo)
+    path = repo / "schemas" / "orders.json"
+    path.write_text(path.read_text().replace('"classification": "pii"', '"classification": "pi"', 1))
+    state, scratch = loaded(repo, previous)
+    assert isinstance(state, list) and state == scratch
+    assert any("classification 'pi'" in p for p in state)
