@@ -147,13 +147,17 @@ class _Collect(beam.DoFn):
         _COLLECTED.setdefault(self.name, []).append(element)
 
 
-def _run(spec: Any, pattern: str, *, use_columnar: bool, tag: str) -> tuple[list[bytes], list[Any], dict[str, int]]:
+def _run(spec: Any, pattern: str, *, use_columnar: bool, tag: str, rows: str = columnar.ROWS_AS_DICTS
+         ) -> tuple[list[bytes], list[Any], dict[str, int]]:
     _COLLECTED.pop(f"{tag}-rows", None)
     _COLLECTED.pop(f"{tag}-dead", None)
     p = beam.Pipeline(runner=FnApiRunner())
     listed = p | beam.Create(files.match(pattern))
     if use_columnar:
-        out = listed | "ReadChunks" >> beam.ParDo(ReadChunks(None, "auto")) | "Validate" >> ColumnarValidateAndDedup(spec)
+        out = listed | "ReadChunks" >> beam.ParDo(ReadChunks(None, "auto")) | "Validate" >> ColumnarValidateAndDedup(
+            spec, rows)
+        if rows == columnar.ROWS_AS_ARROW:  # what gcs_to_bigquery's Silver sink gets, as the dicts they hold
+            out = {**out, "valid": out["valid"] | "ToRows" >> beam.FlatMap(lambda c: columnar.to_rows(c.table))}
     else:
         out = listed | "ReadRecords" >> beam.ParDo(ReadRecords(None, "auto")) | "Validate" >> ValidateAndDedup(
             spec, streaming=False)
@@ -178,11 +182,13 @@ def test_columnar_equals_per_record(name: str, landing: str, monkeypatch: pytest
     monkeypatch.setattr(readers, "CHUNK_BYTES", 7_000)  # many chunks per file, both reading modes
     rows, dead, counts = _run(spec, landing, use_columnar=False, tag=f"{name}-records")
     c_rows, c_dead, c_counts = _run(spec, landing, use_columnar=True, tag=f"{name}-columnar")
+    a_rows, a_dead, a_counts = _run(spec, landing, use_columnar=True, tag=f"{name}-arrow", rows=columnar.ROWS_AS_ARROW)
 
-    assert c_rows == rows
-    assert c_dead == dead
+    assert c_rows == rows and a_rows == rows
+    assert c_dead == dead and a_dead == dead
     per_record = c_counts.pop("records_checked_per_record")
-    assert c_counts == counts
+    assert a_counts.pop("records_checked_per_record") == per_record
+    assert c_counts == counts and a_counts == counts
     # Every reason the generator injects, and the accounting identity, on both paths.
     reasons = Counter(d[1] for d in dead)
     if name == "strict":
