@@ -485,6 +485,9 @@ def _through_circuit(circuit: pybreaker.CircuitBreaker, fn: Callable[[], T]) -> 
     outside the lock and only its outcome is recorded under it (the same counting as
     ``call``); an open or half-open circuit goes through pybreaker's own ``call``, so the trial
     call is still one at a time. Raises what ``fn`` raises, or `pybreaker.CircuitBreakerError`.
+    This reaches into pybreaker's internals (the breaker's ``_lock``, a state's
+    ``_handle_error`` / ``_handle_success``; pybreaker 1.4.1 in deploy/requirements.lock):
+    tests/test_circuit_concurrency.py and tests/test_errors.py fail if they change.
     """
     with circuit._lock:
         closed = circuit.current_state == pybreaker.STATE_CLOSED
