@@ -25,7 +25,10 @@ a fresh measuring process (its peak RSS is headwater's, not the fake's) times:
   (only the changed files read again), `reconciler.incremental` (``plan_change`` against the
   cache a full observe left, ``recheck`` of what was applied); ``commit`` in the JSON;
 * API calls by method, as the fake counted them (and the modeled lists);
-* peak RSS (``ru_maxrss``) after the plans, and the RSS after imports for scale;
+* peak RSS (``ru_maxrss``) after the plans, and the RSS after imports for scale, with the packages
+  of the daemon's image (``deploy/requirements.lock``): pyarrow and numpy, which the dev
+  environment has for Beam and the clients import when present, are kept out
+  (``--dev-packages`` lets them in);
 * beside it, the naive baseline: one get per declared resource through the same clients
   (16 at a time). Above ``--naive-limit`` resources it gets a stratified sample and scales the
   time up (``naive_extrapolated`` says so); the calls are one per resource either way.
@@ -307,7 +310,31 @@ def naive(c: dict, project: str, desired, modeled: LatencyMemoryProvider, limit:
     }
 
 
+# Installed in the dev environment for Beam (deploy/dev.lock) but not in the daemon's image
+# (deploy/requirements.lock): google-cloud-bigquery imports pyarrow and deepdiff numpy when they
+# are there (~36 MiB of RSS), which the daemon on Cloud Run never carries.
+NOT_IN_DAEMON_IMAGE = ("pyarrow", "numpy", "pandas", "db_dtypes")
+
+
+class _AsInTheDaemonImage:
+    """An import hook: the modules the daemon's image does not install cannot be imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in NOT_IN_DAEMON_IMAGE:
+            raise ImportError(f"{name} is not in deploy/requirements.lock (the daemon's image)")
+        return None
+
+
+def as_in_the_daemon_image() -> None:
+    lock = (ROOT / "deploy" / "requirements.lock").read_text().lower()
+    pinned = [m for m in NOT_IN_DAEMON_IMAGE if f"\n{m.replace('_', '-')}==" in lock]
+    assert not pinned, f"the daemon's image installs {pinned}: update NOT_IN_DAEMON_IMAGE"
+    sys.meta_path.insert(0, _AsInTheDaemonImage())
+
+
 def measure(args) -> dict:
+    if not args.dev_packages:
+        as_in_the_daemon_image()
     imported_rss = rss_mib()
     from reconciler.compile import compile_resources
     from reconciler.engine import Engine, plan_options
@@ -398,6 +425,7 @@ def measure(args) -> dict:
         "commit": commits,
         "rss_after_imports_mib": round(imported_rss, 1),
         "peak_rss_mib": round(peak_rss, 1),
+        "packages": "dev environment" if args.dev_packages else "daemon image (no pyarrow, numpy)",
         **baseline,
     }
 
@@ -445,7 +473,8 @@ def run_size(sources: int, args) -> dict:
                            check=True)
             seed_seconds = time.perf_counter() - started
             out = subprocess.run([python, me, "--measure", *common, "--latency", str(args.latency),
-                                  "--repeat", str(args.repeat), "--naive-limit", str(args.naive_limit)],
+                                  "--repeat", str(args.repeat), "--naive-limit", str(args.naive_limit),
+                                  *(["--dev-packages"] if args.dev_packages else [])],
                                  check=True, capture_output=True, text=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row["seed_seconds"] = round(seed_seconds, 1)
@@ -467,6 +496,9 @@ def main() -> int:
     parser.add_argument("--seed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed-with-apply", action="store_true",
                         help="seed the fake by headwater's plan and apply (slow) instead of in bulk")
+    parser.add_argument("--dev-packages", action="store_true",
+                        help="measure with every package of the dev environment importable (default: as in the "
+                             "daemon's image, without pyarrow and numpy, which the clients import when present)")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     for name in ("--repo", "--project", "--grpc", "--http"):
         parser.add_argument(name, help=argparse.SUPPRESS)
