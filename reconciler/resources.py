@@ -51,14 +51,13 @@ named in full): it is never created, changed or deleted; the engine reads it
 
 from __future__ import annotations
 
-import functools
 
 import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class Kind(StrEnum):
@@ -376,11 +375,14 @@ class Resource:
     # Live side only: observed facts beside the spec (`WOULD_LOSE`, `LEAVING`); never diffed or sent.
     status: Mapping[str, Any] = field(default_factory=dict)
 
-    @functools.cached_property
-    def address(self) -> str:
-        # Cached (in the instance's __dict__, beside the fields: not compared, not a field): a plan
-        # of 10,000 sources asks for the addresses of its 110,000 resources millions of times.
-        return address(self.kind, self.name)
+    if TYPE_CHECKING:  # (not a field: set by __post_init__, never compared or shown)
+        address: str  # ``kind.name``, e.g. ``pubsub_subscription.orders-ingest`` (`address()`)
+
+    def __post_init__(self) -> None:
+        # The address, made once (an instance attribute beside the fields: not compared, not a
+        # field): a plan of 10,000 sources asks for the addresses of its 110,000 resources
+        # millions of times. (functools.cached_property takes a lock per first use on 3.11.)
+        object.__setattr__(self, "address", address(self.kind, self.name))
 
     @property
     def source_id(self) -> str | None:
