@@ -393,8 +393,8 @@ def reconcile(
         memo._last = _Reconciled(options, immutable_fields, desired_by_address, ours, others, decisions,
                                  forward)
         memo.hits = hits
-    orphans = [_orphan(r, options, desired_by_address) for addr, r in ours.items()
-               if addr not in desired_by_address and not r.status.get(LEAVING)]
+    orphans = [_orphan(ours[addr], options, desired_by_address) for addr in ours.keys() - desired_by_address.keys()
+               if not ours[addr].status.get(LEAVING)]
     ordered = _block_dependents(_order(orphans, forward))
     refused = _refusal(ordered, ours, declared_sources, options)
     return Plan(tuple(ordered), revision=revision, refused=refused,
@@ -756,6 +756,8 @@ def _block_dependents(changes: list[Change]) -> list[Change]:
     not be created on a topic that cannot be read."""
     blocked = {c.address: c for c in changes if c.blocked}
     result = list(changes)
+    if not blocked:  # the usual plan: nothing to follow
+        return result
     progress = True
     while progress:  # dependencies come first in a plan's order, so this settles in one or two passes
         progress = False
