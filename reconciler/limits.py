@@ -97,10 +97,13 @@ def compiled_problems(state: DesiredState, resources: Sequence[Resource] | None 
         for problem in _name_problems(state, source, resource):
             add(problem)
     for source in state.sources:
-        if id(source) in skip_sources:
-            continue
-        for problem in _source_problems(state, source):
-            add(problem)
+        if id(source) not in skip_sources:
+            for problem in _source_problems(state, source):
+                add(problem)
+        elif source.connector.silver.require_partition_filter:
+            # Its own settings were checked, but another source (changed or new) may join it now.
+            for problem in _join_problems(state, source):
+                add(problem)
     return problems
 
 
@@ -224,14 +227,19 @@ def _source_problems(state: DesiredState, source: Source) -> Iterator[Problem]:
                       f"the gold aggregate{'s' if len(aggregates) > 1 else ''} of this source rebuild from all of "
                       f"Silver every hour, a query with no partition filter, which BigQuery refuses on a table that "
                       "requires one: drop require_partition_filter or the aggregates")
-        silver = f"{_silver_dataset(state)}.{connector.source_id}"
-        for other in state.sources:
-            for index, step in enumerate(other.connector.processing.silver_to_gold):
-                if step.join and step.join.table == silver and other is not source:
-                    yield _at(state, other, ("processing", "silver_to_gold", index, "join", "table"),
-                              f"joins {silver}, which requires a partition filter ({source.connector_file}: "
-                              "silver.require_partition_filter); the gold query reads it whole, so BigQuery would "
-                              "refuse it")
+        yield from _join_problems(state, source)
+
+
+def _join_problems(state: DesiredState, source: Source) -> Iterator[Problem]:
+    """The other sources' gold joins of ``source``'s Silver table, which requires a partition filter."""
+    silver = f"{_silver_dataset(state)}.{source.connector.source_id}"
+    for other in state.sources:
+        for index, step in enumerate(other.connector.processing.silver_to_gold):
+            if step.join and step.join.table == silver and other is not source:
+                yield _at(state, other, ("processing", "silver_to_gold", index, "join", "table"),
+                          f"joins {silver}, which requires a partition filter ({source.connector_file}: "
+                          "silver.require_partition_filter); the gold query reads it whole, so BigQuery would "
+                          "refuse it")
 
 
 def _silver_dataset(state: DesiredState) -> str:

@@ -251,6 +251,7 @@ class _Reuse:
     previous: DesiredState | None
     changed: frozenset[str] | None = None  # absolute paths git says differ; None: compare stamps
     stamps: dict[str, FileStamp | None] = field(default_factory=dict)  # this load's, for the next
+    direct_dirs: dict[str, bool] = field(default_factory=dict)  # directory -> no symbolic link on its way
 
     def unchanged(self, path: Path | str) -> bool:
         """``path`` is as ``previous`` read it; its stamp goes in ``stamps`` either way."""
@@ -258,7 +259,7 @@ class _Reuse:
         previous = self.previous
         before = previous._stamps.get(key) if previous is not None and previous._stamps else None
         if self.changed is not None:
-            if before is not None and key not in self.changed:
+            if before is not None and key not in self.changed and self._direct(key):
                 self.stamps[key] = before  # untouched since it was stamped (a forced, clean checkout)
                 return True
             self.stamps[key] = FileStamp.of(key)
@@ -268,6 +269,17 @@ class _Reuse:
             return False
         racy = max(stamp.mtime_ns, stamp.ctime_ns) >= previous._loaded_at_ns - RACY_WINDOW_NS
         return not racy and before == stamp
+
+    def _direct(self, key: str) -> bool:
+        """No directory on ``key``'s way is a symbolic link (the root is resolved): git lists a
+        change of this file under ``key`` itself. Through a linked directory (``schemas ->
+        shared/``) git names the target's path, or only the link when it is pointed elsewhere:
+        such a file is read again, as a linked file is (`FileStamp`)."""
+        parent = os.path.dirname(key)
+        direct = self.direct_dirs.get(parent)
+        if direct is None:
+            direct = self.direct_dirs[parent] = os.path.realpath(parent) == parent
+        return direct
 
 
 @contextlib.contextmanager
