@@ -297,7 +297,9 @@ class ReconcileMemo:
     A declared resource's decision (`_decide`: create, update, replace, import, read or no-op)
     is a pure function of its desired `Resource`, the live one of this platform or another's at
     its address, the kind's immutable fields and the `PlanOptions`. Resources are immutable
-    values, and an unchanged source's are the very same objects from one revision to the next
+    values - a provider returns a new object for what it read, and nothing changes a resource's
+    spec, labels or status in place (the memo would not see it) - and an unchanged source's are
+    the very same objects from one revision to the next
     (`load_repo(previous=...)`, compile's memo, `reconciler.incremental`'s cache of live state).
     So `reconcile` with a memo compares each input with the last call's by identity (``is``),
     decides again only the addresses where one differs, and keeps the rest of the decisions and
