@@ -96,13 +96,14 @@ def compiled_problems(state: DesiredState, resources: Sequence[Resource] | None 
             add(problem)
         for problem in _name_problems(state, source, resource):
             add(problem)
+    joins = _joins(state)
     for source in state.sources:
         if id(source) not in skip_sources:
-            for problem in _source_problems(state, source):
+            for problem in _source_problems(state, source, joins):
                 add(problem)
         elif source.connector.silver.require_partition_filter:
             # Its own settings were checked, but another source (changed or new) may join it now.
-            for problem in _join_problems(state, source):
+            for problem in _join_problems(state, source, joins):
                 add(problem)
     return problems
 
@@ -198,7 +199,8 @@ def _name_problems(state: DesiredState, source: Source | None, resource: Resourc
 # --------------------------------------------------------------------------- formats and queries
 
 
-def _source_problems(state: DesiredState, source: Source) -> Iterator[Problem]:
+def _source_problems(state: DesiredState, source: Source,
+                     joins: dict[str, list[tuple[Source, int]]]) -> Iterator[Problem]:
     connector = source.connector
     ingestion = connector.ingestion
     smap = source.schema_map
@@ -227,19 +229,31 @@ def _source_problems(state: DesiredState, source: Source) -> Iterator[Problem]:
                       f"the gold aggregate{'s' if len(aggregates) > 1 else ''} of this source rebuild from all of "
                       f"Silver every hour, a query with no partition filter, which BigQuery refuses on a table that "
                       "requires one: drop require_partition_filter or the aggregates")
-        yield from _join_problems(state, source)
+        yield from _join_problems(state, source, joins)
 
 
-def _join_problems(state: DesiredState, source: Source) -> Iterator[Problem]:
-    """The other sources' gold joins of ``source``'s Silver table, which requires a partition filter."""
+def _join_problems(state: DesiredState, source: Source,
+                   joins: dict[str, list[tuple[Source, int]]]) -> Iterator[Problem]:
+    """The other sources' gold joins of ``source``'s Silver table, which requires a partition
+    filter. ``joins``: `_joins` of ``state`` (one pass over the sources, not one per source)."""
     silver = f"{_silver_dataset(state)}.{source.connector.source_id}"
-    for other in state.sources:
-        for index, step in enumerate(other.connector.processing.silver_to_gold):
-            if step.join and step.join.table == silver and other is not source:
-                yield _at(state, other, ("processing", "silver_to_gold", index, "join", "table"),
-                          f"joins {silver}, which requires a partition filter ({source.connector_file}: "
-                          "silver.require_partition_filter); the gold query reads it whole, so BigQuery would "
-                          "refuse it")
+    for other, index in joins.get(silver, ()):
+        if other is not source:
+            yield _at(state, other, ("processing", "silver_to_gold", index, "join", "table"),
+                      f"joins {silver}, which requires a partition filter ({source.connector_file}: "
+                      "silver.require_partition_filter); the gold query reads it whole, so BigQuery would "
+                      "refuse it")
+
+
+def _joins(state: DesiredState) -> dict[str, list[tuple[Source, int]]]:
+    """Every gold step's join, by the table it joins: ``{table: [(source, step index), ...]}``,
+    in the sources' order."""
+    joins: dict[str, list[tuple[Source, int]]] = {}
+    for source in state.sources:
+        for index, step in enumerate(source.connector.processing.silver_to_gold):
+            if step.join:
+                joins.setdefault(step.join.table, []).append((source, index))
+    return joins
 
 
 def _silver_dataset(state: DesiredState) -> str:
