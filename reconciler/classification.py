@@ -232,15 +232,6 @@ def gold_columns(platform: Platform, names: Any, source: Any) -> list[Column]:
     return columns
 
 
-def classified_columns(platform: Platform, names: Any, sources: Sequence[Any]) -> list[Column]:
-    """Every column that carries a class: Silver's, and the Gold and feature columns inheriting."""
-    columns: list[Column] = []
-    for source in sources:
-        columns += silver_columns(platform, names, source)
-        columns += gold_columns(platform, names, source)
-    return columns
-
-
 # --------------------------------------------------------------------------- who reads
 
 
@@ -302,68 +293,18 @@ def api_exposed_classes(names: Any, sources: Sequence[Any], columns: Sequence[Co
 
 
 def classification_resources(platform: Platform, names: Any, sources: Sequence[Any]) -> list[Resource]:
-    """The taxonomy, policy tags, data policies, column policies and reader grants (module docstring)."""
-    columns = [c for c in classified_columns(platform, names, sources) if c.class_name in platform.classifications]
-    if not columns:
-        return []
-    labels = {MANAGED_BY_KEY: MANAGED_BY_VALUE, PLATFORM_KEY: platform.environment}
-    taxonomy = taxonomy_name(platform)
-    taxonomy_address = address(Kind.DATACATALOG_TAXONOMY, taxonomy)
-    resources = [Resource(
-        Kind.DATACATALOG_TAXONOMY, taxonomy,
-        {"display_name": taxonomy,
-         "description": f"headwater {platform.environment}: classes of sensitive columns (docs/governance.md)",
-         "location": platform.region, "activated_policy_types": list(ACTIVATED_POLICY_TYPES)},
-        dict(labels))]
-    by_class: dict[str, list[Column]] = {}
-    for column in columns:
-        by_class.setdefault(column.class_name, []).append(column)
-    source_readers = {s.connector.source_id: resolve(platform, s.connector.access.readers) for s in sources}
-    api_classes = api_exposed_classes(names, sources, columns)
-    exclusive = platform.access.exclusive
-    for cls, members in sorted(by_class.items()):
-        tag = policy_tag_name(platform, cls)
-        tag_address = address(Kind.DATACATALOG_POLICY_TAG, tag)
-        policy = data_policy_name(cls)
-        policy_address = address(Kind.BIGQUERY_DATA_POLICY, policy)
-        resources.append(Resource(
-            Kind.DATACATALOG_POLICY_TAG, tag,
-            {"taxonomy": taxonomy, "display_name": cls,
-             "description": f"Columns classified {cls} (headwater {platform.environment})"},
-            dict(labels), depends_on=(taxonomy_address,)))
-        resources.append(Resource(
-            Kind.BIGQUERY_DATA_POLICY, policy,
-            {"policy_tag": tag, "masking": platform.classifications[cls].masking_expression},
-            dict(labels), depends_on=(tag_address,)))
-        for column in members:
-            resources.append(Resource(
-                Kind.BIGQUERY_COLUMN_POLICY, column.name, {"policy_tags": [tag]}, dict(labels),
-                depends_on=(column.table_address, tag_address, policy_address)))
-        clear = clear_readers(platform, cls, api_exposed=cls in api_classes)
-        if clear:
-            resources.append(Resource(
-                Kind.IAM_BINDING, binding_name(Kind.DATACATALOG_POLICY_TAG, tag, FINE_GRAINED_READER),
-                {"target": tag_address, "role": FINE_GRAINED_READER, "members": sorted(clear),
-                 "exclusive": exclusive},
-                dict(labels), depends_on=(tag_address,)))
-        readers: set[str] = set()
-        for column in members:
-            readers |= zone_data_readers(platform, column.zone) | source_readers.get(column.source_id, set())
-        masked = readers - clear
-        if masked:
-            resources.append(Resource(
-                Kind.IAM_BINDING, binding_name(Kind.BIGQUERY_DATA_POLICY, policy, MASKED_READER),
-                {"target": policy_address, "role": MASKED_READER, "members": sorted(masked),
-                 "exclusive": exclusive},
-                dict(labels), depends_on=(policy_address,)))
-    return resources
+    """The taxonomy, policy tags, data policies, column policies and reader grants (module
+    docstring): each source's column policies (`source_classification`) and what their classes
+    need together (`classification_aggregate`)."""
+    parts = [source_classification(platform, names, source) for source in sources]
+    return [*classification_aggregate(platform, parts), *(policy for part in parts for policy in part.policies)]
 
 
 # --------------------------------------------------------------------------- per source (compile's memo)
 # `classification_resources` in two parts, so that compile reuses a source's part while other
 # sources change: `source_classification` (one source's column policies and what the platform-wide
 # part needs of it) and `classification_aggregate` (taxonomy, policy tags, data policies and the
-# reader bindings, from those parts). Together they make exactly `classification_resources`.
+# reader bindings, from those parts).
 
 
 @dataclass(frozen=True)

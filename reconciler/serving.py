@@ -118,80 +118,21 @@ def dataset_aliases(names, known: set[str]) -> dict[str, str]:
 
 
 def serving_resources(platform: Platform, names, sources: Sequence, base: dict[str, str]) -> list[Resource]:
-    """Every resource of every source's ``serving:`` block (see the module docstring)."""
-    from reconciler.compile import _gold_spec, partition_field
-
-    project, gold = platform.project, names.datasets["gold"]
-    resources: list[Resource] = []
-    datasets: set[str] = set()
-    api_sources: list[dict[str, Any]] = []
-    api_views: list[str] = []
+    """Every resource of every source's ``serving:`` block (see the module docstring): each
+    source's part (`source_serving`), then the serving datasets and the data API service they
+    need (`serving_aggregate`), every view and table waiting for its dataset."""
     known = declared_tables(platform, names, sources)
     dataset_names = dataset_aliases(names, known)
-    for source in sources:
-        connector = source.connector
-        serving = connector.serving
-        sid = connector.source_id
-        labels = {**base, **connector.labels, "headwater-source": sid}
-        tables = gold_tables(source)
-        if not tables and not serving.ml_features:
-            continue
-        specs = {table: _gold_spec(connector, source.schema, aggregate, partition_field(connector, source.schema))
-                 for table, aggregate in tables}
-        reporting = serving.reporting_block
-        if reporting is not None and tables:
-            datasets.add(REPORTING)
-            for table in specs:
-                resources.append(_plain_view(project, REPORTING, table, gold, specs[table], labels,
-                                             f"Gold table {table} of {sid}"))
-            for view in reporting.views:
-                query = sqltext.qualify(view.sql, project, dataset_names)
-                if view.materialized:
-                    resources.append(_materialized_view(project, view, query, specs, gold, labels, known,
-                                                         connector.deletion_protection))
-                else:
-                    resources.append(Resource(
-                        Kind.BIGQUERY_VIEW, f"{REPORTING}.{view.name}",
-                        {"query": sqltext.normalize(query), "description": f"Reporting view of {sid}",
-                         "authorized_on": []},
-                        labels, depends_on=_reads(query, project, known)))
-            for rule in reporting.row_access:
-                resources.append(Resource(
-                    Kind.BIGQUERY_ROW_ACCESS_POLICY, f"{gold}.{rule.table}.{rule.name}",
-                    {"table": f"{gold}.{rule.table}", "grantees": sorted(set(rule.principals)),
-                     "filter": sqltext.normalize(rule.filter)},
-                    labels, depends_on=(address(Kind.BIGQUERY_TABLE, f"{gold}.{rule.table}"),)))
-        if serving.third_party_api and tables:
-            datasets.add(API)
-            for (table, aggregate) in tables:
-                view = _plain_view(project, API, table, gold, specs[table], labels,
-                                   f"Gold table {table} of {sid}, as the data API serves it")
-                view = Resource(view.kind, view.name, {**view.spec, "authorized_on": [gold]}, view.labels,
-                                depends_on=(*view.depends_on, address(Kind.BIGQUERY_DATASET, gold)))
-                resources.append(view)
-                api_views.append(view.address)
-                api_sources.append(_api_source(project, sid, table, aggregate, specs[table]))
-        if serving.ml_features:
-            datasets.add(FEATURES)
-            resources.extend(_feature_resources(platform, names, source, labels))
-    for dataset in sorted(datasets):
-        resources.append(Resource(
-            Kind.BIGQUERY_DATASET, dataset,
-            {"location": platform.region, "description": f"headwater {dataset} ({platform.environment})"},
-            {**base, "headwater-zone": dataset}))
-    if api_sources:
-        resources.append(_api_service(platform, api_sources, base, tuple(api_views)))
-    # Every view and table of a serving dataset waits for its dataset.
-    return [r if r.kind == Kind.BIGQUERY_DATASET or r.name.split(".")[0] not in datasets else
-            Resource(r.kind, r.name, r.spec, r.labels,
-                     depends_on=tuple(dict.fromkeys((*r.depends_on,
-                                                     address(Kind.BIGQUERY_DATASET, r.name.split(".")[0])))),
-                     deletion_protection=r.deletion_protection, options=r.options)
-            for r in resources]
+    parts = [source_serving(platform, names, source, base, known, dataset_names) for source in sources]
+    datasets = frozenset().union(*(part.datasets for part in parts))
+    api_sources = [entry for part in parts for entry in part.api_sources]
+    api_views = tuple(view for part in parts for view in part.api_views)
+    return [*with_dataset_dependency([r for part in parts for r in part.resources], datasets),
+            *serving_aggregate(platform, datasets, api_sources, api_views, base)]
 
 
-# Per source, for compile's memo (`reconciler.compile`): what `serving_resources` makes of one
-# source (`source_serving`) and what it makes of all of them together (`serving_aggregate`).
+# Per source, for compile's memo (`reconciler.compile`) and `serving_resources`: what one source's
+# block makes (`source_serving`) and what all of them make together (`serving_aggregate`).
 
 
 @dataclass(frozen=True)
