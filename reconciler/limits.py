@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -73,14 +73,20 @@ def scheduler_job_id(job: Resource) -> str:
 
 
 def compiled_problems(state: DesiredState, resources: Sequence[Resource] | None = None,
-                      skip_sources: Collection[int] = frozenset()) -> list[Problem]:
+                      sources: Sequence[Source] | None = None, joins: Joins | None = None,
+                      by_id: Mapping[str, Source] | None = None) -> list[Problem]:
     """Every limit the compiled resources of ``state`` exceed (module docstring). ``resources``:
     ``state`` already compiled, if it has been (or the part of it to check: `load_repo` passes
-    only what compile made anew). ``skip_sources``: ``id()`` of `Source` objects whose own
-    settings were checked by an earlier load under the same platform (`load_repo`'s ``previous``)."""
+    only what compile made anew). ``sources``: those whose own settings to check (default: all
+    of ``state``'s); the others' were checked by an earlier load under the same platform
+    (`load_repo`'s ``previous``), and of them only what a checked source's gold join makes of
+    them is checked again. ``joins`` (`joins_of` the state's sources) and ``by_id`` (each
+    source by id): the caller's, when it keeps them up to date; else made here, a pass over
+    every source."""
     problems: list[Problem] = []
     resources = compile_resources(state) if resources is None else resources
-    by_source = {s.source_id: s for s in state.sources}
+    by_source = by_id if by_id is not None else {s.source_id: s for s in state.sources}
+    joins = joins if joins is not None else joins_of(state.sources)
     seen: set[tuple[str, str]] = set()
 
     def add(problem: Problem) -> None:
@@ -96,15 +102,20 @@ def compiled_problems(state: DesiredState, resources: Sequence[Resource] | None 
             add(problem)
         for problem in _name_problems(state, source, resource):
             add(problem)
-    joins = _joins(state)
-    for source in state.sources:
-        if id(source) not in skip_sources:
-            for problem in _source_problems(state, source, joins):
-                add(problem)
-        elif source.connector.silver.require_partition_filter:
-            # Its own settings were checked, but another source (changed or new) may join it now.
-            for problem in _join_problems(state, source, joins):
-                add(problem)
+    checked = state.sources if sources is None else sources
+    for source in checked:
+        for problem in _source_problems(state, source, joins):
+            add(problem)
+    if sources is not None:
+        # An unchecked source's own settings passed, but a checked one may join its Silver table
+        # now, which requires a partition filter.
+        ids = {id(source) for source in sources}
+        silver = _silver_dataset(state) + "."
+        for other in sources:
+            for table, index in _joined(other):
+                joined = by_source.get(table[len(silver):]) if table.startswith(silver) else None
+                if joined is not None and id(joined) not in ids and joined.connector.silver.require_partition_filter:
+                    add(_join_problem(state, joined, other, index))
     return problems
 
 
@@ -199,8 +210,7 @@ def _name_problems(state: DesiredState, source: Source | None, resource: Resourc
 # --------------------------------------------------------------------------- formats and queries
 
 
-def _source_problems(state: DesiredState, source: Source,
-                     joins: dict[str, list[tuple[Source, int]]]) -> Iterator[Problem]:
+def _source_problems(state: DesiredState, source: Source, joins: Joins) -> Iterator[Problem]:
     connector = source.connector
     ingestion = connector.ingestion
     smap = source.schema_map
@@ -232,27 +242,61 @@ def _source_problems(state: DesiredState, source: Source,
         yield from _join_problems(state, source, joins)
 
 
-def _join_problems(state: DesiredState, source: Source,
-                   joins: dict[str, list[tuple[Source, int]]]) -> Iterator[Problem]:
+def _join_problems(state: DesiredState, source: Source, joins: Joins) -> Iterator[Problem]:
     """The other sources' gold joins of ``source``'s Silver table, which requires a partition
-    filter. ``joins``: `_joins` of ``state`` (one pass over the sources, not one per source)."""
+    filter. ``joins``: `joins_of` the state's sources (one pass over them, not one per source)."""
     silver = f"{_silver_dataset(state)}.{source.connector.source_id}"
     for other, index in joins.get(silver, ()):
         if other is not source:
-            yield _at(state, other, ("processing", "silver_to_gold", index, "join", "table"),
-                      f"joins {silver}, which requires a partition filter ({source.connector_file}: "
-                      "silver.require_partition_filter); the gold query reads it whole, so BigQuery would "
-                      "refuse it")
+            yield _join_problem(state, source, other, index)
 
 
-def _joins(state: DesiredState) -> dict[str, list[tuple[Source, int]]]:
-    """Every gold step's join, by the table it joins: ``{table: [(source, step index), ...]}``,
-    in the sources' order."""
-    joins: dict[str, list[tuple[Source, int]]] = {}
-    for source in state.sources:
-        for index, step in enumerate(source.connector.processing.silver_to_gold):
-            if step.join:
-                joins.setdefault(step.join.table, []).append((source, index))
+def _join_problem(state: DesiredState, source: Source, other: Source, index: int) -> Problem:
+    """``other``'s gold step ``index`` joins ``source``'s Silver table, which requires a partition filter."""
+    silver = f"{_silver_dataset(state)}.{source.connector.source_id}"
+    return _at(state, other, ("processing", "silver_to_gold", index, "join", "table"),
+               f"joins {silver}, which requires a partition filter ({source.connector_file}: "
+               "silver.require_partition_filter); the gold query reads it whole, so BigQuery would "
+               "refuse it")
+
+
+# Every gold step's join, by the table it joins: ``{table: [(source, step index), ...]}``.
+Joins = dict[str, list[tuple[Source, int]]]
+
+
+def _joined(source: Source) -> Iterator[tuple[str, int]]:
+    """(table, step index) of each gold join of ``source``."""
+    for index, step in enumerate(source.connector.processing.silver_to_gold):
+        if step.join:
+            yield step.join.table, index
+
+
+def joins_of(sources: Sequence[Source]) -> Joins:
+    """Every gold step's join, by the table it joins, in the sources' order."""
+    joins: Joins = {}
+    for source in sources:
+        for table, index in _joined(source):
+            joins.setdefault(table, []).append((source, index))
+    return joins
+
+
+def joins_updated(joins: Joins, removed: Sequence[Source], added: Sequence[Source]) -> Joins:
+    """``joins`` without the joins of ``removed`` and with those of ``added`` (a new mapping;
+    ``joins`` and its lists are left as they are). The order within a table's list may differ
+    from `joins_of`'s: it only orders problems, which are sorted."""
+    joins = dict(joins)
+    gone = {id(source) for source in removed}
+    for source in removed:
+        for table, _index in _joined(source):
+            if table in joins:
+                kept = [entry for entry in joins[table] if id(entry[0]) not in gone]
+                if kept:
+                    joins[table] = kept
+                else:
+                    del joins[table]
+    for source in added:
+        for table, index in _joined(source):
+            joins[table] = [*joins.get(table, ()), (source, index)]
     return joins
 
 

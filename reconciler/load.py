@@ -19,8 +19,10 @@ passes the root of its checkout), read with a byte bound.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import difflib
+import fnmatch
 import functools
 import gc
 import os
@@ -41,6 +43,7 @@ from reconciler.yamlsrc import LoadError, SourceMap, load_json, load_yaml
 
 PLATFORM_FILE = "platform.yaml"
 CONNECTORS_DIR = "connectors"
+CONNECTOR_FILES = ("*.yaml", "*.yml")  # in CONNECTORS_DIR, not below it
 
 PARTITION_TYPES = {"TIMESTAMP", "DATE", "DATETIME"}
 # BigQuery clustering accepts these top-level, non-repeated column types (not FLOAT64, RECORD, JSON).
@@ -120,6 +123,9 @@ class DesiredState:
     # began (ns): the next `load_repo(previous=...)` reuses what an unchanged file made.
     _stamps: dict[str, Any] | None = field(default=None, init=False, compare=False, repr=False)
     _loaded_at_ns: int = field(default=0, init=False, compare=False, repr=False)
+    # What the checks across files know of these sources (`_Index`), for the next git-mode load
+    # to update for the files a commit changed instead of checking every source again.
+    _index: Any = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def source_ids(self) -> list[str]:
@@ -282,6 +288,31 @@ class _Reuse:
         return direct
 
 
+@dataclass
+class _CrossFile:
+    """What the checks across connector files have seen so far, each with the file that declared
+    it first: source ids (a duplicate is a problem), webhook paths, landing prefixes
+    (`_check_ingestion`) and database_cdc tables' BigQuery names (`reconciler.cdc.load_tables`).
+    A load fills it file by file; a git-mode load starts from the previous state's, without the
+    files it reads again (`_load_changed`)."""
+
+    ids: dict[str, str] = field(default_factory=dict)
+    webhook_paths: dict[str, str] = field(default_factory=dict)
+    landing_prefixes: dict[tuple[str, str], str] = field(default_factory=dict)  # (bucket, prefix) -> file
+    cdc_tables: dict[str, str] = field(default_factory=dict)
+
+    def without(self, sources: Iterable[Source], platform: Platform) -> _CrossFile:
+        """A copy that has not seen ``sources``, nor any database_cdc table (every load reads
+        the database_cdc sources again: `_Index.reread`)."""
+        cross = _CrossFile(dict(self.ids), dict(self.webhook_paths), dict(self.landing_prefixes))
+        for source in sources:
+            for registry, key in ((cross.ids, source.source_id), (cross.webhook_paths, _webhook_path(source.connector)),
+                                  (cross.landing_prefixes, _landing_prefix(source.connector, platform))):
+                if key is not None and registry.get(key) == source.connector_file:
+                    del registry[key]
+        return cross
+
+
 @contextlib.contextmanager
 def _collection_paused():
     """The cyclic garbage collector off while a repo loads (issue 14). Loading allocates a great
@@ -319,9 +350,20 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
     if not root.is_relative_to(boundary):
         raise RepoNotFound([Problem(str(given), 0, 0, "", "the desired-state directory resolves outside the "
                                     "repository (a symbolic link?); headwater reads only files inside it")])
-    collector = _Collector(root, boundary)
     if previous is not None and (previous.root != root or previous._stamps is None):
         previous = None  # another directory: nothing to reuse
+    if previous is not None and changed is not None and previous._index is not None:
+        state = _load_changed(root, boundary, previous, changed, loaded_at_ns)
+        if state is not None:
+            return state
+    return _load_all(root, boundary, previous, changed, loaded_at_ns)
+
+
+def _load_all(root: Path, boundary: Path, previous: DesiredState | None, changed: Iterable[str] | None,
+              loaded_at_ns: int) -> DesiredState:
+    """Every connector file listed and checked, each one's `Source` taken from ``previous``
+    where its files are unchanged (`_Reuse`); every check across files over all sources."""
+    collector = _Collector(root, boundary)
     reuse = _Reuse(previous, None if changed is None else frozenset(os.path.join(boundary, p) for p in changed))
     stamps = reuse.stamps
     platform = None
@@ -340,60 +382,22 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
 
     sources = []
     unchanged: set[int] = set()  # id() of the sources taken from ``previous`` as they were
-    seen: dict[str, str] = {}
-    webhook_paths: dict[str, str] = {}
-    cdc_tables: dict[str, str] = {}  # database_cdc: BigQuery table names derived so far, by file
+    cross = _CrossFile()
     connectors_dir = root / CONNECTORS_DIR
-    files = (sorted([*connectors_dir.glob("*.yaml"), *connectors_dir.glob("*.yml")], key=str)
+    files = (sorted([p for pattern in CONNECTOR_FILES for p in connectors_dir.glob(pattern)], key=str)
              if connectors_dir.is_dir() else [])
     for path in files:
         kept = _reusable(reusable, collector, path, reuse)
-        if kept is not None and kept.source_id not in seen:  # as read before: only the checks across files
+        if kept is not None and kept.source_id not in cross.ids:  # as read before: only the checks across files
             unchanged.add(id(kept))
-            seen[kept.source_id] = kept.connector_file
-            _check_ingestion(collector, kept.connector, platform, kept.connector_file, kept.connector_map,
-                             webhook_paths)
+            cross.ids[kept.source_id] = kept.connector_file
+            _check_ingestion(collector, kept.connector, platform, kept.connector_file, kept.connector_map, cross)
             sources.append(kept)
             continue
-        loaded = collector.load(path, load_yaml, Connector, precheck=connector_precheck)
-        if not loaded:
-            continue
-        connector, source_map = loaded
-        rel = collector.rel(path)
-        where = source_map.find(("source_id",))
-        if path.stem != connector.source_id:
-            collector.add(rel, where, "source_id",
-                          f"source_id {connector.source_id!r} does not match the file name {path.name!r} "
-                          f"(expected connectors/{connector.source_id}.yaml)")
-        duplicate = connector.source_id in seen
-        if duplicate:
-            collector.add(rel, where, "source_id",
-                          f"duplicate source_id {connector.source_id!r}: also declared in {seen[connector.source_id]}")
-        else:
-            seen[connector.source_id] = rel
-            _check_ingestion(collector, connector, platform, rel, source_map, webhook_paths)
-        if connector.ingestion.pattern == "database_cdc":  # issue 10: its tables' schemas (reconciler/cdc.py)
-            from reconciler import cdc
-
-            tables = cdc.load_tables(collector, connector, platform, rel, source_map, cdc_tables)
-            if tables is not None and not duplicate:
-                refs = _secret_refs(connector, rel, source_map) + cdc.secret_refs(connector, platform, platform_map if platform is not None else None)
-                sources.append(Source(connector, None, rel, "", refs, connector_map=source_map, tables=tables))
-            continue
-        # Checked even when something above is wrong: one problem must not hide the others.
-        schema_result = _load_schema(collector, connector, rel, source_map)
-        if schema_result:
-            schema, schema_rel, schema_map = schema_result
-            stamps.setdefault(str(root / schema_rel), FileStamp.of(root / schema_rel))  # for the next load
-            _check_fields(collector, connector, schema, rel, source_map)
-            _check_table_limits(collector, schema, schema_rel, schema_map)
-            if schema.primary_key is not None:  # issue 10: a database_cdc table's key, nothing here
-                collector.add(schema_rel, schema_map.find(("primary_key",)), "primary_key",
-                              "primary_key applies to the schema of a database_cdc source's table; this source's "
-                              "records are de-duplicated by processing.bronze_to_silver[].deduplication.key")
-            if not duplicate:
-                sources.append(Source(connector, schema, rel, schema_rel, _secret_refs(connector, rel, source_map),
-                                      connector_map=source_map, schema_map=schema_map))
+        source = _read_source(collector, path, platform, platform_map if platform is not None else None, cross,
+                              stamps)
+        if source is not None:
+            sources.append(source)
 
     if platform is not None:  # issue 12: the serving blocks (reconciler/serving.py)
         from reconciler import serving
@@ -403,32 +407,96 @@ def _load_repo(root: Path | str, within: Path | str | None, previous: DesiredSta
         from reconciler import governance
 
         governance.check(collector, platform, platform_map, sources, unchanged)
+    compiled = checked = None
     if platform is not None:
-        # GCP's limits on what compile builds, with the file and line of the setting that exceeds them.
-        from reconciler.compile import compile_resources
-        from reconciler.limits import compiled_problems
-
-        compiled: tuple[Any, ...] | None = None
         checked = DesiredState(root, platform, tuple(sources), platform_map=platform_map)
-        try:
-            compiled = tuple(compile_resources(checked, previous=previous))
-            # What compile reused unchanged was checked when it was made (the previous load passed).
-            known = {id(r) for r in previous._compiled} if previous is not None and previous._compiled else set()
-            fresh = [r for r in compiled if id(r) not in known] if known else compiled
-            collector.problems += compiled_problems(checked, fresh, skip_sources=unchanged)
-        except Exception:
-            if not collector.problems:
-                raise
-            # What compile needs is among the problems already found: those come first.
+        compiled = _check_compiled(collector, checked, previous, [s for s in sources if id(s) not in unchanged])
     if collector.problems or platform is None:
         raise InvalidDesiredState(collector.problems)
-    state = DesiredState(root=root, platform=platform, sources=tuple(sources), revision=git_revision(root),
-                         platform_map=platform_map)
+    index = _Index.of(checked, boundary, cross, stamps)
+    return _loaded(checked, compiled, stamps, loaded_at_ns, index)
+
+
+def _check_compiled(collector: _Collector, checked: DesiredState, previous: DesiredState | None,
+                    sources: list[Source], joins=None, by_id=None) -> tuple[Any, ...] | None:
+    """GCP's limits on what compile builds (`reconciler.limits`), with the file and line of the
+    setting that exceeds them; compiled with ``previous``'s memo. What compile reused unchanged
+    was checked when it was made (the previous load passed), and so were the settings of every
+    source but ``sources``. The compiled resources (None when compile failed on a state whose
+    problems are already found: those come first)."""
+    from reconciler.compile import compile_resources
+    from reconciler.limits import compiled_problems
+
+    try:
+        compiled = tuple(compile_resources(checked, previous=previous))
+        known = {id(r) for r in previous._compiled} if previous is not None and previous._compiled else set()
+        fresh = [r for r in compiled if id(r) not in known] if known else compiled
+        collector.problems += compiled_problems(checked, fresh, sources, joins, by_id)
+        return compiled
+    except Exception:
+        if not collector.problems:
+            raise
+        return None
+
+
+def _loaded(checked: DesiredState, compiled: tuple[Any, ...] | None, stamps: dict[str, Any], loaded_at_ns: int,
+            index: _Index) -> DesiredState:
+    """The state loaded: ``checked`` (compiled) with its revision and what the next load reuses."""
+    state = DesiredState(root=checked.root, platform=checked.platform, sources=checked.sources,
+                         revision=git_revision(checked.root), platform_map=checked.platform_map)
     object.__setattr__(state, "_compiled", compiled)  # compile reads only the platform and the sources
     object.__setattr__(state, "_compile_memo", checked._compile_memo)
     object.__setattr__(state, "_stamps", stamps)
     object.__setattr__(state, "_loaded_at_ns", loaded_at_ns)
+    object.__setattr__(state, "_index", index)
     return state
+
+
+def _read_source(collector: _Collector, path: Path, platform: Platform | None, platform_map: SourceMap | None,
+                 cross: _CrossFile, stamps: dict[str, Any]) -> Source | None:
+    """The `Source` of connector file ``path``, read and checked (its schema too, stamped in
+    ``stamps``); None when it has a problem that leaves no source (all of them to ``collector``)."""
+    loaded = collector.load(path, load_yaml, Connector, precheck=connector_precheck)
+    if not loaded:
+        return None
+    connector, source_map = loaded
+    rel = collector.rel(path)
+    where = source_map.find(("source_id",))
+    if path.stem != connector.source_id:
+        collector.add(rel, where, "source_id",
+                      f"source_id {connector.source_id!r} does not match the file name {path.name!r} "
+                      f"(expected connectors/{connector.source_id}.yaml)")
+    duplicate = connector.source_id in cross.ids
+    if duplicate:
+        collector.add(rel, where, "source_id",
+                      f"duplicate source_id {connector.source_id!r}: also declared in {cross.ids[connector.source_id]}")
+    else:
+        cross.ids[connector.source_id] = rel
+        _check_ingestion(collector, connector, platform, rel, source_map, cross)
+    if connector.ingestion.pattern == "database_cdc":  # issue 10: its tables' schemas (reconciler/cdc.py)
+        from reconciler import cdc
+
+        tables = cdc.load_tables(collector, connector, platform, rel, source_map, cross.cdc_tables)
+        if tables is None or duplicate:
+            return None
+        refs = _secret_refs(connector, rel, source_map) + cdc.secret_refs(connector, platform, platform_map)
+        return Source(connector, None, rel, "", refs, connector_map=source_map, tables=tables)
+    # Checked even when something above is wrong: one problem must not hide the others.
+    schema_result = _load_schema(collector, connector, rel, source_map)
+    if not schema_result:
+        return None
+    schema, schema_rel, schema_map = schema_result
+    stamps.setdefault(str(collector.root / schema_rel), FileStamp.of(collector.root / schema_rel))  # for the next load
+    _check_fields(collector, connector, schema, rel, source_map)
+    _check_table_limits(collector, schema, schema_rel, schema_map)
+    if schema.primary_key is not None:  # issue 10: a database_cdc table's key, nothing here
+        collector.add(schema_rel, schema_map.find(("primary_key",)), "primary_key",
+                      "primary_key applies to the schema of a database_cdc source's table; this source's "
+                      "records are de-duplicated by processing.bronze_to_silver[].deduplication.key")
+    if duplicate:
+        return None
+    return Source(connector, schema, rel, schema_rel, _secret_refs(connector, rel, source_map),
+                  connector_map=source_map, schema_map=schema_map)
 
 
 def _reusable(reusable: dict[str, Source], collector: _Collector, path: Path, reuse: _Reuse) -> Source | None:
@@ -439,6 +507,171 @@ def _reusable(reusable: dict[str, Source], collector: _Collector, path: Path, re
     if source is None or not connector_unchanged:
         return None
     return source if reuse.unchanged(f"{collector.root}{os.sep}{source.schema_file}") else None
+
+
+# --------------------------------------------------------------------------- a commit, where it changed
+
+
+@dataclass(frozen=True)
+class _Index:
+    """What the checks across files know of a loaded state's sources, kept with the state so that
+    the next git-mode load updates it for the files a commit changed (`_load_changed`) instead of
+    making it again from every source. Made once by a load that lists every file (`_load_all`)."""
+
+    boundary: Path  # the ``within`` of the load
+    cross: _CrossFile
+    serving: Any  # reconciler.serving.CheckIndex
+    joins: dict[str, list[tuple[Source, int]]]  # reconciler.limits.joins_of
+    by_id: dict[str, Source]
+    schema_owner: dict[str, str]  # schema file -> the connector file naming it
+    # Connector files every load reads again: database_cdc sources (their tables' schema files are
+    # not stamped) and sources with a file that is not a regular one (a symbolic link: `FileStamp`).
+    reread: frozenset[str]
+    dirs: frozenset[str]  # the directories of the sources' files (relative), and connectors/
+    ancestors: frozenset[str]  # those directories and every directory above them, up to the root
+
+    @classmethod
+    def of(cls, state: DesiredState, boundary: Path, cross: _CrossFile, stamps: dict[str, Any]) -> _Index:
+        from reconciler import serving
+        from reconciler.compile import zone_names
+        from reconciler.limits import joins_of
+
+        root = state.root
+        return cls(boundary, cross, serving.CheckIndex.of(zone_names(state.platform), state.sources),
+                   joins_of(state.sources), {s.source_id: s for s in state.sources},
+                   {s.schema_file: s.connector_file for s in state.sources if s.schema_file},
+                   frozenset(s.connector_file for s in state.sources if _reread(root, s, stamps)),
+                   *_directories({CONNECTORS_DIR}, state.sources))
+
+    def updated(self, state: DesiredState, cross: _CrossFile, serving: Any, old: list[Source],
+                new: list[Source], stamps: dict[str, Any]) -> _Index:
+        """The index of ``state``: this one's with the sources ``old`` replaced by ``new``."""
+        from reconciler.limits import joins_updated
+
+        by_id, schema_owner, reread = dict(self.by_id), dict(self.schema_owner), set(self.reread)
+        for source in old:
+            by_id.pop(source.source_id, None)
+            schema_owner.pop(source.schema_file, None)
+            reread.discard(source.connector_file)
+        for source in new:
+            by_id[source.source_id] = source
+            if source.schema_file:
+                schema_owner[source.schema_file] = source.connector_file
+            if _reread(state.root, source, stamps):
+                reread.add(source.connector_file)
+        return _Index(self.boundary, cross, serving, joins_updated(self.joins, old, new), by_id, schema_owner,
+                      frozenset(reread), *_directories(self.dirs, new))
+
+
+def _reread(root: Path, source: Source, stamps: dict[str, Any]) -> bool:
+    """``source`` is read by every load (`_Index.reread`)."""
+    files = (source.connector_file, source.schema_file) if source.schema_file else (source.connector_file,)
+    return bool(source.tables) or any(stamps.get(f"{root}{os.sep}{file}") is None for file in files)
+
+
+def _directories(dirs: Iterable[str], sources: Iterable[Source]) -> tuple[frozenset[str], frozenset[str]]:
+    """``dirs`` and the directories of ``sources``' files; the same with all above them (`_Index`)."""
+    found = set(dirs)
+    for source in sources:
+        found.add(os.path.dirname(source.connector_file))
+        if source.schema_file:
+            found.add(os.path.dirname(source.schema_file))
+    above = set()
+    for folder in found:
+        while folder and folder not in above:
+            above.add(folder)
+            folder = os.path.dirname(folder)
+    return frozenset(found), frozenset(above)
+
+
+def _load_changed(root: Path, boundary: Path, previous: DesiredState, changed: Iterable[str],
+                  loaded_at_ns: int) -> DesiredState | None:
+    """A commit loaded in time that grows with what it changed, not with the number of sources
+    (issue 14: the daemon's load of each new revision, `load_repo` with ``previous`` and
+    ``changed``); None where `_load_all` must tell.
+
+    The connector files are ``previous``'s sources' files, less those git says are gone, plus
+    those it names that exist now: a file git does not name is as it was (a forced, clean
+    checkout). Read again: the connector files git names, those whose schema file it names, and
+    those every load reads (`_Index.reread`). The checks across files then run for those only,
+    against what ``previous``'s index knows of the others (``previous`` passed every check, so
+    nothing among the others alone can fail): the same code checks them as in `_load_all`.
+
+    None - `_load_all` then lists and checks everything - when the platform changed, when a
+    directory on the way to the sources' files is a symbolic link or changed (git names a file
+    behind a link by its target), when something under connectors/ is not a connector file, and
+    on any problem: a failed load reports every problem as a load from scratch does, and which
+    file of two is named first depends on all the files.
+    """
+    index: _Index = previous._index
+    if index.boundary != boundary:
+        return None
+    prefix = f"{root}{os.sep}"
+    read: set[str] = set(index.reread)  # connector files, relative to the root
+    gone: set[str] = set()
+    for name in changed:
+        path = os.path.join(boundary, name)
+        if not path.startswith(prefix):
+            continue  # outside the desired state
+        rel = path[len(prefix):]
+        folder, file = os.path.split(rel)
+        if rel == PLATFORM_FILE or rel in index.ancestors:
+            return None
+        if folder == CONNECTORS_DIR and any(fnmatch.fnmatchcase(file, pattern) for pattern in CONNECTOR_FILES):
+            (read if os.path.lexists(path) else gone).add(rel)
+        elif rel.startswith(CONNECTORS_DIR + os.sep):
+            return None
+        elif rel in index.schema_owner:
+            read.add(index.schema_owner[rel])
+    read -= gone
+    for folder in index.dirs:
+        where = os.path.join(root, folder)
+        if os.path.realpath(where) != where:
+            return None
+
+    platform, platform_map = previous.platform, previous.platform_map
+    sources = list(previous.sources)  # sorted by connector file, as `_load_all` lists them
+    old = [sources[i] for i in (_position(sources, rel) for rel in sorted(read | gone)) if i is not None]
+    stamps = dict(previous._stamps)
+    for source in old:
+        del sources[_position(sources, source.connector_file)]
+        for file in (source.connector_file, source.schema_file):
+            stamps.pop(f"{prefix}{file}", None)
+    collector = _Collector(root, boundary)
+    cross = index.cross.without(old, platform)
+    new = []
+    for rel in sorted(read):
+        stamps[f"{prefix}{rel}"] = FileStamp.of(f"{prefix}{rel}")
+        source = _read_source(collector, root / rel, platform, platform_map, cross, stamps)
+        if source is None:
+            return None
+        new.append(source)
+        sources.insert(bisect.bisect_left(sources, rel, key=_connector_file), source)
+    if collector.problems:
+        return None
+
+    from reconciler import governance, serving
+
+    serving_index = serving.check_changed(collector, platform, index.serving, old, new)
+    if serving_index is None:
+        return None
+    governance.check(collector, platform, platform_map, new)
+    checked = DesiredState(root, platform, tuple(sources), platform_map=platform_map)
+    updated = index.updated(checked, cross, serving_index, old, new, stamps)
+    compiled = _check_compiled(collector, checked, previous, new, updated.joins, updated.by_id)
+    if collector.problems or compiled is None:
+        return None
+    return _loaded(checked, compiled, stamps, loaded_at_ns, updated)
+
+
+def _connector_file(source: Source) -> str:
+    return source.connector_file
+
+
+def _position(sources: list[Source], connector_file: str) -> int | None:
+    """Where the source of ``connector_file`` is in ``sources`` (sorted by connector file)."""
+    i = bisect.bisect_left(sources, connector_file, key=_connector_file)
+    return i if i < len(sources) and sources[i].connector_file == connector_file else None
 
 
 def git_revision(root: Path) -> str | None:
@@ -639,8 +872,9 @@ CLOUD_RUN_NAME_MAX = 49  # Cloud Run service ids: at most 49 characters
 
 
 def _check_ingestion(collector: _Collector, connector: Connector, platform: Platform | None, rel: str,
-                     smap: SourceMap, webhook_paths: dict[str, str]) -> None:
-    """What one connector's ingestion derives that must fit the platform and the other sources."""
+                     smap: SourceMap, cross: _CrossFile) -> None:
+    """What one connector's ingestion derives that must fit the platform and the other sources
+    (those checked before it: ``cross``, which takes this one's webhook path and landing prefix)."""
     from reconciler.compile import connector_service_name, notification_prefix, zone_names
 
     ingestion = connector.ingestion
@@ -651,27 +885,24 @@ def _check_ingestion(collector: _Collector, connector: Connector, platform: Plat
                           f"the connector's Cloud Run service {service!r} would be {len(service)} characters; "
                           f"Cloud Run allows {CLOUD_RUN_NAME_MAX}: use a source_id of at most "
                           f"{CLOUD_RUN_NAME_MAX - len('-connector')} characters")
-        if ingestion.connector_type == "webhook":
-            path = ingestion.webhook_path.rstrip("/") or "/"
-            if path in webhook_paths:
-                collector.add(rel, smap.find(("ingestion", "webhook_path")), "ingestion.webhook_path",
-                              f"webhook_path {ingestion.webhook_path!r} is already the path of "
-                              f"{webhook_paths[path]}; each webhook source needs its own path")
-            else:
-                webhook_paths[path] = rel
+        path = _webhook_path(connector)
+        if path in cross.webhook_paths:
+            collector.add(rel, smap.find(("ingestion", "webhook_path")), "ingestion.webhook_path",
+                          f"webhook_path {ingestion.webhook_path!r} is already the path of "
+                          f"{cross.webhook_paths[path]}; each webhook source needs its own path")
+        elif path is not None:
+            cross.webhook_paths[path] = rel
     if ingestion.pattern == "cloud_transfer":  # issue 10: Storage Transfer (reconciler/transfer.py)
         from reconciler import transfer
 
         landing = zone_names(platform).buckets["landing"] if platform is not None else None
         for loc, message in transfer.source_problems(ingestion, landing, connector.source_id):
             collector.add(rel, smap.find(loc), _dotted(loc), message)
-    if ingestion.pattern in ("batch_file", "cloud_transfer") and platform is not None:
+    prefix = _landing_prefix(connector, platform)
+    if prefix is not None:
         # Two sources on one landing prefix (or one inside the other) would ingest each other's
-        # files, and share one notification. (issue 10; the prefixes seen so far ride on the collector.)
-        from reconciler.compile import landing_location
-
-        prefix = notification_prefix(landing_location(zone_names(platform), connector))
-        seen = collector.__dict__.setdefault("landing_prefixes", {})
+        # files, and share one notification (issue 10).
+        seen = cross.landing_prefixes
         key = "destination" if ingestion.pattern == "cloud_transfer" else "location"
         loc = ("ingestion", key) if getattr(ingestion, key) else ("ingestion", "pattern")
         for (bucket, other), owner in seen.items():
@@ -696,6 +927,23 @@ def _check_ingestion(collector: _Collector, connector: Connector, platform: Plat
                           f"{ingestion.location!r} is outside the landing bucket {landing!r}: file-arrival "
                           f"events and the ingestion claims live there (use gs://{landing}/{connector.source_id}/, "
                           "or a cloud_transfer source to bring files from another bucket)")
+
+
+def _webhook_path(connector: Connector) -> str | None:
+    """The path a webhook source answers on (None: not a webhook source)."""
+    ingestion = connector.ingestion
+    if ingestion.pattern == "streaming_api" and ingestion.connector_type == "webhook":
+        return ingestion.webhook_path.rstrip("/") or "/"
+    return None
+
+
+def _landing_prefix(connector: Connector, platform: Platform | None) -> tuple[str, str] | None:
+    """(bucket, prefix) a batch_file or cloud_transfer source takes its files from (None: another pattern)."""
+    if connector.ingestion.pattern not in ("batch_file", "cloud_transfer") or platform is None:
+        return None
+    from reconciler.compile import landing_location, notification_prefix, zone_names
+
+    return notification_prefix(landing_location(zone_names(platform), connector))
 
 
 def _check_platform_names(collector: _Collector, platform: Platform, smap: SourceMap) -> None:

@@ -36,8 +36,8 @@ point-in-time correct by construction (``_last_event_at`` shows the newest row u
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import sqltext
@@ -428,65 +428,81 @@ def check(collector, platform: Platform | None, platform_map, sources: Sequence)
 
     names = zone_names(platform)
     known = declared_tables(platform, names, sources)
+    aliases = dataset_aliases(names, known)
     view_names: dict[str, str] = {}
     api_sources: set[str] = set()
     for source in sources:
-        connector, rel, smap = source.connector, source.connector_file, source.connector_map
-        serving = connector.serving
-        sid = connector.source_id
-        tables = [t for t, _ in gold_tables(source)]
+        check_source(collector, platform, source, known, aliases, view_names)
+        if _serves_api(source):
+            api_sources.add(source.connector.source_id)
+    check_clients(collector, platform, platform_map, sources, api_sources)
 
-        def add(loc: tuple, message: str, rel=rel, smap=smap) -> None:
-            collector.add(rel, smap.find(loc) if smap is not None else (1, 1),
-                          ".".join(str(p) for p in loc), message)
 
-        for flag in ("third_party_api", "reporting", "ml_features"):
-            if getattr(serving, flag) not in (False, None) and not tables:
-                add(("serving", flag), f"{sid} has no Gold tables (processing.silver_to_gold aggregates): "
-                                       f"serving.{flag} serves Gold data; add an aggregate or set it to false")
-        if serving.third_party_api and tables:
-            api_sources.add(sid)
-        reporting = serving.reporting_block
-        if reporting is not None and tables:
-            for table in tables:
-                view_names.setdefault(table, rel)
-            for i, view in enumerate(reporting.views):
-                if view.name in view_names:
-                    add(("serving", "reporting", "views", i, "name"),
-                        f"reporting view {view.name!r} is already declared (in {view_names[view.name]}; each Gold "
-                        "table has a view of its name)")
-                view_names.setdefault(view.name, rel)
-                _check_sql(add, ("serving", "reporting", "views", i, "sql"), view.sql, platform.project, known,
-                           dataset_aliases(names, known))
-            for i, rule in enumerate(reporting.row_access):
-                if rule.table not in tables:
-                    add(("serving", "reporting", "row_access", i, "table"),
-                        f"{rule.table!r} is not a Gold table of {sid} (its Gold tables: {', '.join(tables)})")
-                try:
-                    sqltext.tokens(rule.filter)
-                    if ";" in rule.filter:
-                        raise sqltext.SqlError("a filter is one boolean expression: no ';'")
-                except sqltext.SqlError as exc:
-                    add(("serving", "reporting", "row_access", i, "filter"), str(exc))
-        features = serving.ml_features
-        if features and source.schema is not None:
-            for j, key in enumerate(features.entity_keys):
-                found = source.schema.find(key)
-                loc = ("serving", "ml_features", "entity_key") + ((j,) if isinstance(features.entity_key, list) else ())
-                if found is None or "." in key or found.mode == "REPEATED" or found.type in ("RECORD", "STRUCT"):
-                    add(loc, f"entity key {key!r} is not a top-level, non-repeated field of {connector.schema_.file}")
-            for j, metric in enumerate(features.features):
-                fn, arg, alias = parse_metric(metric)
-                found = source.schema.find(arg) if arg != "*" else None
-                if arg != "*" and (found is None or "." in arg or found.mode == "REPEATED"):
-                    add(("serving", "ml_features", "features", j),
-                        f"feature field {arg!r} is not a top-level field of {connector.schema_.file}")
-                elif fn in ("sum", "avg") and found is not None and found.type not in (
-                        "INT64", "INTEGER", "FLOAT64", "FLOAT", "NUMERIC", "BIGNUMERIC"):
-                    add(("serving", "ml_features", "features", j), f"{fn}({arg}): {arg} is {found.type}, not a number")
-            for j, window in enumerate(features.windows):
-                if window <= 0:
-                    add(("serving", "ml_features", "windows", j), "a window is a positive duration like 7d")
+def check_source(collector, platform: Platform, source, known: Collection[str], aliases: dict[str, str],
+                 view_names: dict[str, str]) -> None:
+    """One source's serving block, checked against every source's tables (``known``:
+    `declared_tables`; ``aliases``: its `dataset_aliases`) and the view names the sources
+    before it declared (``view_names``, by file; this source's are added)."""
+    connector, rel, smap = source.connector, source.connector_file, source.connector_map
+    serving = connector.serving
+    sid = connector.source_id
+    tables = [t for t, _ in gold_tables(source)]
+
+    def add(loc: tuple, message: str) -> None:
+        collector.add(rel, smap.find(loc) if smap is not None else (1, 1), ".".join(str(p) for p in loc), message)
+
+    for flag in ("third_party_api", "reporting", "ml_features"):
+        if getattr(serving, flag) not in (False, None) and not tables:
+            add(("serving", flag), f"{sid} has no Gold tables (processing.silver_to_gold aggregates): "
+                                   f"serving.{flag} serves Gold data; add an aggregate or set it to false")
+    reporting = serving.reporting_block
+    if reporting is not None and tables:
+        for table in tables:
+            view_names.setdefault(table, rel)
+        for i, view in enumerate(reporting.views):
+            if view.name in view_names:
+                add(("serving", "reporting", "views", i, "name"),
+                    f"reporting view {view.name!r} is already declared (in {view_names[view.name]}; each Gold "
+                    "table has a view of its name)")
+            view_names.setdefault(view.name, rel)
+            _check_sql(add, ("serving", "reporting", "views", i, "sql"), view.sql, platform.project, known, aliases)
+        for i, rule in enumerate(reporting.row_access):
+            if rule.table not in tables:
+                add(("serving", "reporting", "row_access", i, "table"),
+                    f"{rule.table!r} is not a Gold table of {sid} (its Gold tables: {', '.join(tables)})")
+            try:
+                sqltext.tokens(rule.filter)
+                if ";" in rule.filter:
+                    raise sqltext.SqlError("a filter is one boolean expression: no ';'")
+            except sqltext.SqlError as exc:
+                add(("serving", "reporting", "row_access", i, "filter"), str(exc))
+    features = serving.ml_features
+    if features and source.schema is not None:
+        for j, key in enumerate(features.entity_keys):
+            found = source.schema.find(key)
+            loc = ("serving", "ml_features", "entity_key") + ((j,) if isinstance(features.entity_key, list) else ())
+            if found is None or "." in key or found.mode == "REPEATED" or found.type in ("RECORD", "STRUCT"):
+                add(loc, f"entity key {key!r} is not a top-level, non-repeated field of {connector.schema_.file}")
+        for j, metric in enumerate(features.features):
+            fn, arg, alias = parse_metric(metric)
+            found = source.schema.find(arg) if arg != "*" else None
+            if arg != "*" and (found is None or "." in arg or found.mode == "REPEATED"):
+                add(("serving", "ml_features", "features", j),
+                    f"feature field {arg!r} is not a top-level field of {connector.schema_.file}")
+            elif fn in ("sum", "avg") and found is not None and found.type not in (
+                    "INT64", "INTEGER", "FLOAT64", "FLOAT", "NUMERIC", "BIGNUMERIC"):
+                add(("serving", "ml_features", "features", j), f"{fn}({arg}): {arg} is {found.type}, not a number")
+        for j, window in enumerate(features.windows):
+            if window <= 0:
+                add(("serving", "ml_features", "windows", j), "a window is a positive duration like 7d")
+
+
+def _serves_api(source) -> bool:
+    return bool(source.connector.serving.third_party_api and gold_tables(source))
+
+
+def check_clients(collector, platform: Platform, platform_map, sources: Sequence, api_sources: set[str]) -> None:
+    """Each data API client's scopes name sources that serve the API (``api_sources``)."""
     if platform_map is None:
         return
     seen_env: dict[str, str] = {}
@@ -507,6 +523,86 @@ def check(collector, platform: Platform | None, platform_map, sources: Sequence)
                               f"scope {scope!r} names {source_id!r}, which does not serve the data API "
                               f"(serving.third_party_api: true with Gold tables): "
                               f"{', '.join(sorted(api_sources)) or 'none does'}")
+
+
+# The same checks for a commit that changed a few sources (`reconciler.load`'s git-mode load):
+# the previous load passed them, so only what the changed sources declare can fail them.
+
+
+@dataclass
+class CheckIndex:
+    """What `check` reads of every source, each name with how many sources declare it: the
+    tables views may read (`declared_tables`), the names a reporting view may not take (Gold
+    tables of sources with ``reporting``, and views), the views' names, and how many sources
+    have views whose SQL reads tables."""
+
+    known: dict[str, int] = field(default_factory=dict)
+    names: dict[str, int] = field(default_factory=dict)
+    views: dict[str, int] = field(default_factory=dict)
+    reading: int = 0
+
+    @classmethod
+    def of(cls, names, sources: Iterable) -> CheckIndex:
+        index = cls()
+        index.count(names, sources, 1)
+        return index
+
+    def copy(self) -> CheckIndex:
+        return CheckIndex(dict(self.known), dict(self.names), dict(self.views), self.reading)
+
+    def count(self, names, sources: Iterable, step: int) -> None:
+        """Count ``sources`` in (``step`` 1) or out (-1)."""
+        for source in sources:
+            known, taken, views = _declared(names, source)
+            for counter, keys in ((self.known, known), (self.names, taken), (self.views, views)):
+                for key in keys:
+                    value = counter.get(key, 0) + step
+                    if value:
+                        counter[key] = value
+                    else:
+                        del counter[key]
+            self.reading += step if views else 0
+
+
+def _declared(names, source) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """What `check` registers of one source: its `declared_tables`, the names it takes in
+    ``view_names`` (with ``reporting``: its Gold tables and views), its views' names."""
+    reporting = source.connector.serving.reporting_block
+    tables = [t for t, _ in gold_tables(source)]
+    views = frozenset(view.name for view in reporting.views) if reporting is not None and tables else frozenset()
+    taken = frozenset(tables) | views if reporting is not None and tables else frozenset()
+    return source_known(names, source), taken, views
+
+
+def check_changed(collector, platform: Platform, index: CheckIndex, removed: Sequence,
+                  added: Sequence) -> CheckIndex | None:
+    """`check` for a state that is ``index``'s sources, which passed it under this very platform,
+    with ``removed`` gone and ``added`` come (a changed source is in both): the problems of the
+    added sources to ``collector``, and the index of the new state. None when a source not
+    checked again could fail now (a view of its named like an added source's table, a view of
+    its reading a table that went away, a data API client's scope naming a changed source):
+    then only `check` over every source tells."""
+    from reconciler.compile import zone_names
+
+    names = zone_names(platform)
+    ids = {source.connector.source_id for source in (*removed, *added)}
+    if any(scope.split(":", 1)[0] in ids for client in platform.api.clients.values() for scope in client.scopes):
+        return None
+    new = index.copy()
+    new.count(names, removed, -1)
+    for source in added:  # view names across sources (within the added ones: check_source below)
+        _known, taken, views = _declared(names, source)
+        if any(view in new.names for view in views) or any(name in new.views for name in taken):
+            return None
+    reading = new.reading  # the others' views read tables
+    new.count(names, added, 1)
+    if reading and any(table not in new.known for source in removed for table in source_known(names, source)):
+        return None
+    aliases = dataset_aliases(names, new.known.keys()) if new.reading > reading else {}
+    view_names: dict[str, str] = {}
+    for source in added:
+        check_source(collector, platform, source, new.known, aliases, view_names)
+    return new
 
 
 def _check_sql(add, loc: tuple, sql: str, project: str, known: set[str], aliases: dict[str, str]) -> None:
