@@ -35,6 +35,7 @@ point-in-time correct by construction (``_last_event_at`` shows the newest row u
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -533,13 +534,12 @@ def check_clients(collector, platform: Platform, platform_map, sources: Sequence
 class CheckIndex:
     """What `check` reads of every source, each name with how many sources declare it: the
     tables views may read (`declared_tables`), the names a reporting view may not take (Gold
-    tables of sources with ``reporting``, and views), the views' names, and how many sources
-    have views whose SQL reads tables."""
+    tables of sources with ``reporting``, and views), the views' names, the tables they read."""
 
     known: dict[str, int] = field(default_factory=dict)
     names: dict[str, int] = field(default_factory=dict)
     views: dict[str, int] = field(default_factory=dict)
-    reading: int = 0
+    reads: dict[str, int] = field(default_factory=dict)  # the tables views read
 
     @classmethod
     def of(cls, names, sources: Iterable) -> CheckIndex:
@@ -548,30 +548,35 @@ class CheckIndex:
         return index
 
     def copy(self) -> CheckIndex:
-        return CheckIndex(dict(self.known), dict(self.names), dict(self.views), self.reading)
+        return CheckIndex(dict(self.known), dict(self.names), dict(self.views), dict(self.reads))
 
     def count(self, names, sources: Iterable, step: int) -> None:
         """Count ``sources`` in (``step`` 1) or out (-1)."""
         for source in sources:
-            known, taken, views = _declared(names, source)
-            for counter, keys in ((self.known, known), (self.names, taken), (self.views, views)):
+            for counter, keys in zip((self.known, self.names, self.views, self.reads), _declared(names, source)):
                 for key in keys:
                     value = counter.get(key, 0) + step
                     if value:
                         counter[key] = value
                     else:
                         del counter[key]
-            self.reading += step if views else 0
 
 
-def _declared(names, source) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+def _declared(names, source) -> tuple[frozenset[str], ...]:
     """What `check` registers of one source: its `declared_tables`, the names it takes in
-    ``view_names`` (with ``reporting``: its Gold tables and views), its views' names."""
+    ``view_names`` (with ``reporting``: its Gold tables and views), its views' names, the
+    tables they read (`_check_sql`'s names for them)."""
     reporting = source.connector.serving.reporting_block
     tables = [t for t, _ in gold_tables(source)]
-    views = frozenset(view.name for view in reporting.views) if reporting is not None and tables else frozenset()
-    taken = frozenset(tables) | views if reporting is not None and tables else frozenset()
-    return source_known(names, source), taken, views
+    if reporting is None or not tables:
+        return source_known(names, source), frozenset(), frozenset(), frozenset()
+    views = frozenset(view.name for view in reporting.views)
+    aliases = dataset_aliases(names, ())  # (a dataset of `declared_tables` is its own alias)
+    reads = set()
+    for view in reporting.views:
+        with contextlib.suppress(sqltext.SqlError):  # (reported by check_source)
+            reads.update(_table_name(ref.split("."), aliases) for ref in sqltext.table_references(view.sql))
+    return source_known(names, source), frozenset(tables) | views, views, frozenset(reads)
 
 
 def check_changed(collector, platform: Platform, index: CheckIndex, removed: Sequence,
@@ -579,9 +584,10 @@ def check_changed(collector, platform: Platform, index: CheckIndex, removed: Seq
     """`check` for a state that is ``index``'s sources, which passed it under this very platform,
     with ``removed`` gone and ``added`` come (a changed source is in both): the problems of the
     added sources to ``collector``, and the index of the new state. None when a source not
-    checked again could fail now (a view of its named like an added source's table, a view of
-    its reading a table that went away, a data API client's scope naming a changed source):
-    then only `check` over every source tells."""
+    checked again could fail now - a view of its named like an added source's table (or the
+    other way round: which one fails depends on the order of all), a view of its reading a
+    table that went away, a data API client's scope naming a changed source: then only `check`
+    over every source tells."""
     from reconciler.compile import zone_names
 
     names = zone_names(platform)
@@ -590,15 +596,17 @@ def check_changed(collector, platform: Platform, index: CheckIndex, removed: Seq
         return None
     new = index.copy()
     new.count(names, removed, -1)
+    reading = False  # an added source has views (their SQL is checked against every source's tables)
     for source in added:  # view names across sources (within the added ones: check_source below)
-        _known, taken, views = _declared(names, source)
+        _known, taken, views, _reads = _declared(names, source)
         if any(view in new.names for view in views) or any(name in new.views for name in taken):
             return None
-    reading = new.reading  # the others' views read tables
+        reading = reading or bool(views)
     new.count(names, added, 1)
-    if reading and any(table not in new.known for source in removed for table in source_known(names, source)):
+    if any(table in new.reads and table not in new.known for source in removed
+           for table in source_known(names, source)):
         return None
-    aliases = dataset_aliases(names, new.known.keys()) if new.reading > reading else {}
+    aliases = dataset_aliases(names, new.known.keys()) if reading else {}
     view_names: dict[str, str] = {}
     for source in added:
         check_source(collector, platform, source, new.known, aliases, view_names)
@@ -618,11 +626,17 @@ def _check_sql(add, loc: tuple, sql: str, project: str, known: set[str], aliases
         if len(parts) == 3 and parts[0] != project:
             add(loc, f"table {ref!r} is in another project; a reporting view reads this platform's tables")
             continue
-        short = ".".join(parts[-2:])
-        if len(parts) == 2 and parts[0] in aliases:
-            short = f"{aliases[parts[0]]}.{parts[1]}"
+        short = _table_name(parts, aliases)
         if len(parts) < 2:
             add(loc, f"table {ref!r}: name tables as dataset.table (e.g. gold.orders_daily)")
         elif short not in known:
             add(loc, f"table {short!r} is not declared by this platform (declared: "
                      f"{', '.join(sorted(t for t in known if not t.startswith(('bronze.',))))})")
+
+
+def _table_name(parts: list[str], aliases: dict[str, str]) -> str:
+    """``dataset.table`` of a table a view names (``[project.]dataset.table``, the dataset
+    perhaps a zone's alias)."""
+    if len(parts) == 2 and parts[0] in aliases:
+        return f"{aliases[parts[0]]}.{parts[1]}"
+    return ".".join(parts[-2:])
