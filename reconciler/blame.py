@@ -363,7 +363,7 @@ def drift_origins(state: Any, plan: Any, revision: str | None = None) -> dict[st
     if not items:  # the usual case; a plan may hold 100,000 changes
         return {}
     wanted = {item.address for item in items}
-    desired = {c.address: c.desired for c in plan.changes if c.desired is not None and c.address in wanted}
+    desired = {c.address: c.desired for c in plan.non_noop if c.desired is not None and c.address in wanted}
     result: dict[str, dict[str, Origin]] = {}
     for item in items:
         resource = desired.get(item.address)

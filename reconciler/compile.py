@@ -74,6 +74,7 @@ from reconciler.resources import (
     SOURCE_KEY,
     Kind,
     Resource,
+    ResourceIndex,
     address,
 )
 
@@ -148,6 +149,18 @@ def compile_resources(state: DesiredState, previous: DesiredState | None = None)
     return resources
 
 
+def compiled_index(state: DesiredState) -> ResourceIndex:
+    """`compile_resources(state)` by address. When compile's memo made it (the state was
+    compiled from a previous one, `load_repo(previous=...)`), it is derived from the previous
+    state's index, so `ResourceIndex.changed_since` names the addresses compiled anew without a
+    pass over all of them (issue 14); else a fresh index."""
+    memo = getattr(state, "_compile_memo", None)
+    if memo is None and getattr(state, "_compiled", None) is None:
+        compile_resources(state)  # makes the memo, when it can
+        memo = getattr(state, "_compile_memo", None)
+    return memo.by_address if memo is not None else ResourceIndex(compile_resources(state))
+
+
 def _compile_plain(state: DesiredState) -> list[Resource]:
     """Everything, in one pass over the sources (no memo): the reference the memoized compile
     equals, used where that cannot hold its shape (two resources of one address)."""
@@ -219,6 +232,7 @@ class _Memo:
     aggregates: dict[str, tuple[Resource, ...]]  # platform-wide chunks, labelled
     final: list[Resource]  # the result
     external: dict[str, int]  # external addresses -> how many sources name them
+    by_address: ResourceIndex  # the result by address, derived from the previous revision's (`compiled_index`)
 
 
 def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Resource], _Memo]:
@@ -407,6 +421,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
         final.sort(key=lambda r: r.address)
         if any(final[i].address == final[i + 1].address for i in range(len(final) - 1)):
             raise _Unsupported
+        by_address = ResourceIndex(final)
     else:
         removed: list[Resource] = []
         added: list[Resource] = []
@@ -425,17 +440,19 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
                 removed.append(_with_protection_label(old_binding))
             if new_binding is not None:
                 added.append(_with_protection_label(new_binding))
-        final, external = _patched(memo.final, memo.external, removed, added)
+        final, external, drop, put = _patched(memo.final, memo.external, removed, added)
+        by_address = memo.by_address.derive(put=put, drop=[r.address for r in drop])
     result = list(final)
     return result, _Memo(platform, parts, known, datasets, restricted, index, platform_grants, declared,
-                         zone_targets, sinks, aggregates, final, external)
+                         zone_targets, sinks, aggregates, final, external, by_address)
 
 
-def _patched(final: list[Resource], external: dict[str, int], removed: list[Resource],
-             added: list[Resource]) -> tuple[list[Resource], dict[str, int]]:
+def _patched(final: list[Resource], external: dict[str, int], removed: list[Resource], added: list[Resource]
+             ) -> tuple[list[Resource], dict[str, int], list[Resource], list[Resource]]:
     """``final`` (sorted by address, each address once) without ``removed`` and with ``added``
-    (references to another project's resource counted: kept while some source names them).
-    Few changes are made in place (a binary search and a move each); many, by sorting again."""
+    (references to another project's resource counted: kept while some source names them), the
+    new counts, and the resources taken out and put in. Few changes are made in place (a binary
+    search and a move each); many, by sorting again."""
     from bisect import bisect_left
 
     external = dict(external)
@@ -460,7 +477,7 @@ def _patched(final: list[Resource], external: dict[str, int], removed: list[Reso
         new.sort(key=lambda r: r.address)
         if any(new[i].address == new[i + 1].address for i in range(len(new) - 1)):
             raise _Unsupported
-        return new, external
+        return new, external, drop, put
     new = list(final)
     key = _address_of
     for r in drop:
@@ -473,7 +490,7 @@ def _patched(final: list[Resource], external: dict[str, int], removed: list[Reso
         if i < len(new) and new[i].address == r.address:
             raise _Unsupported  # two resources of one address
         new.insert(i, r)
-    return new, external
+    return new, external, drop, put
 
 
 def _address_of(resource: Resource) -> str:

@@ -51,7 +51,7 @@ from reconciler.apply import ApplyResult, Listener, apply_plan
 from reconciler.compile import compile_resources
 from reconciler.load import DesiredState, InvalidDesiredState, Problem
 from reconciler.plan import Action, Plan, PlanOptions, ReconcileMemo, reconcile
-from reconciler.resources import DATA_KINDS, WOULD_LOSE, Kind, Resource
+from reconciler.resources import DATA_KINDS, WOULD_LOSE, Kind, Resource, ResourceIndex
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Engine:
         if problems:
             raise InvalidDesiredState(problems)
 
-    def check_references_of(self, state: DesiredState, desired: Sequence[Resource]) -> None:
+    def check_references_of(self, state: DesiredState, desired: Iterable[Resource]) -> None:
         """With ``check_references``: a landing bucket or joined table neither declared nor existing
         (reconciler/references.py) is a problem. Checked once live state has been read (so an
         unreachable service is reported as such). Raises `InvalidDesiredState`."""
@@ -163,20 +163,21 @@ class Engine:
         live = self.observe(kinds)
         return live + self.read_unobserved(desired, live)
 
-    def plan_live(self, desired: Sequence[Resource], live: Sequence[Resource], options: PlanOptions, *,
-                  revision: str | None = None, declared_sources: int | None = None,
+    def plan_live(self, desired: Sequence[Resource] | ResourceIndex, live: Sequence[Resource] | ResourceIndex,
+                  options: PlanOptions, *, revision: str | None = None, declared_sources: int | None = None,
                   memo: ReconcileMemo | None = None) -> Plan:
         """Reconcile ``desired`` with ``live`` (`reconciler.plan.reconcile`, pure), then ask the
         providers what the gated deletes and replacements would destroy and quote it. ``memo``:
-        the last reconcile's decisions, to reuse where their inputs are unchanged (`ReconcileMemo`)."""
-        live = list(live)
+        the last reconcile's decisions, to reuse where their inputs are unchanged (`ReconcileMemo`;
+        give `ResourceIndex`es derived from the last call's and it needs no pass over them)."""
+        live = live if isinstance(live, ResourceIndex) else ResourceIndex(live)
 
-        def plan_of(resources: list[Resource]) -> Plan:
+        def plan_of(resources: ResourceIndex) -> Plan:
             return reconcile(desired, resources, self.immutable_fields, options, revision=revision,
                              declared_sources=declared_sources, memo=memo)
 
         plan = plan_of(live)
-        gated = [c.live for c in plan.changes
+        gated = [c.live for c in plan.non_noop
                  if c.action in (Action.DELETE, Action.REPLACE) and c.live is not None and c.kind in DATA_KINDS]
         losses: dict[str, str] = {}
         for kind in {r.kind for r in gated}:
@@ -186,9 +187,8 @@ class Engine:
                 log.warning("cannot tell what deleting or replacing %s resources would lose: %s", kind, exc)
         if not losses:
             return plan
-        live = [replace(r, status={**r.status, WOULD_LOSE: losses[r.address]}) if r.address in losses else r
-                for r in live]
-        return plan_of(live)
+        return plan_of(live.derive(put=[replace(r, status={**r.status, WOULD_LOSE: losses[r.address]})
+                                        for r in gated if r.address in losses]))
 
     def read_unobserved(self, desired: Iterable[Resource], live: Iterable[Resource]) -> list[Resource]:
         """Declared resources that observe did not find, and references to other projects'
@@ -331,8 +331,8 @@ class Drift:
 def drift_of(plan: Plan) -> list[Drift]:
     """Declared resources whose live state differs from the desired one (orphans are not drift)."""
     result = []
-    for change in plan.changes:
-        if change.desired is None or change.action == Action.NOOP:
+    for change in plan.non_noop:
+        if change.desired is None:
             continue
         if change.action in (Action.CREATE, Action.READ):  # READ: a missing reference
             result.append(Drift(change.address, change.kind, "missing", ()))

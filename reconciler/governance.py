@@ -639,7 +639,7 @@ def exclusive_problems(state: Any, plan: Any) -> list[Any]:
     smap = state.platform_map
     line, column = smap.find(("access", "exclusive")) if smap is not None else (1, 1)
     problems = []
-    for change in plan.changes:
+    for change in plan.non_noop:  # (a no-op's members are the declared ones)
         if change.kind != Kind.IAM_BINDING or change.desired is None or change.live is None:
             continue
         if not change.desired.spec.get("exclusive"):

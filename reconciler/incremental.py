@@ -26,6 +26,8 @@ API (what the daemon and ``bench/`` call)
       headwater is found by reading its name). Returns how many addresses were marked;
     * ``clear()``: forget everything (the next plan is a full one);
     * ``age(now=None)``, ``entries()``, ``get(address)``, ``invalid()``, ``live()``, ``size()``;
+    * ``index()``: the cached live resources as a `reconciler.resources.ResourceIndex`, derived
+      from the last one at each read, so that the reconcile takes what a read changed from it;
     * ``reconcile_memo``: the decisions of the last plan made against the cache
       (`reconciler.plan.ReconcileMemo`), which `plan_change` and `recheck` pass to the reconcile:
       a resource whose desired object (compile's memo) and cached live object are the ones the
@@ -37,8 +39,8 @@ max_read_fraction=0.5, small_scope=64, desired=None, previous_desired=None) -> S
     (same checks first: secrets, CDC schemas; same reference check after), with its live state
     from ``cache`` plus what the change touches read again. ``previous``: the last applied
     revision (its `DesiredState`, or its compiled resources); ``desired``/``previous_desired``:
-    already-compiled resources of either, to skip compiling again (`ScopedPlan.desired` is what
-    to pass next time). Falls back to a full observe, which refreshes the cache, when
+    already-compiled resources of either, or their `ResourceIndex`, to skip compiling again
+    (`ScopedPlan.index` is what to pass next time). Falls back to a full observe, which refreshes the cache, when
     (`ScopedPlan.reason` says which):
 
     * ``full`` is asked (the drift loop), there is no ``previous``, or the cache was never
@@ -60,10 +62,19 @@ max_read_fraction=0.5, small_scope=64, desired=None, previous_desired=None) -> S
     The pure halves: which compiled resources differ (added, removed, modified: `Resource`
     equality, never YAML), and which addresses a change touches.
 
-`ScopedPlan` carries the plan, the compiled desired resources, ``mode`` (``"full"`` or
+`ScopedPlan` carries the plan, the compiled desired state by address (``index``; ``desired``:
+its resources), ``mode`` (``"full"`` or
 ``"incremental"``), ``reason`` (why full), ``changed``, ``read`` (addresses read by name),
 ``observed`` (kinds observed whole) and ``calls`` (provider calls made: observe per kind or part,
 read per kind).
+
+Work in proportion to the change
+--------------------------------
+No step of an incremental plan looks at every resource (issue 14, "flat from 10 to 10,000
+sources"): compile's memo derives the desired `ResourceIndex` from the previous revision's, and
+the cache derives its live one at each read, so the changed addresses, the scope (through
+`ResourceIndex.dependents`) and the reconcile (`reconciler.plan.ReconcileMemo`) start from what
+changed. Given plain resources instead, each compares them all, with the same result.
 
 What a change touches (`scope`)
 -------------------------------
@@ -91,10 +102,10 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.compile import compile_resources
+from reconciler.compile import compiled_index
 from reconciler.load import DesiredState
 from reconciler.plan import Plan, PlanOptions, ReconcileMemo
-from reconciler.resources import SOURCE_KEY, Kind, Resource
+from reconciler.resources import SOURCE_KEY, Kind, Resource, ResourceIndex
 
 FULL = "full"
 INCREMENTAL = "incremental"
@@ -121,6 +132,9 @@ class ObservedCache:
         self.clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
+        # The same resources as an index, derived from the last at each read: `reconcile`'s memo
+        # takes what a read changed from it (`ResourceIndex.changed_since`) instead of comparing all.
+        self._live = ResourceIndex()
         self._kinds: frozenset[Kind] = frozenset()
         self._invalid: dict[str, float] = {}  # address -> when it was invalidated
         self.refreshed_at: float | None = None  # start of the last full observe
@@ -132,8 +146,10 @@ class ObservedCache:
         """A full observe of ``kinds`` (started at ``at``) replaces everything. Invalidations that
         came after ``at`` survive it (the observe may have missed them)."""
         at = self.clock() if at is None else at
+        live = list(live)
         with self._lock:
             self._entries = {r.address: Entry(r, at) for r in live}
+            self._live = ResourceIndex(live)
             self._kinds = frozenset(kinds)
             self.refreshed_at = at
             self._invalid = {a: t for a, t in self._invalid.items() if t > at}
@@ -146,12 +162,12 @@ class ObservedCache:
         found = list(found)
         with self._lock:
             kinds = frozenset(kinds)
-            if kinds:
-                self._entries = {a: e for a, e in self._entries.items() if e.resource.kind not in kinds}
-            for address in addresses:
+            gone = [a for a, e in self._entries.items() if e.resource.kind in kinds] if kinds else []
+            for address in [*gone, *addresses]:
                 self._entries.pop(address, None)
             for resource in found:
                 self._entries[resource.address] = Entry(resource, at)
+            self._live = self._live.derive(put=found, drop=[*gone, *addresses])
             for address in [*addresses, *(a for a in self._invalid if _kind_of(a) in kinds)]:
                 if self._invalid.get(address, at + 1) <= at:
                     del self._invalid[address]
@@ -171,6 +187,7 @@ class ObservedCache:
         """Forget everything: the next plan observes in full."""
         with self._lock:
             self._entries, self._kinds, self._invalid, self.refreshed_at = {}, frozenset(), {}, None
+            self._live = ResourceIndex()
             self.reconcile_memo = ReconcileMemo()
 
     def age(self, now: float | None = None) -> float | None:
@@ -200,7 +217,13 @@ class ObservedCache:
 
     def live(self) -> list[Resource]:
         with self._lock:
-            return [e.resource for e in self._entries.values()]
+            return list(self._live.values())
+
+    def index(self) -> ResourceIndex:
+        """The cached live resources by address (`ResourceIndex`), derived from the last index at
+        each read: `reconcile`'s memo takes what changed from it."""
+        with self._lock:
+            return self._live
 
 
 # --------------------------------------------------------------------------- what changed (pure)
@@ -229,8 +252,16 @@ def _by_address(resources: Iterable[Resource] | Mapping[str, Resource]) -> Mappi
 def changed_addresses(previous: Iterable[Resource] | Mapping[str, Resource],
                       desired: Iterable[Resource] | Mapping[str, Resource]) -> Changed:
     """Compare two compiled desired states resource by resource (`Resource` equality: spec,
-    labels, depends_on, options...). Either side may be given by address already."""
+    labels, depends_on, options...). Either side may be given by address already; when
+    ``desired`` is a `ResourceIndex` derived from ``previous`` (compile's memo,
+    `reconciler.compile.compiled_index`), only the addresses it names as changed are compared."""
     before, after = _by_address(previous), _by_address(desired)
+    since = after.changed_since(before) if isinstance(after, ResourceIndex) and isinstance(before, ResourceIndex) \
+        else None
+    if since is not None:
+        return Changed(added=frozenset(a for a in since if a not in before),
+                       removed=frozenset(a for a in since if a not in after),
+                       modified=frozenset(a for a in since if a in before and a in after and before[a] != after[a]))
     # An unchanged source's resources are the previous revision's very objects (compile's memo):
     # ``is`` settles most of them without comparing specs.
     return Changed(added=frozenset(after.keys() - before.keys()), removed=frozenset(before.keys() - after.keys()),
@@ -256,7 +287,11 @@ def scope(changed: Changed, previous: Iterable[Resource] | Mapping[str, Resource
                     stack.append(dep)
     changed_all = changed.all
     for revision in revisions:  # and what depends on a changed resource directly
-        touched.update(a for a, r in revision.items() if r.depends_on and not changed_all.isdisjoint(r.depends_on))
+        if isinstance(revision, ResourceIndex):
+            for address in changed_all:
+                touched.update(revision.dependents(address))
+        else:
+            touched.update(a for a, r in revision.items() if r.depends_on and not changed_all.isdisjoint(r.depends_on))
     return touched
 
 
@@ -293,7 +328,7 @@ def platform_wide(changed: Changed, previous: Iterable[Resource] | Mapping[str, 
 @dataclass(frozen=True)
 class ScopedPlan:
     plan: Plan
-    desired: tuple[Resource, ...]  # compiled desired state (pass as previous_desired next time)
+    index: ResourceIndex  # compiled desired state by address (pass as previous_desired next time)
     mode: str  # FULL or INCREMENTAL
     reason: str = ""  # why FULL
     changed: Changed = field(default_factory=Changed)
@@ -301,63 +336,77 @@ class ScopedPlan:
     observed: tuple[Kind, ...] = ()  # kinds observed whole
     calls: Mapping[str, int] = field(default_factory=dict)  # {"observe": n, "read": n} provider calls
 
+    @property
+    def desired(self) -> tuple[Resource, ...]:
+        """The compiled desired resources."""
+        return tuple(self.index.values())
+
 
 def plan_change(engine: Any, state: DesiredState, options: PlanOptions | None = None, *,
                 cache: ObservedCache, previous: DesiredState | Sequence[Resource] | None = None,
                 full: bool = False, max_age: float | None = None, max_read_fraction: float = MAX_READ_FRACTION,
-                small_scope: int = SMALL_SCOPE, desired: Sequence[Resource] | None = None,
-                previous_desired: Sequence[Resource] | None = None) -> ScopedPlan:
+                small_scope: int = SMALL_SCOPE, desired: Sequence[Resource] | ResourceIndex | None = None,
+                previous_desired: Sequence[Resource] | ResourceIndex | None = None) -> ScopedPlan:
     """The plan of ``state``, incremental when it can be (module docstring, "API")."""
     from reconciler.engine import plan_options
 
     engine.check_state(state)
     options = options or plan_options(state)
-    desired = tuple(desired if desired is not None else compile_resources(state))
-    before: tuple[Resource, ...] | None = None
+    after = _desired_index(state, desired)
+    before: ResourceIndex | None = None
     if previous_desired is not None:
-        before = tuple(previous_desired)
+        before = _as_index(previous_desired)
     elif isinstance(previous, DesiredState):
-        before = tuple(compile_resources(previous))
+        before = compiled_index(previous)
     elif previous is not None:
-        before = tuple(previous)
-    after = {r.address: r for r in desired}
-    before_by = {r.address: r for r in before} if before is not None else None
-    changed = changed_addresses(before_by, after) if before_by is not None else Changed()
-    reason = "asked" if full else _full_reason(engine, state, previous, before_by, after, changed, cache, max_age)
+        before = _as_index(previous)
+    changed = changed_addresses(before, after) if before is not None else Changed()
+    reason = "asked" if full else _full_reason(engine, state, previous, before, after, changed, cache, max_age)
     touched: set[str] = set()
     if not reason:
-        touched = scope(changed, before_by or {}, after) | cache.invalid()
-        total = max(len(after), len(before_by or ()), cache.size())  # all addresses, near enough
+        touched = scope(changed, before or {}, after) | cache.invalid()
+        total = max(len(after), len(before or ()), cache.size())  # all addresses, near enough
         if len(touched) > small_scope and len(touched) > max_read_fraction * total:
             reason = f"{len(touched)} of {total} addresses to re-read (more than {max_read_fraction:g})"
     if reason:
-        live, calls = _full_observe(engine, desired, cache)
+        live, calls = _full_observe(engine, after, cache)
         scoped = dict(mode=FULL, reason=reason, observed=tuple(engine.providers), calls=calls)
     else:
         live, read, observed, calls = _reread(engine, cache, touched)
         scoped = dict(mode=INCREMENTAL, read=frozenset(read), observed=observed, calls=calls)
-    plan = engine.plan_live(desired, live, options, revision=state.revision, declared_sources=len(state.sources),
+    plan = engine.plan_live(after, live, options, revision=state.revision, declared_sources=len(state.sources),
                             memo=cache.reconcile_memo)
-    engine.check_references_of(state, desired)
+    engine.check_references_of(state, after.values())
     engine.check_plan(state, plan)  # issue 13: access.exclusive never removes headwater's own grants
-    return ScopedPlan(plan=plan, desired=desired, changed=changed, **scoped)
+    return ScopedPlan(plan=plan, index=after, changed=changed, **scoped)
 
 
 def recheck(engine: Any, state: DesiredState, applied: Plan | Iterable[str], *, cache: ObservedCache,
-            desired: Sequence[Resource] | None = None, options: PlanOptions | None = None) -> ScopedPlan:
+            desired: Sequence[Resource] | ResourceIndex | None = None, options: PlanOptions | None = None
+            ) -> ScopedPlan:
     """After an apply: read only what was applied (and what was invalidated), then plan ``state``
     against the cache (module docstring, "API"). The pre-plan checks are not repeated: they
     passed before the apply."""
     from reconciler.engine import plan_options
 
     options = options or plan_options(state)
-    desired = tuple(desired if desired is not None else compile_resources(state))
+    index = _desired_index(state, desired)
     addresses = {c.address for c in applied.actionable} if isinstance(applied, Plan) else set(applied)
     live, read, observed, calls = _reread(engine, cache, addresses | cache.invalid())
-    plan = engine.plan_live(desired, live, options, revision=state.revision, declared_sources=len(state.sources),
+    plan = engine.plan_live(index, live, options, revision=state.revision, declared_sources=len(state.sources),
                             memo=cache.reconcile_memo)
-    return ScopedPlan(plan=plan, desired=desired, mode=INCREMENTAL, read=frozenset(read), observed=observed,
+    return ScopedPlan(plan=plan, index=index, mode=INCREMENTAL, read=frozenset(read), observed=observed,
                       calls=calls)
+
+
+def _desired_index(state: DesiredState, desired: Sequence[Resource] | ResourceIndex | None) -> ResourceIndex:
+    """The compiled desired state by address: ``desired`` if given, else compiled
+    (`compiled_index`: derived from the previous revision's when compile's memo made it)."""
+    return compiled_index(state) if desired is None else _as_index(desired)
+
+
+def _as_index(resources: Sequence[Resource] | ResourceIndex) -> ResourceIndex:
+    return resources if isinstance(resources, ResourceIndex) else ResourceIndex(resources)
 
 
 def _full_reason(engine: Any, state: DesiredState, previous: Any, before: Mapping[str, Resource] | None,
@@ -378,9 +427,10 @@ def _full_reason(engine: Any, state: DesiredState, previous: Any, before: Mappin
     return platform_wide(changed, before, desired) or ""
 
 
-def _full_observe(engine: Any, desired: Sequence[Resource], cache: ObservedCache) -> tuple[list[Resource], dict]:
+def _full_observe(engine: Any, index: ResourceIndex, cache: ObservedCache) -> tuple[ResourceIndex, dict]:
     """`Engine.observe_live`, step by step to count its calls; refreshes the cache."""
     started = cache.clock()
+    desired = list(index.values())
     kinds = {r.kind for r in desired if r.kind in engine.providers} | set(engine.providers)
     live = engine.observe(kinds)
     seen = {r.address for r in live}
@@ -388,11 +438,11 @@ def _full_observe(engine: Any, desired: Sequence[Resource], cache: ObservedCache
     reads = {r.kind for r in desired if (r.external or r.address not in seen) and r.kind in readers}
     live += engine.read_unobserved(desired, live)
     cache.refresh(live, engine.providers, at=started)
-    return live, {"observe": len(kinds), "read": len(reads)}
+    return cache.index(), {"observe": len(kinds), "read": len(reads)}
 
 
 def _reread(engine: Any, cache: ObservedCache,
-            addresses: Collection[str]) -> tuple[list[Resource], set[str], tuple[Kind, ...], dict]:
+            addresses: Collection[str]) -> tuple[ResourceIndex, set[str], tuple[Kind, ...], dict]:
     """Read ``addresses`` by name (a kind without a reader: observed whole), record them in the
     cache, and return the cache's live state with what was read, kinds observed and calls."""
     by_kind: dict[Kind, list[str]] = {}
@@ -408,7 +458,7 @@ def _reread(engine: Any, cache: ObservedCache,
     observed = engine.observe(whole) if whole else []
     read = {f"{k}.{n}" for k, ns in names.items() for n in ns}
     cache.record([*found, *observed], addresses=read, kinds=whole, at=started)
-    return cache.live(), read, whole, {"observe": len(whole), "read": len(names)}
+    return cache.index(), read, whole, {"observe": len(whole), "read": len(names)}
 
 
 def _readers(engine: Any) -> set[Kind]:

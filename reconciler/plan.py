@@ -65,6 +65,7 @@ from reconciler.resources import (
     WOULD_LOSE,
     Kind,
     Resource,
+    ResourceIndex,
     digest,
     is_digest,
     is_unobservable,
@@ -230,19 +231,40 @@ class Plan:
 
     # The views below scan every change once and keep the result (a plan is immutable, and
     # the daemon asks for them several times a sync: at 100,000 resources a scan is ~20 ms).
+    # `reconcile` hands them over ready-made (`_known`): it knows them without a scan.
+    @functools.cached_property
+    def _non_noop(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action != Action.NOOP)
+
     @functools.cached_property
     def _actionable(self) -> tuple[Change, ...]:
         if self.refused:
             return ()
-        return tuple(c for c in self.changes if c.action not in (Action.NOOP, Action.READ) and not c.blocked)
+        return tuple(c for c in self._non_noop if c.action != Action.READ and not c.blocked)
 
     @functools.cached_property
     def _blocked(self) -> tuple[Change, ...]:
-        return tuple(c for c in self.changes if c.blocked)
+        return tuple(c for c in self._non_noop if c.blocked)  # (a no-op is never blocked)
 
     @functools.cached_property
     def _kept(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.orphan and c.action == Action.NOOP)
+
+    @functools.cached_property
+    def _declared_counts(self) -> dict[Kind, int]:
+        counts: dict[Kind, int] = {}
+        for change in self.changes:
+            if change.desired is not None:
+                counts[change.kind] = counts.get(change.kind, 0) + 1
+        return counts
+
+    def _known(self, *, non_noop: tuple[Change, ...], kept: tuple[Change, ...],
+               declared_counts: Mapping[Kind, int]) -> Plan:
+        """This plan with the views `reconcile` knows already (what a scan of ``changes`` would
+        find; tests/test_reconcile_memo.py compares them)."""
+        self.__dict__.update(_non_noop=non_noop, _kept=kept,
+                             _declared_counts={k: n for k, n in declared_counts.items() if n})
+        return self
 
     @property
     def actionable(self) -> list[Change]:
@@ -258,15 +280,26 @@ class Plan:
         return list(self._kept)
 
     @property
+    def non_noop(self) -> tuple[Change, ...]:
+        """Every change but the no-ops, in order: actionable, blocked, and missing references."""
+        return self._non_noop
+
+    @property
+    def declared_counts(self) -> Mapping[Kind, int]:
+        """How many declared resources of each kind the plan covers (no-ops included)."""
+        return self._declared_counts
+
+    @property
     def has_changes(self) -> bool:
-        return any(c.action != Action.NOOP for c in self.changes)
+        return bool(self._non_noop)
 
     def summary(self) -> dict[str, int]:
         counts = {str(a): 0 for a in Action}
-        for change in self.changes:
+        for change in self._non_noop:
             counts[str(change.action)] += 1
-        counts["blocked"] = len(self.blocked)
-        counts["kept"] = len(self.kept)
+        counts[str(Action.NOOP)] = len(self.changes) - len(self._non_noop)
+        counts["blocked"] = len(self._blocked)
+        counts["kept"] = len(self._kept)
         return counts
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,13 +334,16 @@ class ReconcileMemo:
     spec, labels or status in place (the memo would not see it) - and an unchanged source's are
     the very same objects from one revision to the next
     (`load_repo(previous=...)`, compile's memo, `reconciler.incremental`'s cache of live state).
-    So `reconcile` with a memo compares each input with the last call's by identity (``is``),
-    decides again only the addresses where one differs, and keeps the rest of the decisions and
-    their order as they were. What depends on the whole plan is recomputed every time, exactly
-    as without a memo: orphans (live, ours, no longer declared), the order of deletes, blocked-by
-    chains and the refusal. With other options or immutable fields, or more than
-    `MAX_DELTA` differing addresses, it decides everything afresh. The plan is the same with or
-    without a memo (tests/test_reconcile_memo.py, a differential random walk among them).
+    So `reconcile` with a memo finds the addresses whose desired or live object is not (``is``)
+    the last call's - from `ResourceIndex.changed_since` when the inputs are indexes derived
+    from the last call's (compile's memo and the observed-state cache make them so: no pass over
+    all resources), else by comparing every address - decides again only those, and keeps the
+    rest of the decisions and their order as they were. What depends on the whole plan is
+    recomputed every time from what it depends on: orphans (live, ours, no longer declared:
+    their set is kept up to date the same way), the order of deletes, blocked-by chains and the
+    refusal. With other options or immutable fields, or more than `MAX_DELTA` differing
+    addresses, it decides everything afresh. The plan is the same with or without a memo
+    (tests/test_reconcile_memo.py, a differential random walk among them).
 
     Not thread-safe: one memo per planning loop (the daemon's worker; `reconciler.incremental`).
     """
@@ -324,16 +360,19 @@ class ReconcileMemo:
 
 @dataclass
 class _Reconciled:
-    """One reconcile's inputs (by address) and its decisions for the declared addresses, those
-    also in plan order (`_forward_key`)."""
+    """One reconcile's inputs and what it decided, kept for the next (`ReconcileMemo`)."""
 
     options: PlanOptions
     immutable_fields: Mapping[Kind, frozenset[str]]
-    desired: dict[str, Resource]
-    ours: dict[str, Resource]
-    others: dict[str, Resource]
-    decisions: dict[str, Change]
-    forward: list[Change]
+    desired: ResourceIndex
+    live: ResourceIndex
+    ours: dict[str, Resource]  # live, this platform's
+    others: dict[str, Resource]  # live at a declared address, not this platform's
+    decisions: dict[str, Change]  # declared address -> its decision
+    forward: list[Change]  # the decisions in plan order (`_forward_key`)
+    pending: dict[str, Change]  # the decisions other than no-op
+    orphans: set[str]  # ours, not declared
+    declared: dict[Kind, int]  # declared resources by kind
 
 
 _RANK = {kind: i for i, kind in enumerate(KIND_ORDER)}
@@ -346,62 +385,106 @@ def _forward_key(change: Change) -> tuple[int, str]:
 
 
 def reconcile(
-    desired: Iterable[Resource],
-    live: Iterable[Resource],
+    desired: Iterable[Resource] | ResourceIndex,
+    live: Iterable[Resource] | ResourceIndex,
     immutable_fields: Mapping[Kind, frozenset[str]],
     options: PlanOptions = PlanOptions(),
     revision: str | None = None,
     declared_sources: int | None = None,
     memo: ReconcileMemo | None = None,
 ) -> Plan:
-    """Match desired to live and decide each resource's action. Pure: no I/O. ``memo``: the last
-    reconcile's, to decide again only where the inputs changed (`ReconcileMemo`); the plan is
-    the same with or without it."""
-    desired_by_address = {r.address: r for r in desired}
-    ours: dict[str, Resource] = {}
-    others: dict[str, Resource] = {}  # declared addresses that exist but are not this platform's
+    """Match desired to live and decide each resource's action. Pure: no I/O. ``desired`` and
+    ``live``: resources, or `ResourceIndex`es of them (one resource an address; a later one
+    wins). ``memo``: the last reconcile's, to decide again only where the inputs changed
+    (`ReconcileMemo`); the plan is the same with or without it."""
+    desired = desired if isinstance(desired, ResourceIndex) else ResourceIndex(desired)
+    live = live if isinstance(live, ResourceIndex) else ResourceIndex(live)
     environment = options.environment
-    for resource in live:  # (a hot loop at 100,000 resources: `Resource.managed`, inlined)
-        labels = resource.labels
-        if labels.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE and (environment is None
-                                                               or labels.get(PLATFORM_KEY) == environment):
-            ours[resource.address] = resource
-        elif resource.address in desired_by_address:
-            others[resource.address] = resource
 
-    def decide(address: str) -> Change:
-        return _decide(desired_by_address[address], ours, others, immutable_fields, options)
+    def is_ours(resource: Resource) -> bool:  # (`Resource.managed`, inlined: a hot loop at 100,000)
+        labels = resource.labels
+        return labels.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE and (environment is None
+                                                                   or labels.get(PLATFORM_KEY) == environment)
 
     last = memo._last if memo is not None else None
     if last is not None and (last.options != options or (last.immutable_fields is not immutable_fields
                                                           and last.immutable_fields != immutable_fields)):
         last = None  # (equal, not the same: the daemon makes an engine, and its immutable fields, per sync)
-    delta = _delta(last, desired_by_address, ours, others) if last is not None else None
+    delta = _delta(last, desired, live) if last is not None else None
     if delta is None or len(delta) > ReconcileMemo.MAX_DELTA:
-        decisions = {address: decide(address) for address in desired_by_address}
+        ours: dict[str, Resource] = {}
+        others: dict[str, Resource] = {}
+        for resource in live.values():
+            if is_ours(resource):
+                ours[resource.address] = resource
+            elif resource.address in desired:
+                others[resource.address] = resource
+        decisions = {a: _decide(r, ours, others, immutable_fields, options) for a, r in desired.items()}
         forward = sorted(decisions.values(), key=_forward_key)
+        pending = {a: c for a, c in decisions.items() if c.action != Action.NOOP}
+        orphans = set(ours.keys() - desired.keys())
+        declared: dict[Kind, int] = {}
+        for change in decisions.values():
+            declared[change.kind] = declared.get(change.kind, 0) + 1
         hits = 0
     else:
-        decisions = dict(last.decisions)
-        forward = [c for c in last.forward if c.address not in delta]
+        # The last call's tables, taken over and updated in place (copying them would be a pass
+        # over every resource); the memo holds nothing meanwhile, so a failure here leaves it
+        # empty - the next call decides everything - never half-updated.
+        memo._last = None
+        ours, others, decisions, forward = last.ours, last.others, last.decisions, last.forward
+        pending, orphans, declared = last.pending, last.orphans, last.declared
+        for address in delta:  # who holds each address now: ours, another's, or nobody
+            ours.pop(address, None)
+            others.pop(address, None)
+            resource = live.get(address)
+            if resource is not None:
+                if is_ours(resource):
+                    ours[address] = resource
+                elif address in desired:
+                    others[address] = resource
         for address in delta:
-            if address in desired_by_address:
-                decisions[address] = change = decide(address)
+            old = decisions.pop(address, None)
+            if old is not None:
+                del forward[bisect.bisect_left(forward, _forward_key(old), key=_forward_key)]
+                pending.pop(address, None)
+                declared[old.kind] -= 1  # (zero counts are dropped by `Plan._known`)
+            want = desired.get(address)
+            if want is not None:
+                decisions[address] = change = _decide(want, ours, others, immutable_fields, options)
                 bisect.insort(forward, change, key=_forward_key)
+                if change.action != Action.NOOP:
+                    pending[address] = change
+                declared[change.kind] = declared.get(change.kind, 0) + 1
+            if address in ours and want is None:
+                orphans.add(address)
             else:
-                decisions.pop(address, None)
-        hits = len(decisions) - sum(1 for address in delta if address in desired_by_address)
+                orphans.discard(address)
+        hits = len(decisions) - sum(1 for address in delta if address in desired)
     if memo is not None:
-        memo._last = _Reconciled(options, immutable_fields, desired_by_address, ours, others, decisions,
-                                 forward)
+        memo._last = _Reconciled(options, immutable_fields, desired, live, ours, others, decisions, forward,
+                                 pending, orphans, declared)
         memo.hits = hits
-    orphans = [_orphan(ours[addr], options, desired_by_address) for addr in ours.keys() - desired_by_address.keys()
-               if not ours[addr].status.get(LEAVING)]
-    ordered = _block_dependents(_order(orphans, forward))
-    refused = _refusal(ordered, ours, declared_sources, options)
-    return Plan(tuple(ordered), revision=revision, refused=refused,
+    orphan_changes = [_orphan(ours[a], options, desired) for a in orphans if not ours[a].status.get(LEAVING)]
+    kept = sorted((c for c in orphan_changes if c.action != Action.DELETE), key=_forward_key)
+    deletes = sorted((c for c in orphan_changes if c.action == Action.DELETE),
+                     key=lambda c: (-_RANK[c.kind], c.address))
+    # Only changes other than no-ops are or become blocked (a no-op is never blocked): the
+    # blocked-by chains are followed among those alone, in plan order, and put in place after.
+    acting = _block_dependents([*sorted(pending.values(), key=_forward_key), *deletes])
+    ordered = forward
+    if kept or any(c is not pending.get(c.address) for c in acting[: len(acting) - len(deletes)]):
+        ordered = list(forward)
+        for change in kept:
+            bisect.insort(ordered, change, key=_forward_key)
+        for change in acting[: len(acting) - len(deletes)]:
+            if change is not pending[change.address]:  # newly blocked by what it depends on
+                ordered[bisect.bisect_left(ordered, _forward_key(change), key=_forward_key)] = change
+    refused = _refusal(acting, ours, declared_sources, options)
+    plan = Plan((*ordered, *deletes), revision=revision, refused=refused,
                 options={"prune": options.prune, "allow_destroy": options.allow_destroy,
                          "adopt": sorted(options.adopt)})
+    return plan._known(non_noop=tuple(acting), kept=tuple(kept), declared_counts=declared)
 
 
 def _decide(want: Resource, ours: Mapping[str, Resource], others: Mapping[str, Resource],
@@ -419,16 +502,20 @@ def _decide(want: Resource, ours: Mapping[str, Resource], others: Mapping[str, R
     return Change(address, want.kind, want.name, Action.CREATE, want, None, reason="declared but does not exist")
 
 
-def _delta(last: _Reconciled, desired: Mapping[str, Resource], ours: Mapping[str, Resource],
-           others: Mapping[str, Resource]) -> set[str]:
-    """Addresses whose desired, live-ours or live-other object is not (``is``) the last call's."""
-    before_desired, before_ours, before_others = last.desired, last.ours, last.others
-    delta = {a for a, r in desired.items() if before_desired.get(a) is not r}
-    delta.update(before_desired.keys() - desired.keys())
-    delta.update(a for a, r in ours.items() if before_ours.get(a) is not r)
-    delta.update(before_ours.keys() - ours.keys())
-    delta.update(a for a, r in others.items() if before_others.get(a) is not r)
-    delta.update(before_others.keys() - others.keys())
+def _delta(last: _Reconciled, desired: ResourceIndex, live: ResourceIndex) -> set[str]:
+    """Addresses whose desired or live object is not (``is``) the last call's: known to the
+    indexes when they were derived from the last call's (`ResourceIndex.changed_since`), else
+    found by comparing every address."""
+    changed = [desired.changed_since(last.desired), live.changed_since(last.live)]
+    if changed[0] is not None and changed[1] is not None:
+        return set(changed[0] | changed[1])
+    delta: set[str] = set()
+    for now, before, known in ((desired, last.desired, changed[0]), (live, last.live, changed[1])):
+        if known is not None:
+            delta.update(known)
+            continue
+        delta.update(a for a, r in now.items() if before.get(a) is not r)
+        delta.update(before.keys() - now.keys())
     return delta
 
 
@@ -739,17 +826,6 @@ def _security_target(live: Resource) -> str | None:
 
 
 # --------------------------------------------------------------------------- whole plan
-
-
-def _order(orphans: list[Change], forward: list[Change]) -> list[Change]:
-    """Creates, updates and replaces in dependency order; deletes after them, in reverse.
-    ``forward``: the declared resources' decisions, already in order (`_forward_key`);
-    ``orphans``: the undeclared ones' (deletes, or kept as they are), in any order."""
-    kept = [c for c in orphans if c.action != Action.DELETE]
-    deletes = sorted((c for c in orphans if c.action == Action.DELETE), key=lambda c: (-_RANK[c.kind], c.address))
-    if kept:
-        forward = sorted([*forward, *kept], key=_forward_key)
-    return forward + deletes
 
 
 def _block_dependents(changes: list[Change]) -> list[Change]:

@@ -54,7 +54,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -417,3 +418,115 @@ def is_managed(labels: Mapping[str, str] | None) -> bool:
 def address(kind: Kind | str, name: str) -> str:
     """The stable address of a resource, e.g. ``pubsub_subscription.orders-ingest``."""
     return f"{kind}.{name}"
+
+
+class ResourceIndex(Mapping[str, Resource]):
+    """Resources by address - an immutable mapping that knows which addresses differ from the
+    index it was derived from (issue 14: a one-source commit at 10,000 sources must not compare
+    110,000 resources to find the dozen that changed).
+
+    * ``ResourceIndex(resources)``: by address, a later resource of one address replacing an
+      earlier one (as a dict comprehension would);
+    * ``index.derive(put=(), drop=())``: a new index, ``index`` with ``drop``'s addresses removed
+      and then ``put``'s resources stored; ``index`` itself is unchanged. The copy is one C-level
+      dict copy (~1 ms at 100,000 resources) and a step per resource put or dropped;
+    * ``later.changed_since(earlier)``: the addresses whose resource in ``later`` is not the very
+      object (``is``) ``earlier`` held there - added, removed or replaced - when ``later`` was
+      derived from ``earlier`` (directly or within `MAX_CHAIN` derivations, while ``earlier`` is
+      alive and the difference at most `MAX_CARRIED` addresses); else None (compare them some
+      other way). Derivations remember their ancestors weakly: an index no one holds is freed;
+    * ``index.dependents(address)``: the addresses of the resources whose ``depends_on`` names
+      ``address`` (built on first use, then carried along derivations at a step per change).
+
+    Reading: ``index[address]``, ``get``, ``keys()`` / ``items()`` / ``values()`` (the dict's own
+    views, so set operations on keys run in C), ``len``, iteration (addresses).
+    """
+
+    __slots__ = ("_items", "_ancestors", "_dependents", "__weakref__")
+    MAX_CHAIN = 4
+    MAX_CARRIED = 4096
+
+    def __init__(self, resources: Iterable[Resource] = ()) -> None:
+        self._items: dict[str, Resource] = {r.address: r for r in resources}
+        # (weak reference to an ancestor, the addresses changed since it), nearest first.
+        self._ancestors: tuple[tuple[weakref.ref[ResourceIndex], frozenset[str]], ...] = ()
+        self._dependents: dict[str, frozenset[str]] | None = None
+
+    # -- Mapping
+    def __getitem__(self, address: str) -> Resource:
+        return self._items[address]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._items
+
+    def get(self, address: str, default: Any = None) -> Any:
+        return self._items.get(address, default)
+
+    def keys(self):  # noqa: ANN201 - dict_keys: set operations in C
+        return self._items.keys()
+
+    def items(self):  # noqa: ANN201
+        return self._items.items()
+
+    def values(self):  # noqa: ANN201
+        return self._items.values()
+
+    def __repr__(self) -> str:
+        return f"ResourceIndex({len(self._items)} resources)"
+
+    # -- derivation
+    def derive(self, put: Iterable[Resource] = (), drop: Iterable[str] = ()) -> ResourceIndex:
+        items = dict(self._items)
+        touched: set[str] = set()
+        for address_ in drop:
+            if items.pop(address_, None) is not None:
+                touched.add(address_)
+        for resource in put:
+            items[resource.address] = resource
+            touched.add(resource.address)
+        before = self._items
+        changed = frozenset(a for a in touched if before.get(a) is not items.get(a))
+        derived = ResourceIndex.__new__(ResourceIndex)
+        derived._items = items
+        carried = [(weakref.ref(self), changed)]
+        for ref, since in self._ancestors[: self.MAX_CHAIN - 1]:
+            if len(since) + len(changed) <= self.MAX_CARRIED:
+                carried.append((ref, since | changed))
+        derived._ancestors = tuple(carried)
+        derived._dependents = self._patched_dependents(items, changed) if self._dependents is not None else None
+        return derived
+
+    def changed_since(self, earlier: ResourceIndex) -> frozenset[str] | None:
+        if earlier is self:
+            return frozenset()
+        for ref, since in self._ancestors:
+            if ref() is earlier:
+                return since
+        return None
+
+    # -- reverse dependencies
+    def dependents(self, address_: str) -> frozenset[str]:
+        if self._dependents is None:
+            found: dict[str, set[str]] = {}
+            for resource in self._items.values():
+                for dep in resource.depends_on:
+                    found.setdefault(dep, set()).add(resource.address)
+            self._dependents = {dep: frozenset(users) for dep, users in found.items()}
+        return self._dependents.get(address_, frozenset())
+
+    def _patched_dependents(self, items: Mapping[str, Resource], changed: frozenset[str]) -> dict[str, frozenset[str]]:
+        dependents = dict(self._dependents or {})
+        before = self._items
+        for address_ in changed:
+            old, new = before.get(address_), items.get(address_)
+            for dep in old.depends_on if old is not None else ():
+                dependents[dep] = dependents.get(dep, frozenset()) - {address_}
+            for dep in new.depends_on if new is not None else ():
+                dependents[dep] = dependents.get(dep, frozenset()) | {address_}
+        return dependents

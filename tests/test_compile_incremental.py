@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import compile as compiler
-from reconciler.compile import compile_resources
+from reconciler.compile import compile_resources, compiled_index
 from reconciler.load import DesiredState, InvalidDesiredState, load_repo
 from tests.helpers import copy_example, edit_yaml
 
@@ -49,6 +49,7 @@ class Walk:
         first = compile_resources(self.state)
         assert first == compiler._compile_plain(DesiredState(self.state.root, self.state.platform, self.state.sources))
         assert self.state._compile_memo is not None
+        self.derived = 0  # steps whose index was derived from the last one's
 
     def step(self) -> bool:
         """Compile the repo as it is now against the last revision; False if it does not load."""
@@ -61,6 +62,13 @@ class Walk:
         assert [r.address for r in incremental] == [r.address for r in reference]
         assert incremental == reference
         assert compile_resources(DesiredState(loaded.root, loaded.platform, loaded.sources)) == reference
+        # By address too, and what changed named without comparing (`compiled_index`).
+        index, before = compiled_index(state), compiled_index(self.state)
+        assert dict(index) == {r.address: r for r in reference}
+        changed = index.changed_since(before)
+        if changed is not None:  # (None when compile fell back to compiling everything)
+            assert changed == {a for a in index.keys() | before.keys() if index.get(a) is not before.get(a)}
+            self.derived += 1
         self.state = state
         return True
 
@@ -191,4 +199,4 @@ def test_random_walk_of_edits(repo: Path) -> None:
             for sid, text in originals.items():
                 connector(repo, sid).write_text(text)
             assert walk.step()
-    assert steps >= 20
+    assert steps >= 20 and walk.derived >= 10

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from reconciler.plan import Action, PlanOptions, ReconcileMemo, reconcile
-from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, PLATFORM_KEY, Kind, Resource
+from reconciler.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, PLATFORM_KEY, Kind, Resource, ResourceIndex
 
 LABELS = {MANAGED_BY_KEY: MANAGED_BY_VALUE, PLATFORM_KEY: "test"}
 IMMUTABLE = {Kind.PUBSUB_SUBSCRIPTION: frozenset({"topic"})}
@@ -87,10 +89,24 @@ def test_the_memo_keeps_only_what_the_last_reconcile_used():
     assert len(memo) == 2
 
 
-def test_a_random_walk_of_changes_plans_as_without_a_memo():
+def views(plan):
+    """What `Plan`'s views say, and what a scan of its changes finds (`reconcile` hands the views
+    over ready-made): the two must be equal."""
+    scanned = dataclasses.replace(plan)  # a new Plan of the same changes: its views are scans
+    return [(p.non_noop, p.actionable, p.blocked, p.kept, dict(p.declared_counts), p.summary(), p.has_changes)
+            for p in (plan, scanned)]
+
+
+@pytest.mark.parametrize("inputs", ["lists", "derived-indexes"])
+def test_a_random_walk_of_changes_plans_as_without_a_memo(inputs):
     """Each step changes a few inputs at random - desired added, removed or modified, live
     changed, gone, taken by someone else, leaving, or an orphan appearing; options now and then
-    - and the memo's plan must equal the plain one (both reconcile the very same inputs)."""
+    - and the memo's plan must equal the plain one (both reconcile the very same inputs).
+
+    ``lists``: the inputs are given as resources, and the memo finds what changed by comparing
+    every address; ``derived-indexes``: as `ResourceIndex`es each derived from the last, as
+    compile's memo and the observed-state cache give them, and the memo takes what changed
+    from them (`ResourceIndex.changed_since`)."""
     import random
 
     rng = random.Random(1414)
@@ -100,7 +116,9 @@ def test_a_random_walk_of_changes_plans_as_without_a_memo():
     memo = ReconcileMemo()
     options = PlanOptions()
     reused = 0
+    desired_index, live_index = ResourceIndex(desired.values()), ResourceIndex(live.values())
     for step in range(300):
+        before_desired, before_live = dict(desired), dict(live)
         for _ in range(rng.randint(1, 4)):
             name = rng.choice(sorted(set(desired) | set(live) | {f"x{rng.randint(0, 9)}"}))
             roll = rng.random()
@@ -121,7 +139,19 @@ def test_a_random_walk_of_changes_plans_as_without_a_memo():
                 live[name] = topic(name, retention="3600s") if name[0] != "s" else subscription(name, "t3")
         if step % 50 == 49:
             options = PlanOptions(prune=not options.prune, allow_destroy=rng.random() < 0.5)
-        with_memo, plain = plans(list(desired.values()), list(live.values()), options, memo=memo)
+        if inputs == "lists":
+            given = list(desired.values()), list(live.values())
+        else:
+            for (now, before), index in (((desired, before_desired), "desired"), ((live, before_live), "live")):
+                put = [r for name, r in now.items() if before.get(name) is not r]
+                drop = [before[name].address for name in before.keys() - now.keys()]
+                if index == "desired":
+                    desired_index = desired_index.derive(put, drop)
+                else:
+                    live_index = live_index.derive(put, drop)
+            given = desired_index, live_index
+        with_memo, plain = plans(*given, options, memo=memo)
         assert with_memo == plain, f"step {step}"
+        assert views(with_memo)[0] == views(with_memo)[1], f"step {step}"
         reused += memo.hits
     assert reused > 300 * 40  # most decisions were reused, not made again
