@@ -233,6 +233,7 @@ class _Memo:
     final: list[Resource]  # the result
     external: dict[str, int]  # external addresses -> how many sources name them
     by_address: ResourceIndex  # the result by address, derived from the previous revision's (`compiled_index`)
+    made: tuple[Resource, ...] | None = None  # what `final` has that the previous memo's had not (None: all)
 
 
 def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Resource], _Memo]:
@@ -442,9 +443,10 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
                 added.append(_with_protection_label(new_binding))
         final, external, drop, put = _patched(memo.final, memo.external, removed, added)
         by_address = memo.by_address.derive(put=put, drop=[r.address for r in drop])
+    made = None if memo is None else tuple(added)
     result = list(final)
     return result, _Memo(platform, parts, known, datasets, restricted, index, platform_grants, declared,
-                         zone_targets, sinks, aggregates, final, external, by_address)
+                         zone_targets, sinks, aggregates, final, external, by_address, made=made)
 
 
 def _patched(final: list[Resource], external: dict[str, int], removed: list[Resource], added: list[Resource]
@@ -495,6 +497,14 @@ def _patched(final: list[Resource], external: dict[str, int], removed: list[Reso
 
 def _address_of(resource: Resource) -> str:
     return resource.address
+
+
+def made_anew(state: DesiredState) -> tuple[Resource, ...] | None:
+    """What `compile_resources(state, previous)` made that ``previous``'s compile had not: the
+    rest of its result are ``previous``'s very objects. None when it made everything (no memo
+    to start from, or none kept)."""
+    memo = getattr(state, "_compile_memo", None)
+    return memo.made if memo is not None else None
 
 
 def _with_protection_label(resource: Resource) -> Resource:

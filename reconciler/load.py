@@ -424,14 +424,13 @@ def _check_compiled(collector: _Collector, checked: DesiredState, previous: Desi
     was checked when it was made (the previous load passed), and so were the settings of every
     source but ``sources``. The compiled resources (None when compile failed on a state whose
     problems are already found: those come first)."""
-    from reconciler.compile import compile_resources
+    from reconciler.compile import compile_resources, made_anew
     from reconciler.limits import compiled_problems
 
     try:
         compiled = tuple(compile_resources(checked, previous=previous))
-        known = {id(r) for r in previous._compiled} if previous is not None and previous._compiled else set()
-        fresh = [r for r in compiled if id(r) not in known] if known else compiled
-        collector.problems += compiled_problems(checked, fresh, sources, joins, by_id)
+        fresh = made_anew(checked)
+        collector.problems += compiled_problems(checked, compiled if fresh is None else fresh, sources, joins, by_id)
         return compiled
     except Exception:
         if not collector.problems:
