@@ -21,8 +21,8 @@ a fresh measuring process (its peak RSS is headwater's, not the fake's) times:
 * the no-op plan: ``load_repo`` + ``Engine.plan`` (compile, observe, plan), median of ``--repeat``;
 * a one-source commit (one source's Silver clustering changed), converged: load, plan, apply
   (a table PATCH) and the check after it - by the full path (a full plan before and after, as the
-  daemon's sync did) and, on a second change, as the daemon does it: ``load_repo(previous=...)``
-  (only the changed files read again), `reconciler.incremental` (``plan_change`` against the
+  daemon's sync did) and, on a second change, as the daemon does it: ``load_repo(previous=...,
+  changed=...)`` (only the file git would name read again), `reconciler.incremental` (``plan_change`` against the
   cache a full observe left, ``recheck`` of what was applied); ``commit`` in the JSON;
 * API calls by method, as the fake counted them (and the modeled lists);
 * peak RSS (``ru_maxrss``) after the plans, and the RSS after imports for scale, with the packages
@@ -392,12 +392,13 @@ def measure(args) -> dict:
         before_modeled = Counter(modeled.calls)
         started = time.perf_counter()
         edit(repo, "cluster_by: [id]", "cluster_by: [kind]")
-        state = load_repo(repo, previous=previous)  # the daemon's load: only the changed files read again
-        scoped = plan_change(engine, state, cache=cache, previous=previous, previous_desired=warm.desired)
+        # The daemon's load: only the files git names as changed are read again.
+        state = load_repo(repo, previous=previous, changed=["connectors/source_0000.yaml"])
+        scoped = plan_change(engine, state, cache=cache, previous=previous, previous_desired=warm.index)
         planned = time.perf_counter()
         result = engine.apply(scoped.plan, max_workers=8)
         assert result.ok, result.summary()
-        after = recheck(engine, state, scoped.plan, cache=cache, desired=scoped.desired)
+        after = recheck(engine, state, scoped.plan, cache=cache, desired=scoped.index)
         ended = time.perf_counter()
         assert not after.plan.has_changes, "the commit did not converge"
         commits["incremental"] = {
