@@ -52,7 +52,11 @@ Every resource carries ``managed-by=headwater`` and ``headwater-platform=<enviro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from itertools import compress, repeat
+from operator import attrgetter, is_not
+from types import SimpleNamespace
 from typing import Any
 
 from reconciler import semantic
@@ -218,6 +222,120 @@ class _Part:
 
 
 @dataclass
+class _Totals:
+    """What the platform-wide steps read of every part, counted: a compile updates it for the
+    parts it made again, and the steps read it instead of passing over every part (issue 14: a
+    one-source commit at 10,000 sources). Sets hold source ids; dicts count how many parts have
+    each key."""
+
+    known: dict[str, int] = field(default_factory=dict)  # serving.declared_tables
+    viewers: set[str] = field(default_factory=set)  # parts with reporting views (they read `known`)
+    classified: set[str] = field(default_factory=set)  # governance.has_classified_columns
+    columns: set[str] = field(default_factory=set)  # parts with classified columns (their `classes`)
+    cdc: set[str] = field(default_factory=set)
+    emails: dict[str, int] = field(default_factory=dict)
+    datasets: dict[str, int] = field(default_factory=dict)  # serving datasets
+    api: set[str] = field(default_factory=set)  # parts in the data API document
+    jobs: set[str] = field(default_factory=set)  # parts declaring a Dataflow job
+    streams: set[str] = field(default_factory=set)  # parts declaring a Datastream stream
+
+    def copy(self) -> _Totals:
+        return _Totals(dict(self.known), set(self.viewers), set(self.classified), set(self.columns), set(self.cdc),
+                       dict(self.emails), dict(self.datasets), set(self.api), set(self.jobs), set(self.streams))
+
+    def made(self, sid: str, old: _Part | None, new: _Part | None) -> None:
+        """Part ``sid`` made again (``old`` -> ``new``; None: none): what it is from the start."""
+        for part, step in ((old, -1), (new, 1)):
+            if part is not None:
+                _count(self.known, part.known, step)
+                _count(self.emails, (part.email,) if part.email else (), step)
+        _member(self.viewers, sid, new is not None and new.has_views)
+        _member(self.classified, sid, new is not None and new.classified)
+        _member(self.columns, sid, new is not None and bool(new.classes.columns))
+        _member(self.cdc, sid, new is not None and new.cdc)
+
+    def served(self, sid: str, old: _Part | None, new: _Part | None) -> None:
+        """Part ``sid``'s serving made again."""
+        for part, step in ((old, -1), (new, 1)):
+            if part is not None:
+                _count(self.datasets, part.serving.datasets, step)
+        _member(self.api, sid, new is not None and bool(new.serving.api_sources))
+
+    def desired(self, sid: str, new: _Part | None) -> None:
+        """Part ``sid``'s declared resources made again."""
+        kinds = {r.kind for r in new.desired} if new is not None else set()
+        _member(self.jobs, sid, Kind.DATAFLOW_JOB in kinds)
+        _member(self.streams, sid, new is not None and new.cdc and Kind.DATASTREAM_STREAM in kinds)
+
+
+class _Counts(Mapping[str, int]):
+    """A count by key that the next revision's compile derives and changes (`derive`) while
+    this one stays as it is, without copying every key: a shared base and what changed since,
+    folded into a new base once that is not small (~100,000 addresses are counted at 10,000
+    sources; a commit changes a few dozen)."""
+
+    FOLD = 4096
+
+    def __init__(self, base: dict[str, int] | None = None, changes: dict[str, int] | None = None) -> None:
+        self._base = base if base is not None else {}
+        self._changes = changes if changes is not None else {}  # 0: not counted any more
+
+    def derive(self) -> _Counts:
+        if len(self._changes) > self.FOLD:
+            return _Counts({k: v for k, v in {**self._base, **self._changes}.items() if v})
+        return _Counts(self._base, dict(self._changes))
+
+    def __getitem__(self, key: str) -> int:
+        value = self._changes.get(key)
+        if value is None:
+            return self._base[key]
+        if not value:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._changes.get(key)
+        if value is None:
+            return self._base.get(key, default)
+        return value or default
+
+    def __contains__(self, key: object) -> bool:
+        value = self._changes.get(key)  # type: ignore[call-overload]
+        return key in self._base if value is None else bool(value)
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self._changes[key] = value
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        value = self.get(key, default)
+        self._changes[key] = 0
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (k for k in self._base if k not in self._changes)
+        yield from (k for k, v in self._changes.items() if v)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _count(counter: dict[str, int], keys: Iterable[str], step: int) -> None:
+    for key in keys:
+        value = counter.get(key, 0) + step
+        if value:
+            counter[key] = value
+        else:
+            del counter[key]
+
+
+def _member(members: set[str], key: str, present: bool) -> None:
+    if present:
+        members.add(key)
+    else:
+        members.discard(key)
+
+
+@dataclass
 class _Memo:
     platform: Platform
     parts: dict[str, _Part]
@@ -226,13 +344,15 @@ class _Memo:
     restricted: tuple[str, ...]
     index: Any  # reconciler.governance.GrantIndex
     platform_grants: tuple[Any, ...]
-    declared: dict[str, int]  # address -> how many non-governance resources have it
+    declared: _Counts  # address -> how many non-governance resources have it
     zone_targets: set[str]
     sinks: dict[str, int]  # storage transfer sinks (bucket addresses) -> how many jobs
     aggregates: dict[str, tuple[Resource, ...]]  # platform-wide chunks, labelled
     final: list[Resource]  # the result
     external: dict[str, int]  # external addresses -> how many sources name them
     by_address: ResourceIndex  # the result by address, derived from the previous revision's (`compiled_index`)
+    totals: _Totals = field(default_factory=_Totals)
+    api: tuple[tuple[dict[str, Any], ...], tuple[str, ...]] = ((), ())  # the data API's sources and views
     made: tuple[Resource, ...] | None = None  # what `final` has that the previous memo's had not (None: all)
 
 
@@ -249,16 +369,18 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
     names = zone_names(platform)
     base = base_labels(platform)
     before = memo.parts if memo is not None else {}
-    parts: dict[str, _Part] = {}
-    fresh: set[str] = set()
-    for source in state.sources:
-        sid = source.source_id
-        if sid in parts:
-            raise _Unsupported
-        old = before.get(sid)
-        if old is not None and old.source is source:
-            parts[sid] = old
-            continue
+    totals = memo.totals.copy() if memo is not None else _Totals()
+    # The previous parts, in the sources' order; the sources that are not their part's very source
+    # (changed or new) found by C-level maps, not a Python loop over every source.
+    sources = state.sources
+    sids = list(map(_SOURCE_ID, sources))
+    parts: dict[str, _Part] = dict(zip(sids, map(before.get, sids)))
+    if len(parts) != len(sids):
+        raise _Unsupported  # two sources of one id
+    made = compress(range(len(sids)), map(is_not, sources, map(_SOURCE, map(before.get, sids, repeat(_NO_PART)))))
+    fresh: set[str] = set()  # the parts made (or changed) again
+    for i in made:
+        source, sid = sources[i], sids[i]
         fresh.add(sid)
         own = tuple(_source_resources(platform, names, source))
         tables = serving.gold_tables(source)
@@ -269,60 +391,88 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
                            classified=governance.has_classified_columns(source),
                            cdc=source.connector.ingestion.pattern == "database_cdc",
                            email=source.connector.monitoring.alert_email)
+    gone = before.keys() - parts.keys()
+    for sid in fresh | gone:
+        totals.made(sid, before.get(sid), parts.get(sid))
+
+    positions: dict[str, int] = {}
+
+    def order() -> dict[str, int]:
+        """Each source id's position in the state (made when asked)."""
+        if not positions:
+            positions.update(zip(sids, range(len(sids))))
+        return positions
+
+    def again(sid: str) -> _Part:
+        """Part ``sid``, to be changed: a copy unless made by this compile."""
+        if sid not in fresh:
+            parts[sid] = replace(parts[sid])
+            fresh.add(sid)
+        return parts[sid]
+
+    # Each step below makes again what its inputs changed for: the parts made anew, and every part
+    # when what all of them share changed (the tables views read, the serving datasets, the
+    # restricted sources).
 
     # Serving: reporting views read every source's tables; the rest is the source's own.
     known = None
-    if any(p.has_views for p in parts.values()):
-        known = frozenset().union(*(p.known for p in parts.values()))
+    if totals.viewers:
+        known = memo.known if memo is not None and memo.known is not None and not _crossed(
+            memo.totals.known, totals.known, fresh | gone, before, parts) else frozenset(totals.known)
     aliases = serving.dataset_aliases(names, known) if known is not None else {}
-    known_changed = memo is None or known != memo.known
-    for sid, part in parts.items():
-        if part.serving is None or (part.has_views and known_changed):
-            if sid not in fresh:
-                part = parts[sid] = replace(part)
-                fresh.add(sid)
-            part.serving = serving.source_serving(platform, names, part.source, base, known or frozenset(), aliases)
-            part.fixed_for = None
-    datasets = frozenset().union(*(p.serving.datasets for p in parts.values() if p.serving.datasets))
-    api_sources: list[dict[str, Any]] = []
-    api_views: list[str] = []
-    for part in parts.values():
-        if part.serving.api_sources:
-            api_sources += part.serving.api_sources
-            api_views += part.serving.api_views
-    for sid, part in parts.items():
+    known_changed = memo is None or (known is not memo.known and known != memo.known)
+    for sid in [*fresh, *(totals.viewers - fresh if known_changed else ())]:
+        part = again(sid)
+        part.serving = serving.source_serving(platform, names, part.source, base, known or frozenset(), aliases)
+        part.fixed_for = None
+        totals.served(sid, before.get(sid), part)
+    for sid in gone:
+        totals.served(sid, before[sid], None)
+    datasets = frozenset(totals.datasets)
+    if memo is not None and datasets == memo.datasets:
+        datasets = memo.datasets
+    if memo is not None and not (totals.api | memo.totals.api) & (fresh | gone):
+        api_sources, api_views = memo.api  # no part in the data API document changed
+    else:
+        in_api = sorted(totals.api, key=order().__getitem__)
+        api_sources = [entry for sid in in_api for entry in parts[sid].serving.api_sources]
+        api_views = [view for sid in in_api for view in parts[sid].serving.api_views]
+    for sid in (parts if memo is None or datasets != memo.datasets else list(fresh)):
+        part = parts[sid]
         if part.fixed_for != datasets:
-            if sid not in fresh:
-                part = parts[sid] = replace(part)
-                fresh.add(sid)
+            part = again(sid)
             part.fixed = tuple(serving.with_dataset_dependency(part.serving.resources, datasets))
             part.fixed_for = datasets
             part.desired = (*part.own, *part.monitoring, *part.fixed)
+            totals.desired(sid, part)
+    for sid in gone:
+        totals.desired(sid, None)
 
     # Governance: each source's grants, then the bindings of the targets whose grants changed.
-    restricted = tuple(sorted(sid for sid, p in parts.items() if p.classified))
-    for sid, part in parts.items():
+    restricted = tuple(sorted(totals.classified))
+    if memo is not None and restricted == memo.restricted:
+        restricted = memo.restricted
+    for sid in (parts if memo is None or restricted != memo.restricted else list(fresh)):
+        part = parts[sid]
         if part.grants_for is None or part.grants_for[0] != restricted or part.grants_for[1] is not part.desired:
-            if sid not in fresh:
-                part = parts[sid] = replace(part)
-                fresh.add(sid)
+            part = again(sid)
             part.grants = governance.source_grants(platform, names, part.source, (*part.own, *part.fixed), restricted)
             part.grants_for = (restricted, part.desired)
             labelled = (*part.desired, *part.classes.policies)
             part.chunk = tuple(_with_protection_label(r) for r in labelled)
 
     aggregates: dict[str, tuple[Resource, ...]] = {}
-    cdc_sources = [p.source for p in parts.values() if p.cdc]
+    cdc_sources = [parts[sid].source for sid in totals.cdc]  # (order aside: the profiles they name)
     platform_part = [*_platform_resources(platform, names),
                      *cdc.platform_resources(platform, names.buckets["landing"], cdc_sources, base)]
-    emails = sorted({p.email for p in parts.values() if p.email})
+    emails = sorted(totals.emails)
     serving_part = serving.serving_aggregate(platform, datasets, api_sources, tuple(api_views), base)
     aggregates["platform"] = tuple(platform_part)
     aggregates["monitoring"] = tuple(notification_channel(platform, email) for email in emails)
     aggregates["serving"] = tuple(serving_part)
 
     index = memo.index.copy() if memo is not None else governance.GrantIndex()
-    declared = dict(memo.declared) if memo is not None else {}
+    declared = memo.declared.derive() if memo is not None else _Counts()
     sinks = dict(memo.sinks) if memo is not None else {}
     crossed: set[str] = set()  # addresses declared or undeclared by this revision
 
@@ -364,8 +514,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
                 count(declared, r.address, 1)
         else:
             aggregates[name] = old_part
-    any_job = any(r.kind == Kind.DATAFLOW_JOB for p in parts.values() for r in p.desired)
-    any_stream = any(r.kind == Kind.DATASTREAM_STREAM for p in parts.values() if p.cdc for r in p.desired)
+    any_job, any_stream = bool(totals.jobs), bool(totals.streams)
     api_service = any(r.kind == Kind.CLOUD_RUN_SERVICE and r.name == serving.API_SERVICE for r in serving_part)
     platform_grants = governance.platform_grants(platform, names, datasets, restricted, any_job, api_service,
                                                  any_stream)
@@ -377,15 +526,8 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
     zone_targets |= {address(Kind.BIGQUERY_DATASET, d) for d in datasets if d in (serving.REPORTING, serving.FEATURES)}
     crossed |= zone_targets ^ (memo.zone_targets if memo is not None else set())
     index.dirty |= {target for target in crossed if target in index.roles}
-    positions: dict[str, int] = {}
-
-    def order() -> dict[str, int]:
-        if not positions:
-            positions.update((s.source_id, i) for i, s in enumerate(state.sources))
-        return positions
-
     binding_changes = index.bindings(platform, declared, zone_targets, sinks, base, order)
-    classification = classification_aggregate(platform, (p.classes for p in parts.values() if p.classes.columns))
+    classification = classification_aggregate(platform, (parts[sid].classes for sid in totals.columns))
     if any(r.kind == Kind.IAM_BINDING and (r.spec["target"], r.spec["role"]) in index.made for r in classification):
         raise _Unsupported  # merged with a binding of the grants: governance_resources merges them
     if platform.audit_logs:
@@ -446,7 +588,23 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
     made = None if memo is None else tuple(added)
     result = list(final)
     return result, _Memo(platform, parts, known, datasets, restricted, index, platform_grants, declared,
-                         zone_targets, sinks, aggregates, final, external, by_address, made=made)
+                         zone_targets, sinks, aggregates, final, external, by_address, totals,
+                         (tuple(api_sources), tuple(api_views)), made=made)
+
+
+def _crossed(before: dict[str, int], after: dict[str, int], sids: Iterable[str], old: dict[str, _Part],
+             new: dict[str, _Part]) -> bool:
+    """A key of the parts ``sids`` (before or after) is counted in one of ``before``/``after`` only."""
+    for sid in sids:
+        for part in (old.get(sid), new.get(sid)):
+            if part is not None and any((key in before) != (key in after) for key in part.known):
+                return True
+    return False
+
+
+_SOURCE_ID = attrgetter("connector.source_id")
+_SOURCE = attrgetter("source")
+_NO_PART = SimpleNamespace(source=None)  # stands for a part not made before (its source is no source)
 
 
 def _patched(final: list[Resource], external: dict[str, int], removed: list[Resource], added: list[Resource]
