@@ -80,6 +80,7 @@ from beam.common.transforms import (
     counter,
     freeze_long_lived_objects,
     gc_paused,
+    keep_freed_memory,
 )
 
 COLUMNAR_TYPES = {"STRING": pa.string(), "INT64": pa.int64(), "FLOAT64": pa.float64(), "BOOL": pa.bool_(),
@@ -798,6 +799,7 @@ class ValidateChunks(beam.DoFn):
 
     def setup(self) -> None:
         freeze_long_lived_objects()
+        keep_freed_memory()
         dedup = self.spec.dedup
         self.key_paths = dedup.key if dedup else None
         self.checker = ColumnarChecker(self.spec.fields, self.spec.validation, self.spec.quality_rules,
