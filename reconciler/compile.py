@@ -52,7 +52,7 @@ Every resource carries ``managed-by=headwater`` and ``headwater-platform=<enviro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
 from operator import attrgetter, is_not
@@ -130,7 +130,8 @@ def zone_names(platform: Platform) -> ZoneNames:
     return ZoneNames(buckets, datasets)
 
 
-def compile_resources(state: DesiredState, previous: DesiredState | None = None) -> list[Resource]:
+def compile_resources(state: DesiredState, previous: DesiredState | None = None,
+                      changes: tuple[Sequence[Source], Sequence[Source]] | None = None) -> list[Resource]:
     """All resources of the desired state, sorted by address.
 
     ``previous``: a state compiled before (the previous revision, `reconciler.load.load_repo`'s).
@@ -138,6 +139,10 @@ def compile_resources(state: DesiredState, previous: DesiredState | None = None)
     very object it compiled are reused, and only what depends on several sources is made again
     (`_compile_memoized`): the result is the same list as without it. The parts are kept on the
     state (``_compile_memo``) for the next revision.
+
+    ``changes``: ``(removed, added)`` when the caller knows them (a git-mode load): ``state``'s
+    sources are ``previous``'s less ``removed``, plus ``added`` (a changed source is in both).
+    Then the sources are not compared with ``previous``'s one by one to find them.
     """
     compiled = getattr(state, "_compiled", None)
     if compiled is not None:  # compiled by load_repo's limits check (reconciler/load.py): the same list
@@ -146,7 +151,7 @@ def compile_resources(state: DesiredState, previous: DesiredState | None = None)
     if memo is not None and memo.platform is not state.platform:
         memo = None  # a platform-wide change: everything again
     try:
-        resources, memo = _compile_memoized(state, memo)
+        resources, memo = _compile_memoized(state, memo, changes)
     except _Unsupported:
         resources, memo = _compile_plain(state), None
     object.__setattr__(state, "_compile_memo", memo)
@@ -356,9 +361,11 @@ class _Memo:
     made: tuple[Resource, ...] | None = None  # what `final` has that the previous memo's had not (None: all)
 
 
-def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Resource], _Memo]:
+def _compile_memoized(state: DesiredState, memo: _Memo | None,
+                      changes: tuple[Sequence[Source], Sequence[Source]] | None = None) -> tuple[list[Resource], _Memo]:
     """`_compile_plain`'s result from per-source parts (those of ``memo`` reused where the source
-    is the same object) and platform-wide aggregates over them; the memo of this state."""
+    is the same object) and platform-wide aggregates over them; the memo of this state.
+    ``changes``: `compile_resources`'."""
     from reconciler import cdc, governance, serving
     from reconciler.classification import classification_aggregate, source_classification
     from reconciler.cloud_monitoring import notification_channel, source_monitoring
@@ -370,17 +377,29 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
     base = base_labels(platform)
     before = memo.parts if memo is not None else {}
     totals = memo.totals.copy() if memo is not None else _Totals()
-    # The previous parts, in the sources' order; the sources that are not their part's very source
-    # (changed or new) found by C-level maps, not a Python loop over every source.
     sources = state.sources
-    sids = list(map(_SOURCE_ID, sources))
-    parts: dict[str, _Part] = dict(zip(sids, map(before.get, sids)))
-    if len(parts) != len(sids):
-        raise _Unsupported  # two sources of one id
-    made = compress(range(len(sids)), map(is_not, sources, map(_SOURCE, map(before.get, sids, repeat(_NO_PART)))))
+    if memo is not None and changes is not None:  # the previous parts, less the removed sources'
+        removed, made = changes
+        parts = dict(before)
+        for source in removed:
+            del parts[source.connector.source_id]
+        added = [source.connector.source_id for source in made]
+        if len(parts) + len(added) != len(sources) or any(sid in parts for sid in added):
+            raise _Unsupported  # two sources of one id (or changes that are not)
+        gone = {source.connector.source_id for source in removed} - set(added)
+    else:
+        # The previous parts, in the sources' order; the sources that are not their part's very
+        # source (changed or new) found by C-level maps, not a Python loop over every source.
+        sids = list(map(_SOURCE_ID, sources))
+        parts = dict(zip(sids, map(before.get, sids)))
+        if len(parts) != len(sids):
+            raise _Unsupported  # two sources of one id
+        made = [sources[i] for i in compress(range(len(sids)), map(is_not, sources,
+                                                                   map(_SOURCE, map(before.get, sids, repeat(_NO_PART)))))]
+        gone = before.keys() - parts.keys()
     fresh: set[str] = set()  # the parts made (or changed) again
-    for i in made:
-        source, sid = sources[i], sids[i]
+    for source in made:
+        sid = source.connector.source_id
         fresh.add(sid)
         own = tuple(_source_resources(platform, names, source))
         tables = serving.gold_tables(source)
@@ -391,7 +410,6 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
                            classified=governance.has_classified_columns(source),
                            cdc=source.connector.ingestion.pattern == "database_cdc",
                            email=source.connector.monitoring.alert_email)
-    gone = before.keys() - parts.keys()
     for sid in fresh | gone:
         totals.made(sid, before.get(sid), parts.get(sid))
 
@@ -400,7 +418,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
     def order() -> dict[str, int]:
         """Each source id's position in the state (made when asked)."""
         if not positions:
-            positions.update(zip(sids, range(len(sids))))
+            positions.update(zip(map(_SOURCE_ID, sources), range(len(sources))))
         return positions
 
     def again(sid: str) -> _Part:
@@ -489,7 +507,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None) -> tuple[list[Res
         return [address(Kind.STORAGE_BUCKET, r.spec["sink"]["bucket"]) for r in part.desired
                 if r.kind == Kind.STORAGE_TRANSFER_JOB and r.spec.get("service_agent_grants")]
 
-    changed_parts = [(sid, before.get(sid), parts.get(sid)) for sid in (fresh | (before.keys() - parts.keys()))]
+    changed_parts = [(sid, before.get(sid), parts.get(sid)) for sid in fresh | gone]
     for sid, old, new in changed_parts:
         old_desired = old.desired if old is not None else ()
         new_desired = new.desired if new is not None else ()

@@ -418,17 +418,18 @@ def _load_all(root: Path, boundary: Path, previous: DesiredState | None, changed
 
 
 def _check_compiled(collector: _Collector, checked: DesiredState, previous: DesiredState | None,
-                    sources: list[Source], joins=None, by_id=None) -> tuple[Any, ...] | None:
+                    sources: list[Source], joins=None, by_id=None, changes=None) -> tuple[Any, ...] | None:
     """GCP's limits on what compile builds (`reconciler.limits`), with the file and line of the
-    setting that exceeds them; compiled with ``previous``'s memo. What compile reused unchanged
-    was checked when it was made (the previous load passed), and so were the settings of every
-    source but ``sources``. The compiled resources (None when compile failed on a state whose
-    problems are already found: those come first)."""
+    setting that exceeds them; compiled with ``previous``'s memo (and ``changes``: which of its
+    sources went and came, when known). What compile reused unchanged was checked when it was
+    made (the previous load passed), and so were the settings of every source but ``sources``.
+    The compiled resources (None when compile failed on a state whose problems are already found:
+    those come first)."""
     from reconciler.compile import compile_resources, made_anew
     from reconciler.limits import compiled_problems
 
     try:
-        compiled = tuple(compile_resources(checked, previous=previous))
+        compiled = tuple(compile_resources(checked, previous=previous, changes=changes))
         fresh = made_anew(checked)
         collector.problems += compiled_problems(checked, compiled if fresh is None else fresh, sources, joins, by_id)
         return compiled
@@ -657,7 +658,7 @@ def _load_changed(root: Path, boundary: Path, previous: DesiredState, changed: I
     governance.check(collector, platform, platform_map, new)
     checked = DesiredState(root, platform, tuple(sources), platform_map=platform_map)
     updated = index.updated(checked, cross, serving_index, old, new, stamps)
-    compiled = _check_compiled(collector, checked, previous, new, updated.joins, updated.by_id)
+    compiled = _check_compiled(collector, checked, previous, new, updated.joins, updated.by_id, (old, new))
     if collector.problems or compiled is None:
         return None
     return _loaded(checked, compiled, stamps, loaded_at_ns, updated)
