@@ -608,7 +608,8 @@ def by_shard(table: pa.Table, key_paths: tuple[str, ...]) -> list[tuple[int, pa.
     if not len(table):
         return []
     h = key_hash(table, key_paths)
-    shard = ((h >> np.uint64(40)) % np.uint64(SHARDS)).astype(np.int64)
+    # uint8: numpy's stable sort of 8-bit integers is a radix sort (~30x its int64 merge sort)
+    shard = ((h >> np.uint64(40)) % np.uint64(SHARDS)).astype(np.uint8)
     order = np.argsort(shard, kind="stable")
     ordered = table.append_column(HASH, pa.array(h)).take(pa.array(order))
     counts = np.bincount(shard, minlength=SHARDS)
@@ -653,8 +654,11 @@ def to_rows(table: pa.Table) -> list[Row]:
 def with_message_id(table: pa.Table, paths: tuple[str, ...]) -> pa.Table:
     """``FILE`` and ``LINE`` -> Silver's ``_message_id`` (``<path>#<line>``, the record's
     origin), ``FILE`` indexing ``paths``."""
-    files_ = pa.array(paths, pa.string()).take(table.column(FILE))
-    ids = pc.binary_join_element_wise(files_, table.column(LINE).cast(pa.string()), "#")
+    lines = table.column(LINE).cast(pa.string())
+    if len(paths) == 1:  # one file: its prefix as a scalar, not copied into every row first
+        ids = pc.binary_join_element_wise(pa.scalar(f"{paths[0]}#", pa.string()), lines, "")
+    else:
+        ids = pc.binary_join_element_wise(pa.array(paths, pa.string()).take(table.column(FILE)), lines, "#")
     return table.drop_columns([FILE, LINE]).append_column(MESSAGE_ID, ids)
 
 
@@ -674,7 +678,7 @@ def dedup_table(table: pa.Table, key_paths: tuple[str, ...], paths: tuple[str, .
     path's key (``key_function``) in Python."""
     h = table.column(HASH).to_numpy()
     table = table.drop_columns([HASH])
-    order = np.argsort(h, kind="stable")
+    order = np.argsort(h)  # not stable (~6x faster): only which rows share a hash matters here
     ordered = h[order]
     same = ordered[1:] == ordered[:-1]
     if same.any():

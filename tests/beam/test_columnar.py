@@ -300,10 +300,12 @@ def test_a_line_arrow_will_not_read_costs_its_neighbourhood_not_its_chunk() -> N
 
 
 def _reference_dedup(table: pa.Table, key_paths: tuple[str, ...], paths: tuple[str, ...]) -> list[bytes]:
-    """The per-record rule: per key (``key_function``), the row whose canonical JSON sorts first."""
+    """The per-record rule: per key (``key_function``), the row whose canonical JSON sorts first
+    (the message id ``<path>#<line>`` made here, not by ``with_message_id``)."""
     best: dict[str, bytes] = {}
     key_of = key_function(key_paths)
-    for row in columnar.to_rows(columnar.with_message_id(table.drop_columns([columnar.HASH]), paths)):
+    for row in columnar.to_rows(table.drop_columns([columnar.HASH])):
+        row["_message_id"] = f"{paths[row.pop(columnar.FILE)]}#{row.pop(columnar.LINE)}"
         canon = _canonical(row)
         key = key_of(row)
         if key not in best or canon < best[key]:
@@ -311,7 +313,8 @@ def _reference_dedup(table: pa.Table, key_paths: tuple[str, ...], paths: tuple[s
     return sorted(best.values())
 
 
-@pytest.mark.parametrize("case", ["plain", "collisions", "quoted_path", "name_before_message_id", "prefix_paths"])
+@pytest.mark.parametrize("case", ["plain", "collisions", "quoted_path", "name_before_message_id", "prefix_paths",
+                                  "one_file"])
 def test_dedup_table_keeps_the_per_record_choice(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """``dedup_table`` keeps the row the per-record path keeps, by its vectorized shortcut
     (``_first_by_message_id``) where that applies and in Python where it does not."""
@@ -320,6 +323,8 @@ def test_dedup_table_keeps_the_per_record_choice(case: str, monkeypatch: pytest.
     paths = ("gs://b/a.json", "gs://b/a.json#1 x", 'gs://b/"q".json') if case != "prefix_paths" else ("a", "a#1 ", "a#1!")
     if case != "quoted_path":
         paths = tuple(p.replace('"', "") for p in paths)
+    if case == "one_file":  # with_message_id's one-path form
+        paths = paths[:1]
     name = "A" if case == "name_before_message_id" else "amount"
     table = pa.table({
         "id": [f"txn-{rng.randrange(400)}" for _ in range(n)],
@@ -339,4 +344,4 @@ def test_dedup_table_keeps_the_per_record_choice(case: str, monkeypatch: pytest.
                         lambda *a: shortcut.append(r := real(*a)) or r)
     got = sorted(_canonical(r) for r in columnar.to_rows(columnar.dedup_table(table, key, paths)))
     assert got == _reference_dedup(table, key, paths)
-    assert (shortcut[0] is not None) == (case in ("plain", "prefix_paths"))
+    assert (shortcut[0] is not None) == (case in ("plain", "prefix_paths", "one_file"))
