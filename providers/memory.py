@@ -55,8 +55,10 @@ class MemoryProvider:
 
     def read(self, kind: Kind, names: Collection[str]) -> list[Resource]:
         self._count(f"memory.read.{kind}")
-        wanted = set(names)
-        return [r for r in list(self.objects.values()) if r.kind == kind and r.name in wanted]
+        # By name, as a service's get is (not a pass over every object: the scale benches read a
+        # few names among 110,000).
+        found = (self.objects.get(f"{kind}.{name}") for name in dict.fromkeys(names))
+        return [r for r in found if r is not None]
 
     def would_lose(self, resources: Sequence[Resource]) -> Mapping[str, str]:
         return {r.address: self.losses[r.address] for r in resources if r.address in self.losses}
