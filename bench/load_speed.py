@@ -6,8 +6,13 @@ the rounds. With ``--baseline REV`` the same repo is loaded by the code of REV t
 ``git worktree``), in alternating rounds in one sitting, and the ratio is reported; no emulator
 or network is involved.
 
-    .venv/bin/python bench/load_speed.py [--sources 1000] [--rounds 7] [--candidate REV]
-                                         [--baseline REV | --old FILE@REV ...] [--json out.json]
+With ``--commit`` what is timed is the daemon's load of a one-file commit instead: the repo
+loaded once, then one connector file edited (a label added, then removed again) and loaded with
+``load_repo(previous=<the last state>, changed=[that file])``, as the daemon does with git's list
+of changed files (issue 14: "a one-source commit ... stays flat from 10 to 10,000 sources").
+
+    .venv/bin/python bench/load_speed.py [--sources 1000 ...] [--rounds 7] [--candidate REV]
+                                         [--baseline REV | --old FILE@REV ...] [--commit] [--json out.json]
 
 ``--old reconciler/yamlsrc.py@REV`` compares with the candidate's tree but that file as it was at
 REV: one change measured alone while others land around it. The time of the compile-time limits
@@ -15,7 +20,8 @@ REV: one change measured alone while others land around it. The time of the comp
 
 Each round is a fresh process per side (imports warm, one load untimed, then ``--loads`` timed
 loads, the best kept), so the two sides share the machine's state alternately, not in blocks.
-Target (issue 14): 1,000 sources loaded and validated in at most 0.5 s on this machine.
+Target (issue 14): 1,000 sources loaded and validated in at most 0.5 s on this machine; a
+one-file commit's load flat from 10 to 10,000 sources.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ sys.path.insert(0, sys.argv[1])
 import reconciler.load as load
 import reconciler.limits as limits
 assert load.__file__.startswith(sys.argv[1]), load.__file__
-repo, loads = sys.argv[2], int(sys.argv[3])
+repo, loads, commit = sys.argv[2], int(sys.argv[3]), sys.argv[4] == "commit"
 # The compile-time limits (load_repo's last step: it compiles the whole desired state) timed apart.
 spent = [0.0]
 compiled_problems = limits.compiled_problems
@@ -52,22 +58,35 @@ def timed(*args, **kwargs):
     finally:
         spent[0] += time.process_time() - start
 limits.compiled_problems = timed
-load.load_repo(repo)  # imports, caches, the page cache: not what is measured
+state = load.load_repo(repo)  # imports, caches, the page cache: not what is measured
+if commit:  # a one-file commit: the first connector file gains a label, then loses it again
+    import os
+    name = sorted(os.listdir(os.path.join(repo, "connectors")))[0]
+    rel, path = f"connectors/{name}", os.path.join(repo, "connectors", name)
+    original = open(path).read()
 walls, cpus, compiles = [], [], []
-for _ in range(loads):
+for index in range(loads + commit):
+    if commit:
+        with open(path, "w") as out:
+            out.write(original + ("labels: {bench: edited}\\n" if index % 2 == 0 else ""))
     spent[0] = 0.0
     wall, cpu = time.perf_counter(), time.process_time()
-    state = load.load_repo(repo)
+    state = load.load_repo(repo, previous=state, changed=[rel]) if commit else load.load_repo(repo)
     walls.append(time.perf_counter() - wall)
     cpus.append(time.process_time() - cpu)
     compiles.append(spent[0])
+if commit:
+    with open(path, "w") as out:
+        out.write(original)
+    walls, cpus, compiles = walls[1:], cpus[1:], compiles[1:]  # the first commit: warming up
 best = min(range(loads), key=walls.__getitem__)
 print(json.dumps({"wall": walls[best], "cpu": cpus[best], "compile_cpu": compiles[best], "sources": len(state.sources)}))
 """
 
 
-def one_round(tree: Path, repo: Path, loads: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", _ROUND, str(tree), str(repo), str(loads)],
+def one_round(tree: Path, repo: Path, loads: int, commit: bool = False) -> dict:
+    out = subprocess.run([sys.executable, "-c", _ROUND, str(tree), str(repo), str(loads),
+                          "commit" if commit else "full"],
                          check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
     return json.loads(out.stdout)
 
@@ -88,15 +107,15 @@ def summary(rounds: list[dict]) -> dict:
     walls = [r["wall"] for r in rounds]
     cpus = [r["cpu"] for r in rounds]
     rest = [r["cpu"] - r["compile_cpu"] for r in rounds]
-    return {"wall_best": round(min(walls), 4), "wall_median": round(statistics.median(walls), 4),
-            "cpu_best": round(min(cpus), 4), "cpu_median": round(statistics.median(cpus), 4),
-            "compile_cpu_median": round(statistics.median(r["compile_cpu"] for r in rounds), 4),
-            "load_cpu_median": round(statistics.median(rest), 4)}
+    return {"wall_best": round(min(walls), 5), "wall_median": round(statistics.median(walls), 5),
+            "cpu_best": round(min(cpus), 5), "cpu_median": round(statistics.median(cpus), 5),
+            "compile_cpu_median": round(statistics.median(r["compile_cpu"] for r in rounds), 5),
+            "load_cpu_median": round(statistics.median(rest), 5)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sources", type=int, default=1000)
+    parser.add_argument("--sources", type=int, nargs="+", default=[1000])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--loads", type=int, default=3, help="timed loads per round (the best is kept)")
     parser.add_argument("--baseline", help="a git revision to compare with (e.g. the commit before a change)")
@@ -104,8 +123,20 @@ def main() -> int:
                         help="compare with the candidate's own tree but these files as they were at REV "
                              "(one change measured alone, whatever else changed since)")
     parser.add_argument("--candidate", help="a git revision to measure instead of the working tree")
+    parser.add_argument("--commit", action="store_true",
+                        help="time the load of a one-file commit (git mode, with the previous state)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    measured = [measure(args, sources) for sources in args.sources]
+    if args.json:
+        document = measured[0] if len(measured) == 1 else {**{k: v for k, v in measured[0].items() if k not in (
+            "sources", "results", "raw", "load_average")}, "sizes": measured}
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+def measure(args: argparse.Namespace, sources: int) -> dict:
+    """The rounds at one size, printed; the JSON document of that size."""
 
     trees: dict[str, Path] = {}
     added: list[Path] = []
@@ -120,13 +151,13 @@ def main() -> int:
                 added.append(trees["baseline"])
                 for spec in args.old:
                     swap_in(trees["baseline"], spec)
-            repo = generate_repo(Path(tmp) / "repo", args.sources, "bench-proj", "hwb")
+            repo = generate_repo(Path(tmp) / "repo", sources, "bench-proj", "hwb")
             rounds: dict[str, list[dict]] = {name: [] for name in trees}
             for index in range(args.rounds):
                 order = list(trees) if index % 2 == 0 else list(reversed(trees))  # alternate who goes first
                 for name in order:
-                    rounds[name].append(one_round(trees[name], repo, args.loads))
-                    assert rounds[name][-1]["sources"] == args.sources, rounds[name][-1]
+                    rounds[name].append(one_round(trees[name], repo, args.loads, args.commit))
+                    assert rounds[name][-1]["sources"] == sources, rounds[name][-1]
         finally:
             for tree in added:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
@@ -134,14 +165,17 @@ def main() -> int:
     load_average = os.getloadavg()
     results = {name: summary(r) for name, r in rounds.items()}
     print(f"Machine: {machine()}; load average {load_average[0]:.2f}")
-    print(f"load_repo, {args.sources} sources, best of {args.loads} loads per round, {args.rounds} alternating rounds")
+    what = "a one-file commit's load_repo (git mode)" if args.commit else "load_repo"
+    print(f"{what}, {sources} sources, best of {args.loads} loads per round, {args.rounds} alternating rounds")
+    scale, unit = (1000, "ms") if args.commit else (1, "s")
     print(f"{'code':<10} {'wall best':>9} {'wall med':>9} {'cpu best':>9} {'cpu med':>9} "
-          f"{'limits cpu':>10} {'rest cpu':>9}")
+          f"{'limits cpu':>10} {'rest cpu':>9}   ({unit})")
     revs = {"candidate": args.candidate or "working tree",
             "baseline": " ".join([args.baseline or args.candidate or "HEAD", *args.old])}
     for name, row in results.items():
-        print(f"{name:<10} {row['wall_best']:>9.3f} {row['wall_median']:>9.3f} {row['cpu_best']:>9.3f} "
-              f"{row['cpu_median']:>9.3f} {row['compile_cpu_median']:>10.3f} {row['load_cpu_median']:>9.3f}")
+        print(f"{name:<10} {row['wall_best'] * scale:>9.3f} {row['wall_median'] * scale:>9.3f} "
+              f"{row['cpu_best'] * scale:>9.3f} {row['cpu_median'] * scale:>9.3f} "
+              f"{row['compile_cpu_median'] * scale:>10.3f} {row['load_cpu_median'] * scale:>9.3f}")
     for name, rev in revs.items():
         if name in results:
             print(f"  {name}: {rev}")
@@ -153,11 +187,9 @@ def main() -> int:
         print(f"speed-up, baseline / candidate: {ratio:.2f}x wall (median); {rest:.2f}x on the rest (CPU, median)")
         results["speedup_wall_median"] = round(ratio, 2)
         results["speedup_rest_cpu_median"] = round(rest, 2)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "load_average": round(load_average[0], 2),
-                                         "sources": args.sources, "rounds": args.rounds, "loads": args.loads,
-                                         "revisions": revs, "results": results, "raw": rounds}, indent=2) + "\n")
-    return 0
+    return {"machine": machine(), "load_average": round(load_average[0], 2), "mode": "commit" if args.commit else "full",
+            "sources": sources, "rounds": args.rounds, "loads": args.loads, "revisions": revs, "results": results,
+            "raw": rounds}
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ Every resource carries ``managed-by=headwater`` and ``headwater-platform=<enviro
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import compress, repeat
 from operator import attrgetter, is_not
 from types import SimpleNamespace
@@ -233,16 +234,16 @@ class _Totals:
     one-source commit at 10,000 sources). Sets hold source ids; dicts count how many parts have
     each key."""
 
-    known: dict[str, int] = field(default_factory=dict)  # serving.declared_tables
-    viewers: set[str] = field(default_factory=set)  # parts with reporting views (they read `known`)
-    classified: set[str] = field(default_factory=set)  # governance.has_classified_columns
-    columns: set[str] = field(default_factory=set)  # parts with classified columns (their `classes`)
-    cdc: set[str] = field(default_factory=set)
-    emails: dict[str, int] = field(default_factory=dict)
-    datasets: dict[str, int] = field(default_factory=dict)  # serving datasets
-    api: set[str] = field(default_factory=set)  # parts in the data API document
-    jobs: set[str] = field(default_factory=set)  # parts declaring a Dataflow job
-    streams: set[str] = field(default_factory=set)  # parts declaring a Datastream stream
+    known: dict[str, int] = dataclasses.field(default_factory=dict)  # serving.declared_tables
+    viewers: set[str] = dataclasses.field(default_factory=set)  # parts with reporting views (they read `known`)
+    classified: set[str] = dataclasses.field(default_factory=set)  # governance.has_classified_columns
+    columns: set[str] = dataclasses.field(default_factory=set)  # parts with classified columns (their `classes`)
+    cdc: set[str] = dataclasses.field(default_factory=set)
+    emails: dict[str, int] = dataclasses.field(default_factory=dict)
+    datasets: dict[str, int] = dataclasses.field(default_factory=dict)  # serving datasets
+    api: set[str] = dataclasses.field(default_factory=set)  # parts in the data API document
+    jobs: set[str] = dataclasses.field(default_factory=set)  # parts declaring a Dataflow job
+    streams: set[str] = dataclasses.field(default_factory=set)  # parts declaring a Datastream stream
 
     def copy(self) -> _Totals:
         return _Totals(dict(self.known), set(self.viewers), set(self.classified), set(self.columns), set(self.cdc),
@@ -252,8 +253,8 @@ class _Totals:
         """Part ``sid`` made again (``old`` -> ``new``; None: none): what it is from the start."""
         for part, step in ((old, -1), (new, 1)):
             if part is not None:
-                _count(self.known, part.known, step)
-                _count(self.emails, (part.email,) if part.email else (), step)
+                count_keys(self.known, part.known, step)
+                count_keys(self.emails, (part.email,) if part.email else (), step)
         _member(self.viewers, sid, new is not None and new.has_views)
         _member(self.classified, sid, new is not None and new.classified)
         _member(self.columns, sid, new is not None and bool(new.classes.columns))
@@ -263,7 +264,7 @@ class _Totals:
         """Part ``sid``'s serving made again."""
         for part, step in ((old, -1), (new, 1)):
             if part is not None:
-                _count(self.datasets, part.serving.datasets, step)
+                count_keys(self.datasets, part.serving.datasets, step)
         _member(self.api, sid, new is not None and bool(new.serving.api_sources))
 
     def desired(self, sid: str, new: _Part | None) -> None:
@@ -324,7 +325,8 @@ class _Counts(Mapping[str, int]):
         return sum(1 for _ in self)
 
 
-def _count(counter: dict[str, int], keys: Iterable[str], step: int) -> None:
+def count_keys(counter: dict[str, int], keys: Iterable[str], step: int) -> None:
+    """Count ``keys`` in (``step`` 1) or out (-1) of ``counter``: a key counted 0 times is not in it."""
     for key in keys:
         value = counter.get(key, 0) + step
         if value:
@@ -356,7 +358,7 @@ class _Memo:
     final: list[Resource]  # the result
     external: dict[str, int]  # external addresses -> how many sources name them
     by_address: ResourceIndex  # the result by address, derived from the previous revision's (`compiled_index`)
-    totals: _Totals = field(default_factory=_Totals)
+    totals: _Totals = dataclasses.field(default_factory=_Totals)
     api: tuple[tuple[dict[str, Any], ...], tuple[str, ...]] = ((), ())  # the data API's sources and views
     made: tuple[Resource, ...] | None = None  # what `final` has that the previous memo's had not (None: all)
 
@@ -391,7 +393,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
         # The previous parts, in the sources' order; the sources that are not their part's very
         # source (changed or new) found by C-level maps, not a Python loop over every source.
         sids = list(map(_SOURCE_ID, sources))
-        parts = dict(zip(sids, map(before.get, sids)))
+        parts = dict(zip(sids, map(before.get, sids), strict=True))
         if len(parts) != len(sids):
             raise _Unsupported  # two sources of one id
         made = [sources[i] for i in compress(range(len(sids)), map(is_not, sources,
@@ -418,7 +420,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
     def order() -> dict[str, int]:
         """Each source id's position in the state (made when asked)."""
         if not positions:
-            positions.update(zip(map(_SOURCE_ID, sources), range(len(sources))))
+            positions.update(zip(map(_SOURCE_ID, sources), range(len(sources)), strict=True))
         return positions
 
     def again(sid: str) -> _Part:

@@ -552,14 +552,12 @@ class CheckIndex:
 
     def count(self, names, sources: Iterable, step: int) -> None:
         """Count ``sources`` in (``step`` 1) or out (-1)."""
+        from reconciler.compile import count_keys
+
         for source in sources:
-            for counter, keys in zip((self.known, self.names, self.views, self.reads), _declared(names, source)):
-                for key in keys:
-                    value = counter.get(key, 0) + step
-                    if value:
-                        counter[key] = value
-                    else:
-                        del counter[key]
+            for counter, keys in zip((self.known, self.names, self.views, self.reads), _declared(names, source),
+                                     strict=True):
+                count_keys(counter, keys, step)
 
 
 def _declared(names, source) -> tuple[frozenset[str], ...]:

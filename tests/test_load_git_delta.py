@@ -326,37 +326,37 @@ def test_a_data_api_scope_naming_a_source_that_stops_serving(repo):
     assert any("which does not serve the data API" in p for p in state)
 
 
-def test_a_new_join_of_an_unchanged_sources_filtered_silver_table(repo):
-    edit_yaml(connector(repo, "aws_data_lake"), lambda d: d["silver"].update(require_partition_filter=True))
-    commit = Commit(repo)
-    edit_yaml(connector(repo, "orders"), lambda d: d["processing"]["silver_to_gold"][0]["join"].update(
-        table="silver.aws_data_lake"))
-    state, scratch = commit.load()
-    assert isinstance(scratch, list) and state == scratch
-    assert any("requires a partition filter" in p for p in state)
+def join_aws(d):
+    d["processing"]["silver_to_gold"][0]["join"].update(table="silver.aws_data_lake")
 
 
-def test_a_filter_on_a_silver_table_an_unchanged_source_joins(repo):
-    edit_yaml(connector(repo, "orders"), lambda d: d["processing"]["silver_to_gold"][0]["join"].update(
-        table="silver.aws_data_lake"))
+def filter_aws(d):
+    d["silver"].update(require_partition_filter=True)
+
+
+@pytest.mark.parametrize(("first", "then"), [(("aws_data_lake", filter_aws), ("orders", join_aws)),
+                                             (("orders", join_aws), ("aws_data_lake", filter_aws))],
+                         ids=["a join added to a filtered table", "a filter added to a joined table"])
+def test_a_gold_join_of_a_silver_table_that_requires_a_filter(repo, first, then):
+    """One side unchanged, the other changed: the problem is the joining source's either way."""
+    edit_yaml(connector(repo, first[0]), first[1])
     commit = Commit(repo)
-    edit_yaml(connector(repo, "aws_data_lake"), lambda d: d["silver"].update(require_partition_filter=True))
+    edit_yaml(connector(repo, then[0]), then[1])
     state, scratch = commit.load()
     assert isinstance(scratch, list) and state == scratch
-    assert any("joins silver.aws_data_lake" in p for p in state)
+    assert any("joins silver.aws_data_lake, which requires a partition filter" in p for p in state)
 
 
 def test_a_join_of_a_changed_source_goes_away(repo):
     """orders stops joining aws_data_lake, which then requires a partition filter: valid."""
-    edit_yaml(connector(repo, "orders"), lambda d: d["processing"]["silver_to_gold"][0]["join"].update(
-        table="silver.aws_data_lake"))
+    edit_yaml(connector(repo, "orders"), join_aws)
     commit = Commit(repo)
     edit_yaml(connector(repo, "orders"), lambda d: d["processing"]["silver_to_gold"][0]["join"].update(
         table="reference.customers"))
     state, scratch = commit.load()
     same(state, scratch)
     commit.next(state)
-    edit_yaml(connector(repo, "aws_data_lake"), lambda d: d["silver"].update(require_partition_filter=True))
+    edit_yaml(connector(repo, "aws_data_lake"), filter_aws)
     state, scratch = commit.load()
     same(state, scratch)
     assert commit.delta
