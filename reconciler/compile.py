@@ -142,8 +142,9 @@ def compile_resources(state: DesiredState, previous: DesiredState | None = None,
     state (``_compile_memo``) for the next revision.
 
     ``changes``: ``(removed, added)`` when the caller knows them (a git-mode load): ``state``'s
-    sources are ``previous``'s less ``removed``, plus ``added`` (a changed source is in both).
-    Then the sources are not compared with ``previous``'s one by one to find them.
+    sources are ``previous``'s less ``removed``, plus ``added`` (a changed source is in both),
+    the others in ``previous``'s order. Then the sources are not compared with ``previous``'s
+    one by one to find them.
     """
     compiled = getattr(state, "_compiled", None)
     if compiled is not None:  # compiled by load_repo's limits check (reconciler/load.py): the same list
@@ -360,6 +361,7 @@ class _Memo:
     by_address: ResourceIndex  # the result by address, derived from the previous revision's (`compiled_index`)
     totals: _Totals = dataclasses.field(default_factory=_Totals)
     api: tuple[tuple[dict[str, Any], ...], tuple[str, ...]] = ((), ())  # the data API's sources and views
+    positions: dict[str, int] | None = None  # each source id's position in the state, when made
     made: tuple[Resource, ...] | None = None  # what `final` has that the previous memo's had not (None: all)
 
 
@@ -415,10 +417,16 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
     for sid in fresh | gone:
         totals.made(sid, before.get(sid), parts.get(sid))
 
-    positions: dict[str, int] = {}
+    # Each source id's position in the state: the previous compile's when no source moved (none
+    # went or came, each changed one is where its old one was, the others in their order:
+    # `compile_resources`' ``changes``), else made when asked (a pass over the sources).
+    old_positions = memo.positions if memo is not None and changes is not None and not gone else None
+    if old_positions is not None and any(old_positions.get(sid) is None or sources[old_positions[sid]]
+                                         is not parts[sid].source for sid in fresh):
+        old_positions = None
+    positions: dict[str, int] = old_positions or {}
 
     def order() -> dict[str, int]:
-        """Each source id's position in the state (made when asked)."""
         if not positions:
             positions.update(zip(map(_SOURCE_ID, sources), range(len(sources)), strict=True))
         return positions
@@ -609,7 +617,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
     result = list(final)
     return result, _Memo(platform, parts, known, datasets, restricted, index, platform_grants, declared,
                          zone_targets, sinks, aggregates, final, external, by_address, totals,
-                         (tuple(api_sources), tuple(api_views)), made=made)
+                         (tuple(api_sources), tuple(api_views)), positions or None, made=made)
 
 
 def _crossed(before: dict[str, int], after: dict[str, int], sids: Iterable[str], old: dict[str, _Part],
