@@ -258,9 +258,9 @@ def changed_addresses(previous: Iterable[Resource] | Mapping[str, Resource],
     before, after = _by_address(previous), _by_address(desired)
     since = after.changed_since(before) if isinstance(after, ResourceIndex) and isinstance(before, ResourceIndex) \
         else None
-    if since is not None:
-        return Changed(added=frozenset(a for a in since if a not in before),
-                       removed=frozenset(a for a in since if a not in after),
+    if since is not None:  # (an address added, then removed again along the way, is in neither)
+        return Changed(added=frozenset(a for a in since if a in after and a not in before),
+                       removed=frozenset(a for a in since if a in before and a not in after),
                        modified=frozenset(a for a in since if a in before and a in after and before[a] != after[a]))
     # An unchanged source's resources are the previous revision's very objects (compile's memo):
     # ``is`` settles most of them without comparing specs.
