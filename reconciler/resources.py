@@ -437,8 +437,10 @@ class ResourceIndex(Mapping[str, Resource]):
     * ``later.changed_since(earlier)``: the addresses whose resource in ``later`` is not the very
       object (``is``) ``earlier`` held there - added, removed or replaced - when ``later`` was
       derived from ``earlier`` (directly or within `MAX_CHAIN` derivations, while ``earlier`` is
-      alive and the difference at most `MAX_CARRIED` addresses); else None (compare them some
-      other way). Derivations remember their ancestors weakly: an index no one holds is freed;
+      alive and the difference at most `MAX_CARRIED` addresses), or when both were derived from
+      one index (then the addresses either changed since it: a few more, never fewer); else None
+      (compare them some other way). Derivations remember their ancestors weakly: an index no
+      one holds is freed;
     * ``index.dependents(address)``: the addresses of the resources whose ``depends_on`` names
       ``address`` (built on first use, then carried along derivations at a step per change).
 
@@ -510,6 +512,13 @@ class ResourceIndex(Mapping[str, Resource]):
         for ref, since in self._ancestors:
             if ref() is earlier:
                 return since
+        # Siblings, derived from one index (`Engine.plan_live` derives the providers' quotes from
+        # the live index, the cache its next one from the same): what either changed since it.
+        # (`weakref.ref` hands out one reference per object: the same, even once it is freed.)
+        for ref, since in self._ancestors:
+            for theirs, their_since in earlier._ancestors:
+                if ref is theirs:
+                    return since | their_since
         return None
 
     # -- reverse dependencies
