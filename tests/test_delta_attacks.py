@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from reconciler import plan as P
-from reconciler.daemon.service import Daemon, resource_state
+from reconciler.daemon.service import Daemon, heal_plan, resource_state, without_sources
 from reconciler.plan import Action, Plan, PlanOptions, ReconcileMemo, reconcile
 from reconciler.resources import (
     LEAVING,
@@ -268,6 +268,11 @@ def test_memo_plans_equal_the_pre_delta_reconcile_over_a_rich_random_walk(seed):
         assert plan == expected, f"step {step}"
         assert views(plan) == scanned_views(plan), f"step {step}"
         assert daemon_status(plan) == reference_status(plan), f"step {step}"
+        sources = {r.labels.get(SOURCE_KEY) for r in world.desired.values()} - {None}
+        suspended = set(rng.sample(sorted(sources), min(len(sources), 3)))
+        for rebuilt in (without_sources(plan, suspended), heal_plan(plan, suspended)):  # (dataclasses.replace)
+            assert views(rebuilt) == scanned_views(rebuilt), f"step {step}"
+            assert daemon_status(rebuilt) == reference_status(rebuilt), f"step {step}"
         for what, happened in (("refused", plan.refused), ("reused", memo.hits),
                                ("blocked by", any(c.blocked_by for c in plan.non_noop)), ("kept", plan.kept)):
             seen[what] = seen.get(what, 0) + bool(happened)
@@ -632,3 +637,85 @@ def test_changed_since_across_a_tree_of_derivations_covers_every_difference(seed
             assert since >= {a for a in later.keys() | earlier.keys() if later.get(a) is not earlier.get(a)}
             assert changed_addresses(earlier, later) == changed_addresses(dict(earlier), dict(later))
     assert answered > 100
+
+
+# --------------------------------------------------------------------------- the daemon's sequence, over the engine
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_daemons_sequence_of_plans_equals_full_plans(tmp_path, seed):
+    """The daemon's calls in the order it makes them, with one cache and its memo: a commit's
+    incremental plan, its apply and the recheck of what was applied; a drift pass (a full
+    observe) and self-heal's apply and recheck; an invalidation pass (`Daemon.invalidate`);
+    meanwhile changes out of band (drift, deletion, another owner) and the providers quoting
+    what data deletes would lose. The desired states are indexes derived each from the last
+    (compile's memo), some never planned (a plan that failed). Every plan equals the full plan
+    of the same desired state and live objects, and the daemon's status equals a scan's."""
+    from providers.memory import MemoryProvider
+    from reconciler.compile import compile_resources
+    from reconciler.engine import Engine, plan_options
+    from reconciler.incremental import ObservedCache, plan_change, recheck
+    from reconciler.load import load_repo
+    from tests.helpers import copy_example
+
+    rng = random.Random(seed)
+    state = load_repo(copy_example(tmp_path))
+    options = plan_options(state, prune=True)
+    everything = compile_resources(state)
+    by_source: dict[str, list[Resource]] = {}
+    for r in everything:
+        by_source.setdefault(r.labels.get(SOURCE_KEY) or "", []).append(r)
+    provider = MemoryProvider()
+    engine = Engine([provider])
+    cache = ObservedCache()
+
+    def full(desired: ResourceIndex) -> Plan:
+        return engine.plan_resources(list(desired.values()), options, revision=state.revision,
+                                     declared_sources=len(state.sources))
+
+    def check(plan: Plan, desired: ResourceIndex, what: str) -> None:
+        assert plan == full(desired), what
+        assert views(plan) == scanned_views(plan), what
+        assert daemon_status(plan) == reference_status(plan), what
+
+    desired = ResourceIndex(everything)
+    first = plan_change(engine, state, options, cache=cache, full=True, desired=desired)
+    engine.apply(first.plan)
+    planned = recheck(engine, state, first.plan, cache=cache, desired=desired, options=options).index
+    modes = []
+    for step in range(14):
+        what = rng.choice(["commit", "commit", "unplanned", "drift", "invalidate"])
+        for _ in range(rng.randint(0, 2)):  # out of band, seen by the asset feed
+            address = rng.choice(sorted(provider.objects))
+            live = provider.objects[address]
+            roll = rng.random()
+            if roll < 0.3:
+                del provider.objects[address]
+            elif roll < 0.6:
+                provider.objects[address] = dataclasses.replace(live, spec={**live.spec, "description": f"{step}"})
+            else:
+                provider.objects[address] = dataclasses.replace(live, labels={"team": "other"})
+            cache.invalidate([address])  # (the asset feed; unseen drift waits for a full pass)
+        provider.losses = {a: "rows" for a in provider.objects if rng.random() < 0.5}
+        if what in ("commit", "unplanned"):
+            source = rng.choice(sorted(s for s in by_source if s))
+            if rng.random() < 0.5 and all(r.address in desired for r in by_source[source]):
+                desired = desired.derive(drop=[r.address for r in by_source[source]])  # removed
+            else:
+                desired = desired.derive(put=[dataclasses.replace(r, spec={**r.spec, "description": f"{step}"})
+                                              if r.kind == Kind.PUBSUB_TOPIC else r for r in by_source[source]])
+            if what == "unplanned":
+                continue  # loaded; its plan failed: the next commit is compared with the last planned
+            scoped = plan_change(engine, state, options, cache=cache, desired=desired, previous_desired=planned)
+        else:
+            scoped = plan_change(engine, state, options, cache=cache, desired=desired, previous_desired=planned,
+                                 full=what == "drift")
+        planned = scoped.index
+        modes.append(scoped.mode)
+        check(scoped.plan, desired, f"step {step}: {what} ({scoped.mode} {scoped.reason})")
+        work = heal_plan(scoped.plan, set()) if what == "drift" else scoped.plan
+        if work.actionable:
+            engine.apply(work)
+            after = recheck(engine, state, work, cache=cache, desired=scoped.index, options=options)
+            check(after.plan, desired, f"step {step}: recheck after {what}")
+    assert modes.count("incremental") >= 5, modes
