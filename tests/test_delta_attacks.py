@@ -226,14 +226,21 @@ def derive(index: ResourceIndex, now: dict[str, Resource]) -> ResourceIndex:
 # --------------------------------------------------------------------------- reconcile
 
 
+@pytest.mark.parametrize("limits", ["as they are", "small"])
 @pytest.mark.parametrize("seed", range(6))
-def test_memo_plans_equal_the_pre_delta_reconcile_over_a_rich_random_walk(seed):
+def test_memo_plans_equal_the_pre_delta_reconcile_over_a_rich_random_walk(seed, limits, monkeypatch):
     """Topics, subscriptions (some protected), IAM bindings (revoked as orphans, kept with a kept
     target), another project's references, resources of another owner or platform, leaving, with
     a quoted loss; options (prune, allow_destroy, delete fraction, environment, adopt) changed
     now and then; declared_sources 0 now and then. The inputs are derived indexes, sometimes
     from a branch (an index derived twice from one ancestor) or a plain list, and the memo is
-    sometimes given a second reconcile with quoted losses (as `Engine.plan_live` does)."""
+    sometimes given a second reconcile with quoted losses (as `Engine.plan_live` does). With
+    ``small`` limits, the memo decides everything above 3 differing addresses, and an index
+    remembers 2 ancestors and 6 changed addresses: every fallback is taken."""
+    if limits == "small":
+        monkeypatch.setattr(ReconcileMemo, "MAX_DELTA", 3)
+        monkeypatch.setattr(ResourceIndex, "MAX_CHAIN", 2)
+        monkeypatch.setattr(ResourceIndex, "MAX_CARRIED", 6)
     rng = random.Random(seed)
     world = Universe(rng)
     memo = ReconcileMemo()
