@@ -627,15 +627,15 @@ def _load_changed(root: Path, boundary: Path, previous: DesiredState, changed: I
         rel = path[len(prefix):]
         folder, file = os.path.split(rel)
         if rel == PLATFORM_FILE or rel in index.ancestors:
-            return None
+            return None  # every source is checked against a new platform; a directory became a file or link
         if folder == CONNECTORS_DIR and any(fnmatch.fnmatchcase(file, pattern) for pattern in CONNECTOR_FILES):
             (read if os.path.lexists(path) else gone).add(rel)
         elif rel.startswith(CONNECTORS_DIR + os.sep):
-            return None
+            return None  # (a directory named like a connector file: the listing would find it)
         elif rel in index.schema_owner:
             read.add(index.schema_owner[rel])
     read -= gone
-    for folder in index.dirs:
+    for folder in index.dirs:  # a linked directory: git names what is behind it by the target's path
         where = os.path.join(root, folder)
         if os.path.realpath(where) != where:
             return None
