@@ -424,8 +424,7 @@ def _load_all(root: Path, boundary: Path, previous: DesiredState | None, changed
         compiled = _check_compiled(collector, checked, previous, [s for s in sources if id(s) not in unchanged])
     if collector.problems or platform is None:
         raise InvalidDesiredState(collector.problems)
-    index = _Index.of(checked, boundary, cross, stamps)
-    return _loaded(checked, compiled, stamps, loaded_at_ns, index)
+    return _loaded(checked, compiled, stamps, loaded_at_ns, _Index(boundary, cross))
 
 
 def _check_compiled(collector: _Collector, checked: DesiredState, previous: DesiredState | None,
@@ -527,32 +526,36 @@ def _reusable(reusable: dict[str, Source], collector: _Collector, path: Path, re
 class _Index:
     """What the checks across files know of a loaded state's sources, kept with the state so that
     the next git-mode load updates it for the files a commit changed (`_load_changed`) instead of
-    making it again from every source. Made once by a load that lists every file (`_load_all`)."""
+    making it again from every source. A load that lists every file (`_load_all`) keeps the
+    registries it filled (``cross``); the rest is made from the state by the first git-mode load
+    that needs it (`completed`), so that a load from scratch does not pay for it."""
 
     boundary: Path  # the ``within`` of the load
     cross: _CrossFile
-    serving: Any  # reconciler.serving.CheckIndex
-    joins: dict[str, list[tuple[Source, int]]]  # reconciler.limits.joins_of
-    by_id: dict[str, Source]
-    schema_owner: dict[str, str]  # schema file -> the connector file naming it
+    serving: Any = None  # reconciler.serving.CheckIndex
+    joins: dict[str, list[tuple[Source, int]]] | None = None  # reconciler.limits.joins_of
+    by_id: dict[str, Source] | None = None
+    schema_owner: dict[str, str] | None = None  # schema file -> the connector file naming it
     # Connector files every load reads again: database_cdc sources (their tables' schema files are
     # not stamped) and sources with a file that is not a regular one (a symbolic link: `FileStamp`).
-    reread: frozenset[str]
-    dirs: frozenset[str]  # the directories of the sources' files (relative), and connectors/
-    ancestors: frozenset[str]  # those directories and every directory above them, up to the root
+    reread: frozenset[str] = frozenset()
+    dirs: frozenset[str] = frozenset()  # the directories of the sources' files (relative), and connectors/
+    ancestors: frozenset[str] = frozenset()  # those directories and every directory above them, up to the root
 
-    @classmethod
-    def of(cls, state: DesiredState, boundary: Path, cross: _CrossFile, stamps: dict[str, Any]) -> _Index:
+    def completed(self, state: DesiredState) -> _Index:
+        """This index with what is made from ``state`` (the state it was kept with)."""
+        if self.serving is not None:
+            return self
         from reconciler import serving
         from reconciler.compile import zone_names
         from reconciler.limits import joins_of
 
-        root = state.root
-        return cls(boundary, cross, serving.CheckIndex.of(zone_names(state.platform), state.sources),
-                   joins_of(state.sources), {s.source_id: s for s in state.sources},
-                   {s.schema_file: s.connector_file for s in state.sources if s.schema_file},
-                   frozenset(s.connector_file for s in state.sources if _reread(root, s, stamps)),
-                   *_directories({CONNECTORS_DIR}, state.sources))
+        root, stamps = state.root, state._stamps
+        return _Index(self.boundary, self.cross, serving.CheckIndex.of(zone_names(state.platform), state.sources),
+                      joins_of(state.sources), {s.source_id: s for s in state.sources},
+                      {s.schema_file: s.connector_file for s in state.sources if s.schema_file},
+                      frozenset(s.connector_file for s in state.sources if _reread(root, s, stamps)),
+                      *_directories({CONNECTORS_DIR}, state.sources))
 
     def updated(self, state: DesiredState, cross: _CrossFile, serving: Any, old: list[Source],
                 new: list[Source], stamps: dict[str, Any]) -> _Index:
@@ -614,9 +617,9 @@ def _load_changed(root: Path, boundary: Path, previous: DesiredState, changed: I
     on any problem: a failed load reports every problem as a load from scratch does, and which
     file of two is named first depends on all the files.
     """
-    index: _Index = previous._index
-    if index.boundary != boundary:
+    if previous._index.boundary != boundary:
         return None
+    index = previous._index.completed(previous)
     prefix = f"{root}{os.sep}"
     read: set[str] = set(index.reread)  # connector files, relative to the root
     gone: set[str] = set()
