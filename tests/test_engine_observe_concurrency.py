@@ -20,7 +20,8 @@ def populated(kinds=(Kind.PUBSUB_TOPIC, Kind.STORAGE_BUCKET, Kind.BIGQUERY_DATAS
     provider = MemoryProvider()
     for kind in kinds:
         for i in range(3):
-            provider.objects[f"{kind}.{i}"] = Resource(kind, f"{kind}-{i}", {}, dict(MANAGED))
+            resource = Resource(kind, f"{kind}-{i}", {}, dict(MANAGED))
+            provider.objects[resource.address] = resource  # (by address, as create stores it: read gets by it)
     return provider
 
 
