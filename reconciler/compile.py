@@ -592,7 +592,8 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
         final.sort(key=lambda r: r.address)
         if any(final[i].address == final[i + 1].address for i in range(len(final) - 1)):
             raise _Unsupported
-        by_address = ResourceIndex(final)
+        # The index the next revisions' are derived from: their scopes need its dependents.
+        by_address = ResourceIndex(final, with_dependents=True)
     else:
         removed: list[Resource] = []
         added: list[Resource] = []

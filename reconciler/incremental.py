@@ -216,8 +216,9 @@ class ObservedCache:
             return dict(self._entries)
 
     def live(self) -> list[Resource]:
+        """The cached live resources, by address."""
         with self._lock:
-            return list(self._live.values())
+            return sorted(self._live.values(), key=_address)
 
     def index(self) -> ResourceIndex:
         """The cached live resources by address (`ResourceIndex`), derived from the last index at
@@ -338,8 +339,8 @@ class ScopedPlan:
 
     @property
     def desired(self) -> tuple[Resource, ...]:
-        """The compiled desired resources."""
-        return tuple(self.index.values())
+        """The compiled desired resources, by address."""
+        return tuple(sorted(self.index.values(), key=_address))
 
 
 def plan_change(engine: Any, state: DesiredState, options: PlanOptions | None = None, *,
@@ -430,7 +431,7 @@ def _full_reason(engine: Any, state: DesiredState, previous: Any, before: Mappin
 def _full_observe(engine: Any, index: ResourceIndex, cache: ObservedCache) -> tuple[ResourceIndex, dict]:
     """`Engine.observe_live`, step by step to count its calls; refreshes the cache."""
     started = cache.clock()
-    desired = list(index.values())
+    desired = sorted(index.values(), key=_address)  # (the index's order is its hashes': reads go out in address order)
     kinds = {r.kind for r in desired if r.kind in engine.providers} | set(engine.providers)
     live = engine.observe(kinds)
     seen = {r.address for r in live}
@@ -459,6 +460,10 @@ def _reread(engine: Any, cache: ObservedCache,
     read = {f"{k}.{n}" for k, ns in names.items() for n in ns}
     cache.record([*found, *observed], addresses=read, kinds=whole, at=started)
     return cache.index(), read, whole, {"observe": len(whole), "read": len(names)}
+
+
+def _address(resource: Resource) -> str:
+    return resource.address
 
 
 def _readers(engine: Any) -> set[Kind]:

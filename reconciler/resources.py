@@ -452,11 +452,15 @@ class ResourceIndex(Mapping[str, Resource]):
     MAX_CHAIN = 4
     MAX_CARRIED = 4096
 
-    def __init__(self, resources: Iterable[Resource] = ()) -> None:
+    def __init__(self, resources: Iterable[Resource] = (), *, with_dependents: bool = False) -> None:
+        """``with_dependents``: build `dependents` now (a pass over every resource) rather than on
+        first use - for an index that later ones are derived from, so that they carry it."""
         self._items: immutables.Map[str, Resource] = immutables.Map((r.address, r) for r in resources)
         # (weak reference to an ancestor, the addresses changed since it), nearest first.
         self._ancestors: tuple[tuple[weakref.ref[ResourceIndex], frozenset[str]], ...] = ()
         self._dependents: immutables.Map[str, frozenset[str]] | None = None
+        if with_dependents:
+            self.dependents("")
 
     # -- Mapping
     def __getitem__(self, address: str) -> Resource:

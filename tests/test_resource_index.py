@@ -85,3 +85,14 @@ def test_dependents_carried_along_derivations_equal_dependents_built_afresh(seed
         for name in names:
             address = f"pubsub_topic.{name}"
             assert index.dependents(address) == fresh.dependents(address), address
+
+
+def test_an_index_made_with_its_dependents_hands_them_to_the_indexes_derived_from_it():
+    """Compile's first index is made so (`with_dependents`): a commit's scope then asks the
+    derived index, which carries them, instead of a pass over every resource (issue 14)."""
+    a, b = topic("a"), topic("b", "pubsub_topic.a")
+    lazy, eager = ResourceIndex([a, b]), ResourceIndex([a, b], with_dependents=True)
+    assert lazy._dependents is None and eager._dependents is not None
+    derived = eager.derive(put=[topic("c", "pubsub_topic.a")])
+    assert derived._dependents is not None  # carried: no pass when first asked
+    assert derived.dependents("pubsub_topic.a") == {"pubsub_topic.b", "pubsub_topic.c"}
