@@ -592,8 +592,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
         final.sort(key=lambda r: r.address)
         if any(final[i].address == final[i + 1].address for i in range(len(final) - 1)):
             raise _Unsupported
-        # The index the next revisions' are derived from: their scopes need its dependents.
-        by_address = ResourceIndex(final, with_dependents=True)
+        by_address = ResourceIndex(final)
     else:
         removed: list[Resource] = []
         added: list[Resource] = []

@@ -371,6 +371,9 @@ def plan_change(engine: Any, state: DesiredState, options: PlanOptions | None = 
             reason = f"{len(touched)} of {total} addresses to re-read (more than {max_read_fraction:g})"
     if reason:
         live, calls = _full_observe(engine, after, cache)
+        # The next revisions' indexes derive from this one: built here, on the full path, their
+        # scopes find the dependents carried instead of walking every resource at the next commit.
+        after.prepare_dependents()
         scoped = dict(mode=FULL, reason=reason, observed=tuple(engine.providers), calls=calls)
     else:
         live, read, observed, calls = _reread(engine, cache, touched)

@@ -452,15 +452,11 @@ class ResourceIndex(Mapping[str, Resource]):
     MAX_CHAIN = 4
     MAX_CARRIED = 4096
 
-    def __init__(self, resources: Iterable[Resource] = (), *, with_dependents: bool = False) -> None:
-        """``with_dependents``: build `dependents` now (a pass over every resource) rather than on
-        first use - for an index that later ones are derived from, so that they carry it."""
+    def __init__(self, resources: Iterable[Resource] = ()) -> None:
         self._items: immutables.Map[str, Resource] = immutables.Map((r.address, r) for r in resources)
         # (weak reference to an ancestor, the addresses changed since it), nearest first.
         self._ancestors: tuple[tuple[weakref.ref[ResourceIndex], frozenset[str]], ...] = ()
         self._dependents: immutables.Map[str, frozenset[str]] | None = None
-        if with_dependents:
-            self.dependents("")
 
     # -- Mapping
     def __getitem__(self, address: str) -> Resource:
@@ -527,13 +523,18 @@ class ResourceIndex(Mapping[str, Resource]):
 
     # -- reverse dependencies
     def dependents(self, address_: str) -> frozenset[str]:
+        return self.prepare_dependents()._dependents.get(address_, frozenset())
+
+    def prepare_dependents(self) -> ResourceIndex:
+        """Build `dependents` now (a pass over every resource, once): indexes derived from this
+        one afterwards carry them instead of building their own. Returns the index."""
         if self._dependents is None:
             found: dict[str, set[str]] = {}
             for resource in self._items.values():
                 for dep in resource.depends_on:
                     found.setdefault(dep, set()).add(resource.address)
             self._dependents = immutables.Map((dep, frozenset(users)) for dep, users in found.items())
-        return self._dependents.get(address_, frozenset())
+        return self
 
     def _patched_dependents(self, after: immutables.Map[str, Resource], changed: frozenset[str]
                             ) -> immutables.Map[str, frozenset[str]]:

@@ -87,12 +87,12 @@ def test_dependents_carried_along_derivations_equal_dependents_built_afresh(seed
             assert index.dependents(address) == fresh.dependents(address), address
 
 
-def test_an_index_made_with_its_dependents_hands_them_to_the_indexes_derived_from_it():
-    """Compile's first index is made so (`with_dependents`): a commit's scope then asks the
-    derived index, which carries them, instead of a pass over every resource (issue 14)."""
+def test_dependents_prepared_on_an_index_are_carried_by_the_indexes_derived_from_it():
+    """A full plan prepares its desired index's (`plan_change`): the next commit's index is
+    derived from it and carries them, so its scope makes no pass over every resource (issue 14)."""
     a, b = topic("a"), topic("b", "pubsub_topic.a")
-    lazy, eager = ResourceIndex([a, b]), ResourceIndex([a, b], with_dependents=True)
-    assert lazy._dependents is None and eager._dependents is not None
-    derived = eager.derive(put=[topic("c", "pubsub_topic.a")])
+    lazy, prepared = ResourceIndex([a, b]), ResourceIndex([a, b]).prepare_dependents()
+    assert lazy.derive(put=[topic("c")])._dependents is None  # built on first use, per index
+    derived = prepared.derive(put=[topic("c", "pubsub_topic.a")])
     assert derived._dependents is not None  # carried: no pass when first asked
     assert derived.dependents("pubsub_topic.a") == {"pubsub_topic.b", "pubsub_topic.c"}
