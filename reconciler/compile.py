@@ -169,7 +169,7 @@ def compiled_index(state: DesiredState) -> ResourceIndex:
     if memo is None and getattr(state, "_compiled", None) is None:
         compile_resources(state)  # makes the memo, when it can
         memo = getattr(state, "_compile_memo", None)
-    return memo.by_address if memo is not None else ResourceIndex(compile_resources(state))
+    return memo.by_address() if memo is not None else ResourceIndex(compile_resources(state))
 
 
 def _compile_plain(state: DesiredState) -> list[Resource]:
@@ -358,11 +358,18 @@ class _Memo:
     aggregates: dict[str, tuple[Resource, ...]]  # platform-wide chunks, labelled
     final: list[Resource]  # the result
     external: dict[str, int]  # external addresses -> how many sources name them
-    by_address: ResourceIndex  # the result by address, derived from the previous revision's (`compiled_index`)
+    # The result by address (`compiled_index`), derived from the previous revision's; None until
+    # asked for (`by_address()`): a load that is never planned incrementally does not build it.
+    index_by_address: ResourceIndex | None
     totals: _Totals = dataclasses.field(default_factory=_Totals)
     api: tuple[tuple[dict[str, Any], ...], tuple[str, ...]] = ((), ())  # the data API's sources and views
     positions: dict[str, int] | None = None  # each source id's position in the state, when made
     made: tuple[Resource, ...] | None = None  # what `final` has that the previous memo's had not (None: all)
+
+    def by_address(self) -> ResourceIndex:
+        if self.index_by_address is None:
+            self.index_by_address = ResourceIndex(self.final)
+        return self.index_by_address
 
 
 def _compile_memoized(state: DesiredState, memo: _Memo | None,
@@ -592,7 +599,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
         final.sort(key=lambda r: r.address)
         if any(final[i].address == final[i + 1].address for i in range(len(final) - 1)):
             raise _Unsupported
-        by_address = ResourceIndex(final)
+        by_address = None
     else:
         removed: list[Resource] = []
         added: list[Resource] = []
@@ -612,7 +619,9 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
             if new_binding is not None:
                 added.append(_with_protection_label(new_binding))
         final, external, drop, put = _patched(memo.final, memo.external, removed, added)
-        by_address = memo.by_address.derive(put=put, drop=[r.address for r in drop])
+        # Derived from the previous index, built if it was not: the next plan then takes what
+        # changed from it (`ResourceIndex.changed_since`).
+        by_address = memo.by_address().derive(put=put, drop=[r.address for r in drop])
     made = None if memo is None else tuple(added)
     result = list(final)
     return result, _Memo(platform, parts, known, datasets, restricted, index, platform_grants, declared,
