@@ -32,7 +32,10 @@ the Arrow table, as ``gcs_to_bigquery``'s columnar path writes).
 All must agree on every count (valid, duplicates, invalid by reason), or the run fails. The
 paths run alternating within each round (``--repeat``); each path's best round counts.
 records/s is wall-clock; records/s per core divides by the CPU seconds the process used (on a
-shared machine the wall clock also counts time spent waiting for a core).
+shared machine the wall clock also counts time spent waiting for a core). Every path runs in this
+one process, and the untimed warm-up runs each first: what a path's DoFns set up for their worker
+process (``gc.freeze``, glibc's ``keep_freed_memory`` - both Beam paths set both) holds for every
+measured round of every path.
 
     .venv/bin/python bench/beam_throughput.py [--records 1000000] [--repeat 3] [--json out.json]
         [--paths plain,beam,columnar,columnar_dicts,duckdb]

@@ -165,9 +165,10 @@ def keep_freed_memory() -> None:
     runner's data-plane buffers and protobuf messages, encoded shuffle elements, Arrow and
     numpy columns. glibc serves such sizes with a fresh ``mmap`` (above its mmap threshold) or
     trims the heap's free top back to the kernel, so every reuse starts with page faults, each
-    page zeroed by the kernel: measured at ~20% of the columnar path's CPU and ~7% of the
-    per-record path's (``bench/beam_throughput.py``, 1M records: 0.3-0.5 s of system time per
-    run, ~0.02 s with this). The cost: the process keeps its peak heap until it exits.
+    page zeroed by the kernel: ~20% of the columnar path's CPU (``bench/beam_throughput.py``,
+    1M records: 0.3-0.55 s of system time per run, 0.02-0.06 s with this). The per-record
+    path gains less: most of its page faults are Python's own object arenas, which this does
+    not change. The cost: the process keeps its peak heap until it exits.
     """
     global _memory_kept
     if _memory_kept or platform.libc_ver()[0] != "glibc":
