@@ -168,7 +168,9 @@ def keep_freed_memory() -> None:
     page zeroed by the kernel: ~20% of the columnar path's CPU (``bench/beam_throughput.py``,
     1M records: 0.3-0.55 s of system time per run, 0.02-0.06 s with this). The per-record
     path gains less: most of its page faults are Python's own object arenas, which this does
-    not change. The cost: the process keeps its peak heap until it exits.
+    not change. The cost: the process keeps its peak heap until it exits - so batch workers
+    only (`ValidateRows`' ``keep_memory``): a streaming worker runs for days, and after a burst
+    (a backlog caught up) it must give the memory back.
     """
     global _memory_kept
     if _memory_kept or platform.libc_ver()[0] != "glibc":
@@ -194,14 +196,17 @@ def row_id(key: str) -> str:
 
 
 class ValidateRows(ListBatchDoFn):
-    """Raw records -> valid rows (main output) and dead letters (``DEAD_LETTERS`` output)."""
+    """Raw records -> valid rows (main output) and dead letters (``DEAD_LETTERS`` output).
+    ``keep_memory``: the worker keeps freed memory (`keep_freed_memory`; batch pipelines)."""
 
-    def __init__(self, spec: PipelineSpec) -> None:
+    def __init__(self, spec: PipelineSpec, *, keep_memory: bool = True) -> None:
         self.spec = spec
+        self.keep_memory = keep_memory
 
     def setup(self) -> None:
         freeze_long_lived_objects()
-        keep_freed_memory()
+        if self.keep_memory:
+            keep_freed_memory()
         dedup = self.spec.dedup
         self.checker = RecordChecker(self.spec.fields, self.spec.validation, self.spec.quality_rules,
                                      dedup.key if dedup else None)
@@ -419,7 +424,8 @@ class ValidateAndDedup(beam.PTransform):
     def expand(self, raw):  # no annotations: Beam would read them as output type hints
         dedup = self.spec.dedup
         batch_dedup = dedup is not None and not self.streaming
-        validate = ValidateAndShard(self.spec) if batch_dedup else ValidateRows(self.spec)
+        validate = (ValidateAndShard(self.spec) if batch_dedup
+                    else ValidateRows(self.spec, keep_memory=not self.streaming))
         checked = raw | "Validate" >> beam.ParDo(validate).with_outputs(DEAD_LETTERS, main="rows")
         rows = checked.rows
         if dedup is None:

@@ -57,3 +57,31 @@ def test_both_validation_dofns_keep_freed_memory(monkeypatch: pytest.MonkeyPatch
     transforms.ValidateRows(spec).setup()
     columnar.ValidateChunks(spec).setup()
     assert calls == ["per-record", "columnar"]
+
+
+def test_streaming_workers_give_freed_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streaming job's validation leaves glibc's defaults: its workers run for days and must
+    return what a burst took (the batch ones keep it until they exit)."""
+    import apache_beam as beam
+
+    from beam.common import transforms
+    from beam.common.spec import parse_spec
+    from beam.common.synthetic import SPEC
+
+    made: list[transforms.ValidateRows] = []
+    real = transforms.ValidateRows.__init__
+
+    def record(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(transforms.ValidateRows, "__init__", record)
+    calls: list[str] = []
+    monkeypatch.setattr(transforms, "keep_freed_memory", lambda: calls.append("kept"))
+    spec = parse_spec(SPEC)
+    pipeline = beam.Pipeline()  # built, never run: only the DoFns it makes matter
+    _ = pipeline | beam.Create([]) | "streaming" >> transforms.ValidateAndDedup(spec, streaming=True)
+    _ = pipeline | "more" >> beam.Create([]) | "batch" >> transforms.ValidateAndDedup(spec, streaming=False)
+    for dofn in made:
+        dofn.setup()
+    assert [d.keep_memory for d in made] == [False, True] and calls == ["kept"]
