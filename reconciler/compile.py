@@ -520,10 +520,6 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
         else:
             counter.pop(key, None)
 
-    def transfer_sinks(part: _Part) -> list[str]:
-        return [address(Kind.STORAGE_BUCKET, r.spec["sink"]["bucket"]) for r in part.desired
-                if r.kind == Kind.STORAGE_TRANSFER_JOB and r.spec.get("service_agent_grants")]
-
     changed_parts = [(sid, before.get(sid), parts.get(sid)) for sid in fresh | gone]
     for sid, old, new in changed_parts:
         old_desired = old.desired if old is not None else ()
@@ -533,9 +529,9 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
                 count(declared, r.address, -1)
             for r in new_desired:
                 count(declared, r.address, 1)
-            for bucket in transfer_sinks(old) if old is not None else ():
+            for bucket in governance.transfer_sinks(old_desired):
                 count(sinks, bucket, -1)
-            for bucket in transfer_sinks(new) if new is not None else ():
+            for bucket in governance.transfer_sinks(new_desired):
                 count(sinks, bucket, 1)
         index.update(sid, old.grants if old is not None else (), new.grants if new is not None else ())
     old_aggregates = memo.aggregates if memo is not None else {}
@@ -556,20 +552,14 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
     if memo is not None and platform_grants == memo.platform_grants:
         platform_grants = memo.platform_grants
     index.update("", memo.platform_grants if memo is not None else (), platform_grants)
-    zone_targets = {address(Kind.BIGQUERY_DATASET, d) for d in names.datasets.values()}
-    zone_targets |= {address(Kind.STORAGE_BUCKET, b) for b in names.buckets.values()}
-    zone_targets |= {address(Kind.BIGQUERY_DATASET, d) for d in datasets if d in (serving.REPORTING, serving.FEATURES)}
+    zone_targets = governance.zone_targets(names, datasets)
     crossed |= zone_targets ^ (memo.zone_targets if memo is not None else set())
     index.dirty |= {target for target in crossed if target in index.roles}
     binding_changes = index.bindings(platform, declared, zone_targets, sinks, base, order)
     classification = classification_aggregate(platform, (parts[sid].classes for sid in totals.columns))
     if any(r.kind == Kind.IAM_BINDING and (r.spec["target"], r.spec["role"]) in index.made for r in classification):
         raise _Unsupported  # merged with a binding of the grants: governance_resources merges them
-    if platform.audit_logs:
-        from reconciler.governance import AUDIT_LOG_TYPES, AUDIT_SERVICES
-
-        classification += [Resource(Kind.PROJECT_AUDIT_CONFIG, service, {"log_types": list(AUDIT_LOG_TYPES)}, base)
-                           for service in AUDIT_SERVICES]
+    classification += governance.audit_configs(platform, base)
     aggregates["governance"] = tuple(classification)
     for name in ("platform", "monitoring", "serving", "governance"):
         aggregates[f"{name}-raw"] = aggregates[name]

@@ -7,12 +7,19 @@ Pure functions of the validated desired state, no I/O. Three jobs:
   dataset or bucket, every classification a schema field or a ``classify`` entry names is declared
   in platform.yaml, every ``classify`` path is a field of the source's schema, publishers and
   subscribers only on a topic this platform manages. Each problem as file:line:col: field: message.
-* `governance_resources` - the compile hook (`reconciler.compile.compile_resources` calls it
-  once, with everything else compiled): the ``iam_binding`` resources of the access tiers, of
-  the sources' own ``access:`` blocks, of the service accounts' least-privilege roles derived
-  from the compiled graph, and of the service agents; the ``project_audit_config`` resources of
-  ``audit_logs: true``. `reconciler.classification`'s resources (taxonomy, policy tags, data
-  policies, column policies, fine-grained readers) join at the same hook.
+* the grants - who gets which role on what, defined once ("compile: the grants" below): the
+  ``iam_binding`` resources of the access tiers, of the sources' own ``access:`` blocks, of the
+  service accounts' least-privilege roles derived from the compiled graph, and of the service
+  agents. Each source's grants (`source_grants`) and the platform's (`platform_grants`) are kept
+  in a `GrantIndex`, which makes the bindings. Both compile paths use these: the memoized compile
+  (`reconciler.compile._compile_memoized`) keeps an index from revision to revision, and
+  `governance_resources`, the compile hook of the compile without memo
+  (`reconciler.compile._compile_plain` calls it once, with everything else compiled), fills a
+  fresh one, then adds the ``project_audit_config`` resources of ``audit_logs: true``
+  (`audit_configs`) and `reconciler.classification`'s resources (taxonomy, policy tags, data
+  policies, column policies, fine-grained readers). (Until both paths shared it, the grants were
+  also written a second time, in one pass: tests/governance_oracle.py keeps that copy, frozen,
+  and tests/test_governance_fold.py holds the two equal.)
 * `exclusive_problems` - the plan-time refusal of an ``access.exclusive`` that would remove
   headwater's own identity or a service agent from a binding (`reconciler.engine` calls it).
 
@@ -323,380 +330,41 @@ def _dotted(loc: tuple) -> str:
     return text
 
 
-# --------------------------------------------------------------------------- compile
+# --------------------------------------------------------------------------- compile: the grants
+# The one definition of who gets which role on what. Each origin - a source, or the platform -
+# makes its `Grant`s from what it declares and what was compiled for it (`source_grants`,
+# `platform_grants`); `GrantIndex` holds every origin's grants by (target, role), counted, and
+# makes one ``iam_binding`` per (target, role) from them. Both compile paths use it:
+# `governance_resources` fills an index with every origin at once (the compile without memo,
+# `reconciler.compile._compile_plain`); the memoized compile (issue 14) keeps its index from one
+# revision to the next and replaces the grants of the sources that changed only, so a binding is
+# made again only where its grants, or its target's standing (declared, a zone's target, a
+# transfer's sink), changed.
+#
+# A binding is not the plain union of its grants, for two reasons the classes and ranks below carry:
+# * least privilege without repeats: the Dataflow workers' account does not get a dataset's
+#   dataViewer where it is that dataset's dataEditor. That rule sees the zones', the sources' and
+#   the workers' own grants ("early"), not the other accounts' and the service agents' ("late"),
+#   which are kept as they are; a service account's grant counts only on a target compiled here
+#   (a project, or an address of the graph: the accounts' roles are derived from it);
+# * the plan's reasons (``options["why"]``): a binding's notes, each once, in a fixed order - the
+#   zones' first, then the sources' access blocks, the service accounts', the service agents' -
+#   whatever the order the origins were (re)made in.
 
-
-class _Grants:
-    """Members per (target address, role), merged; a note per binding for the plan."""
-
-    def __init__(self) -> None:
-        self.members: dict[tuple[str, str], set[str]] = {}
-        self.notes: dict[tuple[str, str], list[str]] = {}
-
-    def add(self, target: str, role: str, members: Iterable[str], note: str | None = None) -> None:
-        members = set(members)
-        if not members:
-            return
-        self.members.setdefault((target, role), set()).update(members)
-        if note and note not in self.notes.setdefault((target, role), []):
-            self.notes[(target, role)].append(note)
-
-
-def governance_resources(state: Any, desired: Sequence[Resource]) -> list[Resource]:
-    """The governance resources of ``state`` (a `DesiredState`), given every other compiled
-    resource (``desired``: the graph the least-privilege roles are derived from).
-
-    The one compile hook of issue 13: `reconciler.compile.compile_resources` calls it once. The
-    column-level part (`reconciler.classification`: taxonomy, policy tags, data policies, column
-    policies, and its fine-grained / masked reader bindings) is added here too, in the marked
-    place, so that bindings of the same (target, role) merge into one resource.
-    """
-    from reconciler.compile import base_labels, zone_names
-
-    platform = state.platform
-    labels = base_labels(platform)
-    names = zone_names(platform)
-    grants = access_grants(platform, names, state.sources, desired)
-    resources = bindings_of(platform, grants, desired, labels)
-    # Column-level security (reconciler/classification.py): its resources join here, and its
-    # bindings merge with these by name.
-    from reconciler.classification import classification_resources
-
-    resources += classification_resources(platform, names, state.sources)
-    if platform.audit_logs:
-        resources += [Resource(Kind.PROJECT_AUDIT_CONFIG, service, {"log_types": list(AUDIT_LOG_TYPES)}, labels)
-                      for service in AUDIT_SERVICES]
-    return merge_bindings(resources)
-
-
-def merge_bindings(resources: Sequence[Resource]) -> list[Resource]:
-    """One ``iam_binding`` per name: the members of same-named bindings merged (sorted), exclusive
-    if any is; other resources as they are."""
-    merged: dict[str, Resource] = {}
-    out: list[Resource] = []
-    for resource in resources:
-        if resource.kind != Kind.IAM_BINDING:
-            out.append(resource)
-            continue
-        first = merged.get(resource.name)
-        if first is None:
-            merged[resource.name] = resource
-            continue
-        spec = {**first.spec, "members": sorted(set(first.spec["members"]) | set(resource.spec["members"])),
-                "exclusive": bool(first.spec.get("exclusive")) or bool(resource.spec.get("exclusive"))}
-        why = "; ".join(w for w in (first.options.get("why"), resource.options.get("why")) if w)
-        merged[resource.name] = Resource(first.kind, first.name, spec, first.labels,
-                                         tuple(dict.fromkeys((*first.depends_on, *resource.depends_on))),
-                                         options={"why": why} if why else {})
-    return out + list(merged.values())
-
-
-def bindings_of(platform: Platform, grants: _Grants, desired: Sequence[Resource],
-                labels: Mapping[str, str]) -> list[Resource]:
-    """The ``iam_binding`` resources of ``grants``; exclusive on the zones' datasets and buckets
-    when ``access.exclusive`` is."""
-    from reconciler.compile import zone_names
-
-    declared = {r.address for r in desired}
-    zone_targets = _zone_targets(platform, zone_names(platform), desired)
-    resources = []
-    for (target, role), members in sorted(grants.members.items()):
-        exclusive = platform.access.exclusive and target in zone_targets
-        notes = grants.notes.get((target, role), [])
-        resources.append(Resource(
-            Kind.IAM_BINDING, binding_name(target, role),
-            {"target": target, "role": role, "members": sorted(members), "exclusive": exclusive},
-            dict(labels), depends_on=(target,) if target in declared else (),
-            deletion_protection=False, options={"why": "; ".join(notes)} if notes else {}))
-    return resources
-
-
-def _zone_targets(platform: Platform, names: Any, desired: Sequence[Resource]) -> set[str]:
-    from reconciler.serving import FEATURES, REPORTING
-
-    targets = {address(Kind.BIGQUERY_DATASET, d) for d in names.datasets.values()}
-    targets |= {address(Kind.STORAGE_BUCKET, b) for b in names.buckets.values()}
-    targets |= {r.address for r in desired if r.kind == Kind.BIGQUERY_DATASET and r.name in (REPORTING, FEATURES)}
-    return targets
-
-
-def access_grants(platform: Platform, names: Any, sources: Sequence[Any], desired: Sequence[Resource]) -> _Grants:
-    """Every grant of the access settings, the service accounts and the service agents (the
-    module docstring and docs/governance.md, "Access")."""
-    grants = _Grants()
-    _zone_grants(grants, platform, names, sources, desired)
-    _source_grants(grants, platform, names, sources, desired)
-    _service_account_grants(grants, platform, names, desired)
-    _service_agent_grants(grants, platform, names, desired)
-    return grants
-
-
-def _zone_grants(grants: _Grants, platform: Platform, names: Any, sources: Sequence[Any],
-                 desired: Sequence[Resource]) -> None:
-    from reconciler.serving import FEATURES, REPORTING
-
-    datasets = {zone: [address(Kind.BIGQUERY_DATASET, names.datasets[zone])] for zone in ("bronze", "silver", "gold")}
-    # The serving layer's reporting views and feature tables are Gold data: Gold's readers read them.
-    datasets["gold"] += [r.address for r in desired if r.kind == Kind.BIGQUERY_DATASET and r.name in (REPORTING, FEATURES)]
-    buckets = {zone: [address(Kind.STORAGE_BUCKET, names.buckets[zone])] for zone in ("landing", "bronze", "silver")}
-    restricted = sorted(s.source_id for s in sources if has_classified_columns(s))
-    bronze_tables: dict[str | None, list[str]] = {}  # by source, in compile order (one pass: O(resources))
-    for r in desired:
-        if r.kind == Kind.BIGQUERY_TABLE and r.name.startswith(names.datasets["bronze"] + "."):
-            bronze_tables.setdefault(r.source_id, []).append(r.address)
-    open_bronze = [table for s in sources if not has_classified_columns(s) for table in bronze_tables.get(s.source_id, [])]
-    engineers = set(platform.access.tiers.get(ENGINEERS_TIER, []))
-    for zone in ZONES:
-        entries = zone_readers(platform, zone)
-        readers = resolve(platform, entries)
-        if zone == "bronze" and restricted:
-            # Bronze holds raw payloads, classified columns in clear: only the engineers' tier reads
-            # the whole zone; every other Bronze reader reads the raw tables of sources without any.
-            whole = [m for m in readers if m in engineers and ENGINEERS_TIER in entries]
-            others = [m for m in readers if m not in whole]
-            why = (f"Bronze holds the raw records of {', '.join(restricted)}, which have classified columns: only the "
-                   f"{ENGINEERS_TIER} tier reads the whole zone")
-            for target in datasets[zone]:
-                grants.add(target, DATASET_READER, whole, why)
-            for target in buckets[zone]:
-                grants.add(target, BUCKET_READER, whole, why)
-            for table in open_bronze:
-                grants.add(table, DATASET_READER, others,
-                           f"a table-level read instead of the Bronze dataset: {', '.join(restricted)} "
-                           f"{'has' if len(restricted) == 1 else 'have'} classified columns, whose raw records only "
-                           f"the {ENGINEERS_TIER} tier reads")
-        else:
-            # Bronze open to all its readers is the state a removed last classification returns to:
-            # the plan says why the whole zone is readable (docs/governance.md, "Bronze and classified columns").
-            why = (f"{BRONZE_OPEN}: Bronze readers read the whole zone" if zone == "bronze" else None)
-            for target in datasets.get(zone, []):
-                grants.add(target, DATASET_READER, readers, why)
-            for target in buckets.get(zone, []):
-                grants.add(target, BUCKET_READER, readers, why)
-        for role, entries_ in getattr(platform.access.zones, zone).bindings.items():
-            members = resolve(platform, entries_)
-            custom = role.startswith(("projects/", "organizations/"))
-            if custom or _DATASET_ROLE.match(role):
-                for target in datasets.get(zone, []):
-                    grants.add(target, role, members)
-            if custom or _BUCKET_ROLE.match(role):
-                for target in buckets.get(zone, []):
-                    grants.add(target, role, members)
-
-
-def _source_grants(grants: _Grants, platform: Platform, names: Any, sources: Sequence[Any],
-                   desired: Sequence[Resource]) -> None:
-    from reconciler.compile import is_foreign, topic_id
-
-    silver, gold = names.datasets["silver"] + ".", names.datasets["gold"] + "."
-    for source in sources:
-        access = source.connector.access
-        sid = source.source_id
-        readers = resolve(platform, access.readers)
-        if readers:
-            for r in desired:
-                if r.kind == Kind.BIGQUERY_TABLE and r.source_id == sid and r.name.startswith((silver, gold)):
-                    grants.add(r.address, DATASET_READER, readers, f"access.readers of {sid}")
-        topic = topic_id(source.connector, platform.project)
-        if is_foreign(topic):
-            continue
-        grants.add(address(Kind.PUBSUB_TOPIC, topic), TOPIC_PUBLISHER, resolve(platform, access.publishers),
-                   f"access.publishers of {sid}")
-        grants.add(address(Kind.PUBSUB_TOPIC, topic), SUBSCRIBER, resolve(platform, access.subscribers),
-                   f"access.subscribers of {sid}: they attach their own subscriptions to the topic")
-
-
-def _dataset_of(table: str) -> str:
-    """``project.dataset.table`` or ``dataset.table`` -> dataset."""
-    parts = table.split(".")
-    return parts[-2]
-
-
-def _bucket_of(uri: str) -> str:
-    return uri.removeprefix("gs://").split("/", 1)[0]
-
-
-def _service_account_grants(grants: _Grants, platform: Platform, names: Any, desired: Sequence[Resource]) -> None:
-    """The roles each declared service account's jobs and services need, from what they read and
-    write in the compiled graph. Undeclared accounts (the Compute Engine default) get nothing."""
-    from reconciler.serving import API, API_SERVICE
-
-    declared = {r.address for r in desired}
-
-    def grant(target: str, role: str, member: str, note: str) -> None:
-        if target in declared or target.startswith("project."):
-            grants.add(target, role, [member], note)
-
-    project = f"project.{platform.project}"
-    worker = platform.dataflow.service_account
-    if worker:
-        member = f"serviceAccount:{worker}"
-        why = "the Dataflow workers' account (dataflow.service_account)"
-        jobs = [r for r in desired if r.kind == Kind.DATAFLOW_JOB]
-        if jobs:
-            grant(project, DATAFLOW_WORKER, member, why)
-            grant(project, JOB_USER, member, why)
-            temp = platform.dataflow.temp_location or f"gs://{names.buckets['landing']}/dataflow/tmp"
-            grant(address(Kind.STORAGE_BUCKET, _bucket_of(temp)), BUCKET_WRITER, member, why + ": temporary files")
-        for job in jobs:
-            spec, pipeline = job.spec, job.spec.get("pipeline") or {}
-            subscription = (spec.get("parameters") or {}).get("input_subscription")
-            if subscription:
-                target = address(Kind.PUBSUB_SUBSCRIPTION, subscription.rsplit("/", 1)[-1])
-                grant(target, SUBSCRIBER, member, why)
-                grant(target, PUBSUB_VIEWER, member, why + ": Dataflow reads the subscription's settings")
-            topic = (pipeline.get("dead_letter") or {}).get("topic")
-            if topic:
-                grant(address(Kind.PUBSUB_TOPIC, topic.rsplit("/", 1)[-1]), TOPIC_PUBLISHER, member, why)
-            reads_silver = spec.get("template") == "bigquery_to_bigquery"
-            written = [pipeline.get(k, {}).get("table") for k in ("bronze", "gold", "features")]
-            written += [] if reads_silver else [pipeline.get("silver", {}).get("table")]
-            for table in (pipeline.get("cdc") or {}).get("tables", []):
-                written += [table.get("bronze", {}).get("table"), table.get("silver", {}).get("table")]
-            for table in filter(None, written):
-                grant(address(Kind.BIGQUERY_DATASET, _dataset_of(table)), DATASET_WRITER, member, why)
-            if reads_silver and pipeline.get("silver", {}).get("table"):
-                grant(address(Kind.BIGQUERY_DATASET, _dataset_of(pipeline["silver"]["table"])), DATASET_READER,
-                      member, why)
-            pattern = (spec.get("parameters") or {}).get("input_pattern")
-            if pattern:  # file jobs read, claim and (batch_file) move landed files
-                grant(address(Kind.STORAGE_BUCKET, _bucket_of(pattern)), BUCKET_WRITER, member, why)
-            bronze_bucket = (pipeline.get("bronze") or {}).get("bucket")
-            if bronze_bucket:
-                grant(address(Kind.STORAGE_BUCKET, _bucket_of(bronze_bucket)), BUCKET_WRITER, member, why)
-        _drop_implied(grants, member)
-    connectors = platform.connectors.service_account
-    if connectors:
-        member = f"serviceAccount:{connectors}"
-        why = "the connectors' account (connectors.service_account)"
-        for service in desired:
-            document = service.spec.get("connector") or {}
-            if service.kind != Kind.CLOUD_RUN_SERVICE or service.name == API_SERVICE:
-                continue
-            for key in ("topic", "dead_letter_topic"):
-                if document.get(key):
-                    grant(address(Kind.PUBSUB_TOPIC, document[key].rsplit("/", 1)[-1]), TOPIC_PUBLISHER, member, why)
-    api = platform.api.service_account
-    if api and any(r.kind == Kind.CLOUD_RUN_SERVICE and r.name == API_SERVICE for r in desired):
-        member = f"serviceAccount:{api}"
-        why = "the data API's account (api.service_account)"
-        grant(address(Kind.BIGQUERY_DATASET, API), DATASET_READER, member, why)
-        grant(project, JOB_USER, member, why)
-
-
-def _drop_implied(grants: _Grants, member: str) -> None:
-    """Least privilege without repeats: a dataset reader role where the member is its editor."""
-    for (target, role), members in list(grants.members.items()):
-        if role == DATASET_READER and member in members and member in grants.members.get((target, DATASET_WRITER), ()):
-            members.discard(member)
-            if not members:
-                del grants.members[(target, role)]
-                grants.notes.pop((target, role), None)
-
-
-def _service_agent_grants(grants: _Grants, platform: Platform, names: Any, desired: Sequence[Resource]) -> None:
-    """The service agents' grants the graph needs and no provider makes already: Pub/Sub's for
-    dead-lettering, Datastream's on the landing bucket. (Cloud Storage's publisher grant for
-    notifications is ``storage_notification.publisher_grant``, Storage Transfer's are
-    ``storage_transfer_job.service_agent_grants``: not repeated here, except that an exclusive
-    zone binding lists an agent those grants put in it, so that exclusivity keeps it.)"""
-    pubsub = f"{SERVICE_AGENT}pubsub"
-    for sub in desired:
-        policy = sub.spec.get("dead_letter_policy") if sub.kind == Kind.PUBSUB_SUBSCRIPTION else None
-        if not policy:
-            continue
-        why = (f"dead-lettering of {sub.name}: Pub/Sub forwards undeliverable messages as its service agent")
-        grants.add(sub.address, SUBSCRIBER, [pubsub], why)
-        grants.add(address(Kind.PUBSUB_TOPIC, policy["dead_letter_topic"]), TOPIC_PUBLISHER, [pubsub], why)
-    landing = address(Kind.STORAGE_BUCKET, names.buckets["landing"])
-    if any(r.kind == Kind.DATASTREAM_STREAM for r in desired):
-        why = "Datastream writes the change events of database_cdc sources into the landing bucket"
-        grants.add(landing, BUCKET_WRITER, [f"{SERVICE_AGENT}datastream"], why)
-        grants.add(landing, BUCKET_METADATA_READER, [f"{SERVICE_AGENT}datastream"], why)
-    if platform.access.exclusive:
-        transfer_sinks = {address(Kind.STORAGE_BUCKET, r.spec["sink"]["bucket"]) for r in desired
-                          if r.kind == Kind.STORAGE_TRANSFER_JOB and r.spec.get("service_agent_grants")}
-        for target in transfer_sinks:
-            for role in ("roles/storage.legacyBucketWriter", BUCKET_READER):
-                if (target, role) in grants.members:
-                    grants.add(target, role, [f"{SERVICE_AGENT}storagetransfer"],
-                               "kept for the Storage Transfer jobs (their own grant) under access.exclusive")
-
-
-# --------------------------------------------------------------------------- plan time
-
-
-def exclusive_problems(state: Any, plan: Any) -> list[Any]:
-    """One `Problem` per exclusive binding change that would remove headwater's own identity or a
-    service agent, at platform.yaml's ``access.exclusive`` line: the plan is refused, nothing is
-    changed (`reconciler.engine.Engine.plan` raises it as `InvalidDesiredState`)."""
-    from reconciler.load import Problem
-
-    platform = state.platform
-    if not platform.access.exclusive:
-        return []
-    own = reconciler_member(platform)
-    smap = state.platform_map
-    line, column = smap.find(("access", "exclusive")) if smap is not None else (1, 1)
-    problems = []
-    for change in plan.non_noop:  # (a no-op's members are the declared ones)
-        if change.kind != Kind.IAM_BINDING or change.desired is None or change.live is None:
-            continue
-        if not change.desired.spec.get("exclusive"):
-            continue
-        removed = set(change.live.spec.get("members") or []) - set(change.desired.spec.get("members") or [])
-        for member in sorted(removed):
-            if member == own or is_service_agent(member):
-                who = "headwater's own identity (access.reconciler)" if member == own else "a service agent"
-                role, target = change.desired.spec["role"], change.desired.spec["target"]
-                problems.append(Problem(
-                    "platform.yaml", line, column, "access.exclusive",
-                    f"exclusive would remove {member}, {who}, from {role} on {target}: refused (the platform's "
-                    f"own operating grants are never removed); {_keep_advice(platform, member, role, target)} "
-                    "or set access.exclusive: false"))
-    return problems
-
-
-def _keep_advice(platform: Platform, member: str, role: str, target: str) -> str:
-    """Where to declare ``member`` so that the exclusive binding keeps it (each place takes the
-    member in this form: `reconciler.config.iam_member_problem` accepts serviceAgent:<service>)."""
-    from reconciler.compile import zone_names
-    from reconciler.serving import FEATURES, REPORTING
-
-    kind, _, name = target.partition(".")
-    if kind == Kind.DATACATALOG_POLICY_TAG:
-        return f"declare {member} in classifications.{name.rsplit('/', 1)[-1]}.readers"
-    if kind == Kind.BIGQUERY_DATA_POLICY:
-        return (f"declare {member} among the readers of the zone holding the class's columns "
-                "(access.zones.<zone>.readers)")
-    names = zone_names(platform)
-    zone = next((z for z, d in names.datasets.items() if kind == Kind.BIGQUERY_DATASET and d == name), None)
-    zone = zone or next((z for z, b in names.buckets.items() if kind == Kind.STORAGE_BUCKET and b == name), None)
-    if kind == Kind.BIGQUERY_DATASET and name in (REPORTING, FEATURES):
-        zone = "gold"
-    return f"declare {member} in access.zones.{zone or '<zone>'}.bindings under {role}"
-
-
-# --------------------------------------------------------------------------- per source (compile's memo)
-# `access_grants` + `bindings_of` again, in a form compile can update for the sources that changed
-# (issue 14): each grant `_Grants.add` would make is a `Grant` of one origin (a source, or the
-# platform), and `GrantIndex` keeps, per (target, role), how many grants give each member and each
-# note. A binding is made again only for the targets whose grants, or whose standing (declared,
-# a zone's target, a transfer's sink), changed. Same resources as `governance_resources`: the
-# classes below stand for where in `access_grants` a grant is made, since `_drop_implied` runs
-# between them and the notes keep the order of their first grant.
-
-ZONE_OR_SOURCE = "a"  # _zone_grants, _source_grants: before _drop_implied
-WORKER = "b"  # the Dataflow workers' account: before _drop_implied, only on a declared target
-ACCOUNTS = "c"  # the connectors' and the data API's accounts: after it, only on a declared target
-AGENTS = "e"  # _service_agent_grants
+ZONE_OR_SOURCE = "a"  # the zones' readers and bindings, the sources' access blocks: early, on any target
+WORKER = "b"  # the Dataflow workers' account: early, on a compiled target only
+ACCOUNTS = "c"  # the connectors' and the data API's accounts: late, on a compiled target only
+AGENTS = "e"  # the service agents: late, on any target
 
 
 @dataclass(frozen=True)
 class Grant:
-    """One `_Grants.add`: ``rank`` orders its note among the notes of the same (target, role):
-    (phase, step, position in its origin's grants); ``by_origin``: the order of the origins
-    (sources, in the state's order) matters too (a note naming its source)."""
+    """One role on one target for some members, by one origin, with the reason the plan shows
+    (``note``, or None). ``cls``: its class (above). ``rank`` orders its note among the notes of
+    the same (target, role): (phase, step, position in its origin's grants), phase 1 the zones',
+    2 the access blocks, 3 the service accounts, 4 the service agents; ``by_origin``: the origins'
+    order (the sources', as the state lists them) comes before the position (a note that names
+    its source)."""
 
     target: str
     role: str
@@ -724,8 +392,14 @@ def _bronze_readers(platform: Platform) -> tuple[list[str], list[str]]:
 
 def source_grants(platform: Platform, names: Any, source: Any, own: Sequence[Resource],
                   restricted: Sequence[str]) -> tuple[Grant, ...]:
-    """The grants `access_grants` makes for one source, from ``own`` (the resources compiled for it,
-    in compile order) and ``restricted`` (the sources with classified columns, sorted)."""
+    """The grants of one source, from ``own`` (the resources compiled for it, in compile order) and
+    ``restricted`` (the sources with classified columns, sorted): a table-level read of its raw
+    Bronze tables for Bronze's other readers when some source has classified columns and this one
+    none (the zone itself is the engineers' tier's then: `platform_grants`); its ``access:`` block's
+    readers (of its Silver and Gold tables), publishers and subscribers (of its topic, unless
+    another project's); the roles the declared service accounts need for what its Dataflow jobs
+    and connector service read and write (undeclared accounts, the Compute Engine default, get
+    nothing); the Pub/Sub service agent's for its dead-lettering subscriptions."""
     from reconciler.compile import is_foreign, topic_id
     from reconciler.serving import API_SERVICE
 
@@ -740,6 +414,8 @@ def source_grants(platform: Platform, names: Any, source: Any, own: Sequence[Res
 
     bronze, silver, gold = names.datasets["bronze"] + ".", names.datasets["silver"] + ".", names.datasets["gold"] + "."
     if restricted and not has_classified_columns(source):
+        # Bronze holds raw payloads, classified columns in clear: only the engineers' tier reads the
+        # whole zone; every other Bronze reader reads the raw tables of sources without any.
         _whole, others = _bronze_readers(platform)
         note = _restricted_note(restricted)
         for r in own:
@@ -788,7 +464,7 @@ def source_grants(platform: Platform, names: Any, source: Any, own: Sequence[Res
                 add(address(Kind.BIGQUERY_DATASET, _dataset_of(pipeline["silver"]["table"])), DATASET_READER,
                     member, why, WORKER, 3, 1, False)
             pattern = (spec.get("parameters") or {}).get("input_pattern")
-            if pattern:
+            if pattern:  # file jobs read, claim and (batch_file) move landed files
                 add(address(Kind.STORAGE_BUCKET, _bucket_of(pattern)), BUCKET_WRITER, member, why, WORKER, 3, 1, False)
             bronze_bucket = (pipeline.get("bronze") or {}).get("bucket")
             if bronze_bucket:
@@ -806,6 +482,10 @@ def source_grants(platform: Platform, names: Any, source: Any, own: Sequence[Res
                 if document.get(key):
                     add(address(Kind.PUBSUB_TOPIC, document[key].rsplit("/", 1)[-1]), TOPIC_PUBLISHER, member, why,
                         ACCOUNTS, 3, 3, False)
+    # Service agents' grants the graph needs and no provider makes already (Cloud Storage's publisher
+    # grant for notifications is ``storage_notification.publisher_grant``, Storage Transfer's are
+    # ``storage_transfer_job.service_agent_grants``; `GrantIndex` lists that agent in an exclusive
+    # binding of a transfer's sink).
     pubsub = f"{SERVICE_AGENT}pubsub"
     for sub in own:
         policy = sub.spec.get("dead_letter_policy") if sub.kind == Kind.PUBSUB_SUBSCRIPTION else None
@@ -819,9 +499,12 @@ def source_grants(platform: Platform, names: Any, source: Any, own: Sequence[Res
 
 def platform_grants(platform: Platform, names: Any, serving_datasets: Iterable[str], restricted: Sequence[str],
                     any_job: bool, api_service: bool, any_stream: bool) -> tuple[Grant, ...]:
-    """The grants `access_grants` makes for the platform: the zones' (``serving_datasets``: the
-    reporting / features datasets compiled), the accounts' project-wide ones (when some Dataflow
-    job, the data API service, some Datastream stream is compiled)."""
+    """The grants of the platform: each zone's readers and bindings on its dataset and bucket (Gold's
+    on the serving layer's reporting / features datasets too, among ``serving_datasets``: the
+    datasets compiled), Bronze to the engineers' tier only when some source has classified columns
+    (``restricted``); the accounts' project-wide roles and the data API's, when some Dataflow job
+    (``any_job``), the data API service (``api_service``) is compiled; Datastream's service agent's
+    on the landing bucket when some stream is (``any_stream``)."""
     from reconciler.serving import API, FEATURES, REPORTING
 
     out: list[Grant] = []
@@ -832,6 +515,7 @@ def platform_grants(platform: Platform, names: Any, serving_datasets: Iterable[s
             out.append(Grant(target, role, members, note, cls, (*rank[:2], len(out))))
 
     datasets = {zone: [address(Kind.BIGQUERY_DATASET, names.datasets[zone])] for zone in ("bronze", "silver", "gold")}
+    # The serving layer's reporting views and feature tables are Gold data: Gold's readers read them.
     datasets["gold"] += [address(Kind.BIGQUERY_DATASET, d) for d in sorted(serving_datasets) if d in (REPORTING, FEATURES)]
     buckets = {zone: [address(Kind.STORAGE_BUCKET, names.buckets[zone])] for zone in ("landing", "bronze", "silver")}
     for zone in ZONES:
@@ -846,6 +530,8 @@ def platform_grants(platform: Platform, names: Any, serving_datasets: Iterable[s
             for target in buckets[zone]:
                 add(target, BUCKET_READER, whole, why, ZONE_OR_SOURCE, (1, 0))
         else:
+            # Bronze open to all its readers is the state a removed last classification returns to:
+            # the plan says why the whole zone is readable (docs/governance.md, "Bronze and classified columns").
             why = (f"{BRONZE_OPEN}: Bronze readers read the whole zone" if zone == "bronze" else None)
             for target in datasets.get(zone, []):
                 add(target, DATASET_READER, readers, why, ZONE_OR_SOURCE, (1, 0))
@@ -895,10 +581,13 @@ class _Entry:
 
 
 class GrantIndex:
-    """Every origin's grants by (target, role), and the binding each target's grants make.
+    """Every origin's grants by (target, role), and the binding each (target, role) makes.
 
     `update` replaces one origin's grants; `bindings` makes the bindings of the targets touched
-    since the index was copied (`copy`: the previous revision's index is left as it was)."""
+    since the index was made or copied (`copy`: the previous revision's index is left as it was).
+    A binding's members are its grants' (least privilege applied: `_make`), exclusive on a zone's
+    target under ``access.exclusive``; its labels the platform's base labels (the provider's ledger
+    keeps them: IAM policies carry none)."""
 
     def __init__(self) -> None:
         self.entries: dict[tuple[str, str], _Entry] = {}
@@ -964,6 +653,10 @@ class GrantIndex:
     def _make(self, platform: Platform, key: tuple[str, str], declared: Mapping[str, int], zone_targets: set[str],
               transfer_sinks: Mapping[str, int], labels: Mapping[str, str], order: Any,
               worker: str | None) -> Resource | None:
+        """The binding of ``key`` from its grants (None: no member): the early and late classes of
+        the section's comment (the workers' account's dataViewer dropped where it is dataEditor,
+        with the early notes when no early member is left), the notes each once in rank order,
+        and under ``access.exclusive`` the Storage Transfer agent kept on a transfer's sink."""
         target, role = key
         entry = self.entries.get(key)
         if entry is None:
@@ -975,7 +668,7 @@ class GrantIndex:
         keep_early = True
         if worker and role == DATASET_READER and worker in pre and worker in self._members((target, DATASET_WRITER),
                                                                                               early):
-            pre.discard(worker)  # _drop_implied
+            pre.discard(worker)  # its dataEditor implies it
             keep_early = bool(pre)
         members = pre | self._members(key, late)
         if not members:
@@ -1014,3 +707,170 @@ def _count(counter: dict, key: Any, step: int) -> None:
         counter[key] = value
     else:
         counter.pop(key, None)
+
+
+def governance_resources(state: Any, desired: Sequence[Resource]) -> list[Resource]:
+    """The governance resources of ``state`` (a `DesiredState`), given every other compiled
+    resource (``desired``: the graph the least-privilege roles are derived from).
+
+    The one compile hook of issue 13: `reconciler.compile._compile_plain` calls it once (the
+    memoized compile makes the same bindings from its own `GrantIndex`). Every origin's grants go
+    into a fresh index: each source's, from the resources compiled for it (``desired``'s of its
+    ``headwater-source`` label), and the platform's. The column-level part
+    (`reconciler.classification`: taxonomy, policy tags, data policies, column policies, and its
+    fine-grained / masked reader bindings) is added here too, so that bindings of the same
+    (target, role) merge into one resource (`merge_bindings`).
+    """
+    from reconciler.compile import base_labels, zone_names
+    from reconciler.serving import API_SERVICE
+
+    platform = state.platform
+    labels = base_labels(platform)
+    names = zone_names(platform)
+    sources = state.sources
+    own: dict[str, list[Resource]] = {source.source_id: [] for source in sources}
+    declared: dict[str, int] = {}
+    for r in desired:
+        declared[r.address] = declared.get(r.address, 0) + 1
+        mine = own.get(r.source_id)  # type: ignore[arg-type]
+        if mine is not None:
+            mine.append(r)
+    restricted = sorted(s.source_id for s in sources if has_classified_columns(s))
+    index = GrantIndex()
+    for source in sources:
+        index.update(source.source_id, (), source_grants(platform, names, source, own[source.source_id], restricted))
+    datasets = {r.name for r in desired if r.kind == Kind.BIGQUERY_DATASET}
+    kinds = {r.kind for r in desired}
+    api_service = any(r.kind == Kind.CLOUD_RUN_SERVICE and r.name == API_SERVICE for r in desired)
+    index.update("", (), platform_grants(platform, names, datasets, restricted, Kind.DATAFLOW_JOB in kinds,
+                                         api_service, Kind.DATASTREAM_STREAM in kinds))
+    sinks: dict[str, int] = {}
+    for bucket in transfer_sinks(desired):
+        sinks[bucket] = sinks.get(bucket, 0) + 1
+    positions = {source.source_id: i for i, source in enumerate(sources)}
+    resources = [binding for _before, binding in index.bindings(
+        platform, declared, zone_targets(names, datasets), sinks, labels, lambda: positions)]
+    # Column-level security (reconciler/classification.py): its resources join here, and its
+    # bindings merge with these by name.
+    from reconciler.classification import classification_resources
+
+    resources += classification_resources(platform, names, sources)
+    resources += audit_configs(platform, labels)
+    return merge_bindings(resources)
+
+
+def merge_bindings(resources: Sequence[Resource]) -> list[Resource]:
+    """One ``iam_binding`` per name: the members of same-named bindings merged (sorted), exclusive
+    if any is; other resources as they are. (The grants' bindings and column-level security's
+    meet here only: the memoized compile leaves a state where they meet to `_compile_plain`.)"""
+    merged: dict[str, Resource] = {}
+    out: list[Resource] = []
+    for resource in resources:
+        if resource.kind != Kind.IAM_BINDING:
+            out.append(resource)
+            continue
+        first = merged.get(resource.name)
+        if first is None:
+            merged[resource.name] = resource
+            continue
+        spec = {**first.spec, "members": sorted(set(first.spec["members"]) | set(resource.spec["members"])),
+                "exclusive": bool(first.spec.get("exclusive")) or bool(resource.spec.get("exclusive"))}
+        why = "; ".join(w for w in (first.options.get("why"), resource.options.get("why")) if w)
+        merged[resource.name] = Resource(first.kind, first.name, spec, first.labels,
+                                         tuple(dict.fromkeys((*first.depends_on, *resource.depends_on))),
+                                         options={"why": why} if why else {})
+    return out + list(merged.values())
+
+
+def zone_targets(names: Any, serving_datasets: Iterable[str]) -> set[str]:
+    """The zones' datasets and buckets, and the serving layer's reporting and features datasets
+    among ``serving_datasets`` (Gold data): the targets whose bindings ``access.exclusive`` makes
+    exclusive."""
+    from reconciler.serving import FEATURES, REPORTING
+
+    targets = {address(Kind.BIGQUERY_DATASET, d) for d in names.datasets.values()}
+    targets |= {address(Kind.STORAGE_BUCKET, b) for b in names.buckets.values()}
+    targets |= {address(Kind.BIGQUERY_DATASET, d) for d in serving_datasets if d in (REPORTING, FEATURES)}
+    return targets
+
+
+def transfer_sinks(resources: Iterable[Resource]) -> list[str]:
+    """The buckets (addresses) the Storage Transfer jobs among ``resources`` write into with their
+    own service agent grants (``storage_transfer_job.service_agent_grants``): under
+    ``access.exclusive`` their bindings keep that agent."""
+    return [address(Kind.STORAGE_BUCKET, r.spec["sink"]["bucket"]) for r in resources
+            if r.kind == Kind.STORAGE_TRANSFER_JOB and r.spec.get("service_agent_grants")]
+
+
+def audit_configs(platform: Platform, labels: Mapping[str, str]) -> list[Resource]:
+    """The ``project_audit_config`` resources of ``audit_logs: true`` (none without)."""
+    if not platform.audit_logs:
+        return []
+    return [Resource(Kind.PROJECT_AUDIT_CONFIG, service, {"log_types": list(AUDIT_LOG_TYPES)}, labels)
+            for service in AUDIT_SERVICES]
+
+
+def _dataset_of(table: str) -> str:
+    """``project.dataset.table`` or ``dataset.table`` -> dataset."""
+    parts = table.split(".")
+    return parts[-2]
+
+
+def _bucket_of(uri: str) -> str:
+    return uri.removeprefix("gs://").split("/", 1)[0]
+
+
+# --------------------------------------------------------------------------- plan time
+
+
+def exclusive_problems(state: Any, plan: Any) -> list[Any]:
+    """One `Problem` per exclusive binding change that would remove headwater's own identity or a
+    service agent, at platform.yaml's ``access.exclusive`` line: the plan is refused, nothing is
+    changed (`reconciler.engine.Engine.plan` raises it as `InvalidDesiredState`)."""
+    from reconciler.load import Problem
+
+    platform = state.platform
+    if not platform.access.exclusive:
+        return []
+    own = reconciler_member(platform)
+    smap = state.platform_map
+    line, column = smap.find(("access", "exclusive")) if smap is not None else (1, 1)
+    problems = []
+    for change in plan.non_noop:  # (a no-op's members are the declared ones)
+        if change.kind != Kind.IAM_BINDING or change.desired is None or change.live is None:
+            continue
+        if not change.desired.spec.get("exclusive"):
+            continue
+        removed = set(change.live.spec.get("members") or []) - set(change.desired.spec.get("members") or [])
+        for member in sorted(removed):
+            if member == own or is_service_agent(member):
+                who = "headwater's own identity (access.reconciler)" if member == own else "a service agent"
+                role, target = change.desired.spec["role"], change.desired.spec["target"]
+                problems.append(Problem(
+                    "platform.yaml", line, column, "access.exclusive",
+                    f"exclusive would remove {member}, {who}, from {role} on {target}: refused (the platform's "
+                    f"own operating grants are never removed); {_keep_advice(platform, member, role, target)} "
+                    "or set access.exclusive: false"))
+    return problems
+
+
+def _keep_advice(platform: Platform, member: str, role: str, target: str) -> str:
+    """Where to declare ``member`` so that the exclusive binding keeps it (each place takes the
+    member in this form: `reconciler.config.iam_member_problem` accepts serviceAgent:<service>)."""
+    from reconciler.compile import zone_names
+    from reconciler.serving import FEATURES, REPORTING
+
+    kind, _, name = target.partition(".")
+    if kind == Kind.DATACATALOG_POLICY_TAG:
+        return f"declare {member} in classifications.{name.rsplit('/', 1)[-1]}.readers"
+    if kind == Kind.BIGQUERY_DATA_POLICY:
+        return (f"declare {member} among the readers of the zone holding the class's columns "
+                "(access.zones.<zone>.readers)")
+    names = zone_names(platform)
+    zone = next((z for z, d in names.datasets.items() if kind == Kind.BIGQUERY_DATASET and d == name), None)
+    zone = zone or next((z for z, b in names.buckets.items() if kind == Kind.STORAGE_BUCKET and b == name), None)
+    if kind == Kind.BIGQUERY_DATASET and name in (REPORTING, FEATURES):
+        zone = "gold"
+    return f"declare {member} in access.zones.{zone or '<zone>'}.bindings under {role}"
+
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,43 @@ def edit_yaml(path: Path, change) -> None:
     data, _ = load_yaml(path)  # our loader: keys stay strings (`on:` is not YAML 1.1's true)
     change(data)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def connector(repo: Path, sid: str) -> Path:
+    return repo / "connectors" / f"{sid}.yaml"
+
+
+def clone(repo: Path, sid: str, new: str) -> None:
+    """A copy of source ``sid`` as ``new`` (its Gold tables and views renamed, its own topic)."""
+    shutil.copy(connector(repo, sid), connector(repo, new))
+
+    schema = json.loads((repo / "schemas" / f"{sid}.json").read_text())
+    schema["source_id"] = new
+    (repo / "schemas" / f"{new}.json").write_text(json.dumps(schema))
+
+    def change(data):
+        data["source_id"] = new
+        data["schema"]["file"] = f"schemas/{new}.json"
+        for step in (data.get("processing") or {}).get("silver_to_gold") or []:
+            if "aggregate" in step:
+                step["aggregate"]["table"] = f"{new}_{step['aggregate'].get('table') or 'summary'}"
+        reporting = (data.get("serving") or {}).get("reporting")
+        if isinstance(reporting, dict):
+            for view in reporting.get("views") or []:
+                old_table = next((s["aggregate"]["table"] for s in data["processing"]["silver_to_gold"]
+                                  if "aggregate" in s), None)
+                view["name"] = f"{new}_{view['name']}"
+                if old_table:
+                    view["sql"] = view["sql"].replace(old_table.split("_", 1)[-1], old_table)
+            for rule in reporting.get("row_access") or []:
+                rule["table"] = f"{new}_{rule['table']}"
+        ingestion = data["ingestion"]
+        for key in ("location", "destination", "pubsub_topic"):
+            if key in ingestion:
+                ingestion[key] = ingestion[key].rstrip("/") + f"-{new}" + ("/" if ingestion[key].endswith("/") else "")
+        if "webhook_path" in ingestion:
+            ingestion["webhook_path"] = f"/{new}"
+    edit_yaml(connector(repo, new), change)
 
 
 def isolate_platform(repo: Path, project: str, prefix: str) -> None:

@@ -10,9 +10,7 @@ scratch and the plain one-pass compile (`reconciler.compile._compile_plain`), in
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import pytest
 from reconciler import compile as compiler
 from reconciler.compile import compile_resources, compiled_index
 from reconciler.load import DesiredState, InvalidDesiredState, load_repo
-from tests.helpers import copy_example, edit_yaml
+from tests.helpers import clone, connector, copy_example, edit_yaml
 
 
 def scratch(repo: Path) -> DesiredState | None:
@@ -71,43 +69,6 @@ class Walk:
             self.derived += 1
         self.state = state
         return True
-
-
-def connector(repo: Path, sid: str) -> Path:
-    return repo / "connectors" / f"{sid}.yaml"
-
-
-def clone(repo: Path, sid: str, new: str) -> None:
-    """A copy of source ``sid`` as ``new`` (its Gold tables and views renamed, its own topic)."""
-    shutil.copy(connector(repo, sid), connector(repo, new))
-
-    schema = json.loads((repo / "schemas" / f"{sid}.json").read_text())
-    schema["source_id"] = new
-    (repo / "schemas" / f"{new}.json").write_text(json.dumps(schema))
-
-    def change(data):
-        data["source_id"] = new
-        data["schema"]["file"] = f"schemas/{new}.json"
-        for step in (data.get("processing") or {}).get("silver_to_gold") or []:
-            if "aggregate" in step:
-                step["aggregate"]["table"] = f"{new}_{step['aggregate'].get('table') or 'summary'}"
-        reporting = (data.get("serving") or {}).get("reporting")
-        if isinstance(reporting, dict):
-            for view in reporting.get("views") or []:
-                old_table = next((s["aggregate"]["table"] for s in data["processing"]["silver_to_gold"]
-                                  if "aggregate" in s), None)
-                view["name"] = f"{new}_{view['name']}"
-                if old_table:
-                    view["sql"] = view["sql"].replace(old_table.split("_", 1)[-1], old_table)
-            for rule in reporting.get("row_access") or []:
-                rule["table"] = f"{new}_{rule['table']}"
-        ingestion = data["ingestion"]
-        for key in ("location", "destination", "pubsub_topic"):
-            if key in ingestion:
-                ingestion[key] = ingestion[key].rstrip("/") + f"-{new}" + ("/" if ingestion[key].endswith("/") else "")
-        if "webhook_path" in ingestion:
-            ingestion["webhook_path"] = f"/{new}"
-    edit_yaml(connector(repo, new), change)
 
 
 @pytest.fixture
