@@ -572,23 +572,13 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
 
     # The result: from the chunks, or the previous result with the changed chunks swapped.
     if memo is None:
-        external: dict[str, int] = {}
         everything: list[Resource] = []
         for part in parts.values():
             everything += part.chunk
         for name in ("platform", "monitoring", "serving", "governance"):
             everything += aggregates[name]
         everything += [_with_protection_label(r) for r in index.made.values()]
-        final = []
-        for r in everything:
-            if r.external:
-                external[r.address] = external.get(r.address, 0) + 1
-                if external[r.address] > 1:
-                    continue
-            final.append(r)
-        final.sort(key=lambda r: r.address)
-        if any(final[i].address == final[i + 1].address for i in range(len(final) - 1)):
-            raise _Unsupported
+        final, external, _drop, _put = _patched([], {}, [], everything)  # everything put into nothing
         by_address = None
     else:
         removed: list[Resource] = []
