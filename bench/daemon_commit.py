@@ -89,6 +89,7 @@ def wait_converged(logs: Logs, revision: str, timeout: float) -> dict:
 def modeled_provider(latency: float):
     """`plan_scale.LatencyMemoryProvider` with a call's latency on changes too (one call each)."""
     from plan_scale import LatencyMemoryProvider
+
     from reconciler.resources import Kind
 
     class Provider(LatencyMemoryProvider):
@@ -113,8 +114,8 @@ def modeled_provider(latency: float):
 
 def run_size(sources: int, args) -> dict:
     import git
-
     from plan_scaling import generate_repo
+
     from reconciler.compile import compile_resources
     from reconciler.daemon.service import Daemon
     from reconciler.daemon.settings import Settings

@@ -181,11 +181,10 @@ def rss_mib() -> float:
 
 def seed(args) -> None:
     """Apply the generated platform to the fake (no latency): the live state of a converged platform."""
+    from providers import errors
     from reconciler.compile import compile_resources
     from reconciler.engine import Engine, plan_options
     from reconciler.load import load_repo
-
-    from providers import errors
 
     # The fake has no quota: seeding is not held to headwater's per-API request budgets (the
     # measured runs are: they keep the defaults, as on GCP).

@@ -583,7 +583,7 @@ def _compile_memoized(state: DesiredState, memo: _Memo | None,
     else:
         removed: list[Resource] = []
         added: list[Resource] = []
-        for sid, old, new in changed_parts:
+        for _sid, old, new in changed_parts:
             old_chunk = old.chunk if old is not None else ()
             new_chunk = new.chunk if new is not None else ()
             if old_chunk is not new_chunk:

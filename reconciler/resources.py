@@ -51,7 +51,6 @@ named in full): it is never created, changed or deleted; the engine reads it
 
 from __future__ import annotations
 
-
 import hashlib
 import json
 import weakref
